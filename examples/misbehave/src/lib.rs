@@ -1,0 +1,88 @@
+//! `misbehave`: a machine that does what a machine must never be allowed to
+//! hurt the host with, on command. Used by the sandbox tests.
+
+use serde::Deserialize;
+use understudy_guest::{Context, Machine, MachineError, kv};
+
+pub struct Misbehave;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Write `key`, then spin forever (fuel must stop it; the write is rolled back).
+    Loop { key: String },
+    /// Write `key`, then allocate `mib` MiB (the memory limit must stop it).
+    Alloc { key: String, mib: u32 },
+    /// Write `key`, then panic (a trap).
+    Panic { key: String },
+    /// Write `key`, then refuse (a machine error; the write is rolled back).
+    Refuse { key: String },
+    /// Write `key` and succeed.
+    Write { key: String },
+    /// Return the entry's time and one random number.
+    Entropy,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    Read { key: String },
+    /// A query that tries to write: must trap.
+    Write { key: String },
+    Loop,
+}
+
+impl Machine for Misbehave {
+    type Command = Command;
+    type Response = (u64, u64);
+    type Query = Query;
+    type QueryResponse = Option<String>;
+
+    fn apply(ctx: &Context, command: Command) -> Result<(u64, u64), MachineError> {
+        match command {
+            Command::Loop { key } => {
+                kv::put(&key, &"looping")?;
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            Command::Alloc { key, mib } => {
+                kv::put(&key, &"allocating")?;
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mib {
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+                Ok((std::hint::black_box(hoard).len() as u64, 0))
+            }
+            Command::Panic { key } => {
+                kv::put(&key, &"panicking")?;
+                panic!("misbehave: asked to panic");
+            }
+            Command::Refuse { key } => {
+                kv::put(&key, &"refused")?;
+                Err(MachineError::new("refused", "asked to refuse"))
+            }
+            Command::Write { key } => {
+                kv::put(&key, &"written")?;
+                Ok((0, 0))
+            }
+            Command::Entropy => Ok((ctx.now_ms(), understudy_guest::random())),
+        }
+    }
+
+    fn query(q: Query) -> Result<Option<String>, MachineError> {
+        match q {
+            Query::Read { key } => kv::get(&key),
+            Query::Write { key } => {
+                kv::put(&key, &"from a query")?;
+                Ok(None)
+            }
+            Query::Loop => loop {
+                std::hint::black_box(());
+            },
+        }
+    }
+}
+
+understudy_guest::export_machine!(Misbehave);

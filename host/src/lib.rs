@@ -1,0 +1,11 @@
+//! Understudy: a replication host for sandboxed WebAssembly state machines.
+//!
+//! Read the modules in this order: [`types`] (log entries and outcomes),
+//! [`codec`] (bytes), [`sandbox`] (running machines), [`storage`] (LMDB),
+//! [`replication`] (the sans-IO core), [`node`] (the actix shell that
+//! executes the core's decisions), [`net`] (framing), [`api`] (the actor
+//! message API and the Rust client). `ARCHITECTURE.md` has the map.
+
+pub mod codec;
+pub mod sandbox;
+pub mod types;

@@ -1,0 +1,493 @@
+//! The Wasm sandbox: loads machine components and runs their calls under
+//! deterministic limits.
+//!
+//! * Engine: component model, NaN canonicalisation, deterministic relaxed
+//!   SIMD, no threads, fuel with pinned operator costs, an epoch watchdog and
+//!   a pooling allocator with copy-on-write memory images.
+//! * Loading ([`Sandbox::load`]): accepts a component or a core module that
+//!   carries its WIT type section (componentized with `wit-component`), and
+//!   refuses anything that imports outside `understudy:machine` by name.
+//! * Calls ([`Sandbox::apply`], [`Sandbox::init`], [`Sandbox::query`]) run in a
+//!   fresh instance each time, so no state survives in guest memory and the
+//!   fuel a command uses depends only on the state and the command — the same
+//!   on every replica. Writes collect in a [`view::WriteSet`] over a read
+//!   view; the caller keeps or drops them.
+//!
+//! Deterministic failures (refusal, trap, fuel, memory limit) become an
+//! [`Outcome`]; only host-side failures (watchdog, allocator exhausted) are a
+//! [`SandboxError`], and those must never be committed as a result.
+
+mod host;
+pub mod view;
+
+use crate::types::{EntryContext, Index, Outcome, Term};
+use serde_bytes::ByteBuf;
+use std::any::Any;
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::Duration;
+use view::{KvRead, WriteSet};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OperatorCost, PoolingAllocationConfig, Store, Trap,
+    WasmFeatures,
+};
+
+/// Interface-name prefixes (package and version) a machine may import.
+pub const SUPPORTED_WORLDS: &[&str] = &["understudy:machine/"];
+/// The exact interfaces a machine may import.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "understudy:machine/types@0.1.0",
+    "understudy:machine/kv@0.1.0",
+    "understudy:machine/log@0.1.0",
+];
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "machine",
+        path: "../wit",
+        imports: { default: trappable },
+    });
+}
+
+pub use bindings::MachinePre;
+
+/// A machine's identity: the BLAKE3 hash of its component bytes.
+pub type ModuleHash = [u8; 32];
+
+/// Limits applied to every machine call. Part of the group's configuration:
+/// every replica must use the same values or results diverge.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxLimits {
+    /// Instruction budget of one call (wasmtime fuel units).
+    pub fuel_per_call: u64,
+    /// Budget for host work one call may cause (kv operations and bytes moved).
+    pub host_units_per_call: u64,
+    /// Largest linear memory of an instance, in bytes.
+    pub memory_bytes_max: usize,
+    /// Wall-clock watchdog for one call; never produces a committed result.
+    pub watchdog_ms: u64,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            fuel_per_call: 200_000_000,
+            host_units_per_call: 64 << 20,
+            memory_bytes_max: 64 << 20,
+            watchdog_ms: 10_000,
+        }
+    }
+}
+
+/// Why a module cannot be loaded as a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a WebAssembly binary.
+    #[error("not a WebAssembly module or component (bad magic header)")]
+    NotWasm,
+    /// It imports something outside our world.
+    #[error(
+        "module imports `{name}`; machines may import only understudy:machine interfaces (kv, log, types), no WASI"
+    )]
+    ForbiddenImport {
+        /// The offending import.
+        name: String,
+    },
+    /// A core module without the WIT type information of our world.
+    #[error("core module cannot be turned into a machine component: {0}")]
+    NotAMachine(String),
+    /// Invalid Wasm, or it does not export the machine world.
+    #[error("module is not a valid machine: {0}")]
+    Invalid(String),
+}
+
+/// A host-side failure of a call; never committed as a result.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The wall-clock watchdog interrupted the call.
+    #[error("call exceeded the {0} ms watchdog; not committing a result")]
+    Watchdog(u64),
+    /// The host could not instantiate (e.g. the instance pool is exhausted).
+    #[error("cannot instantiate machine: {0}")]
+    Instantiate(String),
+}
+
+/// Read view handed into a call and given back afterwards.
+pub trait StateView: KvRead + Send + Any {
+    /// For getting the concrete view back after the call.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: KvRead + Send + Any> StateView for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// Result of one machine call.
+pub struct Call<V> {
+    /// The view, handed back.
+    pub view: V,
+    /// Deterministic outcome; writes are meaningful only if it is `Ok`.
+    pub outcome: Outcome,
+    /// The call's writes (empty unless the outcome is `Ok`).
+    pub writes: WriteSet,
+    /// Fuel the call consumed.
+    pub fuel_used: u64,
+}
+
+/// A loaded machine: its hash and its pre-instantiated component.
+#[derive(Clone)]
+pub struct LoadedMachine {
+    /// Hash of the component bytes.
+    pub hash: ModuleHash,
+    pre: MachinePre<host::HostState>,
+}
+
+/// The wasmtime engine plus the linker of our world.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<host::HostState>>,
+    limits: SandboxLimits,
+    compat_hash: [u8; 32],
+}
+
+struct Blake3Hasher(blake3::Hasher);
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only used to feed bytes")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+const EPOCH_TICK_MS: u64 = 10;
+
+impl Sandbox {
+    /// Build the engine. Starts the epoch ticker thread (it ends with the engine).
+    pub fn new(limits: SandboxLimits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            // Pin the per-operator fuel costs explicitly; the engine's
+            // compatibility hash (recorded with the group) covers them too.
+            .operator_cost(OperatorCost::new())
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .wasm_features(WasmFeatures::THREADS, false)
+            .max_wasm_stack(1 << 20)
+            .memory_init_cow(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(64)
+            .total_core_instances(256)
+            .total_memories(64)
+            .total_tables(256)
+            .max_memory_size(limits.memory_bytes_max);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
+        let mut linker = Linker::<host::HostState>::new(&engine);
+        bindings::Machine::add_to_linker::<host::HostState, HasSelf<host::HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the machine world: {e}"))?;
+
+        let mut h = Blake3Hasher(blake3::Hasher::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+        h.0.update(b"understudy-sandbox-v1");
+        let compat_hash = *h.0.finalize().as_bytes();
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("understudy-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                }
+            })?;
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+            compat_hash,
+        })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Hash of the engine's code-generation settings (wasmtime version,
+    /// fuel costs, features). Precompiled artifacts and a group's replicas
+    /// must agree on it.
+    pub fn compatibility_hash(&self) -> [u8; 32] {
+        self.compat_hash
+    }
+
+    /// Check `wasm` and turn it into the component bytes we store and hash:
+    /// a component is taken as is; a core module with our WIT type section
+    /// is componentized. Import checks happen here.
+    pub fn normalize(wasm: &[u8]) -> Result<Vec<u8>, LoadError> {
+        if wasmparser::Parser::is_component(wasm) {
+            check_component_imports(wasm)?;
+            Ok(wasm.to_vec())
+        } else if wasmparser::Parser::is_core_wasm(wasm) {
+            check_core_imports(wasm)?;
+            let component = wit_component::ComponentEncoder::default()
+                .module(wasm)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| LoadError::NotAMachine(format!("{e:#}")))?;
+            check_component_imports(&component)?;
+            Ok(component)
+        } else {
+            Err(LoadError::NotWasm)
+        }
+    }
+
+    /// Hash of normalized component bytes.
+    pub fn hash(component: &[u8]) -> ModuleHash {
+        *blake3::hash(component).as_bytes()
+    }
+
+    /// Compile normalized component bytes to a precompiled artifact.
+    pub fn precompile(&self, component: &[u8]) -> Result<Vec<u8>, LoadError> {
+        self.engine
+            .precompile_component(component)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+    }
+
+    /// Load a machine from normalized component bytes, or from a
+    /// precompiled artifact that this node produced with [`Self::precompile`]
+    /// under the same compatibility hash.
+    ///
+    /// # Safety
+    /// `artifact`, when given, must come from this node's own storage:
+    /// wasmtime trusts precompiled code.
+    pub unsafe fn load(
+        &self,
+        component: &[u8],
+        artifact: Option<&[u8]>,
+    ) -> Result<LoadedMachine, LoadError> {
+        let hash = Self::hash(component);
+        let compiled = match artifact {
+            // SAFETY: the caller guarantees the artifact is ours.
+            Some(bytes) => unsafe { Component::deserialize(&self.engine, bytes) },
+            None => Component::new(&self.engine, component),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = MachinePre::new(pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        Ok(LoadedMachine { hash, pre })
+    }
+
+    fn store(&self, actor: &str, view: Box<dyn StateView>, writable: bool) -> Store<host::HostState> {
+        let state = host::HostState::new(actor, view, writable, &self.limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(self.limits.fuel_per_call)
+            .expect("fuel is enabled in the engine config");
+        store.set_epoch_deadline(self.limits.watchdog_ms.div_ceil(EPOCH_TICK_MS).max(1));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn finish<V: StateView>(
+        &self,
+        store: Store<host::HostState>,
+        result: wasmtime::Result<Result<Vec<u8>, bindings::understudy::machine::types::MachineError>>,
+    ) -> Result<Call<V>, SandboxError> {
+        let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
+        let outcome = match result {
+            Ok(Ok(bytes)) => Outcome::Ok(ByteBuf::from(bytes)),
+            Ok(Err(e)) => Outcome::Refused {
+                code: e.code,
+                message: e.message,
+            },
+            Err(err) => classify(&err, store.data())?,
+        };
+        let state = store.into_data();
+        let view = *state
+            .view
+            .into_any()
+            .downcast::<V>()
+            .expect("the view type going in is the view type coming out");
+        let writes = if outcome.is_ok() { state.writes } else { WriteSet::new() };
+        Ok(Call {
+            view,
+            outcome,
+            writes,
+            fuel_used,
+        })
+    }
+
+    /// Run `apply(ctx, command)` of `machine` for `actor` over `view`.
+    pub fn apply<V: StateView>(
+        &self,
+        machine: &LoadedMachine,
+        actor: &str,
+        view: V,
+        ctx: CallContext,
+        command: &[u8],
+    ) -> Result<Call<V>, SandboxError> {
+        let mut store = self.store(actor, Box::new(view), true);
+        let result = match machine.pre.instantiate(&mut store) {
+            Ok(instance) => instance.call_apply(&mut store, ctx.into(), command),
+            Err(e) => return Err(instantiate_error(e, &store)),
+        };
+        self.finish(store, result)
+    }
+
+    /// Run `init(ctx)` of `machine` for `actor` over `view`.
+    pub fn init<V: StateView>(
+        &self,
+        machine: &LoadedMachine,
+        actor: &str,
+        view: V,
+        ctx: CallContext,
+    ) -> Result<Call<V>, SandboxError> {
+        let mut store = self.store(actor, Box::new(view), true);
+        let result = match machine.pre.instantiate(&mut store) {
+            Ok(instance) => instance
+                .call_init(&mut store, ctx.into())
+                .map(|r| r.map(|()| Vec::new())),
+            Err(e) => return Err(instantiate_error(e, &store)),
+        };
+        self.finish(store, result)
+    }
+
+    /// Run the read-only `query(request)` of `machine` for `actor` over `view`.
+    pub fn query<V: StateView>(
+        &self,
+        machine: &LoadedMachine,
+        actor: &str,
+        view: V,
+        request: &[u8],
+    ) -> Result<Call<V>, SandboxError> {
+        let mut store = self.store(actor, Box::new(view), false);
+        let result = match machine.pre.instantiate(&mut store) {
+            Ok(instance) => instance.call_query(&mut store, request),
+            Err(e) => return Err(instantiate_error(e, &store)),
+        };
+        self.finish(store, result)
+    }
+}
+
+/// The entry facts a call sees (see `context` in the WIT file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    /// Entry index.
+    pub index: Index,
+    /// Entry term.
+    pub term: Term,
+    /// Leader-chosen time and seed.
+    pub entry: EntryContext,
+}
+
+impl From<CallContext> for bindings::understudy::machine::types::Context {
+    fn from(c: CallContext) -> Self {
+        bindings::understudy::machine::types::Context {
+            index: c.index,
+            term: c.term,
+            timestamp_ms: c.entry.timestamp_ms,
+            seed: c.entry.seed,
+        }
+    }
+}
+
+fn instantiate_error(e: wasmtime::Error, store: &Store<host::HostState>) -> SandboxError {
+    // A start function can trap or hit limits too; those are deterministic,
+    // but a machine built by wit-bindgen has none. Report as a host failure.
+    let _ = store;
+    SandboxError::Instantiate(format!("{e:#}"))
+}
+
+/// Turn a failed call into a deterministic outcome, or a host-side error.
+fn classify(err: &wasmtime::Error, state: &host::HostState) -> Result<Outcome, SandboxError> {
+    if state.limiter.memory_limit_hit {
+        return Ok(Outcome::MemoryLimit);
+    }
+    if let Some(trap) = err.downcast_ref::<host::HostTrap>() {
+        return Ok(match trap {
+            host::HostTrap::HostBudget => Outcome::OutOfFuel,
+            other => Outcome::Trapped {
+                trap: other.kind().to_string(),
+            },
+        });
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Ok(Outcome::OutOfFuel),
+        Some(Trap::Interrupt) => Err(SandboxError::Watchdog(state.watchdog_ms)),
+        Some(trap) => Ok(Outcome::Trapped {
+            trap: format!("{trap:?}"),
+        }),
+        // Anything else (e.g. a canonical-ABI lift/lower failure on bad
+        // guest data) is still a deterministic function of guest behaviour.
+        None => Ok(Outcome::Trapped {
+            trap: "invalid-guest-data".to_string(),
+        }),
+    }
+}
+
+fn import_allowed(name: &str) -> bool {
+    ALLOWED_IMPORTS.contains(&name)
+}
+
+fn check_component_imports(wasm: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| LoadError::Invalid(e.to_string()))?;
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| LoadError::Invalid(e.to_string()))?;
+                    // Type imports (the world's `use types.{..}`) grant nothing.
+                    let is_type = matches!(import.ty, wasmparser::ComponentTypeRef::Type(_));
+                    if !is_type && !import_allowed(import.name.name) {
+                        return Err(LoadError::ForbiddenImport {
+                            name: import.name.name.to_string(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_core_imports(wasm: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{Parser, Payload};
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| LoadError::Invalid(e.to_string()))?;
+        if let Payload::ImportSection(reader) = payload {
+            for import in reader.into_imports() {
+                let import = import.map_err(|e| LoadError::Invalid(e.to_string()))?;
+                // wit-bindgen names imports after their interface; anything
+                // else (wasi_snapshot_preview1, env, …) is outside our world.
+                let module = import.module;
+                let ours = import_allowed(module) || module == "$root" || module.starts_with("[export]");
+                if !ours {
+                    return Err(LoadError::ForbiddenImport {
+                        name: format!("{module}::{}", import.name),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

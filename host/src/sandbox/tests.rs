@@ -1,0 +1,187 @@
+//! Sandbox tests: every kind of misbehaving machine becomes a deterministic
+//! outcome with its writes rolled back, and bad modules are refused by name.
+
+use super::*;
+use std::collections::BTreeMap;
+
+type Mem = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxLimits {
+        fuel_per_call: 50_000_000,
+        memory_bytes_max: 16 << 20,
+        ..SandboxLimits::default()
+    })
+    .unwrap()
+}
+
+fn load(sb: &Sandbox, wasm: &[u8]) -> LoadedMachine {
+    let component = Sandbox::normalize(wasm).unwrap();
+    unsafe { sb.load(&component, None) }.unwrap()
+}
+
+fn ctx(index: u64) -> CallContext {
+    CallContext {
+        index,
+        term: 1,
+        entry: EntryContext {
+            timestamp_ms: 1_700_000_000_000 + index,
+            seed: 42,
+        },
+    }
+}
+
+fn cbor(json: &str) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    crate::codec::to_cbor(&v)
+}
+
+fn apply(sb: &Sandbox, m: &LoadedMachine, state: &mut Mem, index: u64, json: &str) -> Outcome {
+    let call = sb.apply(m, "t", std::mem::take(state), ctx(index), &cbor(json)).unwrap();
+    *state = call.view;
+    for (k, v) in call.writes {
+        match v {
+            Some(v) => state.insert(k, v),
+            None => state.remove(&k),
+        };
+    }
+    call.outcome
+}
+
+#[test]
+fn kv_example_puts_and_reads_back() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::KV);
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"put":{"key":"a","value":"1"}}"#);
+    assert!(out.is_ok(), "{out:?}");
+    let q = sb.query(&m, "t", state, &cbor(r#"{"get":{"key":"a"}}"#)).unwrap();
+    let Outcome::Ok(bytes) = q.outcome else { panic!("{:?}", q.outcome) };
+    let v: Option<String> = serde_cbor::from_slice(&bytes).unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel_and_writes_nothing() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"loop":{"key":"x"}}"#);
+    assert_eq!(out, Outcome::OutOfFuel);
+    assert!(state.is_empty(), "rolled back");
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit_and_writes_nothing() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"alloc":{"key":"x","mib":64}}"#);
+    assert_eq!(out, Outcome::MemoryLimit);
+    assert!(state.is_empty());
+    // A small allocation in the next call works: the instance was fresh.
+    let out = apply(&sb, &m, &mut state, 2, r#"{"alloc":{"key":"x","mib":2}}"#);
+    assert!(out.is_ok(), "{out:?}");
+}
+
+#[test]
+fn panic_is_a_trap_outcome_and_writes_nothing() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"panic":{"key":"x"}}"#);
+    assert!(matches!(out, Outcome::Trapped { .. }), "{out:?}");
+    assert!(state.is_empty());
+}
+
+#[test]
+fn refusal_rolls_back_the_commands_writes() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"refuse":{"key":"x"}}"#);
+    assert!(matches!(out, Outcome::Refused { ref code, .. } if code == "refused"), "{out:?}");
+    assert!(state.is_empty());
+    assert!(apply(&sb, &m, &mut state, 2, r#"{"write":{"key":"x"}}"#).is_ok());
+    assert_eq!(state.len(), 1);
+}
+
+#[test]
+fn query_that_writes_traps() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let q = sb.query(&m, "t", Mem::new(), &cbor(r#"{"write":{"key":"x"}}"#)).unwrap();
+    assert_eq!(
+        q.outcome,
+        Outcome::Trapped {
+            trap: "write-in-query".into()
+        }
+    );
+    assert!(q.writes.is_empty());
+}
+
+#[test]
+fn outcomes_and_fuel_are_deterministic() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let run = || {
+        let c = sb.apply(&m, "t", Mem::new(), ctx(7), &cbor(r#""entropy""#)).unwrap();
+        (c.outcome, c.fuel_used)
+    };
+    let (a, fa) = run();
+    let (b, fb) = run();
+    assert_eq!(a, b);
+    assert_eq!(fa, fb);
+    let Outcome::Ok(bytes) = a else { panic!("{a:?}") };
+    let (now, _random): (u64, u64) = serde_cbor::from_slice(&bytes).unwrap();
+    assert_eq!(now, ctx(7).entry.timestamp_ms, "now() comes from the entry");
+}
+
+#[test]
+fn bad_modules_are_refused_with_a_clear_error() {
+    assert!(matches!(Sandbox::normalize(b"not wasm at all"), Err(LoadError::NotWasm)));
+
+    let wasi_component = wat::parse_str(
+        r#"(component (import "wasi:clocks/wall-clock@0.2.0" (instance)))"#,
+    )
+    .unwrap();
+    let err = Sandbox::normalize(&wasi_component).unwrap_err();
+    assert!(err.to_string().contains("wasi:clocks/wall-clock@0.2.0"), "{err}");
+
+    let wasi_core = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .unwrap();
+    let err = Sandbox::normalize(&wasi_core).unwrap_err();
+    assert!(matches!(err, LoadError::ForbiddenImport { .. }), "{err}");
+    assert!(err.to_string().contains("wasi_snapshot_preview1"), "{err}");
+
+    // A core module without our type section is not a machine.
+    let plain = wat::parse_str("(module)").unwrap();
+    let component = Sandbox::normalize(&plain);
+    let sb = sandbox();
+    let loaded = component.and_then(|c| unsafe { sb.load(&c, None) });
+    assert!(loaded.is_err(), "a module without exports is refused");
+}
+
+#[test]
+fn core_module_with_type_section_is_accepted() {
+    let core = std::fs::read(understudy_examples::COUNTER_CORE_PATH).unwrap();
+    let component = Sandbox::normalize(&core).unwrap();
+    let sb = sandbox();
+    let m = unsafe { sb.load(&component, None) }.unwrap();
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"add":{"name":"n","by":5}}"#);
+    assert_eq!(out, Outcome::Ok(crate::codec::to_cbor(&5i64).into()));
+}
+
+#[test]
+fn precompiled_artifact_loads_and_behaves_the_same() {
+    let sb = sandbox();
+    let component = Sandbox::normalize(understudy_examples::COUNTER).unwrap();
+    let artifact = sb.precompile(&component).unwrap();
+    let m = unsafe { sb.load(&component, Some(&artifact)) }.unwrap();
+    let mut state = Mem::new();
+    let out = apply(&sb, &m, &mut state, 1, r#"{"add":{"name":"n","by":2}}"#);
+    assert_eq!(out, Outcome::Ok(crate::codec::to_cbor(&2i64).into()));
+}
