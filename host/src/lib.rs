@@ -8,4 +8,5 @@
 
 pub mod codec;
 pub mod sandbox;
+pub mod storage;
 pub mod types;

@@ -1,0 +1,693 @@
+//! Durable storage of one node on LMDB (heed), in two environments so that
+//! appending to the log and applying to the state never queue behind each
+//! other's single writer:
+//!
+//! * `log/` — [`LogStore`]: the replicated log (index → entry) and the hard
+//!   state (term, vote). Every append is one write transaction and one fsync,
+//!   however many entries it carries (group commit).
+//! * `state/` — [`StateStore`]: every actor's key-value state, the actor
+//!   table, module bytes, precompiled artifacts, client sessions, and the
+//!   `applied_index` with its state digest. One applied batch is one write
+//!   transaction, so an entry's effects and the `applied_index` that covers
+//!   it become durable together (exactly-once apply).
+//!
+//! Both carry the node's [`Identity`]; a directory of another node or of a
+//! newer format is refused at open. A process lock (`LOCK`, flock) keeps two
+//! processes off one directory. A full LMDB map aborts the transaction and
+//! returns [`StorageError::MapFull`]: the write is refused, nothing is lost.
+
+use crate::codec::{self, CodecError};
+use crate::sandbox::ModuleHash;
+use crate::sandbox::view::{KvRead, WriteSet};
+use crate::types::{Entry, Index, NodeId, Term};
+use heed::types::{Bytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls, byteorder::BigEndian};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+/// On-disk format version of a data directory.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// LMDB or I/O failure.
+    #[error("storage I/O at {path}: {source}")]
+    Lmdb {
+        /// Environment path.
+        path: PathBuf,
+        /// The error.
+        source: heed::Error,
+    },
+    /// The map is full: the write was refused and rolled back.
+    #[error("storage full at {path}: the LMDB map of {map_bytes} bytes is used up; raise `map_size_bytes` and restart (no data was lost)")]
+    MapFull {
+        /// Environment path.
+        path: PathBuf,
+        /// Configured map size.
+        map_bytes: usize,
+    },
+    /// A stored record does not decode.
+    #[error("corrupt record {what} in {path}: {source}")]
+    Corrupt {
+        /// Environment path.
+        path: PathBuf,
+        /// What was read.
+        what: String,
+        /// Why it failed.
+        source: CodecError,
+    },
+    /// The directory belongs to another node or cluster.
+    #[error("data directory {path} belongs to {found}, not {expected}; point this node at its own directory")]
+    WrongIdentity {
+        /// Directory.
+        path: PathBuf,
+        /// Found identity.
+        found: String,
+        /// Expected identity.
+        expected: String,
+    },
+    /// Written by a newer Understudy.
+    #[error("data directory {path} has format version {found}; this build supports up to {FORMAT_VERSION}; upgrade Understudy")]
+    NewerFormat {
+        /// Directory.
+        path: PathBuf,
+        /// Found version.
+        found: u32,
+    },
+    /// Another process holds the directory.
+    #[error("data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    /// A broken invariant of the log (a bug, never bad input).
+    #[error("log invariant violated: {0}")]
+    Invariant(String),
+    /// Plain I/O.
+    #[error("I/O on {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Who owns a data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Format version of the directory.
+    pub format_version: u32,
+    /// The group's cluster id.
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: NodeId,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} of cluster {:?}", self.node_id, self.cluster_id)
+    }
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageOptions {
+    /// LMDB map size of each environment. It is address space, not disk:
+    /// the files grow only as data is written.
+    pub map_size_bytes: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            map_size_bytes: 64 << 30,
+        }
+    }
+}
+
+/// Persistent vote and term (Raft's "hard state").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Current term.
+    pub term: Term,
+    /// Whom this node voted for in `term`.
+    pub vote: Option<NodeId>,
+}
+
+fn open_env(path: &Path, opts: &StorageOptions, max_dbs: u32) -> Result<Env<WithoutTls>, StorageError> {
+    std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut o = EnvOpenOptions::new().read_txn_without_tls();
+    o.map_size(opts.map_size_bytes).max_dbs(max_dbs).max_readers(126);
+    // SAFETY: each environment is opened once per process (the directory
+    // lock below keeps other processes out, and a node opens its envs once).
+    let env = unsafe { o.open(path) }.map_err(|source| StorageError::Lmdb {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Stale reader slots of a crashed process pin pages forever otherwise.
+    let _ = env.clear_stale_readers();
+    Ok(env)
+}
+
+fn lmdb(env: &Env<WithoutTls>, map_bytes: usize) -> impl Fn(heed::Error) -> StorageError + '_ {
+    move |source| match source {
+        heed::Error::Mdb(heed::MdbError::MapFull) => StorageError::MapFull {
+            path: env.path().to_path_buf(),
+            map_bytes,
+        },
+        source => StorageError::Lmdb {
+            path: env.path().to_path_buf(),
+            source,
+        },
+    }
+}
+
+fn create_db<KC: 'static, DC: 'static>(
+    env: &Env<WithoutTls>,
+    name: &str,
+    opts: &StorageOptions,
+) -> Result<Database<'static, KC, DC>, StorageError> {
+    let err = lmdb(env, opts.map_size_bytes);
+    let wtxn = env.write_txn().map_err(&err)?;
+    let db = env
+        .create_databases_and_commit(wtxn, |wdo, wtxn| {
+            wdo.create_database::<KC, DC>(wtxn, Some(name))
+                .map(CommitOrAbort::<_, ()>::Commit)
+        })
+        .map_err(&err)?;
+    Ok(db.unwrap_commit())
+}
+
+fn check_identity(
+    env: &Env<WithoutTls>,
+    meta: Database<'static, Str, Bytes>,
+    identity: &Identity,
+    map_bytes: usize,
+) -> Result<(), StorageError> {
+    let err = lmdb(env, map_bytes);
+    let mut wtxn = env.write_txn().map_err(&err)?;
+    match meta.get(&wtxn, "identity").map_err(&err)? {
+        Some(bytes) => {
+            let found: Identity = codec::decode("identity", bytes).map_err(|source| match source {
+                CodecError::NewerVersion { .. } => StorageError::NewerFormat {
+                    path: env.path().to_path_buf(),
+                    found: u32::MAX,
+                },
+                source => StorageError::Corrupt {
+                    path: env.path().to_path_buf(),
+                    what: "identity".into(),
+                    source,
+                },
+            })?;
+            if found.format_version > FORMAT_VERSION {
+                return Err(StorageError::NewerFormat {
+                    path: env.path().to_path_buf(),
+                    found: found.format_version,
+                });
+            }
+            if found.cluster_id != identity.cluster_id || found.node_id != identity.node_id {
+                return Err(StorageError::WrongIdentity {
+                    path: env.path().to_path_buf(),
+                    found: found.to_string(),
+                    expected: identity.to_string(),
+                });
+            }
+        }
+        None => {
+            meta.put(&mut wtxn, "identity", &codec::encode(identity)).map_err(&err)?;
+        }
+    }
+    wtxn.commit().map_err(&err)
+}
+
+/// An exclusive lock on a data directory for this process's lifetime.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Take the lock or fail with [`StorageError::Locked`].
+    pub fn acquire(dir: &Path) -> Result<Self, StorageError> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("LOCK");
+        let file = File::create(&path).map_err(|source| StorageError::Io { path, source })?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StorageError::Locked(dir.to_path_buf()));
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// Open both environments of a data directory and check its identity.
+pub fn open(
+    dir: &Path,
+    identity: &Identity,
+    opts: &StorageOptions,
+) -> Result<(DirLock, LogStore, StateStore), StorageError> {
+    let lock = DirLock::acquire(dir)?;
+    let log = LogStore::open(&dir.join("log"), identity, opts)?;
+    let state = StateStore::open(&dir.join("state"), identity, opts)?;
+    Ok((lock, log, state))
+}
+
+/// The replicated log and the hard state.
+#[derive(Clone)]
+pub struct LogStore {
+    env: Env<WithoutTls>,
+    entries: Database<'static, U64<BigEndian>, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    map_bytes: usize,
+}
+
+impl LogStore {
+    /// Open (or create) the log environment at `path`.
+    pub fn open(path: &Path, identity: &Identity, opts: &StorageOptions) -> Result<Self, StorageError> {
+        let env = open_env(path, opts, 4)?;
+        let entries = create_db(&env, "entries", opts)?;
+        let meta = create_db(&env, "meta", opts)?;
+        check_identity(&env, meta, identity, opts.map_size_bytes)?;
+        Ok(LogStore {
+            env,
+            entries,
+            meta,
+            map_bytes: opts.map_size_bytes,
+        })
+    }
+
+    fn err(&self) -> impl Fn(heed::Error) -> StorageError + '_ {
+        lmdb(&self.env, self.map_bytes)
+    }
+
+    fn corrupt(&self, what: String) -> impl FnOnce(CodecError) -> StorageError + '_ {
+        move |source| StorageError::Corrupt {
+            path: self.env.path().to_path_buf(),
+            what,
+            source,
+        }
+    }
+
+    /// Index and term of the last entry, `(0, 0)` for an empty log.
+    pub fn last(&self) -> Result<(Index, Term), StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self.entries.last(&rtxn).map_err(self.err())? {
+            None => Ok((0, 0)),
+            Some((index, bytes)) => {
+                let entry: Entry = codec::decode("entry", bytes).map_err(self.corrupt(format!("entry {index}")))?;
+                Ok((index, entry.term))
+            }
+        }
+    }
+
+    /// Append `entries`, which must continue the log at `last + 1`. One
+    /// transaction, one fsync. Checks contiguity and term order first.
+    pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let (last_index, last_term) = match self.entries.last(&wtxn).map_err(self.err())? {
+            None => (0, 0),
+            Some((i, bytes)) => (
+                i,
+                codec::decode::<Entry>("entry", bytes)
+                    .map_err(self.corrupt(format!("entry {i}")))?
+                    .term,
+            ),
+        };
+        let (mut prev_index, mut prev_term) = (last_index, last_term);
+        for e in entries {
+            // Log invariant: indexes are contiguous and terms never decrease.
+            if e.index != prev_index + 1 || e.term < prev_term {
+                return Err(StorageError::Invariant(format!(
+                    "append of entry {}@{} after {}@{}",
+                    e.index, e.term, prev_index, prev_term
+                )));
+            }
+            self.entries
+                .put(&mut wtxn, &e.index, &codec::encode(e))
+                .map_err(self.err())?;
+            (prev_index, prev_term) = (e.index, e.term);
+        }
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// Remove every entry at `from` and after (a conflicting suffix).
+    pub fn truncate_from(&self, from: Index) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.entries
+            .delete_range(&mut wtxn, &(from..))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// Entries `from..=to`, at most `bytes_max` bytes (always at least one).
+    pub fn read(&self, from: Index, to: Index, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        let mut out = Vec::new();
+        let mut bytes_total = 0usize;
+        for item in self.entries.range(&rtxn, &(from..=to)).map_err(self.err())? {
+            let (index, bytes) = item.map_err(self.err())?;
+            let entry: Entry = codec::decode("entry", bytes).map_err(self.corrupt(format!("entry {index}")))?;
+            // Paired check: the key we stored under is the index inside.
+            if entry.index != index {
+                return Err(StorageError::Invariant(format!(
+                    "entry stored at {index} says it is {}",
+                    entry.index
+                )));
+            }
+            bytes_total += bytes.len();
+            out.push(entry);
+            if bytes_total >= bytes_max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The persisted term and vote.
+    pub fn hard_state(&self) -> Result<HardState, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self.meta.get(&rtxn, "hard_state").map_err(self.err())? {
+            None => Ok(HardState::default()),
+            Some(bytes) => codec::decode("hard state", bytes).map_err(self.corrupt("hard state".into())),
+        }
+    }
+
+    /// Persist term and vote (fsync) before acting on them.
+    pub fn save_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.meta
+            .put(&mut wtxn, "hard_state", &codec::encode(hs))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+}
+
+/// What an actor name maps to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorRecord {
+    /// Hash of the machine component.
+    #[serde(with = "serde_bytes")]
+    pub module: Vec<u8>,
+    /// Index of the deploy entry.
+    pub deployed_at: Index,
+}
+
+/// Everything one applied batch changes, written in one transaction.
+#[derive(Default)]
+pub struct StateBatch {
+    /// Machine state writes (full keys, see [`actor_key`]).
+    pub kv: WriteSet,
+    /// Client session records: key (client id, seq) → encoded outcome, `None` deletes.
+    pub sessions: BTreeMap<[u8; 16], Option<Vec<u8>>>,
+    /// Client id → forget every session seq below this.
+    pub session_prunes: BTreeMap<u64, u64>,
+    /// New or replaced actors.
+    pub actors: BTreeMap<String, ActorRecord>,
+    /// New module bytes by hash.
+    pub modules: BTreeMap<ModuleHash, Vec<u8>>,
+    /// The last entry this batch applies.
+    pub applied_index: Index,
+    /// The state digest after it.
+    pub digest: [u8; 32],
+}
+
+/// Key of a session record.
+pub fn session_key(client_id: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&client_id.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Full state key of `key` in `actor`'s namespace: `len(actor) ‖ actor ‖ key`.
+pub fn actor_key(actor: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = actor_prefix(actor);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Prefix of every key of `actor`.
+pub fn actor_prefix(actor: &str) -> Vec<u8> {
+    debug_assert!(actor.len() <= crate::types::ACTOR_NAME_MAX_BYTES);
+    let mut k = Vec::with_capacity(1 + actor.len() + 16);
+    k.push(actor.len() as u8);
+    k.extend_from_slice(actor.as_bytes());
+    k
+}
+
+/// Applied position and digest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// Last applied index.
+    pub index: Index,
+    /// Chained digest of the write-sets up to it.
+    pub digest: [u8; 32],
+}
+
+/// Machine state, actors, modules, sessions and the applied index.
+#[derive(Clone)]
+pub struct StateStore {
+    env: Env<WithoutTls>,
+    kv: Database<'static, Bytes, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    sessions: Database<'static, Bytes, Bytes>,
+    actors: Database<'static, Str, Bytes>,
+    modules: Database<'static, Bytes, Bytes>,
+    artifacts: Database<'static, Bytes, Bytes>,
+    map_bytes: usize,
+}
+
+impl StateStore {
+    /// Open (or create) the state environment at `path`.
+    pub fn open(path: &Path, identity: &Identity, opts: &StorageOptions) -> Result<Self, StorageError> {
+        let env = open_env(path, opts, 8)?;
+        let kv = create_db(&env, "kv", opts)?;
+        let meta = create_db(&env, "meta", opts)?;
+        let sessions = create_db(&env, "sessions", opts)?;
+        let actors = create_db(&env, "actors", opts)?;
+        let modules = create_db(&env, "modules", opts)?;
+        let artifacts = create_db(&env, "artifacts", opts)?;
+        check_identity(&env, meta, identity, opts.map_size_bytes)?;
+        Ok(StateStore {
+            env,
+            kv,
+            meta,
+            sessions,
+            actors,
+            modules,
+            artifacts,
+            map_bytes: opts.map_size_bytes,
+        })
+    }
+
+    fn err(&self) -> impl Fn(heed::Error) -> StorageError + '_ {
+        lmdb(&self.env, self.map_bytes)
+    }
+
+    fn corrupt(&self, what: String) -> impl FnOnce(CodecError) -> StorageError + '_ {
+        move |source| StorageError::Corrupt {
+            path: self.env.path().to_path_buf(),
+            what,
+            source,
+        }
+    }
+
+    /// The applied index and digest.
+    pub fn applied(&self) -> Result<AppliedState, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self.meta.get(&rtxn, "applied").map_err(self.err())? {
+            None => Ok(AppliedState::default()),
+            Some(b) => codec::decode("applied", b).map_err(self.corrupt("applied".into())),
+        }
+    }
+
+    /// A consistent read snapshot (owned; keep it short-lived: it pins pages).
+    pub fn snapshot(&self) -> Result<StateSnapshot, StorageError> {
+        let txn = self.env.clone().static_read_txn().map_err(self.err())?;
+        Ok(StateSnapshot { txn, store: self.clone() })
+    }
+
+    /// Write one applied batch atomically: its state changes together with
+    /// the `applied_index` that covers them (exactly-once apply).
+    pub fn commit(&self, batch: &StateBatch) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let before: AppliedState = match self.meta.get(&wtxn, "applied").map_err(self.err())? {
+            None => AppliedState::default(),
+            Some(b) => codec::decode("applied", b).map_err(self.corrupt("applied".into()))?,
+        };
+        // Exactly-once apply: a batch must start right after what is applied.
+        if batch.applied_index <= before.index {
+            return Err(StorageError::Invariant(format!(
+                "batch up to {} would re-apply entries (applied is {})",
+                batch.applied_index, before.index
+            )));
+        }
+        for (k, v) in &batch.kv {
+            match v {
+                Some(v) => self.kv.put(&mut wtxn, k, v),
+                None => self.kv.delete(&mut wtxn, k).map(|_| ()),
+            }
+            .map_err(self.err())?;
+        }
+        for (client, below) in &batch.session_prunes {
+            let lo = session_key(*client, 0);
+            let hi = session_key(*client, *below);
+            let range = (Bound::Included(&lo[..]), Bound::Excluded(&hi[..]));
+            self.sessions.delete_range(&mut wtxn, &range).map_err(self.err())?;
+        }
+        for (k, v) in &batch.sessions {
+            match v {
+                Some(v) => self.sessions.put(&mut wtxn, k, v),
+                None => self.sessions.delete(&mut wtxn, k).map(|_| ()),
+            }
+            .map_err(self.err())?;
+        }
+        for (hash, bytes) in &batch.modules {
+            self.modules.put(&mut wtxn, hash, bytes).map_err(self.err())?;
+        }
+        for (name, rec) in &batch.actors {
+            self.actors.put(&mut wtxn, name, &codec::encode(rec)).map_err(self.err())?;
+        }
+        let applied = AppliedState {
+            index: batch.applied_index,
+            digest: batch.digest,
+        };
+        self.meta
+            .put(&mut wtxn, "applied", &codec::encode(&applied))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// Store a precompiled artifact of `hash` for engine `compat`.
+    pub fn put_artifact(&self, hash: &ModuleHash, compat: &[u8; 32], bytes: &[u8]) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.artifacts
+            .put(&mut wtxn, &artifact_key(hash, compat), bytes)
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// A copy of the precompiled artifact of `hash` for engine `compat`.
+    /// Copied out: the LMDB page is reused once the read transaction ends.
+    pub fn artifact(&self, hash: &ModuleHash, compat: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        Ok(self
+            .artifacts
+            .get(&rtxn, &artifact_key(hash, compat))
+            .map_err(self.err())?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// Every actor and its record.
+    pub fn actors(&self) -> Result<Vec<(String, ActorRecord)>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        let mut out = Vec::new();
+        for item in self.actors.iter(&rtxn).map_err(self.err())? {
+            let (name, bytes) = item.map_err(self.err())?;
+            let rec = codec::decode("actor", bytes).map_err(self.corrupt(format!("actor {name}")))?;
+            out.push((name.to_string(), rec));
+        }
+        Ok(out)
+    }
+
+    /// Every kv pair, for verification and tests.
+    pub fn dump_kv(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        let mut out = Vec::new();
+        for item in self.kv.iter(&rtxn).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn artifact_key(hash: &ModuleHash, compat: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(hash);
+    k[32..].copy_from_slice(compat);
+    k
+}
+
+/// An owned read snapshot of the state environment.
+pub struct StateSnapshot {
+    txn: RoTxn<'static, WithoutTls>,
+    store: StateStore,
+}
+
+impl StateSnapshot {
+    /// The actor record of `name`.
+    pub fn actor(&self, name: &str) -> Result<Option<ActorRecord>, StorageError> {
+        match self.store.actors.get(&self.txn, name).map_err(self.store.err())? {
+            None => Ok(None),
+            Some(b) => codec::decode("actor", b)
+                .map(Some)
+                .map_err(self.store.corrupt(format!("actor {name}"))),
+        }
+    }
+
+    /// Module bytes by hash.
+    pub fn module(&self, hash: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .store
+            .modules
+            .get(&self.txn, hash)
+            .map_err(self.store.err())?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// The stored outcome of a client's write, if still remembered.
+    pub fn session(&self, key: &[u8; 16]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .store
+            .sessions
+            .get(&self.txn, &key[..])
+            .map_err(self.store.err())?
+            .map(<[u8]>::to_vec))
+    }
+}
+
+impl KvRead for StateSnapshot {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        // A read error here is an LMDB failure (disk), not guest input; the
+        // sandbox cannot report it deterministically, so fail loudly.
+        self.store
+            .kv
+            .get(&self.txn, key)
+            .expect("LMDB read of machine state failed")
+            .map(<[u8]>::to_vec)
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if end.is_some_and(|e| e <= start) {
+            return Vec::new();
+        }
+        let range = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        self.store
+            .kv
+            .range(&self.txn, &range)
+            .expect("LMDB range of machine state failed")
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.expect("LMDB range of machine state failed");
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
