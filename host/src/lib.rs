@@ -10,3 +10,7 @@ pub mod codec;
 pub mod sandbox;
 pub mod storage;
 pub mod types;
+pub mod api;
+pub mod net;
+pub mod node;
+pub mod replication;

@@ -313,10 +313,21 @@ impl LogStore {
     /// Append `entries`, which must continue the log at `last + 1`. One
     /// transaction, one fsync. Checks contiguity and term order first.
     pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        if entries.is_empty() {
+        self.persist(None, entries)
+    }
+
+    /// Persist an optional new hard state and append `entries` in one
+    /// transaction (one fsync): the unit of group commit.
+    pub fn persist(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        if let Some(hs) = hard_state {
+            self.meta
+                .put(&mut wtxn, "hard_state", &codec::encode(hs))
+                .map_err(self.err())?;
+        }
         let (last_index, last_term) = match self.entries.last(&wtxn).map_err(self.err())? {
             None => (0, 0),
             Some((i, bytes)) => (

@@ -1,0 +1,164 @@
+//! The actor message API v0: what clients send to a node and what they get
+//! back, plus the Rust [`client::Client`].
+//!
+//! Every frame is `{ v, id, body }`: `v` is the protocol version (a node
+//! refuses a newer one with [`ErrorCode::UnsupportedVersion`]), `id` pairs a
+//! response with its request (requests may be pipelined and answered out of
+//! order), `body` a [`Request`] or [`Response`].
+
+pub mod client;
+
+use crate::replication::Role;
+use crate::types::{ClientTag, Index, NodeId, Outcome, Term};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One frame on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Frame<T> {
+    /// Protocol version.
+    pub v: u16,
+    /// Request id, echoed in the response. 0 is for connection-level errors.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteConcern {
+    /// After a majority has it durable and the leader applied it (never lost).
+    #[default]
+    Majority,
+    /// After the leader's fsync; may be lost on failover.
+    Leader,
+}
+
+/// A client request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Deploy a machine as an actor (through the log).
+    Deploy {
+        /// Actor name.
+        actor: String,
+        /// Component or core module bytes.
+        wasm: ByteBuf,
+    },
+    /// Send a command to an actor (through the log).
+    Command {
+        /// Actor name.
+        actor: String,
+        /// CBOR command.
+        command: ByteBuf,
+        /// Exactly-once tag.
+        client: Option<ClientTag>,
+        /// Write concern.
+        concern: WriteConcern,
+    },
+    /// Read from an actor's applied state.
+    Query {
+        /// Actor name.
+        actor: String,
+        /// CBOR request.
+        request: ByteBuf,
+    },
+    /// Node status.
+    Status,
+}
+
+/// Machine-readable error class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// This node is not the leader; see `leader`.
+    NotLeader,
+    /// The request is malformed or invalid.
+    BadRequest,
+    /// The frame could not be read (too large, truncated, not CBOR).
+    BadFrame,
+    /// The client speaks a newer protocol.
+    UnsupportedVersion,
+    /// Too many writes waiting; retry later.
+    Overloaded,
+    /// The node cannot serve (storage failed, applying halted).
+    Unavailable,
+    /// No actor by that name.
+    NoSuchActor,
+}
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    /// Class.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The leader, when known (for `NotLeader`).
+    pub leader: Option<NodeId>,
+}
+
+impl ApiError {
+    /// An error without a leader hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            leader: None,
+        }
+    }
+}
+
+/// Node status report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Role.
+    pub role: Role,
+    /// Term.
+    pub term: Term,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Last log index.
+    pub last_index: Index,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Applied index.
+    pub applied_index: Index,
+    /// State digest at the applied index (hex).
+    pub digest: String,
+    /// Deployed actors.
+    pub actors: Vec<String>,
+    /// Writes waiting for the log or the applier.
+    pub pending_writes: usize,
+}
+
+/// A response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A write (command or deploy) was committed and applied.
+    Written {
+        /// Its deterministic result.
+        outcome: Outcome,
+        /// Term of the entry (session token).
+        term: Term,
+        /// Index of the entry (session token).
+        index: Index,
+    },
+    /// A query answer.
+    Read {
+        /// The machine's answer.
+        outcome: Outcome,
+        /// Applied index the answer reflects.
+        applied_index: Index,
+    },
+    /// Status.
+    Status(Status),
+    /// An error.
+    Error(ApiError),
+}

@@ -1,0 +1,473 @@
+//! Applies committed log entries to the machine state through the sandbox.
+//!
+//! One call of [`Applier::apply`] is one batch: every entry runs against a
+//! read snapshot plus the writes of the entries before it in the batch, and
+//! the whole batch — machine writes, client sessions, new actors and
+//! modules, `applied_index` and the state digest — is committed in one LMDB
+//! write transaction. A crash before the commit re-applies the whole batch
+//! from the log; after it, none of it: never twice, never skipped.
+//!
+//! The digest chains, per entry, the index and the (prefixed) write-set the
+//! entry produced, so two replicas — or a replay of the log — that agree on
+//! the digest at an index agree on every write up to it.
+
+use crate::codec;
+use crate::sandbox::view::{self, KvRead, WriteSet};
+use crate::sandbox::{CallContext, LoadError, LoadedMachine, ModuleHash, Sandbox, SandboxError};
+use crate::storage::{
+    self, ActorRecord, AppliedState, StateBatch, StateSnapshot, StateStore, StorageError, actor_prefix,
+    session_key,
+};
+use crate::types::{Entry, Index, Outcome, Payload, validate_actor_name};
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+
+/// Why a batch could not be applied. None of these is a property of the
+/// entries: the batch is not committed and can be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A host-side sandbox failure (watchdog, instance pool).
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The batch does not continue the applied index.
+    #[error("entries must continue the applied index {applied}, got {got}")]
+    Gap {
+        /// Applied index.
+        applied: Index,
+        /// First index offered.
+        got: Index,
+    },
+}
+
+/// Why a query failed before it reached a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No such actor.
+    #[error("no actor named {0:?}")]
+    NoSuchActor(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Host-side sandbox failure.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The stored module no longer loads (engine changed).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// The snapshot plus the writes of the batch so far (full keys).
+struct BatchView {
+    snap: StateSnapshot,
+    overlay: WriteSet,
+}
+
+impl KvRead for BatchView {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        view::layered_get(&self.overlay, &self.snap, key)
+    }
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        view::layered_range(&self.overlay, &self.snap, start, end, limit)
+    }
+}
+
+/// One actor's namespace of a [`BatchView`]: keys are prefixed going in and
+/// stripped coming out, so actors never see each other's keys.
+struct ActorView {
+    prefix: Vec<u8>,
+    batch: BatchView,
+}
+
+impl ActorView {
+    fn full(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl KvRead for ActorView {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.batch.get(&self.full(key))
+    }
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let start = self.full(start);
+        let end = match end {
+            Some(e) => Some(self.full(e)),
+            None => prefix_end(&self.prefix),
+        };
+        self.batch
+            .range(&start, end.as_deref(), limit)
+            .into_iter()
+            .map(|(k, v)| (k[self.prefix.len()..].to_vec(), v))
+            .collect()
+    }
+}
+
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Chain `digest` over one entry's index and prefixed write-set.
+pub fn chain_digest(digest: &[u8; 32], index: Index, writes: &WriteSet) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(digest);
+    h.update(&index.to_be_bytes());
+    for (k, v) in writes {
+        h.update(&(k.len() as u64).to_be_bytes());
+        h.update(k);
+        match v {
+            Some(v) => {
+                h.update(&[1]);
+                h.update(&(v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+            None => {
+                h.update(&[0]);
+            }
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Applies entries and answers queries for one node.
+pub struct Applier {
+    sandbox: Sandbox,
+    state: StateStore,
+    machines: HashMap<ModuleHash, LoadedMachine>,
+    applied: AppliedState,
+}
+
+impl Applier {
+    /// An applier over `state`, resuming from its applied index.
+    pub fn new(sandbox: Sandbox, state: StateStore) -> Result<Self, StorageError> {
+        let applied = state.applied()?;
+        Ok(Applier {
+            sandbox,
+            state,
+            machines: HashMap::new(),
+            applied,
+        })
+    }
+
+    /// Last applied index and digest.
+    pub fn applied(&self) -> AppliedState {
+        self.applied
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    fn machine(
+        &mut self,
+        hash: &ModuleHash,
+        component: impl FnOnce() -> Result<Option<Vec<u8>>, StorageError>,
+    ) -> Result<LoadedMachine, QueryError> {
+        if let Some(m) = self.machines.get(hash) {
+            return Ok(m.clone());
+        }
+        let compat = self.sandbox.compatibility_hash();
+        let bytes = component()?.ok_or_else(|| {
+            StorageError::Invariant(format!("module {} missing from storage", hex(hash)))
+        })?;
+        let artifact = match self.state.artifact(hash, &compat)? {
+            Some(a) => a,
+            None => {
+                let a = self.sandbox.precompile(&bytes)?;
+                // Cache for the next start; losing it only costs a recompile.
+                if let Err(e) = self.state.put_artifact(hash, &compat, &a) {
+                    tracing::warn!(error = %e, "could not cache precompiled artifact");
+                }
+                a
+            }
+        };
+        // SAFETY: the artifact was produced by this node's engine (same
+        // compatibility hash in its key) and read from this node's storage.
+        let m = unsafe { self.sandbox.load(&bytes, Some(&artifact)) }?;
+        self.machines.insert(*hash, m.clone());
+        Ok(m)
+    }
+
+    /// Apply `entries` (which must start at `applied + 1`) as one batch and
+    /// return each entry's outcome.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(Index, Outcome)>, ApplyError> {
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        if first.index != self.applied.index + 1 {
+            return Err(ApplyError::Gap {
+                applied: self.applied.index,
+                got: first.index,
+            });
+        }
+        let mut batch = StateBatch::default();
+        let mut view = BatchView {
+            snap: self.state.snapshot()?,
+            overlay: WriteSet::new(),
+        };
+        let mut digest = self.applied.digest;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.index, first.index + i as u64, "batch entries are contiguous");
+            let ctx = CallContext {
+                index: e.index,
+                term: e.term,
+                entry: e.context,
+            };
+            let (outcome, writes, v) = self.apply_one(e, ctx, view, &mut batch)?;
+            view = v;
+            digest = chain_digest(&digest, e.index, &writes);
+            view.overlay.extend(writes);
+            outcomes.push((e.index, outcome));
+        }
+        let BatchView { snap, overlay } = view;
+        // The read snapshot must end before the write transaction: one
+        // thread, no overlapping transactions on this environment.
+        drop(snap);
+        batch.kv = overlay;
+        batch.applied_index = entries.last().map(|e| e.index).unwrap_or(self.applied.index);
+        batch.digest = digest;
+        self.state.commit(&batch)?;
+        self.applied = AppliedState {
+            index: batch.applied_index,
+            digest,
+        };
+        Ok(outcomes)
+    }
+
+    /// Apply one entry over `view`; returns its outcome, its prefixed
+    /// write-set (empty unless Ok) and the view.
+    fn apply_one(
+        &mut self,
+        e: &Entry,
+        ctx: CallContext,
+        view: BatchView,
+        batch: &mut StateBatch,
+    ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        match &e.payload {
+            Payload::Noop => Ok((Outcome::Ok(ByteBuf::new()), WriteSet::new(), view)),
+            Payload::Deploy { actor, wasm } => self.deploy(actor, wasm, ctx, view, batch),
+            Payload::Command { actor, client, command } => {
+                if let Some(tag) = client {
+                    let key = session_key(tag.client_id, tag.seq);
+                    let remembered = match batch.sessions.get(&key) {
+                        Some(v) => v.clone(),
+                        None => view.snap.session(&key)?,
+                    };
+                    if let Some(bytes) = remembered {
+                        // Exactly-once client writes: a retry gets the first result.
+                        let outcome: Outcome = codec::decode("session", &bytes).map_err(|source| {
+                            StorageError::Corrupt {
+                                path: "sessions".into(),
+                                what: format!("session {}/{}", tag.client_id, tag.seq),
+                                source,
+                            }
+                        })?;
+                        return Ok((outcome, WriteSet::new(), view));
+                    }
+                }
+                let (outcome, writes, view) = self.command(actor, command, ctx, view, batch)?;
+                if let Some(tag) = client {
+                    batch
+                        .sessions
+                        .insert(session_key(tag.client_id, tag.seq), Some(codec::encode(&outcome)));
+                    let below = batch.session_prunes.entry(tag.client_id).or_insert(0);
+                    *below = (*below).max(tag.acked_below.min(tag.seq));
+                }
+                Ok((outcome, writes, view))
+            }
+        }
+    }
+
+    fn actor_record(&self, name: &str, view: &BatchView, batch: &StateBatch) -> Result<Option<ActorRecord>, StorageError> {
+        match batch.actors.get(name) {
+            Some(r) => Ok(Some(r.clone())),
+            None => view.snap.actor(name),
+        }
+    }
+
+    fn command(
+        &mut self,
+        actor: &str,
+        command: &[u8],
+        ctx: CallContext,
+        view: BatchView,
+        batch: &mut StateBatch,
+    ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        let Some(record) = self.actor_record(actor, &view, batch)? else {
+            return Ok((Outcome::NoSuchActor, WriteSet::new(), view));
+        };
+        let hash: ModuleHash = record.module.as_slice().try_into().map_err(|_| {
+            StorageError::Invariant(format!("actor {actor} has a malformed module hash"))
+        })?;
+        let pending = batch.modules.get(&hash).cloned();
+        let machine = match self.machine(&hash, || match pending {
+            Some(b) => Ok(Some(b)),
+            None => view.snap.module(&hash),
+        }) {
+            Ok(m) => m,
+            Err(QueryError::Storage(e)) => return Err(e.into()),
+            Err(QueryError::Sandbox(e)) => return Err(e.into()),
+            // The module was validated when deployed; if it no longer loads,
+            // the engine changed under a running group. Fail loudly.
+            Err(e) => {
+                return Err(StorageError::Invariant(format!("machine of actor {actor} no longer loads: {e}")).into());
+            }
+        };
+        let call = self.sandbox.apply(
+            &machine,
+            actor,
+            ActorView {
+                prefix: actor_prefix(actor),
+                batch: view,
+            },
+            ctx,
+            command,
+        )?;
+        let prefix = &call.view.prefix;
+        let writes = prefixed(prefix, call.writes);
+        Ok((call.outcome, writes, call.view.batch))
+    }
+
+    fn deploy(
+        &mut self,
+        actor: &str,
+        wasm: &[u8],
+        ctx: CallContext,
+        view: BatchView,
+        batch: &mut StateBatch,
+    ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        if let Err(reason) = validate_actor_name(actor) {
+            return Ok((Outcome::DeployRefused { reason }, WriteSet::new(), view));
+        }
+        let component = match Sandbox::normalize(wasm) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok((Outcome::DeployRefused { reason: e.to_string() }, WriteSet::new(), view));
+            }
+        };
+        let hash = Sandbox::hash(&component);
+        let bytes = component.clone();
+        let machine = match self.machine(&hash, || Ok(Some(bytes))) {
+            Ok(m) => m,
+            Err(QueryError::Load(e)) => {
+                return Ok((Outcome::DeployRefused { reason: e.to_string() }, WriteSet::new(), view));
+            }
+            Err(QueryError::Storage(e)) => return Err(e.into()),
+            Err(QueryError::Sandbox(e)) => return Err(e.into()),
+            Err(QueryError::NoSuchActor(_)) => unreachable!("loading never looks up actors"),
+        };
+        let call = self.sandbox.init(
+            &machine,
+            actor,
+            ActorView {
+                prefix: actor_prefix(actor),
+                batch: view,
+            },
+            ctx,
+        )?;
+        let writes = prefixed(&call.view.prefix, call.writes);
+        let view = call.view.batch;
+        let outcome = match call.outcome {
+            Outcome::Ok(_) => {
+                batch.modules.insert(hash, component);
+                batch.actors.insert(
+                    actor.to_string(),
+                    ActorRecord {
+                        module: hash.to_vec(),
+                        deployed_at: ctx.index,
+                    },
+                );
+                Outcome::Ok(ByteBuf::from(hash.to_vec()))
+            }
+            other => Outcome::DeployRefused {
+                reason: format!("init failed: {other:?}"),
+            },
+        };
+        Ok((outcome, writes, view))
+    }
+
+    /// Run a read-only query against the applied state. Returns the
+    /// outcome and the applied index it reflects.
+    pub fn query(&mut self, actor: &str, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
+        let snap = self.state.snapshot()?;
+        let record = snap.actor(actor)?.ok_or_else(|| QueryError::NoSuchActor(actor.to_string()))?;
+        let hash: ModuleHash = record
+            .module
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Invariant(format!("actor {actor} has a malformed module hash")))?;
+        let machine = self.machine(&hash, || snap.module(&hash))?;
+        let call = self.sandbox.query(
+            &machine,
+            actor,
+            ActorView {
+                prefix: actor_prefix(actor),
+                batch: BatchView {
+                    snap,
+                    overlay: WriteSet::new(),
+                },
+            },
+            request,
+        )?;
+        Ok((call.outcome, self.applied.index))
+    }
+
+    /// Names of deployed actors.
+    pub fn actors(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self.state.actors()?.into_iter().map(|(n, _)| n).collect())
+    }
+}
+
+fn prefixed(prefix: &[u8], writes: WriteSet) -> WriteSet {
+    writes
+        .into_iter()
+        .map(|(k, v)| {
+            let mut full = prefix.to_vec();
+            full.extend_from_slice(&k);
+            (full, v)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replay `log` entries `1..=up_to` into a fresh state in `scratch` and
+/// return the digest and the full kv contents: what the state must equal.
+pub fn replay(
+    log: &storage::LogStore,
+    up_to: Index,
+    scratch: &std::path::Path,
+    identity: &storage::Identity,
+    limits: crate::sandbox::SandboxLimits,
+) -> anyhow::Result<(AppliedState, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let state = StateStore::open(scratch, identity, &storage::StorageOptions::default())?;
+    let mut applier = Applier::new(Sandbox::new(limits)?, state)?;
+    let mut next = 1;
+    while next <= up_to {
+        let entries = log.read(next, up_to, 4 << 20)?;
+        anyhow::ensure!(!entries.is_empty(), "log ends at {} before {up_to}", next - 1);
+        next = entries.last().map(|e| e.index + 1).unwrap_or(next);
+        applier.apply(&entries)?;
+    }
+    Ok((applier.applied(), applier.state.dump_kv()?))
+}

@@ -1,0 +1,122 @@
+//! The client-facing listener: one actor per TCP connection.
+//!
+//! A connection decodes frames, checks the protocol version, and hands each
+//! request to the [`Node`] as a [`ClientCall`]; answers are written back as
+//! they arrive, tagged with the request id, so a client may pipeline. A frame
+//! that is too large, truncated, not CBOR or of a newer protocol gets one
+//! error frame and the connection is closed; the node keeps serving others.
+
+use super::{ClientCall, Node};
+use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
+use crate::net;
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use tokio::io::WriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+/// Accept connections forever on the current arbiter.
+pub fn serve(listener: TcpListener, node: Addr<Node>) {
+    actix::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(%peer, "client connected");
+                    let node = node.clone();
+                    Connection::create(move |ctx| {
+                        let (r, w) = tokio::io::split(stream);
+                        ctx.add_stream(FramedRead::new(r, net::codec()));
+                        Connection {
+                            node,
+                            writer: FramedWrite::new(w, net::codec(), ctx),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+/// One client connection.
+pub struct Connection {
+    node: Addr<Node>,
+    writer: FramedWrite<Bytes, WriteHalf<TcpStream>, LengthDelimitedCodec>,
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+}
+
+impl WriteHandler<std::io::Error> for Connection {}
+
+/// Just the header, decoded before the body so a newer protocol is named
+/// as such rather than reported as garbage.
+#[derive(Deserialize)]
+struct Head {
+    v: u16,
+    id: u64,
+}
+
+impl Connection {
+    fn respond(&mut self, id: u64, body: Response) {
+        self.writer.write(net::encode(&Frame {
+            v: PROTOCOL_VERSION,
+            id,
+            body,
+        }));
+    }
+
+    fn refuse(&mut self, id: u64, code: ErrorCode, message: String, ctx: &mut Context<Self>) {
+        tracing::warn!(?code, %message, "refusing client frame; closing connection");
+        self.respond(id, Response::Error(ApiError::new(code, message)));
+        self.writer.close();
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<BytesMut, std::io::Error>> for Connection {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        let frame = match item {
+            Ok(f) => f,
+            Err(e) => {
+                return self.refuse(0, ErrorCode::BadFrame, format!("unreadable frame: {e}"), ctx);
+            }
+        };
+        let head: Head = match net::decode(&frame) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(0, ErrorCode::BadFrame, format!("frame is not a request: {e}"), ctx),
+        };
+        if head.v > PROTOCOL_VERSION {
+            return self.refuse(
+                head.id,
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {} is newer than this node's {PROTOCOL_VERSION}", head.v),
+                ctx,
+            );
+        }
+        let request: Frame<Request> = match net::decode(&frame) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(head.id, ErrorCode::BadFrame, format!("unknown request: {e}"), ctx),
+        };
+        let id = request.id;
+        let (tx, rx) = oneshot::channel();
+        self.node.do_send(ClientCall {
+            request: request.body,
+            reply: tx,
+        });
+        ctx.spawn(async move { rx.await }.into_actor(self).map(move |res, act, _| {
+            let body = res.unwrap_or_else(|_| {
+                Response::Error(ApiError::new(ErrorCode::Unavailable, "the node dropped the request"))
+            });
+            act.respond(id, body);
+        }));
+    }
+}
