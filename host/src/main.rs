@@ -203,11 +203,14 @@ fn run_node(config: NodeConfig, dev: bool) -> Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
         let (_node, bound) = run(config.clone()).await?;
+        // Tests and scripts read this line to learn the bound port.
         println!(
             "understudy node {} listening on {bound}, data in {}",
             config.node_id,
             config.data_dir.display()
         );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
         if dev {
             let client = Client::connect(bound).await?;
             let status = client.status().await?;

@@ -9,14 +9,13 @@
 use super::{ClientCall, Node};
 use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
 use crate::net;
-use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
+use futures::SinkExt;
 use serde::Deserialize;
-use tokio::io::WriteHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Accept connections forever on the current arbiter.
 pub fn serve(listener: TcpListener, node: Addr<Node>) {
@@ -27,12 +26,26 @@ pub fn serve(listener: TcpListener, node: Addr<Node>) {
                     let _ = stream.set_nodelay(true);
                     tracing::debug!(%peer, "client connected");
                     let node = node.clone();
+                    let (r, w) = stream.into_split();
+                    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+                    // The writer task owns the write half: it sends frames
+                    // in order and, when the connection drops its sender,
+                    // flushes what is left and shuts the socket down.
+                    actix::spawn(async move {
+                        let mut sink = FramedWrite::new(w, net::codec());
+                        while let Some(frame) = rx.recv().await {
+                            if sink.send(frame).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = SinkExt::<Bytes>::close(&mut sink).await;
+                    });
                     Connection::create(move |ctx| {
-                        let (r, w) = tokio::io::split(stream);
                         ctx.add_stream(FramedRead::new(r, net::codec()));
                         Connection {
                             node,
-                            writer: FramedWrite::new(w, net::codec(), ctx),
+                            writer: tx,
+                            closing: false,
                         }
                     });
                 }
@@ -48,14 +61,14 @@ pub fn serve(listener: TcpListener, node: Addr<Node>) {
 /// One client connection.
 pub struct Connection {
     node: Addr<Node>,
-    writer: FramedWrite<Bytes, WriteHalf<TcpStream>, LengthDelimitedCodec>,
+    writer: mpsc::UnboundedSender<Bytes>,
+    /// Set after a refused frame: ignore further input.
+    closing: bool,
 }
 
 impl Actor for Connection {
     type Context = Context<Self>;
 }
-
-impl WriteHandler<std::io::Error> for Connection {}
 
 /// Just the header, decoded before the body so a newer protocol is named
 /// as such rather than reported as garbage.
@@ -67,7 +80,8 @@ struct Head {
 
 impl Connection {
     fn respond(&mut self, id: u64, body: Response) {
-        self.writer.write(net::encode(&Frame {
+        // Fails only when the writer task ended (peer gone): nothing to do.
+        let _ = self.writer.send(net::encode(&Frame {
             v: PROTOCOL_VERSION,
             id,
             body,
@@ -77,13 +91,24 @@ impl Connection {
     fn refuse(&mut self, id: u64, code: ErrorCode, message: String, ctx: &mut Context<Self>) {
         tracing::warn!(?code, %message, "refusing client frame; closing connection");
         self.respond(id, Response::Error(ApiError::new(code, message)));
-        self.writer.close();
+        self.closing = true;
+        // Stopping drops the sender: the writer task flushes the error
+        // frame, then closes the socket.
         ctx.stop();
     }
 }
 
 impl StreamHandler<Result<BytesMut, std::io::Error>> for Connection {
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.closing {
+            ctx.stop();
+        }
+    }
+
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         let frame = match item {
             Ok(f) => f,
             Err(e) => {

@@ -1,0 +1,198 @@
+//! Bad input of every kind gets a clear error, loses nothing, and the node
+//! keeps serving. Each test runs a real node process.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use understudy::api::{ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
+use understudy::types::Outcome;
+use understudy_tests::{NodeProc, cbor, decode};
+
+async fn node_with(actors: &[(&str, &[u8])]) -> (tempfile::TempDir, NodeProc) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n1"), 1).unwrap();
+    let c = node.client().await.unwrap();
+    for (name, wasm) in actors {
+        let w = c.deploy(name, wasm.to_vec()).await.unwrap();
+        assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+    }
+    (dir, node)
+}
+
+/// The node still takes a write and answers a read after the abuse.
+async fn assert_still_serving(node: &NodeProc) {
+    let c = node.client().await.unwrap();
+    let w = c
+        .command("kv", cbor(r#"{"put":{"key":"alive","value":"yes"}}"#))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    let (out, _) = c.query("kv", cbor(r#"{"get":{"key":"alive"}}"#)).await.unwrap();
+    let Outcome::Ok(b) = out else { panic!("{out:?}") };
+    assert_eq!(decode::<Option<String>>(&b).as_deref(), Some("yes"));
+}
+
+async fn raw(node: &NodeProc) -> Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec> {
+    let s = TcpStream::connect(node.addr).await.unwrap();
+    Framed::new(s, understudy::net::codec())
+}
+
+async fn read_error(f: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>) -> ErrorCode {
+    let bytes = f.next().await.expect("an error frame").unwrap();
+    let frame: Frame<Response> = understudy::net::decode(&bytes).unwrap();
+    match frame.body {
+        Response::Error(e) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_and_node_keeps_serving() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    let len = (understudy::net::FRAME_BYTES_MAX as u32) + 1;
+    s.write_all(&len.to_be_bytes()).await.unwrap();
+    s.write_all(&[0u8; 1024]).await.unwrap();
+    let mut f = Framed::new(s, understudy::net::codec());
+    assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
+    assert!(f.next().await.is_none(), "connection closed after a bad frame");
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn truncated_frame_is_dropped_and_node_keeps_serving() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&100u32.to_be_bytes()).await.unwrap();
+    s.write_all(&[1u8; 10]).await.unwrap();
+    drop(s);
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn unknown_frame_gets_bad_frame() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let mut f = raw(&node).await;
+    f.send(Bytes::from_static(b"\x01\xa1\x63foo\x63bar")).await.unwrap();
+    assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
+    let mut f = raw(&node).await;
+    f.send(Bytes::from_static(b"definitely not cbor")).await.unwrap();
+    assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn newer_protocol_version_is_refused_by_name() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let mut f = raw(&node).await;
+    let frame = Frame {
+        v: PROTOCOL_VERSION + 1,
+        id: 9,
+        body: Request::Status,
+    };
+    f.send(understudy::net::encode(&frame)).await.unwrap();
+    assert_eq!(read_error(&mut f).await, ErrorCode::UnsupportedVersion);
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn modules_that_are_not_machines_are_refused_with_the_reason() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let c = node.client().await.unwrap();
+    let err = c.deploy("junk", b"hello".to_vec()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    assert!(err.to_string().contains("not a WebAssembly"), "{err}");
+
+    let wasi = wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
+    let err = c.deploy("wasi", wasi).await.unwrap_err();
+    assert!(err.to_string().contains("wasi:filesystem/types@0.2.0"), "{err}");
+
+    let err = c.deploy("Bad Name", understudy_examples::KV.to_vec()).await.unwrap_err();
+    assert!(err.to_string().contains("invalid actor name"), "{err}");
+    assert!(!c.status().await.unwrap().actors.contains(&"wasi".to_string()));
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn misbehaving_machine_commands_fail_deterministically_and_roll_back() {
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV), ("mis", understudy_examples::MISBEHAVE)]).await;
+    let c = node.client().await.unwrap();
+    let cases = [
+        (r#"{"loop":{"key":"a"}}"#, "fuel"),
+        (r#"{"alloc":{"key":"b","mib":200}}"#, "memory"),
+        (r#"{"panic":{"key":"c"}}"#, "trap"),
+        (r#"{"refuse":{"key":"d"}}"#, "refused"),
+    ];
+    for (cmd, what) in cases {
+        let w = c.command("mis", cbor(cmd)).await.unwrap();
+        let ok = match what {
+            "fuel" => w.outcome == Outcome::OutOfFuel,
+            "memory" => w.outcome == Outcome::MemoryLimit,
+            "trap" => matches!(w.outcome, Outcome::Trapped { .. }),
+            _ => matches!(w.outcome, Outcome::Refused { .. }),
+        };
+        assert!(ok, "{cmd}: {:?}", w.outcome);
+    }
+    for key in ["a", "b", "c", "d"] {
+        let (out, _) = c.query("mis", cbor(&format!(r#"{{"read":{{"key":"{key}"}}}}"#))).await.unwrap();
+        assert_eq!(out, Outcome::Ok(understudy::codec::to_cbor(&None::<String>).into()), "{key} rolled back");
+    }
+    let (out, _) = c.query("mis", cbor(r#"{"write":{"key":"q"}}"#)).await.unwrap();
+    assert!(matches!(out, Outcome::Trapped { .. }), "{out:?}");
+    let (out, _) = c.query("mis", cbor(r#""loop""#)).await.unwrap();
+    assert_eq!(out, Outcome::OutOfFuel);
+    let w = c.command("nobody", cbor("1")).await.unwrap();
+    assert_eq!(w.outcome, Outcome::NoSuchActor);
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
+async fn retried_write_is_applied_once_and_returns_its_first_result() {
+    let (_d, node) = node_with(&[("counter", understudy_examples::COUNTER)]).await;
+    let c = node.client().await.unwrap();
+    let tag = c.next_tag();
+    let add = cbor(r#"{"add":{"name":"n","by":5}}"#);
+    let first = c
+        .command_tagged("counter", add.clone(), tag, Default::default())
+        .await
+        .unwrap();
+    // A retry from another connection, as after a reconnect.
+    let c2 = node.client().await.unwrap();
+    let again = c2
+        .command_tagged("counter", add, tag, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, again.outcome);
+    let (out, _) = c.query("counter", cbor(r#"{"name":"n"}"#)).await.unwrap();
+    assert_eq!(out, Outcome::Ok(understudy::codec::to_cbor(&5i64).into()), "applied once");
+}
+
+#[test]
+fn data_directory_of_another_node_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n1");
+    drop(NodeProc::start(&path, 1).unwrap());
+    let err = NodeProc::start(&path, 2).err().expect("must refuse").to_string();
+    assert!(err.contains("belongs to node 1"), "{err}");
+    let err = NodeProc::start_in_cluster(&path, 1, "other").err().expect("must refuse").to_string();
+    assert!(err.contains("cluster"), "{err}");
+    // The rightful owner still starts.
+    NodeProc::start(&path, 1).unwrap();
+}
+
+#[test]
+fn data_directory_of_a_newer_format_is_refused_at_start() {
+    use understudy::storage::{FORMAT_VERSION, Identity, StorageOptions, open};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n1");
+    let newer = Identity {
+        format_version: FORMAT_VERSION + 1,
+        cluster_id: "test".into(),
+        node_id: 1,
+    };
+    drop(open(&path, &newer, &StorageOptions::default()).unwrap());
+    let err = NodeProc::start(&path, 1).err().expect("must refuse").to_string();
+    assert!(err.contains("upgrade Understudy"), "{err}");
+}
