@@ -12,18 +12,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use understudy::api::client::Client;
 
-/// Path of the `understudy` binary built by this `cargo test` run.
+/// Path of the `understudy` binary, built (once per test process) from the
+/// current sources: `cargo test -p understudy-tests` alone would otherwise
+/// run whatever stale binary an earlier build left behind.
 pub fn understudy_bin() -> PathBuf {
-    // target/<profile>/deps/<test-exe> → target/<profile>/understudy
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("understudy");
-    assert!(
-        bin.exists(),
-        "{} not found; run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test-exe> → target/<profile>/understudy
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "understudy", "--bin", "understudy"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the understudy binary");
+        assert!(status.success(), "building the understudy binary failed");
+        let bin = profile_dir.join("understudy");
+        assert!(bin.exists(), "{} not found after building it", bin.display());
+        bin
+    })
+    .clone()
 }
 
 /// One running node process.
