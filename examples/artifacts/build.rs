@@ -11,14 +11,25 @@ const MACHINES: &[&str] = &["kv", "counter", "bank", "misbehave"];
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().unwrap().parent().unwrap().to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     for dir in ["wit", "guest"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     for m in MACHINES {
-        println!("cargo:rerun-if-changed={}", root.join("examples").join(m).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("examples").join(m).display()
+        );
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let target_dir = out_dir.join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -46,7 +57,9 @@ fn main() {
         cmd.env_remove(var);
     }
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
-    let status = cmd.status().expect("failed to run cargo for the guest machines");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the guest machines");
     if !status.success() {
         panic!(
             "building the example machines for wasm32-unknown-unknown failed; \

@@ -19,7 +19,9 @@ pub enum CodecError {
     #[error("empty record: no envelope version byte")]
     Empty,
     /// Written by a newer Understudy.
-    #[error("record has envelope version {found}, this build reads up to {supported}; upgrade Understudy")]
+    #[error(
+        "record has envelope version {found}, this build reads up to {supported}; upgrade Understudy"
+    )]
     NewerVersion {
         /// Version found in the record.
         found: u8,
@@ -53,7 +55,9 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
         0 => Err(CodecError::InvalidVersion),
-        ENVELOPE_VERSION => serde_cbor::from_slice(body).map_err(|source| CodecError::Malformed { what, source }),
+        ENVELOPE_VERSION => {
+            serde_cbor::from_slice(body).map_err(|source| CodecError::Malformed { what, source })
+        }
         found => Err(CodecError::NewerVersion {
             found,
             supported: ENVELOPE_VERSION,
@@ -78,7 +82,11 @@ mod tests {
 
     #[test]
     fn roundtrip_keeps_the_value() {
-        let v = (7u64, "x".to_string(), serde_bytes::ByteBuf::from(vec![1, 2, 3]));
+        let v = (
+            7u64,
+            "x".to_string(),
+            serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+        );
         let bytes = encode(&v);
         assert_eq!(bytes[0], ENVELOPE_VERSION);
         let back: (u64, String, serde_bytes::ByteBuf) = decode("test", &bytes).unwrap();
@@ -97,7 +105,10 @@ mod tests {
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         assert!(matches!(decode::<u64>("test", &[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<u64>("test", &[0, 1]), Err(CodecError::InvalidVersion)));
+        assert!(matches!(
+            decode::<u64>("test", &[0, 1]),
+            Err(CodecError::InvalidVersion)
+        ));
         assert!(matches!(
             decode::<(u64, String)>("test", &[1, 0xff, 0x00]),
             Err(CodecError::Malformed { .. })

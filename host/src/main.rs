@@ -11,7 +11,11 @@ use understudy::types::Outcome;
 const DEFAULT_ADDR: &str = "127.0.0.1:7600";
 
 #[derive(Parser)]
-#[command(name = "understudy", version, about = "Replication host for sandboxed WebAssembly state machines")]
+#[command(
+    name = "understudy",
+    version,
+    about = "Replication host for sandboxed WebAssembly state machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,9 @@ fn main() {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Dev { data_dir, listen } => run_node(NodeConfig::new(1, "understudy-dev", listen, data_dir), true),
+        Command::Dev { data_dir, listen } => {
+            run_node(NodeConfig::new(1, "understudy-dev", listen, data_dir), true)
+        }
         Command::Node {
             config,
             id,
@@ -128,7 +134,8 @@ fn dispatch(command: Command) -> Result<()> {
         } => {
             let config = match config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
                 }
                 None => {
@@ -146,7 +153,9 @@ fn dispatch(command: Command) -> Result<()> {
             example,
         } => {
             let wasm = match (file, example) {
-                (Some(path), _) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                (Some(path), _) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
                 (None, Some(name)) => understudy_examples::by_name(&name)
                     .with_context(|| format!("no example named {name:?}; try kv, counter or bank"))?
                     .to_vec(),
@@ -185,7 +194,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Status { addr } => client_call(addr, |c| async move {
             let s = c.status().await?;
             println!("node {} of cluster {:?}", s.node_id, s.cluster_id);
-            println!("  role      {:?} (term {}, leader {:?})", s.role, s.term, s.leader);
+            println!(
+                "  role      {:?} (term {}, leader {:?})",
+                s.role, s.term, s.leader
+            );
             println!(
                 "  indexes   last {}  commit {}  applied {}",
                 s.last_index, s.commit_index, s.applied_index
@@ -195,7 +207,11 @@ fn dispatch(command: Command) -> Result<()> {
             println!("  pending   {} writes", s.pending_writes);
             Ok(())
         }),
-        Command::Verify { data_dir, id, cluster } => verify(data_dir, id, &cluster),
+        Command::Verify {
+            data_dir,
+            id,
+            cluster,
+        } => verify(data_dir, id, &cluster),
     }
 }
 
@@ -215,14 +231,25 @@ fn run_node(config: NodeConfig, dev: bool) -> Result<()> {
             let client = Client::connect(bound).await?;
             let status = client.status().await?;
             if !status.actors.iter().any(|a| a == "kv") {
-                let w = client.deploy("kv", understudy_examples::KV.to_vec()).await?;
-                anyhow::ensure!(w.outcome.is_ok(), "deploying the kv example failed: {:?}", w.outcome);
+                let w = client
+                    .deploy("kv", understudy_examples::KV.to_vec())
+                    .await?;
+                anyhow::ensure!(
+                    w.outcome.is_ok(),
+                    "deploying the kv example failed: {:?}",
+                    w.outcome
+                );
             }
             println!("actor `kv` (examples/kv) is deployed. In another terminal:");
-            println!("  cargo run -q -- send kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'");
+            println!(
+                "  cargo run -q -- send kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
+            );
             println!("  cargo run -q -- query kv '{{\"get\":{{\"key\":\"hello\"}}}}'");
             println!("  cargo run -q -- status");
-            println!("Ctrl-C stops the node; the data stays in {}.", config.data_dir.display());
+            println!(
+                "Ctrl-C stops the node; the data stays in {}.",
+                config.data_dir.display()
+            );
         }
         tokio::signal::ctrl_c().await?;
         println!("stopping");
@@ -235,18 +262,20 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let client = Client::connect(addr)
-            .await
-            .with_context(|| format!("is a node running at {addr}? (start one with `understudy dev`)"))?;
+        let client = Client::connect(addr).await.with_context(|| {
+            format!("is a node running at {addr}? (start one with `understudy dev`)")
+        })?;
         f(client).await
     })
 }
 
 fn json_to_cbor(json: &str) -> Result<Vec<u8>> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).with_context(|| format!("argument is not valid JSON: {json}"))?;
+    let value: serde_json::Value = serde_json::from_str(json)
+        .with_context(|| format!("argument is not valid JSON: {json}"))?;
     Ok(understudy::codec::to_cbor(&value))
 }
 
@@ -254,7 +283,9 @@ fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Ok(_) => "ok".into(),
         Outcome::Refused { code, message } => format!("refused ({code}): {message}"),
-        Outcome::Trapped { trap } => format!("machine trapped ({trap}); its writes were rolled back"),
+        Outcome::Trapped { trap } => {
+            format!("machine trapped ({trap}); its writes were rolled back")
+        }
         Outcome::OutOfFuel => "machine ran out of fuel; its writes were rolled back".into(),
         Outcome::MemoryLimit => "machine hit its memory limit; its writes were rolled back".into(),
         Outcome::NoSuchActor => "no such actor (deploy it first)".into(),
@@ -284,7 +315,8 @@ fn verify(data_dir: PathBuf, id: u64, cluster: &str) -> Result<()> {
         cluster_id: cluster.to_string(),
         node_id: id,
     };
-    let (_lock, log, state) = storage::open(&data_dir, &identity, &storage::StorageOptions::default())?;
+    let (_lock, log, state) =
+        storage::open(&data_dir, &identity, &storage::StorageOptions::default())?;
     let applied = state.applied()?;
     let scratch = tempfile_dir()?;
     let (replayed, kv) = understudy::node::applier::replay(
@@ -300,7 +332,10 @@ fn verify(data_dir: PathBuf, id: u64, cluster: &str) -> Result<()> {
         "state differs from a replay of the log up to index {}",
         applied.index
     );
-    println!("ok: state at applied index {} equals a fresh replay of the log", applied.index);
+    println!(
+        "ok: state at applied index {} equals a fresh replay of the log",
+        applied.index
+    );
     Ok(())
 }
 

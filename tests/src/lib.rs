@@ -25,17 +25,30 @@ pub fn understudy_bin() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "understudy", "--bin", "understudy"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "understudy",
+            "--bin",
+            "understudy",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the understudy binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the understudy binary");
         assert!(status.success(), "building the understudy binary failed");
         let bin = profile_dir.join("understudy");
-        assert!(bin.exists(), "{} not found after building it", bin.display());
+        assert!(
+            bin.exists(),
+            "{} not found after building it",
+            bin.display()
+        );
         bin
     })
     .clone()
@@ -66,7 +79,15 @@ impl NodeProc {
         let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
         let stderr = std::fs::File::create(&stderr_path)?;
         let mut child = Command::new(understudy_bin())
-            .args(["node", "--id", &id.to_string(), "--cluster", cluster, "--listen", "127.0.0.1:0"])
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--cluster",
+                cluster,
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -138,7 +159,10 @@ impl Drop for NodeProc {
 
 /// Run `understudy` with `args` to completion; returns (success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(understudy_bin()).args(args).env("RUST_LOG", "warn").output()?;
+    let out = Command::new(understudy_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

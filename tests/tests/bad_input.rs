@@ -29,8 +29,13 @@ async fn assert_still_serving(node: &NodeProc) {
         .await
         .unwrap();
     assert!(w.outcome.is_ok());
-    let (out, _) = c.query("kv", cbor(r#"{"get":{"key":"alive"}}"#)).await.unwrap();
-    let Outcome::Ok(b) = out else { panic!("{out:?}") };
+    let (out, _) = c
+        .query("kv", cbor(r#"{"get":{"key":"alive"}}"#))
+        .await
+        .unwrap();
+    let Outcome::Ok(b) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(decode::<Option<String>>(&b).as_deref(), Some("yes"));
 }
 
@@ -39,7 +44,9 @@ async fn raw(node: &NodeProc) -> Framed<TcpStream, tokio_util::codec::LengthDeli
     Framed::new(s, understudy::net::codec())
 }
 
-async fn read_error(f: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>) -> ErrorCode {
+async fn read_error(
+    f: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+) -> ErrorCode {
     let bytes = f.next().await.expect("an error frame").unwrap();
     let frame: Frame<Response> = understudy::net::decode(&bytes).unwrap();
     match frame.body {
@@ -57,7 +64,10 @@ async fn oversized_frame_is_refused_and_node_keeps_serving() {
     s.write_all(&[0u8; 1024]).await.unwrap();
     let mut f = Framed::new(s, understudy::net::codec());
     assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
-    assert!(f.next().await.is_none(), "connection closed after a bad frame");
+    assert!(
+        f.next().await.is_none(),
+        "connection closed after a bad frame"
+    );
     assert_still_serving(&node).await;
 }
 
@@ -75,10 +85,14 @@ async fn truncated_frame_is_dropped_and_node_keeps_serving() {
 async fn unknown_frame_gets_bad_frame() {
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let mut f = raw(&node).await;
-    f.send(Bytes::from_static(b"\x01\xa1\x63foo\x63bar")).await.unwrap();
+    f.send(Bytes::from_static(b"\x01\xa1\x63foo\x63bar"))
+        .await
+        .unwrap();
     assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
     let mut f = raw(&node).await;
-    f.send(Bytes::from_static(b"definitely not cbor")).await.unwrap();
+    f.send(Bytes::from_static(b"definitely not cbor"))
+        .await
+        .unwrap();
     assert_eq!(read_error(&mut f).await, ErrorCode::BadFrame);
     assert_still_serving(&node).await;
 }
@@ -105,19 +119,36 @@ async fn modules_that_are_not_machines_are_refused_with_the_reason() {
     assert_eq!(err.code(), Some(ErrorCode::BadRequest));
     assert!(err.to_string().contains("not a WebAssembly"), "{err}");
 
-    let wasi = wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
+    let wasi =
+        wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
     let err = c.deploy("wasi", wasi).await.unwrap_err();
-    assert!(err.to_string().contains("wasi:filesystem/types@0.2.0"), "{err}");
+    assert!(
+        err.to_string().contains("wasi:filesystem/types@0.2.0"),
+        "{err}"
+    );
 
-    let err = c.deploy("Bad Name", understudy_examples::KV.to_vec()).await.unwrap_err();
+    let err = c
+        .deploy("Bad Name", understudy_examples::KV.to_vec())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid actor name"), "{err}");
-    assert!(!c.status().await.unwrap().actors.contains(&"wasi".to_string()));
+    assert!(
+        !c.status()
+            .await
+            .unwrap()
+            .actors
+            .contains(&"wasi".to_string())
+    );
     assert_still_serving(&node).await;
 }
 
 #[tokio::test]
 async fn misbehaving_machine_commands_fail_deterministically_and_roll_back() {
-    let (_d, node) = node_with(&[("kv", understudy_examples::KV), ("mis", understudy_examples::MISBEHAVE)]).await;
+    let (_d, node) = node_with(&[
+        ("kv", understudy_examples::KV),
+        ("mis", understudy_examples::MISBEHAVE),
+    ])
+    .await;
     let c = node.client().await.unwrap();
     let cases = [
         (r#"{"loop":{"key":"a"}}"#, "fuel"),
@@ -136,10 +167,20 @@ async fn misbehaving_machine_commands_fail_deterministically_and_roll_back() {
         assert!(ok, "{cmd}: {:?}", w.outcome);
     }
     for key in ["a", "b", "c", "d"] {
-        let (out, _) = c.query("mis", cbor(&format!(r#"{{"read":{{"key":"{key}"}}}}"#))).await.unwrap();
-        assert_eq!(out, Outcome::Ok(understudy::codec::to_cbor(&None::<String>).into()), "{key} rolled back");
+        let (out, _) = c
+            .query("mis", cbor(&format!(r#"{{"read":{{"key":"{key}"}}}}"#)))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            Outcome::Ok(understudy::codec::to_cbor(&None::<String>).into()),
+            "{key} rolled back"
+        );
     }
-    let (out, _) = c.query("mis", cbor(r#"{"write":{"key":"q"}}"#)).await.unwrap();
+    let (out, _) = c
+        .query("mis", cbor(r#"{"write":{"key":"q"}}"#))
+        .await
+        .unwrap();
     assert!(matches!(out, Outcome::Trapped { .. }), "{out:?}");
     let (out, _) = c.query("mis", cbor(r#""loop""#)).await.unwrap();
     assert_eq!(out, Outcome::OutOfFuel);
@@ -166,7 +207,11 @@ async fn retried_write_is_applied_once_and_returns_its_first_result() {
         .unwrap();
     assert_eq!(first.outcome, again.outcome);
     let (out, _) = c.query("counter", cbor(r#"{"name":"n"}"#)).await.unwrap();
-    assert_eq!(out, Outcome::Ok(understudy::codec::to_cbor(&5i64).into()), "applied once");
+    assert_eq!(
+        out,
+        Outcome::Ok(understudy::codec::to_cbor(&5i64).into()),
+        "applied once"
+    );
 }
 
 #[test]
@@ -174,9 +219,15 @@ fn data_directory_of_another_node_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n1");
     drop(NodeProc::start(&path, 1).unwrap());
-    let err = NodeProc::start(&path, 2).err().expect("must refuse").to_string();
+    let err = NodeProc::start(&path, 2)
+        .err()
+        .expect("must refuse")
+        .to_string();
     assert!(err.contains("belongs to node 1"), "{err}");
-    let err = NodeProc::start_in_cluster(&path, 1, "other").err().expect("must refuse").to_string();
+    let err = NodeProc::start_in_cluster(&path, 1, "other")
+        .err()
+        .expect("must refuse")
+        .to_string();
     assert!(err.contains("cluster"), "{err}");
     // The rightful owner still starts.
     NodeProc::start(&path, 1).unwrap();
@@ -193,6 +244,9 @@ fn data_directory_of_a_newer_format_is_refused_at_start() {
         node_id: 1,
     };
     drop(open(&path, &newer, &StorageOptions::default()).unwrap());
-    let err = NodeProc::start(&path, 1).err().expect("must refuse").to_string();
+    let err = NodeProc::start(&path, 1)
+        .err()
+        .expect("must refuse")
+        .to_string();
     assert!(err.contains("upgrade Understudy"), "{err}");
 }

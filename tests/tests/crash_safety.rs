@@ -57,7 +57,11 @@ async fn writer(w: usize, client: Client, ledger: Arc<Mutex<Ledger>>) {
                 let v = value_of(&res.outcome);
                 let mut l = ledger.lock().await;
                 // One write in flight per writer: answers count up by one.
-                assert_eq!(v, l.acked_value[w] + 1, "writer {w}: acknowledged values are consecutive");
+                assert_eq!(
+                    v,
+                    l.acked_value[w] + 1,
+                    "writer {w}: acknowledged values are consecutive"
+                );
                 l.acked_value[w] = v;
             }
             Err(_) => {
@@ -67,7 +71,6 @@ async fn writer(w: usize, client: Client, ledger: Arc<Mutex<Ledger>>) {
         }
     }
 }
-
 
 /// Retry, with their original tags, the writes whose answers were lost,
 /// then check every counter equals the writes its writer sent.
@@ -84,7 +87,10 @@ async fn resolve_and_check(node: &NodeProc, ledger: &Arc<Mutex<Ledger>>, round: 
     }
     // Everything acknowledged so far is there, exactly once.
     for w in 0..WRITERS {
-        let (out, _) = retry.query("counter", cbor(&format!(r#"{{"name":"w{w}"}}"#))).await.unwrap();
+        let (out, _) = retry
+            .query("counter", cbor(&format!(r#"{{"name":"w{w}"}}"#)))
+            .await
+            .unwrap();
         let l = ledger.lock().await;
         assert_eq!(
             value_of(&out),
@@ -112,7 +118,13 @@ async fn acknowledged_writes_survive_sigkill_exactly_once() {
     let path = dir.path().join("n1");
     let mut node = NodeProc::start(&path, 1).unwrap();
     let c = node.client().await.unwrap();
-    assert!(c.deploy("counter", understudy_examples::COUNTER.to_vec()).await.unwrap().outcome.is_ok());
+    assert!(
+        c.deploy("counter", understudy_examples::COUNTER.to_vec())
+            .await
+            .unwrap()
+            .outcome
+            .is_ok()
+    );
     drop(c);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
 
@@ -129,7 +141,8 @@ async fn acknowledged_writes_survive_sigkill_exactly_once() {
         for t in tasks {
             t.await.unwrap();
         }
-        node = NodeProc::start(&path, 1).unwrap_or_else(|e| panic!("restart after round {round}: {e} (seed {seed})"));
+        node = NodeProc::start(&path, 1)
+            .unwrap_or_else(|e| panic!("restart after round {round}: {e} (seed {seed})"));
     }
 
     resolve_and_check(&node, &ledger, rounds, seed).await;
@@ -146,5 +159,8 @@ async fn acknowledged_writes_survive_sigkill_exactly_once() {
         "test",
     ])
     .unwrap();
-    assert!(ok, "state must equal a replay of the log: {out}{err} (seed {seed})");
+    assert!(
+        ok,
+        "state must equal a replay of the log: {out}{err} (seed {seed})"
+    );
 }

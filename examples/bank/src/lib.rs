@@ -14,8 +14,15 @@ pub struct Bank;
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Open { account: String, deposit: u64 },
-    Transfer { from: String, to: String, amount: u64 },
+    Open {
+        account: String,
+        deposit: u64,
+    },
+    Transfer {
+        from: String,
+        to: String,
+        amount: u64,
+    },
 }
 
 #[derive(Deserialize)]
@@ -37,8 +44,12 @@ fn key(account: &str) -> String {
 }
 
 fn balance(account: &str) -> Result<u64, MachineError> {
-    kv::get::<u64>(key(account))?
-        .ok_or_else(|| MachineError::new("no-such-account", format!("account {account} does not exist")))
+    kv::get::<u64>(key(account))?.ok_or_else(|| {
+        MachineError::new(
+            "no-such-account",
+            format!("account {account} does not exist"),
+        )
+    })
 }
 
 impl Machine for Bank {
@@ -51,14 +62,24 @@ impl Machine for Bank {
         match command {
             Command::Open { account, deposit } => {
                 if kv::get::<u64>(key(&account))?.is_some() {
-                    return Err(MachineError::new("exists", format!("account {account} already exists")));
+                    return Err(MachineError::new(
+                        "exists",
+                        format!("account {account} already exists"),
+                    ));
                 }
                 kv::put(key(&account), &deposit)?;
-                Ok(Receipt { from_balance: deposit, to_balance: deposit, at_ms: ctx.now_ms() })
+                Ok(Receipt {
+                    from_balance: deposit,
+                    to_balance: deposit,
+                    at_ms: ctx.now_ms(),
+                })
             }
             Command::Transfer { from, to, amount } => {
                 if from == to {
-                    return Err(MachineError::new("same-account", "cannot transfer to the same account"));
+                    return Err(MachineError::new(
+                        "same-account",
+                        "cannot transfer to the same account",
+                    ));
                 }
                 let from_balance = balance(&from)?;
                 let to_balance = balance(&to)?;
@@ -74,7 +95,11 @@ impl Machine for Bank {
                 kv::put(key(&from), &new_from)?;
                 kv::put(key(&to), &new_to)?;
                 log!(debug, "transfer {amount} {from} -> {to}");
-                Ok(Receipt { from_balance: new_from, to_balance: new_to, at_ms: ctx.now_ms() })
+                Ok(Receipt {
+                    from_balance: new_from,
+                    to_balance: new_to,
+                    at_ms: ctx.now_ms(),
+                })
             }
         }
     }

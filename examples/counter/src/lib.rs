@@ -28,9 +28,9 @@ impl Machine for Counter {
         match command {
             Command::Add { name, by } => {
                 let value = kv::get::<i64>(&name)?.unwrap_or(0);
-                let value = value
-                    .checked_add(by)
-                    .ok_or_else(|| MachineError::new("overflow", format!("{name} would overflow")))?;
+                let value = value.checked_add(by).ok_or_else(|| {
+                    MachineError::new("overflow", format!("{name} would overflow"))
+                })?;
                 kv::put(&name, &value)?;
                 Ok(value)
             }

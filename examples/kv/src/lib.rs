@@ -13,9 +13,18 @@ pub struct Kv;
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
-    Cas { key: String, expected: Option<String>, new: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -53,7 +62,10 @@ impl Machine for Kv {
             Command::Cas { key, expected, new } => {
                 let current: Option<String> = kv::get(&key)?;
                 if current != expected {
-                    return Err(MachineError::new("cas-mismatch", format!("{key} is {current:?}")));
+                    return Err(MachineError::new(
+                        "cas-mismatch",
+                        format!("{key} is {current:?}"),
+                    ));
                 }
                 kv::put(&key, &new)?;
                 Ok(current)
@@ -68,7 +80,10 @@ impl Machine for Kv {
                 let end = kv::prefix_end(prefix.as_bytes());
                 let pairs = kv::range::<String>(&prefix, end.as_deref(), limit)?;
                 Ok(Answer::Pairs(
-                    pairs.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v)).collect(),
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+                        .collect(),
                 ))
             }
         }

@@ -26,9 +26,13 @@ pub enum Command {
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Query {
-    Read { key: String },
+    Read {
+        key: String,
+    },
     /// A query that tries to write: must trap.
-    Write { key: String },
+    Write {
+        key: String,
+    },
     Loop,
 }
 

@@ -5,7 +5,9 @@
 //! (for example after a reconnect) applies it once and returns its first
 //! result; [`Client::command_tagged`] lets a caller retry with the same tag.
 
-use super::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response, Status, WriteConcern};
+use super::{
+    ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response, Status, WriteConcern,
+};
 use crate::types::{ClientTag, Index, Outcome, Term};
 use futures::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
@@ -62,10 +64,12 @@ pub struct Client {
 impl Client {
     /// Connect to a node.
     pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| ClientError::Connection {
-            addr,
-            message: e.to_string(),
-        })?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Connection {
+                addr,
+                message: e.to_string(),
+            })?;
         let _ = stream.set_nodelay(true);
         let framed = Framed::new(stream, crate::net::codec());
         let (mut sink, mut stream) = framed.split();
@@ -84,7 +88,10 @@ impl Client {
                 let Ok(frame) = crate::net::decode::<Frame<Response>>(&bytes) else {
                     break;
                 };
-                let waiter = reader_pending.lock().expect("pending lock").remove(&frame.id);
+                let waiter = reader_pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&frame.id);
                 match waiter {
                     Some(w) => {
                         let _ = w.send(frame.body);
@@ -114,7 +121,9 @@ impl Client {
 
     /// Send one request and wait for its response.
     pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
         let frame = Frame {
@@ -139,7 +148,9 @@ impl Client {
 
     /// A fresh exactly-once tag for the next write.
     pub fn next_tag(&self) -> ClientTag {
-        let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         in_flight.insert(seq);
         let acked_below = *in_flight.first().expect("just inserted");
@@ -153,7 +164,8 @@ impl Client {
     /// Send a CBOR command to `actor` with a new tag.
     pub async fn command(&self, actor: &str, command: Vec<u8>) -> Result<WriteResult, ClientError> {
         let tag = self.next_tag();
-        self.command_tagged(actor, command, tag, WriteConcern::Majority).await
+        self.command_tagged(actor, command, tag, WriteConcern::Majority)
+            .await
     }
 
     /// Send a command with a given tag (retry with the same tag to get the
@@ -174,7 +186,10 @@ impl Client {
             })
             .await;
         if tag.client_id == self.client_id && result.is_ok() {
-            self.in_flight.lock().expect("in-flight lock").remove(&tag.seq);
+            self.in_flight
+                .lock()
+                .expect("in-flight lock")
+                .remove(&tag.seq);
         }
         written(result?)
     }
@@ -193,7 +208,11 @@ impl Client {
 
     /// Query `actor` with a CBOR request; returns the outcome and the
     /// applied index it reflects.
-    pub async fn query(&self, actor: &str, request: Vec<u8>) -> Result<(Outcome, Index), ClientError> {
+    pub async fn query(
+        &self,
+        actor: &str,
+        request: Vec<u8>,
+    ) -> Result<(Outcome, Index), ClientError> {
         match self
             .call(Request::Query {
                 actor: actor.to_string(),
@@ -226,7 +245,15 @@ impl From<ApiError> for ClientError {
 
 fn written(r: Response) -> Result<WriteResult, ClientError> {
     match r {
-        Response::Written { outcome, term, index } => Ok(WriteResult { outcome, term, index }),
+        Response::Written {
+            outcome,
+            term,
+            index,
+        } => Ok(WriteResult {
+            outcome,
+            term,
+            index,
+        }),
         Response::Error(e) => Err(ClientError::Api(e)),
         other => Err(ClientError::Unexpected(Box::new(other))),
     }

@@ -15,8 +15,8 @@ use crate::codec;
 use crate::sandbox::view::{self, KvRead, WriteSet};
 use crate::sandbox::{CallContext, LoadError, LoadedMachine, ModuleHash, Sandbox, SandboxError};
 use crate::storage::{
-    self, ActorRecord, AppliedState, StateBatch, StateSnapshot, StateStore, StorageError, actor_prefix,
-    session_key,
+    self, ActorRecord, AppliedState, StateBatch, StateSnapshot, StateStore, StorageError,
+    actor_prefix, session_key,
 };
 use crate::types::{Entry, Index, Outcome, Payload, validate_actor_name};
 use serde_bytes::ByteBuf;
@@ -183,6 +183,10 @@ impl Applier {
         if let Some(m) = self.machines.get(hash) {
             return Ok(m.clone());
         }
+        if let Some(m) = self.sandbox.native(hash) {
+            self.machines.insert(*hash, m.clone());
+            return Ok(m);
+        }
         let compat = self.sandbox.compatibility_hash();
         let bytes = component()?.ok_or_else(|| {
             StorageError::Invariant(format!("module {} missing from storage", hex(hash)))
@@ -225,7 +229,11 @@ impl Applier {
         let mut digest = self.applied.digest;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(e.index, first.index + i as u64, "batch entries are contiguous");
+            assert_eq!(
+                e.index,
+                first.index + i as u64,
+                "batch entries are contiguous"
+            );
             let ctx = CallContext {
                 index: e.index,
                 term: e.term,
@@ -242,7 +250,10 @@ impl Applier {
         // thread, no overlapping transactions on this environment.
         drop(snap);
         batch.kv = overlay;
-        batch.applied_index = entries.last().map(|e| e.index).unwrap_or(self.applied.index);
+        batch.applied_index = entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(self.applied.index);
         batch.digest = digest;
         self.state.commit(&batch)?;
         self.applied = AppliedState {
@@ -264,7 +275,11 @@ impl Applier {
         match &e.payload {
             Payload::Noop => Ok((Outcome::Ok(ByteBuf::new()), WriteSet::new(), view)),
             Payload::Deploy { actor, wasm } => self.deploy(actor, wasm, ctx, view, batch),
-            Payload::Command { actor, client, command } => {
+            Payload::Command {
+                actor,
+                client,
+                command,
+            } => {
                 if let Some(tag) = client {
                     let key = session_key(tag.client_id, tag.seq);
                     let remembered = match batch.sessions.get(&key) {
@@ -273,21 +288,23 @@ impl Applier {
                     };
                     if let Some(bytes) = remembered {
                         // Exactly-once client writes: a retry gets the first result.
-                        let outcome: Outcome = codec::decode("session", &bytes).map_err(|source| {
-                            StorageError::Corrupt {
-                                path: "sessions".into(),
-                                what: format!("session {}/{}", tag.client_id, tag.seq),
-                                source,
-                            }
-                        })?;
+                        let outcome: Outcome =
+                            codec::decode("session", &bytes).map_err(|source| {
+                                StorageError::Corrupt {
+                                    path: "sessions".into(),
+                                    what: format!("session {}/{}", tag.client_id, tag.seq),
+                                    source,
+                                }
+                            })?;
                         return Ok((outcome, WriteSet::new(), view));
                     }
                 }
                 let (outcome, writes, view) = self.command(actor, command, ctx, view, batch)?;
                 if let Some(tag) = client {
-                    batch
-                        .sessions
-                        .insert(session_key(tag.client_id, tag.seq), Some(codec::encode(&outcome)));
+                    batch.sessions.insert(
+                        session_key(tag.client_id, tag.seq),
+                        Some(codec::encode(&outcome)),
+                    );
                     let below = batch.session_prunes.entry(tag.client_id).or_insert(0);
                     *below = (*below).max(tag.acked_below.min(tag.seq));
                 }
@@ -296,7 +313,12 @@ impl Applier {
         }
     }
 
-    fn actor_record(&self, name: &str, view: &BatchView, batch: &StateBatch) -> Result<Option<ActorRecord>, StorageError> {
+    fn actor_record(
+        &self,
+        name: &str,
+        view: &BatchView,
+        batch: &StateBatch,
+    ) -> Result<Option<ActorRecord>, StorageError> {
         match batch.actors.get(name) {
             Some(r) => Ok(Some(r.clone())),
             None => view.snap.actor(name),
@@ -328,7 +350,10 @@ impl Applier {
             // The module was validated when deployed; if it no longer loads,
             // the engine changed under a running group. Fail loudly.
             Err(e) => {
-                return Err(StorageError::Invariant(format!("machine of actor {actor} no longer loads: {e}")).into());
+                return Err(StorageError::Invariant(format!(
+                    "machine of actor {actor} no longer loads: {e}"
+                ))
+                .into());
             }
         };
         let call = self.sandbox.apply(
@@ -360,7 +385,13 @@ impl Applier {
         let component = match Sandbox::normalize(wasm) {
             Ok(c) => c,
             Err(e) => {
-                return Ok((Outcome::DeployRefused { reason: e.to_string() }, WriteSet::new(), view));
+                return Ok((
+                    Outcome::DeployRefused {
+                        reason: e.to_string(),
+                    },
+                    WriteSet::new(),
+                    view,
+                ));
             }
         };
         let hash = Sandbox::hash(&component);
@@ -368,7 +399,13 @@ impl Applier {
         let machine = match self.machine(&hash, || Ok(Some(bytes))) {
             Ok(m) => m,
             Err(QueryError::Load(e)) => {
-                return Ok((Outcome::DeployRefused { reason: e.to_string() }, WriteSet::new(), view));
+                return Ok((
+                    Outcome::DeployRefused {
+                        reason: e.to_string(),
+                    },
+                    WriteSet::new(),
+                    view,
+                ));
             }
             Err(QueryError::Storage(e)) => return Err(e.into()),
             Err(QueryError::Sandbox(e)) => return Err(e.into()),
@@ -408,12 +445,12 @@ impl Applier {
     /// outcome and the applied index it reflects.
     pub fn query(&mut self, actor: &str, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
         let snap = self.state.snapshot()?;
-        let record = snap.actor(actor)?.ok_or_else(|| QueryError::NoSuchActor(actor.to_string()))?;
-        let hash: ModuleHash = record
-            .module
-            .as_slice()
-            .try_into()
-            .map_err(|_| StorageError::Invariant(format!("actor {actor} has a malformed module hash")))?;
+        let record = snap
+            .actor(actor)?
+            .ok_or_else(|| QueryError::NoSuchActor(actor.to_string()))?;
+        let hash: ModuleHash = record.module.as_slice().try_into().map_err(|_| {
+            StorageError::Invariant(format!("actor {actor} has a malformed module hash"))
+        })?;
         let machine = self.machine(&hash, || snap.module(&hash))?;
         let call = self.sandbox.query(
             &machine,
@@ -459,13 +496,17 @@ pub fn replay(
     scratch: &std::path::Path,
     identity: &storage::Identity,
     limits: crate::sandbox::SandboxLimits,
-) -> anyhow::Result<(AppliedState, Vec<(Vec<u8>, Vec<u8>)>)> {
+) -> anyhow::Result<(AppliedState, view::Pairs)> {
     let state = StateStore::open(scratch, identity, &storage::StorageOptions::default())?;
     let mut applier = Applier::new(Sandbox::new(limits)?, state)?;
     let mut next = 1;
     while next <= up_to {
         let entries = log.read(next, up_to, 4 << 20)?;
-        anyhow::ensure!(!entries.is_empty(), "log ends at {} before {up_to}", next - 1);
+        anyhow::ensure!(
+            !entries.is_empty(),
+            "log ends at {} before {up_to}",
+            next - 1
+        );
         next = entries.last().map(|e| e.index + 1).unwrap_or(next);
         applier.apply(&entries)?;
     }

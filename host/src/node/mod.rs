@@ -215,9 +215,10 @@ impl Handler<RunQuery> for ApplierActor {
                 outcome,
                 applied_index,
             },
-            Err(applier::QueryError::NoSuchActor(a)) => {
-                Response::Error(ApiError::new(ErrorCode::NoSuchActor, format!("no actor named {a:?}")))
-            }
+            Err(applier::QueryError::NoSuchActor(a)) => Response::Error(ApiError::new(
+                ErrorCode::NoSuchActor,
+                format!("no actor named {a:?}"),
+            )),
             Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string())),
         };
         let _ = msg.reply.send(response);
@@ -254,13 +255,22 @@ impl Node {
     /// Open storage, build the sandbox and start the node's actors. Must be
     /// called inside a running actix system.
     pub fn start(config: NodeConfig) -> anyhow::Result<Addr<Node>> {
+        Self::start_with(config, Vec::new())
+    }
+
+    /// [`Node::start`], with native machines standing in for the components
+    /// of the given hashes (see [`crate::sandbox::NativeMachine`]).
+    pub fn start_with(config: NodeConfig, natives: Natives) -> anyhow::Result<Addr<Node>> {
         use anyhow::Context as _;
         let identity = config.identity();
         let (lock, log, state) = storage::open(&config.data_dir, &identity, &config.storage)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
         let hard = log.hard_state()?;
         let last = log.last()?;
-        let sandbox = Sandbox::new(config.limits.clone())?;
+        let mut sandbox = Sandbox::new(config.limits.clone())?;
+        for (hash, machine) in natives {
+            sandbox.register_native(hash, machine);
+        }
         let applier = Applier::new(sandbox, state)?;
         let applied = applier.applied();
         anyhow::ensure!(
@@ -286,7 +296,9 @@ impl Node {
             "node starting"
         );
         let writer_log = log.clone();
-        let writer = SyncArbiter::start(1, move || LogWriter { log: writer_log.clone() });
+        let writer = SyncArbiter::start(1, move || LogWriter {
+            log: writer_log.clone(),
+        });
         let batch_max = config.apply_batch_entries_max.max(1);
         let applier_slot = std::sync::Mutex::new(Some(applier));
         let applier_log = log.clone();
@@ -343,7 +355,9 @@ impl Node {
     }
 
     fn flush_persist(&mut self, ctx: &mut Context<Self>) {
-        if self.persist_in_flight || (self.persist_queue.is_empty() && self.persist_hard_state.is_none()) {
+        if self.persist_in_flight
+            || (self.persist_queue.is_empty() && self.persist_hard_state.is_none())
+        {
             return;
         }
         let n = self.persist_queue.len().min(APPEND_BATCH_ENTRIES_MAX);
@@ -360,11 +374,19 @@ impl Node {
         tracing::error!(reason = %why, "node halted: refusing writes");
         self.halted = Some(why.clone());
         for (_, (_, reply)) in std::mem::take(&mut self.waiters) {
-            let _ = reply.send(Response::Error(ApiError::new(ErrorCode::Unavailable, why.clone())));
+            let _ = reply.send(Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                why.clone(),
+            )));
         }
     }
 
-    fn propose(&mut self, payload: Payload, reply: oneshot::Sender<Response>, ctx: &mut Context<Self>) {
+    fn propose(
+        &mut self,
+        payload: Payload,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(why) = &self.halted {
             let _ = reply.send(Response::Error(ApiError::new(
                 ErrorCode::Unavailable,
@@ -434,7 +456,15 @@ impl Handler<ClientCall> for Node {
                 command,
                 client,
                 concern: _,
-            } => self.propose(Payload::Command { actor, client, command }, reply, ctx),
+            } => self.propose(
+                Payload::Command {
+                    actor,
+                    client,
+                    command,
+                },
+                reply,
+                ctx,
+            ),
             Request::Deploy { actor, wasm } => {
                 // Refuse bad modules before they reach the log; the applier
                 // checks again, deterministically, when it applies.
@@ -450,12 +480,19 @@ impl Handler<ClientCall> for Node {
                         ctx,
                     ),
                     Err(message) => {
-                        let _ = reply.send(Response::Error(ApiError::new(ErrorCode::BadRequest, message)));
+                        let _ = reply.send(Response::Error(ApiError::new(
+                            ErrorCode::BadRequest,
+                            message,
+                        )));
                     }
                 }
             }
             Request::Query { actor, request } => {
-                self.applier.do_send(RunQuery { actor, request, reply });
+                self.applier.do_send(RunQuery {
+                    actor,
+                    request,
+                    reply,
+                });
             }
             Request::Status => self.applier.do_send(FillStatus {
                 status: self.status(),
@@ -489,7 +526,11 @@ impl Handler<Applied> for Node {
                 self.core.applied(applied.index);
                 for (index, outcome) in outcomes {
                     if let Some((term, reply)) = self.waiters.remove(&index) {
-                        let _ = reply.send(Response::Written { outcome, term, index });
+                        let _ = reply.send(Response::Written {
+                            outcome,
+                            term,
+                            index,
+                        });
                     }
                 }
             }
@@ -498,15 +539,29 @@ impl Handler<Applied> for Node {
     }
 }
 
+/// Native machines by the component hash they stand in for.
+pub type Natives = Vec<(
+    crate::sandbox::ModuleHash,
+    std::sync::Arc<dyn crate::sandbox::NativeMachine>,
+)>;
+
 /// Start a node and its listener inside the current actix system; returns
 /// the node's address and the bound listen address.
 pub async fn run(config: NodeConfig) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
+    run_with(config, Vec::new()).await
+}
+
+/// [`run`] with native machines (benchmarks).
+pub async fn run_with(
+    config: NodeConfig,
+    natives: Natives,
+) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    let node = Node::start(config)?;
+    let node = Node::start_with(config, natives)?;
     server::serve(listener, node.clone());
     Ok((node, bound))
 }

@@ -112,24 +112,46 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for Connection {
         let frame = match item {
             Ok(f) => f,
             Err(e) => {
-                return self.refuse(0, ErrorCode::BadFrame, format!("unreadable frame: {e}"), ctx);
+                return self.refuse(
+                    0,
+                    ErrorCode::BadFrame,
+                    format!("unreadable frame: {e}"),
+                    ctx,
+                );
             }
         };
         let head: Head = match net::decode(&frame) {
             Ok(h) => h,
-            Err(e) => return self.refuse(0, ErrorCode::BadFrame, format!("frame is not a request: {e}"), ctx),
+            Err(e) => {
+                return self.refuse(
+                    0,
+                    ErrorCode::BadFrame,
+                    format!("frame is not a request: {e}"),
+                    ctx,
+                );
+            }
         };
         if head.v > PROTOCOL_VERSION {
             return self.refuse(
                 head.id,
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {} is newer than this node's {PROTOCOL_VERSION}", head.v),
+                format!(
+                    "protocol version {} is newer than this node's {PROTOCOL_VERSION}",
+                    head.v
+                ),
                 ctx,
             );
         }
         let request: Frame<Request> = match net::decode(&frame) {
             Ok(r) => r,
-            Err(e) => return self.refuse(head.id, ErrorCode::BadFrame, format!("unknown request: {e}"), ctx),
+            Err(e) => {
+                return self.refuse(
+                    head.id,
+                    ErrorCode::BadFrame,
+                    format!("unknown request: {e}"),
+                    ctx,
+                );
+            }
         };
         let id = request.id;
         let (tx, rx) = oneshot::channel();
@@ -137,9 +159,12 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for Connection {
             request: request.body,
             reply: tx,
         });
-        ctx.spawn(async move { rx.await }.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(rx.into_actor(self).map(move |res, act, _| {
             let body = res.unwrap_or_else(|_| {
-                Response::Error(ApiError::new(ErrorCode::Unavailable, "the node dropped the request"))
+                Response::Error(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the node dropped the request",
+                ))
             });
             act.respond(id, body);
         }));

@@ -91,8 +91,15 @@ impl Core {
     /// A core resuming from durable state: hard state, last log entry and
     /// applied index. Everything in the log is durable at start.
     pub fn new(config: GroupConfig, hard: HardState, last: (Index, Term), applied: Index) -> Self {
-        assert!(config.members.contains(&config.id), "a node is a member of its group");
-        assert!(applied <= last.0, "applied index {applied} beyond the log end {}", last.0);
+        assert!(
+            config.members.contains(&config.id),
+            "a node is a member of its group"
+        );
+        assert!(
+            applied <= last.0,
+            "applied index {applied} beyond the log end {}",
+            last.0
+        );
         Core {
             config,
             role: Role::Follower,
@@ -177,11 +184,18 @@ impl Core {
         // Promotion: commit an entry of our own term before anything of an
         // earlier term counts as committed.
         self.term_start_index = self.last_index + 1;
-        self.push_entry(Payload::Noop, EntryContext {
-            timestamp_ms: self.last_timestamp_ms,
-            seed: 0,
-        });
-        tracing::info!(term = self.hard.term, node = self.config.id, "became leader");
+        self.push_entry(
+            Payload::Noop,
+            EntryContext {
+                timestamp_ms: self.last_timestamp_ms,
+                seed: 0,
+            },
+        );
+        tracing::info!(
+            term = self.hard.term,
+            node = self.config.id,
+            "became leader"
+        );
     }
 
     fn push_entry(&mut self, payload: Payload, context: EntryContext) -> Index {
@@ -201,9 +215,16 @@ impl Core {
 
     /// Propose a new entry. `now_ms` and `seed` come from the shell; the
     /// timestamp is made non-decreasing along the log here.
-    pub fn propose(&mut self, payload: Payload, now_ms: u64, seed: u64) -> Result<Index, ProposeError> {
+    pub fn propose(
+        &mut self,
+        payload: Payload,
+        now_ms: u64,
+        seed: u64,
+    ) -> Result<Index, ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
         }
         self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
         let context = EntryContext {
@@ -215,7 +236,11 @@ impl Core {
 
     /// The shell made entries up to `index` durable.
     pub fn persisted(&mut self, index: Index) {
-        assert!(index <= self.last_index, "persisted {index} beyond log end {}", self.last_index);
+        assert!(
+            index <= self.last_index,
+            "persisted {index} beyond log end {}",
+            self.last_index
+        );
         self.persisted_index = self.persisted_index.max(index);
         self.advance_commit();
     }
@@ -281,10 +306,19 @@ mod tests {
     #[test]
     fn lone_member_persists_its_vote_before_leading_and_commits_a_noop() {
         let mut c = single();
-        assert!(matches!(c.propose(cmd(), 0, 0), Err(ProposeError::NotLeader { .. })));
+        assert!(matches!(
+            c.propose(cmd(), 0, 0),
+            Err(ProposeError::NotLeader { .. })
+        ));
         c.tick(0);
         let r = c.ready();
-        assert_eq!(r.hard_state, Some(HardState { term: 1, vote: Some(1) }));
+        assert_eq!(
+            r.hard_state,
+            Some(HardState {
+                term: 1,
+                vote: Some(1)
+            })
+        );
         assert_eq!(r.append.len(), 1);
         assert_eq!(r.append[0].payload, Payload::Noop);
         assert_eq!(r.apply_up_to, None, "nothing commits before it is durable");
@@ -319,7 +353,10 @@ mod tests {
                 id: 1,
                 members: vec![1],
             },
-            HardState { term: 4, vote: Some(1) },
+            HardState {
+                term: 4,
+                vote: Some(1),
+            },
             (10, 4),
             7,
         );
@@ -328,7 +365,11 @@ mod tests {
         assert_eq!(r.hard_state.unwrap().term, 5);
         assert_eq!(r.append[0].index, 11);
         c.persisted(11);
-        assert_eq!(c.ready().apply_up_to, Some(11), "the old tail commits with the new no-op");
+        assert_eq!(
+            c.ready().apply_up_to,
+            Some(11),
+            "the old tail commits with the new no-op"
+        );
     }
 
     #[test]

@@ -88,7 +88,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(super) fn new(actor: &str, view: Box<dyn StateView>, writable: bool, limits: &SandboxLimits) -> Self {
+    pub(super) fn new(
+        actor: &str,
+        view: Box<dyn StateView>,
+        writable: bool,
+        limits: &SandboxLimits,
+    ) -> Self {
         HostState {
             view,
             writes: WriteSet::new(),
@@ -162,7 +167,13 @@ impl kv::Host for HostState {
     ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let limit = (limit as usize).min(RANGE_LIMIT_MAX);
         self.charge(start.len() + limit * 16)?;
-        let pairs = view::layered_range(&self.writes, self.view.as_ref(), &start, end.as_deref(), limit);
+        let pairs = view::layered_range(
+            &self.writes,
+            self.view.as_ref(),
+            &start,
+            end.as_deref(),
+            limit,
+        );
         let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.charge(bytes)?;
         Ok(pairs)

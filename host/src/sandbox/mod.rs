@@ -138,16 +138,63 @@ pub struct Call<V> {
     pub fuel_used: u64,
 }
 
-/// A loaded machine: its hash and its pre-instantiated component.
+/// A loaded machine: its hash and its pre-instantiated component (or the
+/// native implementation registered for that hash).
 #[derive(Clone)]
 pub struct LoadedMachine {
     /// Hash of the component bytes.
     pub hash: ModuleHash,
-    pre: MachinePre<host::HostState>,
+    code: Code,
+}
+
+#[derive(Clone)]
+enum Code {
+    Wasm(MachinePre<host::HostState>),
+    Native(Arc<dyn NativeMachine>),
+}
+
+/// A machine written in Rust and linked into the host, registered for the
+/// hash of a component with the same behaviour. It runs with the same
+/// write overlay, host budget and outcomes as Wasm code, but without the
+/// sandbox; it exists as the reference point of the benchmarks (how much
+/// does Wasm cost?) and must be exactly as deterministic as the component
+/// it stands in for.
+pub trait NativeMachine: Send + Sync + 'static {
+    /// Apply a command.
+    fn apply(
+        &self,
+        kv: &mut NativeKv<'_>,
+        ctx: CallContext,
+        command: &[u8],
+    ) -> Result<Vec<u8>, (String, String)>;
+    /// Answer a query.
+    fn query(&self, kv: &mut NativeKv<'_>, request: &[u8]) -> Result<Vec<u8>, (String, String)>;
+}
+
+/// The key-value interface a [`NativeMachine`] gets: the same host
+/// functions a component imports.
+pub struct NativeKv<'a> {
+    state: &'a mut host::HostState,
+}
+
+impl NativeKv<'_> {
+    /// See `kv.get` in the WIT file.
+    pub fn get(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
+        bindings::understudy::machine::kv::Host::get(self.state, key.to_vec())
+    }
+    /// See `kv.put`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> wasmtime::Result<()> {
+        bindings::understudy::machine::kv::Host::put(self.state, key.to_vec(), value.to_vec())
+    }
+    /// See `kv.delete`.
+    pub fn delete(&mut self, key: &[u8]) -> wasmtime::Result<bool> {
+        bindings::understudy::machine::kv::Host::delete(self.state, key.to_vec())
+    }
 }
 
 /// The wasmtime engine plus the linker of our world.
 pub struct Sandbox {
+    natives: std::collections::HashMap<ModuleHash, Arc<dyn NativeMachine>>,
     engine: Engine,
     linker: Arc<Linker<host::HostState>>,
     limits: SandboxLimits,
@@ -191,8 +238,11 @@ impl Sandbox {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
         let mut linker = Linker::<host::HostState>::new(&engine);
-        bindings::Machine::add_to_linker::<host::HostState, HasSelf<host::HostState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("linking the machine world: {e}"))?;
+        bindings::Machine::add_to_linker::<host::HostState, HasSelf<host::HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking the machine world: {e}"))?;
 
         let mut h = Blake3Hasher(blake3::Hasher::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
@@ -210,10 +260,24 @@ impl Sandbox {
                 }
             })?;
         Ok(Sandbox {
+            natives: Default::default(),
             engine,
             linker: Arc::new(linker),
             limits,
             compat_hash,
+        })
+    }
+
+    /// Run `machine` instead of the component whose hash is `hash`.
+    pub fn register_native(&mut self, hash: ModuleHash, machine: Arc<dyn NativeMachine>) {
+        self.natives.insert(hash, machine);
+    }
+
+    /// The native machine registered for `hash`, loaded.
+    pub fn native(&self, hash: &ModuleHash) -> Option<LoadedMachine> {
+        self.natives.get(hash).map(|m| LoadedMachine {
+            hash: *hash,
+            code: Code::Native(m.clone()),
         })
     }
 
@@ -285,10 +349,18 @@ impl Sandbox {
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let pre = MachinePre::new(pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        Ok(LoadedMachine { hash, pre })
+        Ok(LoadedMachine {
+            hash,
+            code: Code::Wasm(pre),
+        })
     }
 
-    fn store(&self, actor: &str, view: Box<dyn StateView>, writable: bool) -> Store<host::HostState> {
+    fn store(
+        &self,
+        actor: &str,
+        view: Box<dyn StateView>,
+        writable: bool,
+    ) -> Store<host::HostState> {
         let state = host::HostState::new(actor, view, writable, &self.limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -303,7 +375,7 @@ impl Sandbox {
     fn finish<V: StateView>(
         &self,
         store: Store<host::HostState>,
-        result: wasmtime::Result<Result<Vec<u8>, bindings::understudy::machine::types::MachineError>>,
+        result: CallResult,
     ) -> Result<Call<V>, SandboxError> {
         let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
         let outcome = match result {
@@ -320,7 +392,11 @@ impl Sandbox {
             .into_any()
             .downcast::<V>()
             .expect("the view type going in is the view type coming out");
-        let writes = if outcome.is_ok() { state.writes } else { WriteSet::new() };
+        let writes = if outcome.is_ok() {
+            state.writes
+        } else {
+            WriteSet::new()
+        };
         Ok(Call {
             view,
             outcome,
@@ -339,9 +415,18 @@ impl Sandbox {
         command: &[u8],
     ) -> Result<Call<V>, SandboxError> {
         let mut store = self.store(actor, Box::new(view), true);
-        let result = match machine.pre.instantiate(&mut store) {
-            Ok(instance) => instance.call_apply(&mut store, ctx.into(), command),
-            Err(e) => return Err(instantiate_error(e, &store)),
+        let result = match &machine.code {
+            Code::Native(m) => native_result(m.apply(
+                &mut NativeKv {
+                    state: store.data_mut(),
+                },
+                ctx,
+                command,
+            )),
+            Code::Wasm(pre) => match pre.instantiate(&mut store) {
+                Ok(instance) => instance.call_apply(&mut store, ctx.into(), command),
+                Err(e) => return Err(instantiate_error(e, &store)),
+            },
         };
         self.finish(store, result)
     }
@@ -355,11 +440,14 @@ impl Sandbox {
         ctx: CallContext,
     ) -> Result<Call<V>, SandboxError> {
         let mut store = self.store(actor, Box::new(view), true);
-        let result = match machine.pre.instantiate(&mut store) {
-            Ok(instance) => instance
-                .call_init(&mut store, ctx.into())
-                .map(|r| r.map(|()| Vec::new())),
-            Err(e) => return Err(instantiate_error(e, &store)),
+        let result = match &machine.code {
+            Code::Native(_) => Ok(Ok(Vec::new())),
+            Code::Wasm(pre) => match pre.instantiate(&mut store) {
+                Ok(instance) => instance
+                    .call_init(&mut store, ctx.into())
+                    .map(|r| r.map(|()| Vec::new())),
+                Err(e) => return Err(instantiate_error(e, &store)),
+            },
         };
         self.finish(store, result)
     }
@@ -373,9 +461,17 @@ impl Sandbox {
         request: &[u8],
     ) -> Result<Call<V>, SandboxError> {
         let mut store = self.store(actor, Box::new(view), false);
-        let result = match machine.pre.instantiate(&mut store) {
-            Ok(instance) => instance.call_query(&mut store, request),
-            Err(e) => return Err(instantiate_error(e, &store)),
+        let result = match &machine.code {
+            Code::Native(m) => native_result(m.query(
+                &mut NativeKv {
+                    state: store.data_mut(),
+                },
+                request,
+            )),
+            Code::Wasm(pre) => match pre.instantiate(&mut store) {
+                Ok(instance) => instance.call_query(&mut store, request),
+                Err(e) => return Err(instantiate_error(e, &store)),
+            },
         };
         self.finish(store, result)
     }
@@ -401,6 +497,15 @@ impl From<CallContext> for bindings::understudy::machine::types::Context {
             seed: c.entry.seed,
         }
     }
+}
+
+type CallResult =
+    wasmtime::Result<Result<Vec<u8>, bindings::understudy::machine::types::MachineError>>;
+
+fn native_result(r: Result<Vec<u8>, (String, String)>) -> CallResult {
+    Ok(r.map_err(
+        |(code, message)| bindings::understudy::machine::types::MachineError { code, message },
+    ))
 }
 
 fn instantiate_error(e: wasmtime::Error, store: &Store<host::HostState>) -> SandboxError {
@@ -477,7 +582,8 @@ fn check_core_imports(wasm: &[u8]) -> Result<(), LoadError> {
                 // wit-bindgen names imports after their interface; anything
                 // else (wasi_snapshot_preview1, env, …) is outside our world.
                 let module = import.module;
-                let ours = import_allowed(module) || module == "$root" || module.starts_with("[export]");
+                let ours =
+                    import_allowed(module) || module == "$root" || module.starts_with("[export]");
                 if !ours {
                     return Err(LoadError::ForbiddenImport {
                         name: format!("{module}::{}", import.name),

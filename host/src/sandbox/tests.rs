@@ -37,7 +37,9 @@ fn cbor(json: &str) -> Vec<u8> {
 }
 
 fn apply(sb: &Sandbox, m: &LoadedMachine, state: &mut Mem, index: u64, json: &str) -> Outcome {
-    let call = sb.apply(m, "t", std::mem::take(state), ctx(index), &cbor(json)).unwrap();
+    let call = sb
+        .apply(m, "t", std::mem::take(state), ctx(index), &cbor(json))
+        .unwrap();
     *state = call.view;
     for (k, v) in call.writes {
         match v {
@@ -55,8 +57,12 @@ fn kv_example_puts_and_reads_back() {
     let mut state = Mem::new();
     let out = apply(&sb, &m, &mut state, 1, r#"{"put":{"key":"a","value":"1"}}"#);
     assert!(out.is_ok(), "{out:?}");
-    let q = sb.query(&m, "t", state, &cbor(r#"{"get":{"key":"a"}}"#)).unwrap();
-    let Outcome::Ok(bytes) = q.outcome else { panic!("{:?}", q.outcome) };
+    let q = sb
+        .query(&m, "t", state, &cbor(r#"{"get":{"key":"a"}}"#))
+        .unwrap();
+    let Outcome::Ok(bytes) = q.outcome else {
+        panic!("{:?}", q.outcome)
+    };
     let v: Option<String> = serde_cbor::from_slice(&bytes).unwrap();
     assert_eq!(v.as_deref(), Some("1"));
 }
@@ -100,7 +106,10 @@ fn refusal_rolls_back_the_commands_writes() {
     let m = load(&sb, understudy_examples::MISBEHAVE);
     let mut state = Mem::new();
     let out = apply(&sb, &m, &mut state, 1, r#"{"refuse":{"key":"x"}}"#);
-    assert!(matches!(out, Outcome::Refused { ref code, .. } if code == "refused"), "{out:?}");
+    assert!(
+        matches!(out, Outcome::Refused { ref code, .. } if code == "refused"),
+        "{out:?}"
+    );
     assert!(state.is_empty());
     assert!(apply(&sb, &m, &mut state, 2, r#"{"write":{"key":"x"}}"#).is_ok());
     assert_eq!(state.len(), 1);
@@ -110,7 +119,9 @@ fn refusal_rolls_back_the_commands_writes() {
 fn query_that_writes_traps() {
     let sb = sandbox();
     let m = load(&sb, understudy_examples::MISBEHAVE);
-    let q = sb.query(&m, "t", Mem::new(), &cbor(r#"{"write":{"key":"x"}}"#)).unwrap();
+    let q = sb
+        .query(&m, "t", Mem::new(), &cbor(r#"{"write":{"key":"x"}}"#))
+        .unwrap();
     assert_eq!(
         q.outcome,
         Outcome::Trapped {
@@ -125,28 +136,37 @@ fn outcomes_and_fuel_are_deterministic() {
     let sb = sandbox();
     let m = load(&sb, understudy_examples::MISBEHAVE);
     let run = || {
-        let c = sb.apply(&m, "t", Mem::new(), ctx(7), &cbor(r#""entropy""#)).unwrap();
+        let c = sb
+            .apply(&m, "t", Mem::new(), ctx(7), &cbor(r#""entropy""#))
+            .unwrap();
         (c.outcome, c.fuel_used)
     };
     let (a, fa) = run();
     let (b, fb) = run();
     assert_eq!(a, b);
     assert_eq!(fa, fb);
-    let Outcome::Ok(bytes) = a else { panic!("{a:?}") };
+    let Outcome::Ok(bytes) = a else {
+        panic!("{a:?}")
+    };
     let (now, _random): (u64, u64) = serde_cbor::from_slice(&bytes).unwrap();
     assert_eq!(now, ctx(7).entry.timestamp_ms, "now() comes from the entry");
 }
 
 #[test]
 fn bad_modules_are_refused_with_a_clear_error() {
-    assert!(matches!(Sandbox::normalize(b"not wasm at all"), Err(LoadError::NotWasm)));
+    assert!(matches!(
+        Sandbox::normalize(b"not wasm at all"),
+        Err(LoadError::NotWasm)
+    ));
 
-    let wasi_component = wat::parse_str(
-        r#"(component (import "wasi:clocks/wall-clock@0.2.0" (instance)))"#,
-    )
-    .unwrap();
+    let wasi_component =
+        wat::parse_str(r#"(component (import "wasi:clocks/wall-clock@0.2.0" (instance)))"#)
+            .unwrap();
     let err = Sandbox::normalize(&wasi_component).unwrap_err();
-    assert!(err.to_string().contains("wasi:clocks/wall-clock@0.2.0"), "{err}");
+    assert!(
+        err.to_string().contains("wasi:clocks/wall-clock@0.2.0"),
+        "{err}"
+    );
 
     let wasi_core = wat::parse_str(
         r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,

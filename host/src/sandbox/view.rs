@@ -23,6 +23,9 @@ pub trait KvRead {
 /// Writes of a call (or of a batch of calls): `None` is a delete.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
     (
         Bound::Included(start),
@@ -50,9 +53,8 @@ pub fn layered_range(
     if end.is_some_and(|e| e <= start) || limit == 0 {
         return Vec::new();
     }
-    let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = top
-        .range::<[u8], _>(bounds(start, end))
-        .collect();
+    let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+        top.range::<[u8], _>(bounds(start, end)).collect();
     // Each overlay key can hide at most one pair below, so this many pairs
     // from below always suffice to fill `limit` after merging.
     let from_below = below.range(start, end, limit.saturating_add(overlay.len()));

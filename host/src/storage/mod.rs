@@ -18,7 +18,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::sandbox::ModuleHash;
-use crate::sandbox::view::{KvRead, WriteSet};
+use crate::sandbox::view::{KvRead, Pairs, WriteSet};
 use crate::types::{Entry, Index, NodeId, Term};
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls, byteorder::BigEndian};
@@ -43,7 +43,9 @@ pub enum StorageError {
         source: heed::Error,
     },
     /// The map is full: the write was refused and rolled back.
-    #[error("storage full at {path}: the LMDB map of {map_bytes} bytes is used up; raise `map_size_bytes` and restart (no data was lost)")]
+    #[error(
+        "storage full at {path}: the LMDB map of {map_bytes} bytes is used up; raise `map_size_bytes` and restart (no data was lost)"
+    )]
     MapFull {
         /// Environment path.
         path: PathBuf,
@@ -61,7 +63,9 @@ pub enum StorageError {
         source: CodecError,
     },
     /// The directory belongs to another node or cluster.
-    #[error("data directory {path} belongs to {found}, not {expected}; point this node at its own directory")]
+    #[error(
+        "data directory {path} belongs to {found}, not {expected}; point this node at its own directory"
+    )]
     WrongIdentity {
         /// Directory.
         path: PathBuf,
@@ -71,7 +75,9 @@ pub enum StorageError {
         expected: String,
     },
     /// Written by a newer Understudy.
-    #[error("data directory {path} has format version {found}; this build supports up to {FORMAT_VERSION}; upgrade Understudy")]
+    #[error(
+        "data directory {path} has format version {found}; this build supports up to {FORMAT_VERSION}; upgrade Understudy"
+    )]
     NewerFormat {
         /// Directory.
         path: PathBuf,
@@ -137,13 +143,19 @@ pub struct HardState {
     pub vote: Option<NodeId>,
 }
 
-fn open_env(path: &Path, opts: &StorageOptions, max_dbs: u32) -> Result<Env<WithoutTls>, StorageError> {
+fn open_env(
+    path: &Path,
+    opts: &StorageOptions,
+    max_dbs: u32,
+) -> Result<Env<WithoutTls>, StorageError> {
     std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let mut o = EnvOpenOptions::new().read_txn_without_tls();
-    o.map_size(opts.map_size_bytes).max_dbs(max_dbs).max_readers(126);
+    o.map_size(opts.map_size_bytes)
+        .max_dbs(max_dbs)
+        .max_readers(126);
     // SAFETY: each environment is opened once per process (the directory
     // lock below keeps other processes out, and a node opens its envs once).
     let env = unsafe { o.open(path) }.map_err(|source| StorageError::Lmdb {
@@ -194,17 +206,18 @@ fn check_identity(
     let mut wtxn = env.write_txn().map_err(&err)?;
     match meta.get(&wtxn, "identity").map_err(&err)? {
         Some(bytes) => {
-            let found: Identity = codec::decode("identity", bytes).map_err(|source| match source {
-                CodecError::NewerVersion { .. } => StorageError::NewerFormat {
-                    path: env.path().to_path_buf(),
-                    found: u32::MAX,
-                },
-                source => StorageError::Corrupt {
-                    path: env.path().to_path_buf(),
-                    what: "identity".into(),
-                    source,
-                },
-            })?;
+            let found: Identity =
+                codec::decode("identity", bytes).map_err(|source| match source {
+                    CodecError::NewerVersion { .. } => StorageError::NewerFormat {
+                        path: env.path().to_path_buf(),
+                        found: u32::MAX,
+                    },
+                    source => StorageError::Corrupt {
+                        path: env.path().to_path_buf(),
+                        what: "identity".into(),
+                        source,
+                    },
+                })?;
             if found.format_version > FORMAT_VERSION {
                 return Err(StorageError::NewerFormat {
                     path: env.path().to_path_buf(),
@@ -220,7 +233,8 @@ fn check_identity(
             }
         }
         None => {
-            meta.put(&mut wtxn, "identity", &codec::encode(identity)).map_err(&err)?;
+            meta.put(&mut wtxn, "identity", &codec::encode(identity))
+                .map_err(&err)?;
         }
     }
     wtxn.commit().map_err(&err)
@@ -273,7 +287,11 @@ pub struct LogStore {
 
 impl LogStore {
     /// Open (or create) the log environment at `path`.
-    pub fn open(path: &Path, identity: &Identity, opts: &StorageOptions) -> Result<Self, StorageError> {
+    pub fn open(
+        path: &Path,
+        identity: &Identity,
+        opts: &StorageOptions,
+    ) -> Result<Self, StorageError> {
         let env = open_env(path, opts, 4)?;
         let entries = create_db(&env, "entries", opts)?;
         let meta = create_db(&env, "meta", opts)?;
@@ -304,7 +322,8 @@ impl LogStore {
         match self.entries.last(&rtxn).map_err(self.err())? {
             None => Ok((0, 0)),
             Some((index, bytes)) => {
-                let entry: Entry = codec::decode("entry", bytes).map_err(self.corrupt(format!("entry {index}")))?;
+                let entry: Entry = codec::decode("entry", bytes)
+                    .map_err(self.corrupt(format!("entry {index}")))?;
                 Ok((index, entry.term))
             }
         }
@@ -318,7 +337,11 @@ impl LogStore {
 
     /// Persist an optional new hard state and append `entries` in one
     /// transaction (one fsync): the unit of group commit.
-    pub fn persist(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+    pub fn persist(
+        &self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
@@ -364,13 +387,23 @@ impl LogStore {
     }
 
     /// Entries `from..=to`, at most `bytes_max` bytes (always at least one).
-    pub fn read(&self, from: Index, to: Index, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+    pub fn read(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         let mut out = Vec::new();
         let mut bytes_total = 0usize;
-        for item in self.entries.range(&rtxn, &(from..=to)).map_err(self.err())? {
+        for item in self
+            .entries
+            .range(&rtxn, &(from..=to))
+            .map_err(self.err())?
+        {
             let (index, bytes) = item.map_err(self.err())?;
-            let entry: Entry = codec::decode("entry", bytes).map_err(self.corrupt(format!("entry {index}")))?;
+            let entry: Entry =
+                codec::decode("entry", bytes).map_err(self.corrupt(format!("entry {index}")))?;
             // Paired check: the key we stored under is the index inside.
             if entry.index != index {
                 return Err(StorageError::Invariant(format!(
@@ -392,7 +425,9 @@ impl LogStore {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         match self.meta.get(&rtxn, "hard_state").map_err(self.err())? {
             None => Ok(HardState::default()),
-            Some(bytes) => codec::decode("hard state", bytes).map_err(self.corrupt("hard state".into())),
+            Some(bytes) => {
+                codec::decode("hard state", bytes).map_err(self.corrupt("hard state".into()))
+            }
         }
     }
 
@@ -483,7 +518,11 @@ pub struct StateStore {
 
 impl StateStore {
     /// Open (or create) the state environment at `path`.
-    pub fn open(path: &Path, identity: &Identity, opts: &StorageOptions) -> Result<Self, StorageError> {
+    pub fn open(
+        path: &Path,
+        identity: &Identity,
+        opts: &StorageOptions,
+    ) -> Result<Self, StorageError> {
         let env = open_env(path, opts, 8)?;
         let kv = create_db(&env, "kv", opts)?;
         let meta = create_db(&env, "meta", opts)?;
@@ -528,7 +567,10 @@ impl StateStore {
     /// A consistent read snapshot (owned; keep it short-lived: it pins pages).
     pub fn snapshot(&self) -> Result<StateSnapshot, StorageError> {
         let txn = self.env.clone().static_read_txn().map_err(self.err())?;
-        Ok(StateSnapshot { txn, store: self.clone() })
+        Ok(StateSnapshot {
+            txn,
+            store: self.clone(),
+        })
     }
 
     /// Write one applied batch atomically: its state changes together with
@@ -557,7 +599,9 @@ impl StateStore {
             let lo = session_key(*client, 0);
             let hi = session_key(*client, *below);
             let range = (Bound::Included(&lo[..]), Bound::Excluded(&hi[..]));
-            self.sessions.delete_range(&mut wtxn, &range).map_err(self.err())?;
+            self.sessions
+                .delete_range(&mut wtxn, &range)
+                .map_err(self.err())?;
         }
         for (k, v) in &batch.sessions {
             match v {
@@ -567,10 +611,14 @@ impl StateStore {
             .map_err(self.err())?;
         }
         for (hash, bytes) in &batch.modules {
-            self.modules.put(&mut wtxn, hash, bytes).map_err(self.err())?;
+            self.modules
+                .put(&mut wtxn, hash, bytes)
+                .map_err(self.err())?;
         }
         for (name, rec) in &batch.actors {
-            self.actors.put(&mut wtxn, name, &codec::encode(rec)).map_err(self.err())?;
+            self.actors
+                .put(&mut wtxn, name, &codec::encode(rec))
+                .map_err(self.err())?;
         }
         let applied = AppliedState {
             index: batch.applied_index,
@@ -583,7 +631,12 @@ impl StateStore {
     }
 
     /// Store a precompiled artifact of `hash` for engine `compat`.
-    pub fn put_artifact(&self, hash: &ModuleHash, compat: &[u8; 32], bytes: &[u8]) -> Result<(), StorageError> {
+    pub fn put_artifact(
+        &self,
+        hash: &ModuleHash,
+        compat: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
         self.artifacts
             .put(&mut wtxn, &artifact_key(hash, compat), bytes)
@@ -593,7 +646,11 @@ impl StateStore {
 
     /// A copy of the precompiled artifact of `hash` for engine `compat`.
     /// Copied out: the LMDB page is reused once the read transaction ends.
-    pub fn artifact(&self, hash: &ModuleHash, compat: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub fn artifact(
+        &self,
+        hash: &ModuleHash,
+        compat: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         Ok(self
             .artifacts
@@ -608,14 +665,15 @@ impl StateStore {
         let mut out = Vec::new();
         for item in self.actors.iter(&rtxn).map_err(self.err())? {
             let (name, bytes) = item.map_err(self.err())?;
-            let rec = codec::decode("actor", bytes).map_err(self.corrupt(format!("actor {name}")))?;
+            let rec =
+                codec::decode("actor", bytes).map_err(self.corrupt(format!("actor {name}")))?;
             out.push((name.to_string(), rec));
         }
         Ok(out)
     }
 
     /// Every kv pair, for verification and tests.
-    pub fn dump_kv(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn dump_kv(&self) -> Result<Pairs, StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         let mut out = Vec::new();
         for item in self.kv.iter(&rtxn).map_err(self.err())? {
@@ -642,7 +700,12 @@ pub struct StateSnapshot {
 impl StateSnapshot {
     /// The actor record of `name`.
     pub fn actor(&self, name: &str) -> Result<Option<ActorRecord>, StorageError> {
-        match self.store.actors.get(&self.txn, name).map_err(self.store.err())? {
+        match self
+            .store
+            .actors
+            .get(&self.txn, name)
+            .map_err(self.store.err())?
+        {
             None => Ok(None),
             Some(b) => codec::decode("actor", b)
                 .map(Some)
@@ -686,7 +749,10 @@ impl KvRead for StateSnapshot {
         if end.is_some_and(|e| e <= start) {
             return Vec::new();
         }
-        let range = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let range = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
         self.store
             .kv
             .range(&self.txn, &range)

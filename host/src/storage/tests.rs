@@ -33,7 +33,8 @@ fn entry(index: Index, term: Term, bytes: usize) -> Entry {
 fn log_appends_reads_and_truncates() {
     let dir = tempfile::tempdir().unwrap();
     let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
-    log.append(&[entry(1, 1, 4), entry(2, 1, 4), entry(3, 2, 4)]).unwrap();
+    log.append(&[entry(1, 1, 4), entry(2, 1, 4), entry(3, 2, 4)])
+        .unwrap();
     assert_eq!(log.last().unwrap(), (3, 2));
     assert_eq!(log.read(2, 3, usize::MAX).unwrap().len(), 2);
     log.truncate_from(3).unwrap();
@@ -45,8 +46,14 @@ fn log_refuses_gaps_and_decreasing_terms() {
     let dir = tempfile::tempdir().unwrap();
     let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
     log.append(&[entry(1, 2, 1)]).unwrap();
-    assert!(matches!(log.append(&[entry(3, 2, 1)]), Err(StorageError::Invariant(_))));
-    assert!(matches!(log.append(&[entry(2, 1, 1)]), Err(StorageError::Invariant(_))));
+    assert!(matches!(
+        log.append(&[entry(3, 2, 1)]),
+        Err(StorageError::Invariant(_))
+    ));
+    assert!(matches!(
+        log.append(&[entry(2, 1, 1)]),
+        Err(StorageError::Invariant(_))
+    ));
     assert_eq!(log.last().unwrap(), (1, 2), "refused appends wrote nothing");
 }
 
@@ -54,7 +61,9 @@ fn log_refuses_gaps_and_decreasing_terms() {
 fn directory_of_another_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), &ident(1), &StorageOptions::default()).unwrap());
-    let err = open(dir.path(), &ident(2), &StorageOptions::default()).err().unwrap();
+    let err = open(dir.path(), &ident(2), &StorageOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, StorageError::WrongIdentity { .. }), "{err}");
     assert!(err.to_string().contains("node 1"), "{err}");
 }
@@ -65,7 +74,9 @@ fn directory_of_a_newer_format_is_refused() {
     let mut newer = ident(1);
     newer.format_version = FORMAT_VERSION + 1;
     drop(open(dir.path(), &newer, &StorageOptions::default()).unwrap());
-    let err = open(dir.path(), &ident(1), &StorageOptions::default()).err().unwrap();
+    let err = open(dir.path(), &ident(1), &StorageOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, StorageError::NewerFormat { .. }), "{err}");
 }
 
@@ -75,7 +86,10 @@ fn second_process_lock_is_refused() {
     let _first = DirLock::acquire(dir.path()).unwrap();
     // flock locks are per open file description, so a second open in this
     // process conflicts just as another process would.
-    assert!(matches!(DirLock::acquire(dir.path()), Err(StorageError::Locked(_))));
+    assert!(matches!(
+        DirLock::acquire(dir.path()),
+        Err(StorageError::Locked(_))
+    ));
 }
 
 #[test]
@@ -96,8 +110,15 @@ fn full_map_refuses_the_write_and_keeps_what_was_there() {
     };
     assert!(matches!(err, StorageError::MapFull { .. }), "{err}");
     assert!(err.to_string().contains("map_size_bytes"), "{err}");
-    assert_eq!(log.last().unwrap(), (next - 1, 1), "nothing lost, nothing half-written");
-    assert_eq!(log.read(1, next - 1, usize::MAX).unwrap().len() as u64, next - 1);
+    assert_eq!(
+        log.last().unwrap(),
+        (next - 1, 1),
+        "nothing lost, nothing half-written"
+    );
+    assert_eq!(
+        log.read(1, next - 1, usize::MAX).unwrap().len() as u64,
+        next - 1
+    );
 }
 
 #[test]
@@ -112,7 +133,13 @@ fn state_commit_is_exactly_once() {
     state.commit(&batch).unwrap();
     assert_eq!(state.applied().unwrap().index, 2);
     let err = state.commit(&batch).unwrap_err();
-    assert!(matches!(err, StorageError::Invariant(_)), "re-applying is refused: {err}");
+    assert!(
+        matches!(err, StorageError::Invariant(_)),
+        "re-applying is refused: {err}"
+    );
     let snap = state.snapshot().unwrap();
-    assert_eq!(KvRead::get(&snap, &actor_key("a", b"k")), Some(b"v".to_vec()));
+    assert_eq!(
+        KvRead::get(&snap, &actor_key("a", b"k")),
+        Some(b"v".to_vec())
+    );
 }
