@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use understudy::api::client::Client;
-use understudy::node::{Natives, NodeConfig, run_with};
+use understudy::api::{Request, Response, WriteConcern};
+use understudy::node::{ClientCall, Natives, Node, NodeConfig, run_with};
 use understudy::sandbox::{CallContext, NativeKv, NativeMachine, Sandbox};
+use understudy::types::{ClientTag, Outcome};
 
 /// The `kv` example's commands (same serde shape as `examples/kv`).
 #[derive(Deserialize)]
@@ -103,7 +105,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn start_node(dir: &std::path::Path, natives: Natives) -> SocketAddr {
+fn start_node(dir: &std::path::Path, natives: Natives) -> (actix::Addr<Node>, SocketAddr) {
     let config = NodeConfig::new(
         1,
         "bench",
@@ -114,8 +116,8 @@ fn start_node(dir: &std::path::Path, natives: Natives) -> SocketAddr {
     std::thread::spawn(move || {
         let system = actix::System::new();
         system.block_on(async move {
-            let (_node, addr) = run_with(config, natives).await.expect("node starts");
-            tx.send(addr).unwrap();
+            let started = run_with(config, natives).await.expect("node starts");
+            tx.send(started).unwrap();
             futures::future::pending::<()>().await;
         });
     });
@@ -128,20 +130,73 @@ struct Figures {
     p99_us: u128,
 }
 
-async fn drive(addr: SocketAddr, clients: usize, secs: f64) -> Figures {
-    let setup = Client::connect(addr).await.unwrap();
-    let w = setup
-        .deploy("kv", understudy_examples::KV.to_vec())
-        .await
-        .unwrap();
-    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+/// How the clients reach the node.
+#[derive(Clone)]
+enum Path {
+    /// TCP connections through the Rust client (the full network path).
+    Tcp(SocketAddr),
+    /// Actix messages straight to the node actor (the in-process actor API).
+    Actor(actix::Addr<Node>),
+}
+
+impl Path {
+    fn name(&self) -> &'static str {
+        match self {
+            Path::Tcp(_) => "tcp",
+            Path::Actor(_) => "actor",
+        }
+    }
+}
+
+enum Sender {
+    Tcp(Client),
+    Actor(actix::Addr<Node>, u64, u64),
+}
+
+impl Sender {
+    async fn new(path: &Path) -> Sender {
+        match path {
+            Path::Tcp(addr) => Sender::Tcp(Client::connect(*addr).await.unwrap()),
+            Path::Actor(node) => Sender::Actor(node.clone(), rand::random(), 1),
+        }
+    }
+
+    async fn put(&mut self, command: Vec<u8>) -> Outcome {
+        match self {
+            Sender::Tcp(client) => client.command("kv", command).await.unwrap().outcome,
+            Sender::Actor(node, client_id, seq) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let tag = ClientTag {
+                    client_id: *client_id,
+                    seq: *seq,
+                    acked_below: *seq,
+                };
+                *seq += 1;
+                let request = Request::Command {
+                    actor: "kv".into(),
+                    command: command.into(),
+                    client: Some(tag),
+                    concern: WriteConcern::Majority,
+                };
+                node.do_send(ClientCall { request, reply: tx });
+                match rx.await.unwrap() {
+                    Response::Written { outcome, .. } => outcome,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+}
+
+async fn drive(path: Path, clients: usize, secs: f64) -> Figures {
     let mut tasks = Vec::new();
     let start = Instant::now();
     let warmup = Duration::from_millis(500);
     let end = warmup + Duration::from_secs_f64(secs);
     for c in 0..clients {
+        let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            let client = Client::connect(addr).await.unwrap();
+            let mut client = Sender::new(&path).await;
             let mut latencies = Vec::new();
             let mut i = 0u64;
             while start.elapsed() < end {
@@ -149,8 +204,8 @@ async fn drive(addr: SocketAddr, clients: usize, secs: f64) -> Figures {
                     {"put": {"key": format!("k{c}-{}", i % 1000), "value": format!("v{i}")}}
                 ));
                 let t = Instant::now();
-                let res = client.command("kv", cmd).await.unwrap();
-                assert!(res.outcome.is_ok(), "{:?}", res.outcome);
+                let outcome = client.put(cmd).await;
+                assert!(outcome.is_ok(), "{outcome:?}");
                 if start.elapsed() > warmup {
                     latencies.push(t.elapsed().as_micros());
                 }
@@ -176,6 +231,43 @@ async fn drive(addr: SocketAddr, clients: usize, secs: f64) -> Figures {
     }
 }
 
+/// Cost of one `apply` (one kv get + put) in the sandbox over an in-memory
+/// view, with no storage: what Wasm itself adds per command.
+fn apply_cost(kv_hash: understudy::sandbox::ModuleHash) {
+    use understudy::types::EntryContext;
+    let n: u64 = env_or("UNDERSTUDY_BENCH_APPLY_CALLS", 20_000);
+    let mut sandbox = Sandbox::new(Default::default()).unwrap();
+    let component = Sandbox::normalize(understudy_examples::KV).unwrap();
+    let wasm = unsafe { sandbox.load(&component, None) }.unwrap();
+    sandbox.register_native(kv_hash, Arc::new(NativeKvMachine));
+    let native = sandbox.native(&kv_hash).unwrap();
+    println!("apply cost (kv put = 1 get + 1 put, in-memory state, {n} calls)");
+    for (name, machine) in [("wasm", &wasm), ("native", &native)] {
+        let mut view = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
+        let start = Instant::now();
+        for i in 0..n {
+            let cmd = understudy::codec::to_cbor(
+                &serde_json::json!({"put": {"key": format!("k{}", i % 1000), "value": "v"}}),
+            );
+            let ctx = CallContext {
+                index: i + 1,
+                term: 1,
+                entry: EntryContext {
+                    timestamp_ms: 0,
+                    seed: i,
+                },
+            };
+            let call = sandbox.apply(machine, "kv", view, ctx, &cmd).unwrap();
+            assert!(call.outcome.is_ok());
+            view = call.view;
+        }
+        println!(
+            "  {name:<7} {:>8.2} µs per apply",
+            start.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing.
     // Only measure when asked to: a test run just checks that it builds.
@@ -190,6 +282,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    apply_cost(kv_hash);
+    if std::env::var_os("UNDERSTUDY_BENCH_APPLY_ONLY").is_some() {
+        return;
+    }
     println!(
         "single-node durable put throughput, {clients} clients, {secs} s each (group commit, fsync on)"
     );
@@ -202,20 +298,41 @@ fn main() {
             vec![(kv_hash, Arc::new(NativeKvMachine) as Arc<dyn NativeMachine>)],
         ),
     ] {
+        if std::env::var("UNDERSTUDY_BENCH_MODE").is_ok_and(|m| m != name) {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
-        let addr = start_node(dir.path(), natives);
-        let f = rt.block_on(drive(addr, clients, secs));
-        println!(
-            "  {name:<7} {:>10.0} commands/s   p50 {:>6} µs   p99 {:>6} µs",
-            f.commands_per_s, f.p50_us, f.p99_us
-        );
-        results.push(f);
+        let (node, addr) = start_node(dir.path(), natives);
+        rt.block_on(async {
+            let setup = Client::connect(addr).await.unwrap();
+            let w = setup
+                .deploy("kv", understudy_examples::KV.to_vec())
+                .await
+                .unwrap();
+            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+        });
+        for path in [Path::Tcp(addr), Path::Actor(node.clone())] {
+            let f = rt.block_on(drive(path.clone(), clients, secs));
+            println!(
+                "  {name:<7} {:<6} {:>10.0} commands/s   p50 {:>6} µs   p99 {:>6} µs",
+                path.name(),
+                f.commands_per_s,
+                f.p50_us,
+                f.p99_us
+            );
+            results.push((name, path.name(), f));
+        }
         // The node keeps running on its thread; removing its files at the
         // end is fine on Linux (LMDB keeps the open inodes).
         dirs.push(dir);
     }
-    println!(
-        "  wasm/native throughput ratio: {:.2}",
-        results[0].commands_per_s / results[1].commands_per_s
-    );
+    for path in ["tcp", "actor"] {
+        let find = |n: &str| results.iter().find(|(name, p, _)| *name == n && *p == path);
+        if let (Some((_, _, w)), Some((_, _, n))) = (find("wasm"), find("native")) {
+            println!(
+                "  wasm/native throughput ratio ({path}): {:.2}",
+                w.commands_per_s / n.commands_per_s
+            );
+        }
+    }
 }

@@ -145,24 +145,43 @@ pub struct Applier {
     sandbox: Sandbox,
     state: StateStore,
     machines: HashMap<ModuleHash, LoadedMachine>,
-    applied: AppliedState,
+    /// What the state store holds.
+    durable: AppliedState,
+    /// Executed entries' effects not yet checkpointed (`applied_index` 0:
+    /// none). Reads go through it, so it is part of the visible state.
+    pending: StateBatch,
+    pending_entries: usize,
 }
 
 impl Applier {
     /// An applier over `state`, resuming from its applied index.
     pub fn new(sandbox: Sandbox, state: StateStore) -> Result<Self, StorageError> {
-        let applied = state.applied()?;
+        let durable = state.applied()?;
         Ok(Applier {
             sandbox,
             state,
             machines: HashMap::new(),
-            applied,
+            durable,
+            pending: StateBatch::default(),
+            pending_entries: 0,
         })
     }
 
-    /// Last applied index and digest.
+    /// Last executed index and the digest after it (what reads see).
     pub fn applied(&self) -> AppliedState {
-        self.applied
+        if self.pending.applied_index == 0 {
+            self.durable
+        } else {
+            AppliedState {
+                index: self.pending.applied_index,
+                digest: self.pending.digest,
+            }
+        }
+    }
+
+    /// Last index whose effects are durable in the state store.
+    pub fn durable(&self) -> AppliedState {
+        self.durable
     }
 
     /// The state store.
@@ -209,24 +228,37 @@ impl Applier {
         Ok(m)
     }
 
-    /// Apply `entries` (which must start at `applied + 1`) as one batch and
-    /// return each entry's outcome.
+    /// Apply `entries` (which must continue the applied index) and make
+    /// them durable at once: [`Self::execute`] then [`Self::checkpoint`].
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(Index, Outcome)>, ApplyError> {
+        let outcomes = self.execute(entries)?;
+        self.checkpoint()?;
+        Ok(outcomes)
+    }
+
+    /// Run `entries` (which must continue the applied index) through their
+    /// machines and return their outcomes. The effects join the pending
+    /// batch: later entries and queries see them, and [`Self::checkpoint`]
+    /// makes them durable together with the applied index. The outcomes are
+    /// final already: they are a deterministic function of the durable log,
+    /// and a crash before the checkpoint re-executes the same entries.
+    pub fn execute(&mut self, entries: &[Entry]) -> Result<Vec<(Index, Outcome)>, ApplyError> {
         let Some(first) = entries.first() else {
             return Ok(Vec::new());
         };
-        if first.index != self.applied.index + 1 {
+        let executed = self.applied();
+        if first.index != executed.index + 1 {
             return Err(ApplyError::Gap {
-                applied: self.applied.index,
+                applied: executed.index,
                 got: first.index,
             });
         }
-        let mut batch = StateBatch::default();
+        let mut batch = std::mem::take(&mut self.pending);
         let mut view = BatchView {
             snap: self.state.snapshot()?,
-            overlay: WriteSet::new(),
+            overlay: std::mem::take(&mut batch.kv),
         };
-        let mut digest = self.applied.digest;
+        let mut digest = executed.digest;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(
@@ -239,28 +271,48 @@ impl Applier {
                 term: e.term,
                 entry: e.context,
             };
-            let (outcome, writes, v) = self.apply_one(e, ctx, view, &mut batch)?;
+            let (outcome, writes, v) = match self.apply_one(e, ctx, view, &mut batch) {
+                Ok(x) => x,
+                Err(err) => {
+                    // A host-side failure (storage, watchdog): drop every
+                    // executed-but-not-durable effect; the durable state plus
+                    // the log is still whole, and a restart re-executes.
+                    self.pending_entries = 0;
+                    return Err(err);
+                }
+            };
             view = v;
             digest = chain_digest(&digest, e.index, &writes);
             view.overlay.extend(writes);
+            batch.applied_index = e.index;
+            batch.digest = digest;
             outcomes.push((e.index, outcome));
         }
-        let BatchView { snap, overlay } = view;
-        // The read snapshot must end before the write transaction: one
-        // thread, no overlapping transactions on this environment.
-        drop(snap);
-        batch.kv = overlay;
-        batch.applied_index = entries
-            .last()
-            .map(|e| e.index)
-            .unwrap_or(self.applied.index);
-        batch.digest = digest;
-        self.state.commit(&batch)?;
-        self.applied = AppliedState {
-            index: batch.applied_index,
-            digest,
-        };
+        batch.kv = view.overlay;
+        self.pending_entries += outcomes.len();
+        self.pending = batch;
         Ok(outcomes)
+    }
+
+    /// Entries executed but not yet made durable by [`Self::checkpoint`].
+    pub fn pending_entries(&self) -> usize {
+        self.pending_entries
+    }
+
+    /// Make every executed entry durable in one transaction: their state,
+    /// sessions, actors and modules together with the applied index.
+    pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        if self.pending.applied_index == 0 {
+            return Ok(());
+        }
+        self.state.commit(&self.pending)?;
+        self.durable = AppliedState {
+            index: self.pending.applied_index,
+            digest: self.pending.digest,
+        };
+        self.pending = StateBatch::default();
+        self.pending_entries = 0;
+        Ok(())
     }
 
     /// Apply one entry over `view`; returns its outcome, its prefixed
@@ -356,16 +408,19 @@ impl Applier {
                 .into());
             }
         };
-        let call = self.sandbox.apply(
-            &machine,
-            actor,
-            ActorView {
-                prefix: actor_prefix(actor),
-                batch: view,
-            },
-            ctx,
-            command,
-        )?;
+        let call = self
+            .sandbox
+            .apply(
+                &machine,
+                actor,
+                ActorView {
+                    prefix: actor_prefix(actor),
+                    batch: view,
+                },
+                ctx,
+                command,
+            )
+            .map_err(|f| ApplyError::Sandbox(f.error))?;
         let prefix = &call.view.prefix;
         let writes = prefixed(prefix, call.writes);
         Ok((call.outcome, writes, call.view.batch))
@@ -411,15 +466,18 @@ impl Applier {
             Err(QueryError::Sandbox(e)) => return Err(e.into()),
             Err(QueryError::NoSuchActor(_)) => unreachable!("loading never looks up actors"),
         };
-        let call = self.sandbox.init(
-            &machine,
-            actor,
-            ActorView {
-                prefix: actor_prefix(actor),
-                batch: view,
-            },
-            ctx,
-        )?;
+        let call = self
+            .sandbox
+            .init(
+                &machine,
+                actor,
+                ActorView {
+                    prefix: actor_prefix(actor),
+                    batch: view,
+                },
+                ctx,
+            )
+            .map_err(|f| ApplyError::Sandbox(f.error))?;
         let writes = prefixed(&call.view.prefix, call.writes);
         let view = call.view.batch;
         let outcome = match call.outcome {
@@ -445,31 +503,74 @@ impl Applier {
     /// outcome and the applied index it reflects.
     pub fn query(&mut self, actor: &str, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
         let snap = self.state.snapshot()?;
-        let record = snap
-            .actor(actor)?
-            .ok_or_else(|| QueryError::NoSuchActor(actor.to_string()))?;
-        let hash: ModuleHash = record.module.as_slice().try_into().map_err(|_| {
-            StorageError::Invariant(format!("actor {actor} has a malformed module hash"))
-        })?;
-        let machine = self.machine(&hash, || snap.module(&hash))?;
+        let view = BatchView {
+            snap,
+            overlay: std::mem::take(&mut self.pending.kv),
+        };
+        let result = self.query_in(actor, request, view);
+        let (outcome, view) = match result {
+            Ok(x) => x,
+            Err((e, view)) => {
+                self.pending.kv = view.overlay;
+                return Err(e);
+            }
+        };
+        self.pending.kv = view.overlay;
+        Ok((outcome, self.applied().index))
+    }
+
+    /// A query over `view`; the view (holding the pending writes) is handed
+    /// back in every case.
+    fn query_in(
+        &mut self,
+        actor: &str,
+        request: &[u8],
+        view: BatchView,
+    ) -> Result<(Outcome, BatchView), (QueryError, BatchView)> {
+        let record = match self.actor_record(actor, &view, &self.pending) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err((QueryError::NoSuchActor(actor.to_string()), view)),
+            Err(e) => return Err((e.into(), view)),
+        };
+        let hash: ModuleHash = match record.module.as_slice().try_into() {
+            Ok(h) => h,
+            Err(_) => {
+                let e =
+                    StorageError::Invariant(format!("actor {actor} has a malformed module hash"));
+                return Err((e.into(), view));
+            }
+        };
+        let pending = self.pending.modules.get(&hash).cloned();
+        let machine = match self.machine(&hash, || match pending {
+            Some(b) => Ok(Some(b)),
+            None => view.snap.module(&hash),
+        }) {
+            Ok(m) => m,
+            Err(e) => return Err((e, view)),
+        };
         let call = self.sandbox.query(
             &machine,
             actor,
             ActorView {
                 prefix: actor_prefix(actor),
-                batch: BatchView {
-                    snap,
-                    overlay: WriteSet::new(),
-                },
+                batch: view,
             },
             request,
-        )?;
-        Ok((call.outcome, self.applied.index))
+        );
+        match call {
+            Ok(call) => Ok((call.outcome, call.view.batch)),
+            Err(f) => Err((f.error.into(), f.view.batch)),
+        }
     }
 
-    /// Names of deployed actors.
+    /// Names of deployed actors, including those deployed by entries not
+    /// yet checkpointed.
     pub fn actors(&self) -> Result<Vec<String>, StorageError> {
-        Ok(self.state.actors()?.into_iter().map(|(n, _)| n).collect())
+        let mut names: Vec<String> = self.state.actors()?.into_iter().map(|(n, _)| n).collect();
+        names.extend(self.pending.actors.keys().cloned());
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 

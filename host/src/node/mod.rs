@@ -52,9 +52,17 @@ pub struct NodeConfig {
     /// Most writes waiting for commit before new ones are refused.
     #[serde(default = "default_pending_writes_max")]
     pub pending_writes_max: usize,
-    /// Most entries applied in one state transaction.
+    /// Most entries executed in one applier step.
     #[serde(default = "default_apply_batch_max")]
     pub apply_batch_entries_max: usize,
+    /// Executed entries kept in memory before their effects are made
+    /// durable in one state transaction (also done every tick).
+    #[serde(default = "default_checkpoint_entries_max")]
+    pub checkpoint_entries_max: usize,
+}
+
+fn default_checkpoint_entries_max() -> usize {
+    8192
 }
 
 fn default_pending_writes_max() -> usize {
@@ -64,6 +72,9 @@ fn default_pending_writes_max() -> usize {
 fn default_apply_batch_max() -> usize {
     1024
 }
+
+/// Interval of the node's clock tick (elections later; checkpoints now).
+const TICK_MS: u64 = 20;
 
 /// Most entries written in one log transaction.
 const APPEND_BATCH_ENTRIES_MAX: usize = 4096;
@@ -80,6 +91,7 @@ impl NodeConfig {
             limits: SandboxLimits::default(),
             pending_writes_max: default_pending_writes_max(),
             apply_batch_entries_max: default_apply_batch_max(),
+            checkpoint_entries_max: default_checkpoint_entries_max(),
         }
     }
 
@@ -125,6 +137,13 @@ struct ApplyUpTo {
 #[rtype(result = "()")]
 struct Applied(Result<(Vec<(Index, Outcome)>, AppliedState), String>);
 
+/// Make executed entries durable in the state store (sent on every tick).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Checkpoint {
+    reply_to: Recipient<Applied>,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct RunQuery {
@@ -167,6 +186,7 @@ pub struct ApplierActor {
     applier: Applier,
     log: LogStore,
     batch_max: usize,
+    checkpoint_entries: usize,
     halted: Option<String>,
 }
 
@@ -183,7 +203,7 @@ impl Handler<ApplyUpTo> for ApplierActor {
         while self.applier.applied().index < msg.up_to {
             let from = self.applier.applied().index + 1;
             let to = msg.up_to.min(from + self.batch_max as u64 - 1);
-            let result = self
+            let executed = self
                 .log
                 .read(from, to, 16 << 20)
                 .map_err(|e| e.to_string())
@@ -191,25 +211,57 @@ impl Handler<ApplyUpTo> for ApplierActor {
                     if entries.first().map(|e| e.index) != Some(from) {
                         return Err(format!("committed entry {from} is missing from the log"));
                     }
-                    self.applier.apply(&entries).map_err(|e| e.to_string())
-                })
-                .map(|outcomes| (outcomes, self.applier.applied()));
-            let failed = result.is_err();
-            if let Err(e) = &result {
-                tracing::error!(error = %e, index = from, "applying halted");
-                self.halted = Some(e.clone());
-            }
-            msg.reply_to.do_send(Applied(result));
-            if failed {
-                return;
+                    self.applier.execute(&entries).map_err(|e| e.to_string())
+                });
+            let outcomes = match executed {
+                Ok(x) => x,
+                Err(e) => return self.halt(e, from, &msg.reply_to),
+            };
+            // Answer before the state is durable: the outcomes are final (a
+            // deterministic function of the durable log), and a crash before
+            // the checkpoint re-executes these entries from the log.
+            msg.reply_to
+                .do_send(Applied(Ok((outcomes, self.applier.applied()))));
+            if self.applier.pending_entries() >= self.checkpoint_entries {
+                if let Err(e) = self.applier.checkpoint() {
+                    return self.halt(e.to_string(), from, &msg.reply_to);
+                }
             }
         }
+    }
+}
+
+impl Handler<Checkpoint> for ApplierActor {
+    type Result = ();
+    fn handle(&mut self, msg: Checkpoint, _: &mut Self::Context) {
+        if self.halted.is_some() {
+            return;
+        }
+        if let Err(e) = self.applier.checkpoint() {
+            let index = self.applier.durable().index + 1;
+            self.halt(e.to_string(), index, &msg.reply_to);
+        }
+    }
+}
+
+impl ApplierActor {
+    fn halt(&mut self, error: String, index: Index, reply_to: &Recipient<Applied>) {
+        tracing::error!(%error, index, "applying halted");
+        self.halted = Some(error.clone());
+        reply_to.do_send(Applied(Err(error)));
     }
 }
 
 impl Handler<RunQuery> for ApplierActor {
     type Result = ();
     fn handle(&mut self, msg: RunQuery, _: &mut Self::Context) {
+        if let Some(why) = &self.halted {
+            // The executed-but-not-durable effects are gone with the halt;
+            // answering from the durable state could go back in time.
+            let error = ApiError::new(ErrorCode::Unavailable, format!("applying halted: {why}"));
+            let _ = msg.reply.send(Response::Error(error));
+            return;
+        }
         let response = match self.applier.query(&msg.actor, &msg.request) {
             Ok((outcome, applied_index)) => Response::Read {
                 outcome,
@@ -300,6 +352,7 @@ impl Node {
             log: writer_log.clone(),
         });
         let batch_max = config.apply_batch_entries_max.max(1);
+        let checkpoint_entries = config.checkpoint_entries_max.max(1);
         let applier_slot = std::sync::Mutex::new(Some(applier));
         let applier_log = log.clone();
         let applier = SyncArbiter::start(1, move || ApplierActor {
@@ -310,6 +363,7 @@ impl Node {
                 .expect("the applier thread is started once"),
             log: applier_log.clone(),
             batch_max,
+            checkpoint_entries,
             halted: None,
         });
         let node = Node {
@@ -439,9 +493,12 @@ impl Actor for Node {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.core.tick(Self::now_ms());
         self.drive(ctx);
-        ctx.run_interval(Duration::from_millis(50), |node, ctx| {
+        ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
             node.core.tick(Self::now_ms());
             node.drive(ctx);
+            node.applier.do_send(Checkpoint {
+                reply_to: ctx.address().recipient(),
+            });
         });
     }
 }

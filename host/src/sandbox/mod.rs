@@ -114,6 +114,21 @@ pub enum SandboxError {
     Instantiate(String),
 }
 
+/// A host-side failure, with the view handed back (it may carry writes
+/// that the caller must not lose).
+pub struct SandboxFailure<V> {
+    /// What failed.
+    pub error: SandboxError,
+    /// The view that went in.
+    pub view: V,
+}
+
+impl<V> std::fmt::Debug for SandboxFailure<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
 /// Read view handed into a call and given back afterwards.
 pub trait StateView: KvRead + Send + Any {
     /// For getting the concrete view back after the call.
@@ -234,7 +249,14 @@ impl Sandbox {
             .total_core_instances(256)
             .total_memories(64)
             .total_tables(256)
-            .max_memory_size(limits.memory_bytes_max);
+            .max_memory_size(limits.memory_bytes_max)
+            // Every call instantiates afresh, so slot reuse is the hot path:
+            // reset small memories and tables with memset instead of
+            // madvise, and batch the decommits of the rest.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(1 << 16)
+            .decommit_batch_size(32)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
         let mut linker = Linker::<host::HostState>::new(&engine);
@@ -376,22 +398,22 @@ impl Sandbox {
         &self,
         store: Store<host::HostState>,
         result: CallResult,
-    ) -> Result<Call<V>, SandboxError> {
+    ) -> Result<Call<V>, SandboxFailure<V>> {
         let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
         let outcome = match result {
-            Ok(Ok(bytes)) => Outcome::Ok(ByteBuf::from(bytes)),
-            Ok(Err(e)) => Outcome::Refused {
+            Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
+            Ok(Err(e)) => Ok(Outcome::Refused {
                 code: e.code,
                 message: e.message,
-            },
-            Err(err) => classify(&err, store.data())?,
+            }),
+            Err(err) => classify(&err, store.data()),
         };
         let state = store.into_data();
-        let view = *state
-            .view
-            .into_any()
-            .downcast::<V>()
-            .expect("the view type going in is the view type coming out");
+        let view = take_view::<V>(state.view);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(error) => return Err(SandboxFailure { error, view }),
+        };
         let writes = if outcome.is_ok() {
             state.writes
         } else {
@@ -413,7 +435,7 @@ impl Sandbox {
         view: V,
         ctx: CallContext,
         command: &[u8],
-    ) -> Result<Call<V>, SandboxError> {
+    ) -> Result<Call<V>, SandboxFailure<V>> {
         let mut store = self.store(actor, Box::new(view), true);
         let result = match &machine.code {
             Code::Native(m) => native_result(m.apply(
@@ -425,7 +447,7 @@ impl Sandbox {
             )),
             Code::Wasm(pre) => match pre.instantiate(&mut store) {
                 Ok(instance) => instance.call_apply(&mut store, ctx.into(), command),
-                Err(e) => return Err(instantiate_error(e, &store)),
+                Err(e) => return Err(instantiate_error(e, store)),
             },
         };
         self.finish(store, result)
@@ -438,7 +460,7 @@ impl Sandbox {
         actor: &str,
         view: V,
         ctx: CallContext,
-    ) -> Result<Call<V>, SandboxError> {
+    ) -> Result<Call<V>, SandboxFailure<V>> {
         let mut store = self.store(actor, Box::new(view), true);
         let result = match &machine.code {
             Code::Native(_) => Ok(Ok(Vec::new())),
@@ -446,7 +468,7 @@ impl Sandbox {
                 Ok(instance) => instance
                     .call_init(&mut store, ctx.into())
                     .map(|r| r.map(|()| Vec::new())),
-                Err(e) => return Err(instantiate_error(e, &store)),
+                Err(e) => return Err(instantiate_error(e, store)),
             },
         };
         self.finish(store, result)
@@ -459,7 +481,7 @@ impl Sandbox {
         actor: &str,
         view: V,
         request: &[u8],
-    ) -> Result<Call<V>, SandboxError> {
+    ) -> Result<Call<V>, SandboxFailure<V>> {
         let mut store = self.store(actor, Box::new(view), false);
         let result = match &machine.code {
             Code::Native(m) => native_result(m.query(
@@ -470,7 +492,7 @@ impl Sandbox {
             )),
             Code::Wasm(pre) => match pre.instantiate(&mut store) {
                 Ok(instance) => instance.call_query(&mut store, request),
-                Err(e) => return Err(instantiate_error(e, &store)),
+                Err(e) => return Err(instantiate_error(e, store)),
             },
         };
         self.finish(store, result)
@@ -508,11 +530,24 @@ fn native_result(r: Result<Vec<u8>, (String, String)>) -> CallResult {
     ))
 }
 
-fn instantiate_error(e: wasmtime::Error, store: &Store<host::HostState>) -> SandboxError {
-    // A start function can trap or hit limits too; those are deterministic,
-    // but a machine built by wit-bindgen has none. Report as a host failure.
-    let _ = store;
-    SandboxError::Instantiate(format!("{e:#}"))
+fn take_view<V: StateView>(view: Box<dyn StateView>) -> V {
+    *view
+        .into_any()
+        .downcast::<V>()
+        .expect("the view type going in is the view type coming out")
+}
+
+/// Instantiation failed: the pool is exhausted or the host is out of
+/// memory (a machine built by wit-bindgen has no start function that could
+/// trap). Not a property of the command, so never committed.
+fn instantiate_error<V: StateView>(
+    e: wasmtime::Error,
+    store: Store<host::HostState>,
+) -> SandboxFailure<V> {
+    SandboxFailure {
+        error: SandboxError::Instantiate(format!("{e:#}")),
+        view: take_view(store.into_data().view),
+    }
 }
 
 /// Turn a failed call into a deterministic outcome, or a host-side error.

@@ -143,10 +143,23 @@ pub struct HardState {
     pub vote: Option<NodeId>,
 }
 
+/// How an environment syncs its commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    /// Data and meta page fsynced on every commit: for the log, whose
+    /// commits acknowledge writes.
+    Full,
+    /// Data fsynced, meta page not (MDB_NOMETASYNC): atomic and consistent,
+    /// but a system crash may undo the last commit. For the state, which the
+    /// log can always re-derive (applied index and effects roll back together).
+    NoMetaSync,
+}
+
 fn open_env(
     path: &Path,
     opts: &StorageOptions,
     max_dbs: u32,
+    sync: SyncMode,
 ) -> Result<Env<WithoutTls>, StorageError> {
     std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
         path: path.to_path_buf(),
@@ -156,6 +169,10 @@ fn open_env(
     o.map_size(opts.map_size_bytes)
         .max_dbs(max_dbs)
         .max_readers(126);
+    if sync == SyncMode::NoMetaSync {
+        // SAFETY: NOMETASYNC keeps LMDB's integrity guarantees; see `SyncMode`.
+        unsafe { o.flags(heed::EnvFlags::NO_META_SYNC) };
+    }
     // SAFETY: each environment is opened once per process (the directory
     // lock below keeps other processes out, and a node opens its envs once).
     let env = unsafe { o.open(path) }.map_err(|source| StorageError::Lmdb {
@@ -292,7 +309,7 @@ impl LogStore {
         identity: &Identity,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let env = open_env(path, opts, 4)?;
+        let env = open_env(path, opts, 4, SyncMode::Full)?;
         let entries = create_db(&env, "entries", opts)?;
         let meta = create_db(&env, "meta", opts)?;
         check_identity(&env, meta, identity, opts.map_size_bytes)?;
@@ -523,7 +540,7 @@ impl StateStore {
         identity: &Identity,
         opts: &StorageOptions,
     ) -> Result<Self, StorageError> {
-        let env = open_env(path, opts, 8)?;
+        let env = open_env(path, opts, 8, SyncMode::NoMetaSync)?;
         let kv = create_db(&env, "kv", opts)?;
         let meta = create_db(&env, "meta", opts)?;
         let sessions = create_db(&env, "sessions", opts)?;
@@ -604,6 +621,16 @@ impl StateStore {
                 .map_err(self.err())?;
         }
         for (k, v) in &batch.sessions {
+            // Skip records that a prune of this same batch already forgets.
+            let client = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            let seq = u64::from_be_bytes(k[8..].try_into().expect("8 bytes"));
+            if batch
+                .session_prunes
+                .get(&client)
+                .is_some_and(|below| seq < *below)
+            {
+                continue;
+            }
             match v {
                 Some(v) => self.sessions.put(&mut wtxn, k, v),
                 None => self.sessions.delete(&mut wtxn, k).map(|_| ()),
