@@ -502,21 +502,14 @@ impl Applier {
     /// Run a read-only query against the applied state. Returns the
     /// outcome and the applied index it reflects.
     pub fn query(&mut self, actor: &str, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
-        let snap = self.state.snapshot()?;
         let view = BatchView {
-            snap,
+            snap: self.state.snapshot()?,
             overlay: std::mem::take(&mut self.pending.kv),
         };
-        let result = self.query_in(actor, request, view);
-        let (outcome, view) = match result {
-            Ok(x) => x,
-            Err((e, view)) => {
-                self.pending.kv = view.overlay;
-                return Err(e);
-            }
-        };
+        let (result, view) = self.query_in(actor, request, view);
+        // The pending writes go back whatever happened.
         self.pending.kv = view.overlay;
-        Ok((outcome, self.applied().index))
+        Ok((result?, self.applied().index))
     }
 
     /// A query over `view`; the view (holding the pending writes) is handed
@@ -526,19 +519,15 @@ impl Applier {
         actor: &str,
         request: &[u8],
         view: BatchView,
-    ) -> Result<(Outcome, BatchView), (QueryError, BatchView)> {
+    ) -> (Result<Outcome, QueryError>, BatchView) {
         let record = match self.actor_record(actor, &view, &self.pending) {
             Ok(Some(r)) => r,
-            Ok(None) => return Err((QueryError::NoSuchActor(actor.to_string()), view)),
-            Err(e) => return Err((e.into(), view)),
+            Ok(None) => return (Err(QueryError::NoSuchActor(actor.to_string())), view),
+            Err(e) => return (Err(e.into()), view),
         };
-        let hash: ModuleHash = match record.module.as_slice().try_into() {
-            Ok(h) => h,
-            Err(_) => {
-                let e =
-                    StorageError::Invariant(format!("actor {actor} has a malformed module hash"));
-                return Err((e.into(), view));
-            }
+        let Ok(hash) = <ModuleHash>::try_from(record.module.as_slice()) else {
+            let e = StorageError::Invariant(format!("actor {actor} has a malformed module hash"));
+            return (Err(e.into()), view);
         };
         let pending = self.pending.modules.get(&hash).cloned();
         let machine = match self.machine(&hash, || match pending {
@@ -546,7 +535,7 @@ impl Applier {
             None => view.snap.module(&hash),
         }) {
             Ok(m) => m,
-            Err(e) => return Err((e, view)),
+            Err(e) => return (Err(e), view),
         };
         let call = self.sandbox.query(
             &machine,
@@ -558,8 +547,8 @@ impl Applier {
             request,
         );
         match call {
-            Ok(call) => Ok((call.outcome, call.view.batch)),
-            Err(f) => Err((f.error.into(), f.view.batch)),
+            Ok(call) => (Ok(call.outcome), call.view.batch),
+            Err(f) => (Err(f.error.into()), f.view.batch),
         }
     }
 
@@ -612,4 +601,128 @@ pub fn replay(
         applier.apply(&entries)?;
     }
     Ok((applier.applied(), applier.state.dump_kv()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::SandboxLimits;
+    use crate::storage::{FORMAT_VERSION, Identity, StorageOptions};
+    use crate::types::{ClientTag, EntryContext};
+
+    fn identity() -> Identity {
+        Identity {
+            format_version: FORMAT_VERSION,
+            cluster_id: "t".into(),
+            node_id: 1,
+        }
+    }
+
+    fn applier(dir: &std::path::Path) -> Applier {
+        let state = StateStore::open(dir, &identity(), &StorageOptions::default()).unwrap();
+        Applier::new(Sandbox::new(SandboxLimits::default()).unwrap(), state).unwrap()
+    }
+
+    fn entry(index: Index, payload: Payload) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            context: EntryContext {
+                timestamp_ms: index,
+                seed: index,
+            },
+            payload,
+        }
+    }
+
+    fn add(index: Index, seq: u64) -> Entry {
+        entry(
+            index,
+            Payload::Command {
+                actor: "c".into(),
+                client: Some(ClientTag {
+                    client_id: 9,
+                    seq,
+                    acked_below: seq,
+                }),
+                command: codec::to_cbor(&serde_json::json!({"add": {"name": "n", "by": 1}})).into(),
+            },
+        )
+    }
+
+    fn counter(a: &mut Applier) -> Outcome {
+        a.query("c", &codec::to_cbor(&serde_json::json!({"name": "n"})))
+            .unwrap()
+            .0
+    }
+
+    fn log() -> Vec<Entry> {
+        let mut entries = vec![entry(
+            1,
+            Payload::Deploy {
+                actor: "c".into(),
+                wasm: understudy_examples::COUNTER.to_vec().into(),
+            },
+        )];
+        entries.extend((2..=6).map(|i| add(i, i)));
+        // A retry of seq 4 with a new index: answered from the session.
+        entries.push(add(7, 4));
+        entries
+    }
+
+    #[test]
+    fn pending_effects_are_visible_before_the_checkpoint_and_durable_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path());
+        let outcomes = a.execute(&log()).unwrap();
+        assert_eq!(
+            outcomes[6].1, outcomes[3].1,
+            "a retried write returns its first result"
+        );
+        assert_eq!(a.applied().index, 7);
+        assert_eq!(
+            a.durable().index,
+            0,
+            "nothing durable before the checkpoint"
+        );
+        assert_eq!(
+            counter(&mut a),
+            Outcome::Ok(codec::to_cbor(&5i64).into()),
+            "reads see pending writes"
+        );
+        a.checkpoint().unwrap();
+        assert_eq!(a.durable(), a.applied());
+        assert_eq!(a.state().applied().unwrap(), a.applied());
+    }
+
+    #[test]
+    fn a_crash_before_the_checkpoint_re_executes_to_the_same_outcomes_and_digest() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut whole = applier(d1.path());
+        let expected = whole.apply(&log()).unwrap();
+
+        let mut crashed = applier(d2.path());
+        crashed.apply(&log()[..3]).unwrap();
+        crashed.execute(&log()[3..]).unwrap();
+        drop(crashed); // the pending batch dies with the process
+        let mut restarted = applier(d2.path());
+        assert_eq!(restarted.applied().index, 3);
+        let again = restarted.apply(&log()[3..]).unwrap();
+        assert_eq!(again[..], expected[3..]);
+        assert_eq!(restarted.applied(), whole.applied());
+        assert_eq!(
+            restarted.state().dump_kv().unwrap(),
+            whole.state().dump_kv().unwrap()
+        );
+    }
+
+    #[test]
+    fn execute_refuses_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path());
+        assert!(matches!(
+            a.execute(&log()[1..]),
+            Err(ApplyError::Gap { applied: 0, got: 2 })
+        ));
+    }
 }

@@ -222,10 +222,10 @@ impl Handler<ApplyUpTo> for ApplierActor {
             // the checkpoint re-executes these entries from the log.
             msg.reply_to
                 .do_send(Applied(Ok((outcomes, self.applier.applied()))));
-            if self.applier.pending_entries() >= self.checkpoint_entries {
-                if let Err(e) = self.applier.checkpoint() {
-                    return self.halt(e.to_string(), from, &msg.reply_to);
-                }
+            if self.applier.pending_entries() >= self.checkpoint_entries
+                && let Err(e) = self.applier.checkpoint()
+            {
+                return self.halt(e.to_string(), from, &msg.reply_to);
             }
         }
     }
