@@ -243,6 +243,12 @@ impl Sandbox {
             .relaxed_simd_deterministic(true)
             .wasm_features(WasmFeatures::THREADS, false)
             .max_wasm_stack(1 << 20)
+            // Explicit bounds checks instead of guard pages: a fresh instance
+            // per call then reuses its pool slot without an mprotect on every
+            // instantiation and memory.grow (measured: 11 → 6 µs per apply).
+            .signals_based_traps(false)
+            .memory_guard_size(0)
+            .memory_reservation(limits.memory_bytes_max as u64)
             .memory_init_cow(true);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(64)
@@ -253,7 +259,7 @@ impl Sandbox {
             // Every call instantiates afresh, so slot reuse is the hot path:
             // reset small memories and tables with memset instead of
             // madvise, and batch the decommits of the rest.
-            .linear_memory_keep_resident(4 << 20)
+            .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(1 << 16)
             .decommit_batch_size(32)
             .pagemap_scan(wasmtime::Enabled::Auto);
