@@ -12,46 +12,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use understudy::api::client::Client;
 
-/// Path of the `understudy` binary, built (once per test process) from the
-/// current sources: `cargo test -p understudy-tests` alone would otherwise
-/// run whatever stale binary an earlier build left behind.
+static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Tell the harness which `understudy` binary to run. Integration tests are
+/// targets of the `understudy` package, so cargo builds the binary fresh for
+/// them and names it in `CARGO_BIN_EXE_understudy`; [`setup!`] passes it.
+pub fn use_binary(path: &str) {
+    let _ = BIN.set(PathBuf::from(path));
+}
+
+/// Call first in every test: `understudy_tests::setup!();`
+#[macro_export]
+macro_rules! setup {
+    () => {
+        $crate::use_binary(env!("CARGO_BIN_EXE_understudy"))
+    };
+}
+
+/// Path of the `understudy` binary under test.
 pub fn understudy_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<test-exe> → target/<profile>/understudy
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "understudy",
-            "--bin",
-            "understudy",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the understudy binary");
-        assert!(status.success(), "building the understudy binary failed");
-        let bin = profile_dir.join("understudy");
-        assert!(
-            bin.exists(),
-            "{} not found after building it",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
+    BIN.get()
+        .cloned()
+        .expect("call understudy_tests::setup!() at the start of the test")
 }
 
 /// One running node process.
@@ -75,19 +57,30 @@ impl NodeProc {
     /// Start node `id` of `cluster` on `data_dir`; fails with the node's
     /// own error output if it exits instead of listening.
     pub fn start_in_cluster(data_dir: &Path, id: u64, cluster: &str) -> Result<NodeProc> {
+        let id_arg = id.to_string();
+        let args = [
+            "node",
+            "--id",
+            &id_arg,
+            "--cluster",
+            cluster,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        Self::spawn(&args, data_dir, id)
+    }
+
+    /// Start `understudy dev` (the README's first command) on `data_dir`.
+    pub fn start_dev(data_dir: &Path) -> Result<NodeProc> {
+        Self::spawn(&["dev", "--listen", "127.0.0.1:0"], data_dir, 1)
+    }
+
+    fn spawn(args: &[&str], data_dir: &Path, id: u64) -> Result<NodeProc> {
         std::fs::create_dir_all(data_dir)?;
         let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
         let stderr = std::fs::File::create(&stderr_path)?;
         let mut child = Command::new(understudy_bin())
-            .args([
-                "node",
-                "--id",
-                &id.to_string(),
-                "--cluster",
-                cluster,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -97,8 +90,16 @@ impl NodeProc {
             .spawn()
             .context("spawning understudy")?;
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        reader.read_line(&mut line)?;
+        // Keep draining: a node that prints more must never hit a closed pipe.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {
+                rest.clear();
+            }
+        });
         let addr = line
             .split_whitespace()
             .skip_while(|w| *w != "on")

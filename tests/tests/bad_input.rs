@@ -57,6 +57,7 @@ async fn read_error(
 
 #[tokio::test]
 async fn oversized_frame_is_refused_and_node_keeps_serving() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let mut s = TcpStream::connect(node.addr).await.unwrap();
     let len = (understudy::net::FRAME_BYTES_MAX as u32) + 1;
@@ -73,6 +74,7 @@ async fn oversized_frame_is_refused_and_node_keeps_serving() {
 
 #[tokio::test]
 async fn truncated_frame_is_dropped_and_node_keeps_serving() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let mut s = TcpStream::connect(node.addr).await.unwrap();
     s.write_all(&100u32.to_be_bytes()).await.unwrap();
@@ -83,6 +85,7 @@ async fn truncated_frame_is_dropped_and_node_keeps_serving() {
 
 #[tokio::test]
 async fn unknown_frame_gets_bad_frame() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let mut f = raw(&node).await;
     f.send(Bytes::from_static(b"\x01\xa1\x63foo\x63bar"))
@@ -99,6 +102,7 @@ async fn unknown_frame_gets_bad_frame() {
 
 #[tokio::test]
 async fn newer_protocol_version_is_refused_by_name() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let mut f = raw(&node).await;
     let frame = Frame {
@@ -113,6 +117,7 @@ async fn newer_protocol_version_is_refused_by_name() {
 
 #[tokio::test]
 async fn modules_that_are_not_machines_are_refused_with_the_reason() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
     let c = node.client().await.unwrap();
     let err = c.deploy("junk", b"hello".to_vec()).await.unwrap_err();
@@ -144,6 +149,7 @@ async fn modules_that_are_not_machines_are_refused_with_the_reason() {
 
 #[tokio::test]
 async fn misbehaving_machine_commands_fail_deterministically_and_roll_back() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[
         ("kv", understudy_examples::KV),
         ("mis", understudy_examples::MISBEHAVE),
@@ -191,6 +197,7 @@ async fn misbehaving_machine_commands_fail_deterministically_and_roll_back() {
 
 #[tokio::test]
 async fn retried_write_is_applied_once_and_returns_its_first_result() {
+    understudy_tests::setup!();
     let (_d, node) = node_with(&[("counter", understudy_examples::COUNTER)]).await;
     let c = node.client().await.unwrap();
     let tag = c.next_tag();
@@ -216,6 +223,7 @@ async fn retried_write_is_applied_once_and_returns_its_first_result() {
 
 #[test]
 fn data_directory_of_another_node_is_refused_at_start() {
+    understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n1");
     drop(NodeProc::start(&path, 1).unwrap());
@@ -235,6 +243,7 @@ fn data_directory_of_another_node_is_refused_at_start() {
 
 #[test]
 fn data_directory_of_a_newer_format_is_refused_at_start() {
+    understudy_tests::setup!();
     use understudy::storage::{FORMAT_VERSION, Identity, StorageOptions, open};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n1");

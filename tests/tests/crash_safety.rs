@@ -103,6 +103,7 @@ async fn resolve_and_check(node: &NodeProc, ledger: &Arc<Mutex<Ledger>>, round: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill_exactly_once() {
+    understudy_tests::setup!();
     let rounds: usize = std::env::var("UNDERSTUDY_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -48,7 +48,9 @@ pub struct WriteResult {
     pub index: Index,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Requests waiting for their answer; `None` once the connection is gone,
+/// so a request can never be registered after the reader has given up.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
 /// A connection to one node.
 pub struct Client {
@@ -74,7 +76,7 @@ impl Client {
         let framed = Framed::new(stream, crate::net::codec());
         let (mut sink, mut stream) = framed.split();
         let (tx, mut rx) = mpsc::channel::<Frame<Request>>(1024);
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if sink.send(crate::net::encode(&frame)).await.is_err() {
@@ -88,25 +90,24 @@ impl Client {
                 let Ok(frame) = crate::net::decode::<Frame<Response>>(&bytes) else {
                     break;
                 };
-                let waiter = reader_pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&frame.id);
-                match waiter {
+                let mut guard = reader_pending.lock().expect("pending lock");
+                let Some(pending) = guard.as_mut() else { break };
+                match pending.remove(&frame.id) {
                     Some(w) => {
                         let _ = w.send(frame.body);
                     }
                     None if frame.id == 0 => {
                         // A connection-level error: fail everyone.
-                        for (_, w) in reader_pending.lock().expect("pending lock").drain() {
+                        for (_, w) in pending.drain() {
                             let _ = w.send(frame.body.clone());
                         }
                     }
                     None => {}
                 }
             }
-            // Connection closed: dropping the senders wakes every waiter.
-            reader_pending.lock().expect("pending lock").clear();
+            // Connection closed: dropping the senders wakes every waiter, and
+            // `None` refuses new requests.
+            reader_pending.lock().expect("pending lock").take();
         });
         Ok(Client {
             addr,
@@ -125,18 +126,23 @@ impl Client {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
+        let broken = |message: &str| ClientError::Connection {
+            addr: self.addr,
+            message: message.to_string(),
+        };
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(broken("connection closed")),
+        };
         let frame = Frame {
             v: PROTOCOL_VERSION,
             id,
             body,
         };
-        let broken = |message: &str| ClientError::Connection {
-            addr: self.addr,
-            message: message.to_string(),
-        };
         if self.tx.send(frame).await.is_err() {
-            self.pending.lock().expect("pending lock").remove(&id);
+            if let Some(pending) = self.pending.lock().expect("pending lock").as_mut() {
+                pending.remove(&id);
+            }
             return Err(broken("connection closed"));
         }
         match rx.await {
