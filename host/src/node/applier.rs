@@ -140,11 +140,84 @@ pub fn chain_digest(digest: &[u8; 32], index: Index, writes: &WriteSet) -> [u8; 
     *h.finalize().as_bytes()
 }
 
+/// Loaded machines by module hash, loaded on first use: a registered native
+/// stand-in, else the precompiled artifact (compiled and cached on a miss).
+#[derive(Default)]
+struct MachineCache {
+    loaded: HashMap<ModuleHash, LoadedMachine>,
+}
+
+impl MachineCache {
+    fn load(
+        &mut self,
+        sandbox: &Sandbox,
+        state: &StateStore,
+        hash: &ModuleHash,
+        component: impl FnOnce() -> Result<Option<Vec<u8>>, StorageError>,
+    ) -> Result<LoadedMachine, QueryError> {
+        if let Some(m) = self.loaded.get(hash) {
+            return Ok(m.clone());
+        }
+        if let Some(m) = sandbox.native(hash) {
+            self.loaded.insert(*hash, m.clone());
+            return Ok(m);
+        }
+        let compat = sandbox.compatibility_hash();
+        let bytes = component()?.ok_or_else(|| {
+            StorageError::Invariant(format!("module {} missing from storage", hex(hash)))
+        })?;
+        let artifact = match state.artifact(hash, &compat)? {
+            Some(a) => a,
+            None => {
+                let a = sandbox.precompile(&bytes)?;
+                // Cache for the next start; losing it only costs a recompile.
+                if let Err(e) = state.put_artifact(hash, &compat, &a) {
+                    tracing::warn!(error = %e, "could not cache precompiled artifact");
+                }
+                a
+            }
+        };
+        // SAFETY: the artifact was produced by this node's engine (same
+        // compatibility hash in its key) and read from this node's storage.
+        let m = unsafe { sandbox.load(&bytes, Some(&artifact)) }?;
+        self.loaded.insert(*hash, m.clone());
+        Ok(m)
+    }
+
+    /// The machine of `actor` as `batch` (pending deploys first) and the
+    /// snapshot under `view` see it; `None` if there is no such actor.
+    fn of_actor(
+        &mut self,
+        sandbox: &Sandbox,
+        state: &StateStore,
+        actor: &str,
+        view: &BatchView,
+        batch: &StateBatch,
+    ) -> Result<Option<LoadedMachine>, QueryError> {
+        let record = match batch.actors.get(actor) {
+            Some(r) => r.clone(),
+            None => match view.snap.actor(actor)? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
+        };
+        let hash = <ModuleHash>::try_from(record.module.as_slice()).map_err(|_| {
+            StorageError::Invariant(format!("actor {actor} has a malformed module hash"))
+        })?;
+        let pending = batch.modules.get(&hash).cloned();
+        self.load(sandbox, state, &hash, || match pending {
+            Some(b) => Ok(Some(b)),
+            None => view.snap.module(&hash),
+        })
+        .map(Some)
+    }
+}
+
 /// Applies entries and answers queries for one node.
 pub struct Applier {
     sandbox: Sandbox,
     state: StateStore,
-    machines: HashMap<ModuleHash, LoadedMachine>,
+    machines: MachineCache,
     /// What the state store holds.
     durable: AppliedState,
     /// Executed entries' effects not yet checkpointed (`applied_index` 0:
@@ -160,7 +233,7 @@ impl Applier {
         Ok(Applier {
             sandbox,
             state,
-            machines: HashMap::new(),
+            machines: MachineCache::default(),
             durable,
             pending: StateBatch::default(),
             pending_entries: 0,
@@ -192,40 +265,6 @@ impl Applier {
     /// The sandbox.
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
-    }
-
-    fn machine(
-        &mut self,
-        hash: &ModuleHash,
-        component: impl FnOnce() -> Result<Option<Vec<u8>>, StorageError>,
-    ) -> Result<LoadedMachine, QueryError> {
-        if let Some(m) = self.machines.get(hash) {
-            return Ok(m.clone());
-        }
-        if let Some(m) = self.sandbox.native(hash) {
-            self.machines.insert(*hash, m.clone());
-            return Ok(m);
-        }
-        let compat = self.sandbox.compatibility_hash();
-        let bytes = component()?.ok_or_else(|| {
-            StorageError::Invariant(format!("module {} missing from storage", hex(hash)))
-        })?;
-        let artifact = match self.state.artifact(hash, &compat)? {
-            Some(a) => a,
-            None => {
-                let a = self.sandbox.precompile(&bytes)?;
-                // Cache for the next start; losing it only costs a recompile.
-                if let Err(e) = self.state.put_artifact(hash, &compat, &a) {
-                    tracing::warn!(error = %e, "could not cache precompiled artifact");
-                }
-                a
-            }
-        };
-        // SAFETY: the artifact was produced by this node's engine (same
-        // compatibility hash in its key) and read from this node's storage.
-        let m = unsafe { self.sandbox.load(&bytes, Some(&artifact)) }?;
-        self.machines.insert(*hash, m.clone());
-        Ok(m)
     }
 
     /// Apply `entries` (which must continue the applied index) and make
@@ -365,18 +404,6 @@ impl Applier {
         }
     }
 
-    fn actor_record(
-        &self,
-        name: &str,
-        view: &BatchView,
-        batch: &StateBatch,
-    ) -> Result<Option<ActorRecord>, StorageError> {
-        match batch.actors.get(name) {
-            Some(r) => Ok(Some(r.clone())),
-            None => view.snap.actor(name),
-        }
-    }
-
     fn command(
         &mut self,
         actor: &str,
@@ -385,27 +412,19 @@ impl Applier {
         view: BatchView,
         batch: &mut StateBatch,
     ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
-        let Some(record) = self.actor_record(actor, &view, batch)? else {
-            return Ok((Outcome::NoSuchActor, WriteSet::new(), view));
-        };
-        let hash: ModuleHash = record.module.as_slice().try_into().map_err(|_| {
-            StorageError::Invariant(format!("actor {actor} has a malformed module hash"))
-        })?;
-        let pending = batch.modules.get(&hash).cloned();
-        let machine = match self.machine(&hash, || match pending {
-            Some(b) => Ok(Some(b)),
-            None => view.snap.module(&hash),
-        }) {
-            Ok(m) => m,
+        let loaded = self
+            .machines
+            .of_actor(&self.sandbox, &self.state, actor, &view, batch);
+        let machine = match loaded {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok((Outcome::NoSuchActor, WriteSet::new(), view)),
             Err(QueryError::Storage(e)) => return Err(e.into()),
             Err(QueryError::Sandbox(e)) => return Err(e.into()),
             // The module was validated when deployed; if it no longer loads,
             // the engine changed under a running group. Fail loudly.
             Err(e) => {
-                return Err(StorageError::Invariant(format!(
-                    "machine of actor {actor} no longer loads: {e}"
-                ))
-                .into());
+                let why = format!("machine of actor {actor} no longer loads: {e}");
+                return Err(StorageError::Invariant(why).into());
             }
         };
         let call = self
@@ -451,7 +470,10 @@ impl Applier {
         };
         let hash = Sandbox::hash(&component);
         let bytes = component.clone();
-        let machine = match self.machine(&hash, || Ok(Some(bytes))) {
+        let loaded = self
+            .machines
+            .load(&self.sandbox, &self.state, &hash, || Ok(Some(bytes)));
+        let machine = match loaded {
             Ok(m) => m,
             Err(QueryError::Load(e)) => {
                 return Ok((
@@ -520,21 +542,12 @@ impl Applier {
         request: &[u8],
         view: BatchView,
     ) -> (Result<Outcome, QueryError>, BatchView) {
-        let record = match self.actor_record(actor, &view, &self.pending) {
-            Ok(Some(r)) => r,
+        let loaded =
+            self.machines
+                .of_actor(&self.sandbox, &self.state, actor, &view, &self.pending);
+        let machine = match loaded {
+            Ok(Some(m)) => m,
             Ok(None) => return (Err(QueryError::NoSuchActor(actor.to_string())), view),
-            Err(e) => return (Err(e.into()), view),
-        };
-        let Ok(hash) = <ModuleHash>::try_from(record.module.as_slice()) else {
-            let e = StorageError::Invariant(format!("actor {actor} has a malformed module hash"));
-            return (Err(e.into()), view);
-        };
-        let pending = self.pending.modules.get(&hash).cloned();
-        let machine = match self.machine(&hash, || match pending {
-            Some(b) => Ok(Some(b)),
-            None => view.snap.module(&hash),
-        }) {
-            Ok(m) => m,
             Err(e) => return (Err(e), view),
         };
         let call = self.sandbox.query(

@@ -293,6 +293,43 @@ pub fn open(
     Ok((lock, log, state))
 }
 
+/// Error mapping shared by both stores: LMDB errors (a full map named as
+/// such) and records that do not decode, each naming the environment.
+trait EnvErrors {
+    fn env(&self) -> &Env<WithoutTls>;
+    fn map_bytes(&self) -> usize;
+
+    fn err(&self) -> impl Fn(heed::Error) -> StorageError + '_ {
+        lmdb(self.env(), self.map_bytes())
+    }
+
+    fn corrupt(&self, what: String) -> impl FnOnce(CodecError) -> StorageError + '_ {
+        move |source| StorageError::Corrupt {
+            path: self.env().path().to_path_buf(),
+            what,
+            source,
+        }
+    }
+}
+
+impl EnvErrors for LogStore {
+    fn env(&self) -> &Env<WithoutTls> {
+        &self.env
+    }
+    fn map_bytes(&self) -> usize {
+        self.map_bytes
+    }
+}
+
+impl EnvErrors for StateStore {
+    fn env(&self) -> &Env<WithoutTls> {
+        &self.env
+    }
+    fn map_bytes(&self) -> usize {
+        self.map_bytes
+    }
+}
+
 /// The replicated log and the hard state.
 #[derive(Clone)]
 pub struct LogStore {
@@ -319,18 +356,6 @@ impl LogStore {
             meta,
             map_bytes: opts.map_size_bytes,
         })
-    }
-
-    fn err(&self) -> impl Fn(heed::Error) -> StorageError + '_ {
-        lmdb(&self.env, self.map_bytes)
-    }
-
-    fn corrupt(&self, what: String) -> impl FnOnce(CodecError) -> StorageError + '_ {
-        move |source| StorageError::Corrupt {
-            path: self.env.path().to_path_buf(),
-            what,
-            source,
-        }
     }
 
     /// Index and term of the last entry, `(0, 0)` for an empty log.
@@ -558,18 +583,6 @@ impl StateStore {
             artifacts,
             map_bytes: opts.map_size_bytes,
         })
-    }
-
-    fn err(&self) -> impl Fn(heed::Error) -> StorageError + '_ {
-        lmdb(&self.env, self.map_bytes)
-    }
-
-    fn corrupt(&self, what: String) -> impl FnOnce(CodecError) -> StorageError + '_ {
-        move |source| StorageError::Corrupt {
-            path: self.env.path().to_path_buf(),
-            what,
-            source,
-        }
     }
 
     /// The applied index and digest.
