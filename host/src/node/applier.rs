@@ -730,6 +730,44 @@ mod tests {
     }
 
     #[test]
+    fn a_watchdog_interrupt_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::open(dir.path(), &identity(), &StorageOptions::default()).unwrap();
+        let limits = SandboxLimits {
+            fuel_per_call: u64::MAX / 4,
+            watchdog_ms: 50,
+            ..SandboxLimits::default()
+        };
+        let mut a = Applier::new(Sandbox::new(limits).unwrap(), state).unwrap();
+        let deploy = entry(
+            1,
+            Payload::Deploy {
+                actor: "m".into(),
+                wasm: understudy_examples::MISBEHAVE.to_vec().into(),
+            },
+        );
+        a.apply(&[deploy]).unwrap();
+        let spin = entry(
+            2,
+            Payload::Command {
+                actor: "m".into(),
+                client: None,
+                command: codec::to_cbor(&serde_json::json!({"loop": {"key": "x"}})).into(),
+            },
+        );
+        let err = a.apply(&[spin]).unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Sandbox(SandboxError::Watchdog(_))),
+            "{err}"
+        );
+        assert_eq!(
+            a.state().applied().unwrap().index,
+            1,
+            "no result was committed"
+        );
+    }
+
+    #[test]
     fn execute_refuses_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path());

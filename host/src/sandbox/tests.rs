@@ -205,3 +205,27 @@ fn precompiled_artifact_loads_and_behaves_the_same() {
     let out = apply(&sb, &m, &mut state, 1, r#"{"add":{"name":"n","by":2}}"#);
     assert_eq!(out, Outcome::Ok(crate::codec::to_cbor(&2i64).into()));
 }
+
+#[test]
+fn watchdog_interrupts_without_an_outcome_and_hands_the_view_back() {
+    // Fuel high enough that only the wall-clock watchdog can stop the loop.
+    let sb = Sandbox::new(SandboxLimits {
+        fuel_per_call: u64::MAX / 4,
+        watchdog_ms: 50,
+        ..SandboxLimits::default()
+    })
+    .unwrap();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    state.insert(b"kept".to_vec(), b"1".to_vec());
+    let failure = sb
+        .apply(&m, "t", state, ctx(1), &cbor(r#"{"loop":{"key":"x"}}"#))
+        .err()
+        .expect("the watchdog must fire");
+    assert!(
+        matches!(failure.error, SandboxError::Watchdog(50)),
+        "{:?}",
+        failure.error
+    );
+    assert_eq!(failure.view.len(), 1, "the view comes back untouched");
+}
