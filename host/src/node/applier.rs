@@ -768,6 +768,32 @@ mod tests {
     }
 
     #[test]
+    fn precompiled_artifact_is_cached_and_keyed_by_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path());
+        a.apply(&log()[..2]).unwrap();
+        let hash = Sandbox::hash(&Sandbox::normalize(understudy_examples::COUNTER).unwrap());
+        let compat = a.sandbox().compatibility_hash();
+        let artifact = a.state().artifact(&hash, &compat).unwrap();
+        assert!(artifact.is_some(), "the first load caches the artifact");
+        drop(a);
+        // A different engine configuration has a different key: no stale
+        // artifact can be picked up by it.
+        let other = Sandbox::new(SandboxLimits {
+            memory_bytes_max: 32 << 20,
+            ..SandboxLimits::default()
+        })
+        .unwrap();
+        assert_ne!(other.compatibility_hash(), compat);
+        let mut restarted = applier(dir.path());
+        restarted.apply(&log()[2..3]).unwrap();
+        assert_eq!(
+            counter(&mut restarted),
+            Outcome::Ok(codec::to_cbor(&2i64).into())
+        );
+    }
+
+    #[test]
     fn execute_refuses_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path());
