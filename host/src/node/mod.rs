@@ -118,13 +118,14 @@ pub struct ClientCall {
 #[rtype(result = "()")]
 struct Persist {
     hard_state: Option<HardState>,
+    truncate_from: Option<Index>,
     entries: Vec<Entry>,
     reply_to: Recipient<Persisted>,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Persisted(Result<Index, String>);
+struct Persisted(Result<Option<(Index, Term)>, String>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -171,11 +172,11 @@ impl Actor for LogWriter {
 impl Handler<Persist> for LogWriter {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
-        let last = msg.entries.last().map(|e| e.index);
+        let last = msg.entries.last().map(|e| (e.index, e.term));
         let result = self
             .log
-            .persist(msg.hard_state.as_ref(), &msg.entries)
-            .map(|()| last.unwrap_or(0))
+            .persist_with(msg.hard_state.as_ref(), msg.truncate_from, &msg.entries)
+            .map(|()| last)
             .map_err(|e| e.to_string());
         msg.reply_to.do_send(Persisted(result));
     }
@@ -296,7 +297,10 @@ pub struct Node {
     applier: Addr<ApplierActor>,
     /// Clients waiting for their entry to be applied: index → (term, reply).
     waiters: BTreeMap<Index, (Term, oneshot::Sender<Response>)>,
+    /// The durable log, read by the core for terms and log shipping.
+    log: LogStore,
     persist_hard_state: Option<HardState>,
+    persist_truncate_from: Option<Index>,
     persist_queue: Vec<Entry>,
     persist_in_flight: bool,
     halted: Option<String>,
@@ -332,13 +336,11 @@ impl Node {
             last.0
         );
         let core = Core::new(
-            GroupConfig {
-                id: config.node_id,
-                members: vec![config.node_id],
-            },
+            GroupConfig::new(config.node_id, vec![config.node_id]),
             hard,
             last,
             applied.index,
+            rand::random(),
         );
         tracing::info!(
             node = config.node_id,
@@ -372,7 +374,9 @@ impl Node {
             writer,
             applier,
             waiters: BTreeMap::new(),
+            log,
             persist_hard_state: None,
+            persist_truncate_from: None,
             persist_queue: Vec::new(),
             persist_in_flight: false,
             halted: None,
@@ -392,11 +396,20 @@ impl Node {
     fn drive(&mut self, ctx: &mut Context<Self>) {
         let Ready {
             hard_state,
+            truncate_from,
             append,
+            messages,
             apply_up_to,
         } = self.core.ready();
+        // A group of one sends nothing; the peer transport is the next stage.
+        debug_assert!(messages.is_empty(), "no peer transport yet");
         if let Some(hs) = hard_state {
             self.persist_hard_state = Some(hs);
+        }
+        if let Some(t) = truncate_from {
+            // Queued entries at or after the cut are replaced, too.
+            self.persist_queue.retain(|e| e.index < t);
+            self.persist_truncate_from = Some(self.persist_truncate_from.map_or(t, |p| p.min(t)));
         }
         self.persist_queue.extend(append);
         self.flush_persist(ctx);
@@ -419,6 +432,7 @@ impl Node {
         self.persist_in_flight = true;
         self.writer.do_send(Persist {
             hard_state: self.persist_hard_state.take(),
+            truncate_from: self.persist_truncate_from.take(),
             entries,
             reply_to: ctx.address().recipient(),
         });
@@ -455,7 +469,10 @@ impl Node {
             )));
             return;
         }
-        match self.core.propose(payload, Self::now_ms(), rand::random()) {
+        match self
+            .core
+            .propose(payload, Self::now_ms(), rand::random(), &self.log)
+        {
             Ok(index) => {
                 self.waiters.insert(index, (self.core.term(), reply));
                 self.drive(ctx);
@@ -491,10 +508,10 @@ impl Actor for Node {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.core.tick(Self::now_ms());
+        self.core.tick(Self::now_ms(), &self.log);
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
-            node.core.tick(Self::now_ms());
+            node.core.tick(Self::now_ms(), &node.log);
             node.drive(ctx);
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
@@ -564,9 +581,9 @@ impl Handler<Persisted> for Node {
     fn handle(&mut self, msg: Persisted, ctx: &mut Self::Context) {
         self.persist_in_flight = false;
         match msg.0 {
-            Ok(index) => {
-                if index > 0 {
-                    self.core.persisted(index);
+            Ok(last) => {
+                if let Some((index, term)) = last {
+                    self.core.persisted(index, term, &self.log);
                 }
                 self.drive(ctx);
             }

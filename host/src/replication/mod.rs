@@ -1,35 +1,77 @@
 //! The sans-IO protocol core: a deterministic value that decides what the
 //! node does, and never does it itself.
 //!
-//! The shell (the node actor) feeds it inputs — a client proposal, "entries
-//! up to N are durable", "entries up to N are applied", a clock tick — and
-//! drains a [`Ready`] of outputs to execute in order: persist the hard state,
-//! append entries, apply up to an index. No sockets, disk, clock, threads or
-//! randomness live here (time and seeds arrive as arguments), so a test or a
-//! simulator can drive it step by step and replay any run exactly.
+//! The shell (the node actor, or the simulator in [`sim`]) feeds it inputs —
+//! a client proposal, a peer message, "entries up to N are durable",
+//! "entries up to N are applied", a clock tick — and drains a [`Ready`] of
+//! outputs to execute in order: persist the hard state, truncate and append
+//! the log, send messages, apply up to an index. No sockets, disk, clock or
+//! threads live here: time arrives as an argument, randomness (election
+//! timeouts) comes from a seeded generator, and the durable log is read
+//! through [`LogRead`]. So a simulator can drive a whole group step by step
+//! and replay any run exactly from its seed.
 //!
-//! Today the group configuration may hold one member; the commit rule is
-//! already "a majority of members have the entry durable, and it is of the
-//! current term", and the hard state (term, vote) is persisted before it is
-//! acted on. Replication adds peer messages to the same inputs and outputs.
+//! The protocol is Raft: terms, randomized election timeouts with pre-vote,
+//! votes granted only to candidates whose log is at least as up to date by
+//! (last term, last index), a no-op entry that a new leader commits before
+//! anything else counts, log shipping with the (prev index, prev term)
+//! consistency check and truncation of a conflicting suffix, commit by the
+//! quorum-th match index restricted to the current term, check-quorum
+//! step-down, and leader stickiness (a node that heard from a live leader
+//! within the minimum election timeout ignores vote requests).
+//!
+//! Followers acknowledge entries only once they are durable, and a vote is
+//! sent only in a [`Ready`] whose `hard_state` (persisted first) records it.
+
+#[cfg(test)]
+mod sim;
 
 use crate::storage::HardState;
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Static group configuration.
+/// Static group configuration and timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
     /// This node.
     pub id: NodeId,
     /// Every voting member, including this node.
     pub members: Vec<NodeId>,
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeouts are drawn uniformly from `[min, max)`.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound (exclusive) of the election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Most entry bytes in one append message.
+    pub append_bytes_max: usize,
+    /// Most append messages in flight to one follower.
+    pub inflight_appends_max: usize,
+}
+
+impl GroupConfig {
+    /// A group with default timing.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        GroupConfig {
+            id,
+            members,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            append_bytes_max: 1 << 20,
+            inflight_appends_max: 16,
+        }
+    }
 }
 
 /// A node's role in its term.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// Follows a leader (or waits for one).
     Follower,
+    /// Asking whether an election could succeed, without bumping the term.
+    PreCandidate,
     /// Asking for votes.
     Candidate,
     /// Takes writes.
@@ -47,13 +89,87 @@ pub enum ProposeError {
     },
 }
 
+/// A message between members of a group. Every message carries its sender's
+/// term; a higher term makes the receiver step down at once (fencing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Log shipping and heartbeat.
+    Append {
+        /// Leader's term.
+        term: Term,
+        /// Index before the first entry.
+        prev_index: Index,
+        /// Term of the entry at `prev_index`.
+        prev_term: Term,
+        /// Entries to append (empty for a heartbeat).
+        entries: Vec<Entry>,
+        /// Leader's commit index.
+        commit: Index,
+    },
+    /// Answer to `Append`.
+    AppendResponse {
+        /// Responder's term.
+        term: Term,
+        /// Whether the log matched at `prev_index`.
+        success: bool,
+        /// On success: the responder's log matches the leader's up to here
+        /// and it is durable. On failure: where the leader should retry
+        /// (the responder's last index, or the index before the conflict).
+        index: Index,
+    },
+    /// Vote request; `pre` is a pre-vote (no state changes on either side).
+    Vote {
+        /// The term the candidate runs for.
+        term: Term,
+        /// Candidate's last log index.
+        last_index: Index,
+        /// Candidate's last log term.
+        last_term: Term,
+        /// Pre-vote?
+        pre: bool,
+    },
+    /// Answer to `Vote`.
+    VoteResponse {
+        /// For a granted vote the term voted in; else the responder's term.
+        term: Term,
+        /// Granted?
+        granted: bool,
+        /// Answer to a pre-vote?
+        pre: bool,
+    },
+}
+
+impl Message {
+    /// The sender's term.
+    pub fn term(&self) -> Term {
+        match self {
+            Message::Append { term, .. }
+            | Message::AppendResponse { term, .. }
+            | Message::Vote { term, .. }
+            | Message::VoteResponse { term, .. } => *term,
+        }
+    }
+}
+
+/// Read access to the durable log, for term checks and log shipping.
+pub trait LogRead {
+    /// Term of the durable entry at `index` (`Some(0)` for index 0).
+    fn term(&self, index: Index) -> Option<Term>;
+    /// Durable entries `from..=to`, at most about `bytes_max` (at least one).
+    fn entries(&self, from: Index, to: Index, bytes_max: usize) -> Vec<Entry>;
+}
+
 /// What the shell must do, in this order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// Persist this hard state (fsync) before anything below.
     pub hard_state: Option<HardState>,
+    /// Remove every durable entry at this index and after, before appending.
+    pub truncate_from: Option<Index>,
     /// Append these entries to the log (they continue it).
     pub append: Vec<Entry>,
+    /// Send these messages.
+    pub messages: Vec<(NodeId, Message)>,
     /// Apply committed entries up to this index.
     pub apply_up_to: Option<Index>,
 }
@@ -61,7 +177,38 @@ pub struct Ready {
 impl Ready {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.append.is_empty() && self.apply_up_to.is_none()
+        self.hard_state.is_none()
+            && self.truncate_from.is_none()
+            && self.append.is_empty()
+            && self.messages.is_empty()
+            && self.apply_up_to.is_none()
+    }
+}
+
+/// Replication progress of one follower, seen from the leader.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// Next index to send.
+    next: Index,
+    /// Highest index known to match and be durable there.
+    matched: Index,
+    /// Last index of each append in flight.
+    inflight: BTreeSet<Index>,
+    /// Heard from it since the last check-quorum round.
+    active: bool,
+}
+
+/// SplitMix64, for election timeouts: deterministic per seed.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 
@@ -72,25 +219,45 @@ pub struct Core {
     role: Role,
     hard: HardState,
     leader: Option<NodeId>,
-    /// Last index/term of the log, including entries not yet durable.
+    /// Entries handed to the shell but not yet reported durable.
+    unstable: Vec<Entry>,
+    /// Everything at or after this index is being replaced (pending
+    /// truncation); durable terms there are stale.
+    truncated_from: Option<Index>,
     last_index: Index,
     last_term: Term,
-    /// Highest index durable on this node.
+    /// Highest index durable on this node (with the term we know there).
     persisted_index: Index,
     /// First index of the current leader term (its no-op).
     term_start_index: Index,
     commit_index: Index,
-    /// Highest index the shell was asked to apply.
     apply_requested: Index,
     applied_index: Index,
     last_timestamp_ms: u64,
+    now_ms: u64,
+    election_deadline_ms: u64,
+    heartbeat_due_ms: u64,
+    check_quorum_due_ms: u64,
+    /// When a leader was last heard from (for stickiness and pre-votes).
+    leader_seen_ms: Option<u64>,
+    votes: BTreeMap<NodeId, bool>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// Ack owed to the leader once `persisted_index` reaches the index.
+    ack_owed: Option<(NodeId, Index)>,
+    rng: Rng,
     ready: Ready,
 }
 
 impl Core {
     /// A core resuming from durable state: hard state, last log entry and
-    /// applied index. Everything in the log is durable at start.
-    pub fn new(config: GroupConfig, hard: HardState, last: (Index, Term), applied: Index) -> Self {
+    /// applied index. `seed` drives the election timeouts.
+    pub fn new(
+        config: GroupConfig,
+        hard: HardState,
+        last: (Index, Term),
+        applied: Index,
+        seed: u64,
+    ) -> Self {
         assert!(
             config.members.contains(&config.id),
             "a node is a member of its group"
@@ -100,11 +267,19 @@ impl Core {
             "applied index {applied} beyond the log end {}",
             last.0
         );
-        Core {
+        assert!(
+            config.election_timeout_min_ms < config.election_timeout_max_ms
+                && config.heartbeat_interval_ms < config.election_timeout_min_ms,
+            "heartbeat < election timeout min < max"
+        );
+        let mut core = Core {
+            rng: Rng(seed ^ config.id.rotate_left(17)),
             config,
             role: Role::Follower,
             hard,
             leader: None,
+            unstable: Vec::new(),
+            truncated_from: None,
             last_index: last.0,
             last_term: last.1,
             persisted_index: last.0,
@@ -114,8 +289,18 @@ impl Core {
             apply_requested: applied,
             applied_index: applied,
             last_timestamp_ms: 0,
+            now_ms: 0,
+            election_deadline_ms: 0,
+            heartbeat_due_ms: 0,
+            check_quorum_due_ms: 0,
+            leader_seen_ms: None,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            ack_owed: None,
             ready: Ready::default(),
-        }
+        };
+        core.reset_election_timer();
+        core
     }
 
     /// Current role.
@@ -133,6 +318,10 @@ impl Core {
     /// Known leader.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
     }
     /// Last log index (durable or not).
     pub fn last_index(&self) -> Index {
@@ -155,35 +344,220 @@ impl Core {
         self.config.members.len() / 2 + 1
     }
 
-    /// Advance time. A lone member elects itself at once; with peers the
-    /// election timer lives here too (Supervisor issue).
-    pub fn tick(&mut self, _now_ms: u64) {
-        if self.role != Role::Leader && self.config.members.len() == 1 {
-            self.campaign();
-        }
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config
+            .members
+            .iter()
+            .copied()
+            .filter(move |&m| m != me)
     }
 
-    fn campaign(&mut self) {
-        self.hard = HardState {
-            term: self.hard.term + 1,
-            vote: Some(self.config.id),
-        };
+    fn reset_election_timer(&mut self) {
+        if self.config.members.len() == 1 {
+            // Nobody else can lead: elect ourselves at the next tick.
+            self.election_deadline_ms = self.now_ms;
+            return;
+        }
+        let span = self.config.election_timeout_max_ms - self.config.election_timeout_min_ms;
+        let timeout = self.config.election_timeout_min_ms + self.rng.next() % span;
+        self.election_deadline_ms = self.now_ms + timeout;
+    }
+
+    /// Term of the entry at `index` as this node currently sees its log.
+    fn term_at(&self, index: Index, log: &impl LogRead) -> Option<Term> {
+        if index == 0 {
+            return Some(0);
+        }
+        if index > self.last_index {
+            return None;
+        }
+        if let Some(first) = self.unstable.first()
+            && index >= first.index
+        {
+            return Some(self.unstable[(index - first.index) as usize].term);
+        }
+        if self.truncated_from.is_some_and(|t| index >= t) {
+            return None;
+        }
+        log.term(index)
+    }
+
+    fn entries_from(&self, from: Index, log: &impl LogRead) -> Vec<Entry> {
+        let bytes_max = self.config.append_bytes_max;
+        let unstable_first = self
+            .unstable
+            .first()
+            .map(|e| e.index)
+            .unwrap_or(self.last_index + 1);
+        let mut out = Vec::new();
+        if from < unstable_first {
+            out = log.entries(from, unstable_first - 1, bytes_max);
+            let complete = out.last().is_some_and(|e| e.index + 1 == unstable_first);
+            if !complete {
+                return out;
+            }
+        }
+        let start = from.max(unstable_first);
+        if let Some(first) = self.unstable.first() {
+            let mut bytes = 0usize;
+            for e in &self.unstable[(start - first.index) as usize..] {
+                bytes += entry_size(e);
+                out.push(e.clone());
+                if bytes >= bytes_max {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        self.ready.messages.push((to, msg));
+    }
+
+    fn set_hard_state(&mut self, term: Term, vote: Option<NodeId>) {
+        debug_assert!(term >= self.hard.term, "terms never go back");
+        self.hard = HardState { term, vote };
         self.ready.hard_state = Some(self.hard);
-        self.role = Role::Candidate;
-        // Our own vote is durable once the shell executes `hard_state`,
-        // which precedes everything else in this Ready.
-        let votes = 1;
-        if votes >= self.quorum() {
-            self.become_leader();
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hard.term {
+            self.set_hard_state(term, None);
+        }
+        if self.role == Role::Leader {
+            tracing::info!(node = self.config.id, term, "stepping down");
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    /// Advance time; elections, heartbeats and check-quorum happen here.
+    pub fn tick(&mut self, now_ms: u64, log: &impl LogRead) {
+        if self.now_ms == 0 {
+            // First tick: timers start from the shell's clock, not from 0.
+            self.now_ms = now_ms;
+            self.reset_election_timer();
+        }
+        self.now_ms = self.now_ms.max(now_ms);
+        match self.role {
+            Role::Leader => {
+                if self.now_ms >= self.check_quorum_due_ms {
+                    self.check_quorum();
+                    if self.role != Role::Leader {
+                        return;
+                    }
+                }
+                if self.now_ms >= self.heartbeat_due_ms {
+                    self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
+                    let peers: Vec<NodeId> = self.peers().collect();
+                    for p in peers {
+                        self.send_append(p, log, true);
+                    }
+                }
+            }
+            _ => {
+                if self.now_ms >= self.election_deadline_ms {
+                    self.start_pre_vote(log);
+                }
+            }
         }
     }
 
-    fn become_leader(&mut self) {
+    /// A leader that has not heard from a majority within an election
+    /// timeout steps down: it may be on the minority side of a partition.
+    fn check_quorum(&mut self) {
+        self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
+        let active = 1 + self.progress.values().filter(|p| p.active).count();
+        for p in self.progress.values_mut() {
+            p.active = false;
+        }
+        if active < self.quorum() {
+            tracing::info!(node = self.config.id, term = self.hard.term, "lost quorum");
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    fn start_pre_vote(&mut self, log: &impl LogRead) {
+        self.reset_election_timer();
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        if self.votes.len() >= self.quorum() {
+            return self.campaign(log);
+        }
+        let (last_index, last_term) = (self.last_index, self.last_term);
+        let term = self.hard.term + 1;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send(
+                p,
+                Message::Vote {
+                    term,
+                    last_index,
+                    last_term,
+                    pre: true,
+                },
+            );
+        }
+    }
+
+    fn campaign(&mut self, log: &impl LogRead) {
+        self.set_hard_state(self.hard.term + 1, Some(self.config.id));
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.reset_election_timer();
+        self.votes.clear();
+        // Our own vote is durable once the shell executes `hard_state`,
+        // which precedes the vote requests in this Ready.
+        self.votes.insert(self.config.id, true);
+        if self.votes.len() >= self.quorum() {
+            return self.become_leader(log);
+        }
+        let (term, last_index, last_term) = (self.hard.term, self.last_index, self.last_term);
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send(
+                p,
+                Message::Vote {
+                    term,
+                    last_index,
+                    last_term,
+                    pre: false,
+                },
+            );
+        }
+    }
+
+    fn become_leader(&mut self, log: &impl LogRead) {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
+        self.leader_seen_ms = Some(self.now_ms);
+        self.votes.clear();
+        let next = self.last_index + 1;
+        self.progress = self
+            .peers()
+            .map(|p| {
+                (
+                    p,
+                    Progress {
+                        next,
+                        matched: 0,
+                        inflight: BTreeSet::new(),
+                        active: true,
+                    },
+                )
+            })
+            .collect();
+        self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
         // Promotion: commit an entry of our own term before anything of an
         // earlier term counts as committed.
-        self.term_start_index = self.last_index + 1;
+        self.term_start_index = next;
         self.push_entry(
             Payload::Noop,
             EntryContext {
@@ -196,18 +570,26 @@ impl Core {
             node = self.config.id,
             "became leader"
         );
+        self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send_append(p, log, true);
+        }
+        self.advance_commit(log);
     }
 
     fn push_entry(&mut self, payload: Payload, context: EntryContext) -> Index {
         let index = self.last_index + 1;
         let term = self.hard.term;
-        debug_assert!(term >= self.last_term, "terms never decrease along the log");
-        self.ready.append.push(Entry {
+        assert!(term >= self.last_term, "terms never decrease along the log");
+        let entry = Entry {
             index,
             term,
             context,
             payload,
-        });
+        };
+        self.unstable.push(entry.clone());
+        self.ready.append.push(entry);
         self.last_index = index;
         self.last_term = term;
         index
@@ -220,6 +602,7 @@ impl Core {
         payload: Payload,
         now_ms: u64,
         seed: u64,
+        log: &impl LogRead,
     ) -> Result<Index, ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
@@ -231,33 +614,105 @@ impl Core {
             timestamp_ms: self.last_timestamp_ms,
             seed,
         };
-        Ok(self.push_entry(payload, context))
+        let index = self.push_entry(payload, context);
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send_append(p, log, false);
+        }
+        self.advance_commit(log);
+        Ok(index)
     }
 
-    /// The shell made entries up to `index` durable.
-    pub fn persisted(&mut self, index: Index) {
-        assert!(
-            index <= self.last_index,
-            "persisted {index} beyond log end {}",
-            self.last_index
-        );
+    /// Send `peer` what it is missing (pipelined, bounded), or a heartbeat.
+    fn send_append(&mut self, peer: NodeId, log: &impl LogRead, heartbeat: bool) {
+        let Some(pr) = self.progress.get(&peer) else {
+            return;
+        };
+        let next = pr.next;
+        let full = pr.inflight.len() >= self.config.inflight_appends_max;
+        let has_entries = next <= self.last_index;
+        if !heartbeat && (!has_entries || full) {
+            return;
+        }
+        let prev_index = next - 1;
+        let Some(prev_term) = self.term_at(prev_index, log) else {
+            // Compacted away: snapshots are a later stage. Retry from the start.
+            return;
+        };
+        let entries = if has_entries && !full {
+            self.entries_from(next, log)
+        } else {
+            Vec::new()
+        };
+        if let Some(last) = entries.last() {
+            let pr = self.progress.get_mut(&peer).expect("peer");
+            pr.inflight.insert(last.index);
+            pr.next = last.index + 1;
+        }
+        let msg = Message::Append {
+            term: self.hard.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit_index,
+        };
+        self.send(peer, msg);
+    }
+
+    /// The shell made entries up to `index` (of term `term`) durable.
+    pub fn persisted(&mut self, index: Index, term: Term, log: &impl LogRead) {
+        // A report for an entry that has since been replaced is stale.
+        if self.term_at(index, log) != Some(term) {
+            return;
+        }
         self.persisted_index = self.persisted_index.max(index);
-        self.advance_commit();
+        if self.truncated_from.is_some_and(|t| index >= t) {
+            self.truncated_from = None;
+        }
+        self.unstable.retain(|e| e.index > index);
+        if let Some((leader, owed)) = self.ack_owed
+            && self.persisted_index >= owed
+        {
+            self.ack_owed = None;
+            if self.leader == Some(leader) && self.role == Role::Follower {
+                let term = self.hard.term;
+                self.send(
+                    leader,
+                    Message::AppendResponse {
+                        term,
+                        success: true,
+                        index: owed,
+                    },
+                );
+            }
+        }
+        self.advance_commit(log);
+        self.request_apply();
     }
 
-    fn advance_commit(&mut self) {
+    fn advance_commit(&mut self, log: &impl LogRead) {
         if self.role != Role::Leader {
             return;
         }
-        // With one member the majority match is our own durable index;
-        // replication replaces this by the quorum-th highest match index.
-        let majority_match = self.persisted_index;
-        if majority_match >= self.term_start_index && majority_match > self.commit_index {
+        let mut matched: Vec<Index> = self.progress.values().map(|p| p.matched).collect();
+        matched.push(self.persisted_index);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let majority_match = matched[self.quorum() - 1];
+        // Only entries of the current term commit by counting (Raft §5.4.2).
+        if majority_match >= self.term_start_index
+            && majority_match > self.commit_index
+            && self.term_at(majority_match, log) == Some(self.hard.term)
+        {
             self.commit_index = majority_match;
         }
-        if self.commit_index > self.apply_requested {
-            self.apply_requested = self.commit_index;
-            self.ready.apply_up_to = Some(self.commit_index);
+        self.request_apply();
+    }
+
+    fn request_apply(&mut self) {
+        let up_to = self.commit_index.min(self.persisted_index);
+        if up_to > self.apply_requested {
+            self.apply_requested = up_to;
+            self.ready.apply_up_to = Some(up_to);
         }
     }
 
@@ -272,9 +727,293 @@ impl Core {
         self.applied_index = index;
     }
 
+    /// Handle a message from `from`.
+    pub fn step(&mut self, from: NodeId, msg: Message, log: &impl LogRead) {
+        if from == self.config.id || !self.config.members.contains(&from) {
+            tracing::warn!(from, "message from a non-member refused");
+            return;
+        }
+        let term = msg.term();
+        if term > self.hard.term {
+            match &msg {
+                // Pre-votes never change anyone's term.
+                Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
+                Message::Vote { .. } if self.in_leader_lease() => {
+                    // Leader stickiness: a live leader exists; ignore the
+                    // disruptive candidate entirely (do not even adopt its term).
+                    return;
+                }
+                Message::Append { .. } => self.become_follower(term, Some(from)),
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.hard.term {
+            match msg {
+                // Tell a stale leader about the newer term so it steps down.
+                Message::Append { .. } => {
+                    let term = self.hard.term;
+                    self.send(
+                        from,
+                        Message::AppendResponse {
+                            term,
+                            success: false,
+                            index: self.last_index,
+                        },
+                    );
+                }
+                Message::Vote { pre, .. } => {
+                    let term = self.hard.term;
+                    self.send(
+                        from,
+                        Message::VoteResponse {
+                            term,
+                            granted: false,
+                            pre,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+        match msg {
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => self.on_append(from, term, prev_index, prev_term, entries, commit, log),
+            Message::AppendResponse { success, index, .. } => {
+                self.on_append_response(from, success, index, log)
+            }
+            Message::Vote {
+                term,
+                last_index,
+                last_term,
+                pre,
+            } => self.on_vote(from, term, last_index, last_term, pre),
+            Message::VoteResponse { granted, pre, term } => {
+                self.on_vote_response(from, term, granted, pre, log)
+            }
+        }
+    }
+
+    fn in_leader_lease(&self) -> bool {
+        self.role == Role::Leader && self.leader == Some(self.config.id)
+            || self.leader_seen_ms.is_some_and(|t| {
+                self.leader.is_some() && self.now_ms < t + self.config.election_timeout_min_ms
+            })
+    }
+
+    fn log_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.last_term, self.last_index)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+        log: &impl LogRead,
+    ) {
+        assert!(
+            !(self.role == Role::Leader && self.hard.term == term),
+            "election safety: two leaders in term {term}"
+        );
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.leader_seen_ms = Some(self.now_ms);
+        self.reset_election_timer();
+        if self.term_at(prev_index, log) != Some(prev_term) {
+            // Log matching: refuse, and hint where to retry.
+            let hint = prev_index.saturating_sub(1).min(self.last_index);
+            self.send(
+                from,
+                Message::AppendResponse {
+                    term,
+                    success: false,
+                    index: hint,
+                },
+            );
+            return;
+        }
+        let match_index = prev_index + entries.len() as Index;
+        // Skip what we already have; truncate at the first conflict.
+        let mut new_from = None;
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(
+                e.index,
+                prev_index + 1 + i as Index,
+                "append entries are contiguous"
+            );
+            match self.term_at(e.index, log) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    assert!(
+                        e.index > self.commit_index,
+                        "commit safety: leader overwrites committed entry {}",
+                        e.index
+                    );
+                    self.truncate_from(e.index, log);
+                    new_from = Some(i);
+                    break;
+                }
+                None => {
+                    new_from = Some(i);
+                    break;
+                }
+            }
+        }
+        if let Some(i) = new_from {
+            for e in entries.into_iter().skip(i) {
+                self.last_index = e.index;
+                self.last_term = e.term;
+                self.unstable.push(e.clone());
+                self.ready.append.push(e);
+            }
+        }
+        let new_commit = commit.min(match_index);
+        if new_commit > self.commit_index {
+            self.commit_index = new_commit;
+        }
+        if self.persisted_index >= match_index && self.truncated_from.is_none() {
+            self.send(
+                from,
+                Message::AppendResponse {
+                    term,
+                    success: true,
+                    index: match_index,
+                },
+            );
+        } else {
+            self.ack_owed = Some((from, match_index));
+        }
+        self.request_apply();
+    }
+
+    fn truncate_from(&mut self, index: Index, log: &impl LogRead) {
+        tracing::info!(
+            node = self.config.id,
+            index,
+            "truncating a conflicting log suffix"
+        );
+        self.unstable.retain(|e| e.index < index);
+        self.ready.append.retain(|e| e.index < index);
+        if index <= self.persisted_index {
+            self.truncated_from = Some(self.truncated_from.map_or(index, |t| t.min(index)));
+            self.ready.truncate_from =
+                Some(self.ready.truncate_from.map_or(index, |t| t.min(index)));
+            self.persisted_index = index - 1;
+        }
+        self.last_index = index - 1;
+        self.last_term = self
+            .term_at(index - 1, log)
+            .expect("the entry before a conflict is in the log");
+    }
+
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: Index,
+        log: &impl LogRead,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.active = true;
+        if success {
+            if index > pr.matched {
+                pr.matched = index;
+            }
+            pr.next = pr.next.max(index + 1);
+            pr.inflight.retain(|&i| i > index);
+            self.advance_commit(log);
+            self.send_append(from, log, false);
+        } else {
+            // Back off to the follower's hint and resend.
+            pr.next = (index + 1)
+                .min(pr.next.saturating_sub(1))
+                .max(pr.matched + 1)
+                .max(1);
+            pr.inflight.clear();
+            self.send_append(from, log, true);
+        }
+    }
+
+    fn on_vote(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term, pre: bool) {
+        let up_to_date = self.log_up_to_date(last_index, last_term);
+        let granted = if pre {
+            // Would we vote in `term`? Only if no live leader is known.
+            term > self.hard.term && up_to_date && !self.in_leader_lease()
+        } else {
+            let free = self.hard.vote.is_none() || self.hard.vote == Some(from);
+            free && up_to_date
+        };
+        if granted && !pre {
+            self.set_hard_state(term, Some(from));
+            self.reset_election_timer();
+        }
+        let reply_term = if granted { term } else { self.hard.term };
+        self.send(
+            from,
+            Message::VoteResponse {
+                term: reply_term,
+                granted,
+                pre,
+            },
+        );
+    }
+
+    fn on_vote_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        granted: bool,
+        pre: bool,
+        log: &impl LogRead,
+    ) {
+        let expected = match (self.role, pre) {
+            (Role::PreCandidate, true) => self.hard.term + 1,
+            (Role::Candidate, false) => self.hard.term,
+            _ => return,
+        };
+        if term != expected {
+            return;
+        }
+        self.votes.insert(from, granted);
+        let yes = self.votes.values().filter(|g| **g).count();
+        let no = self.votes.len() - yes;
+        if yes >= self.quorum() {
+            if pre {
+                self.campaign(log);
+            } else {
+                self.become_leader(log);
+            }
+        } else if no >= self.quorum() {
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
     /// Take the outputs accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
         std::mem::take(&mut self.ready)
+    }
+}
+
+fn entry_size(e: &Entry) -> usize {
+    48 + match &e.payload {
+        Payload::Noop => 0,
+        Payload::Deploy { actor, wasm } => actor.len() + wasm.len(),
+        Payload::Command { actor, command, .. } => actor.len() + command.len(),
     }
 }
 
@@ -283,15 +1022,34 @@ mod tests {
     use super::*;
     use serde_bytes::ByteBuf;
 
+    /// A log whose durable part the test fills in by hand.
+    #[derive(Default)]
+    struct MemLog(std::cell::RefCell<Vec<Entry>>);
+    impl LogRead for MemLog {
+        fn term(&self, index: Index) -> Option<Term> {
+            if index == 0 {
+                return Some(0);
+            }
+            self.0.borrow().get(index as usize - 1).map(|e| e.term)
+        }
+        fn entries(&self, from: Index, to: Index, _: usize) -> Vec<Entry> {
+            let log = self.0.borrow();
+            log[(from as usize - 1).min(log.len())..(to as usize).min(log.len())].to_vec()
+        }
+    }
+    impl MemLog {
+        fn write(&self, entries: &[Entry]) {
+            self.0.borrow_mut().extend_from_slice(entries);
+        }
+    }
+
     fn single() -> Core {
         Core::new(
-            GroupConfig {
-                id: 1,
-                members: vec![1],
-            },
+            GroupConfig::new(1, vec![1]),
             HardState::default(),
             (0, 0),
             0,
+            7,
         )
     }
 
@@ -303,14 +1061,27 @@ mod tests {
         }
     }
 
+    fn elect(c: &mut Core, log: &MemLog) {
+        c.tick(10_000, log);
+    }
+
+    /// Write what the core asked to append, then report it durable.
+    fn persist(c: &mut Core, log: &MemLog, r: &Ready) {
+        log.write(&r.append);
+        if let Some(last) = r.append.last() {
+            c.persisted(last.index, last.term, log);
+        }
+    }
+
     #[test]
     fn lone_member_persists_its_vote_before_leading_and_commits_a_noop() {
+        let log = MemLog::default();
         let mut c = single();
         assert!(matches!(
-            c.propose(cmd(), 0, 0),
+            c.propose(cmd(), 0, 0, &log),
             Err(ProposeError::NotLeader { .. })
         ));
-        c.tick(0);
+        elect(&mut c, &log);
         let r = c.ready();
         assert_eq!(
             r.hard_state,
@@ -322,61 +1093,37 @@ mod tests {
         assert_eq!(r.append.len(), 1);
         assert_eq!(r.append[0].payload, Payload::Noop);
         assert_eq!(r.apply_up_to, None, "nothing commits before it is durable");
-        c.persisted(1);
+        persist(&mut c, &log, &r);
         assert_eq!(c.ready().apply_up_to, Some(1));
     }
 
     #[test]
     fn commit_waits_for_durability_and_never_goes_back() {
+        let log = MemLog::default();
         let mut c = single();
-        c.tick(0);
+        elect(&mut c, &log);
+        let r = c.ready();
+        persist(&mut c, &log, &r);
         c.ready();
-        c.persisted(1);
-        c.ready();
-        let a = c.propose(cmd(), 10, 1).unwrap();
-        let b = c.propose(cmd(), 5, 2).unwrap();
+        let a = c.propose(cmd(), 10, 1, &log).unwrap();
+        let b = c.propose(cmd(), 5, 2, &log).unwrap();
         let r = c.ready();
         assert_eq!((a, b), (2, 3));
         assert!(r.append[1].context.timestamp_ms >= r.append[0].context.timestamp_ms);
         assert_eq!(c.commit_index(), 1);
-        c.persisted(3);
+        persist(&mut c, &log, &r);
         assert_eq!(c.ready().apply_up_to, Some(3));
-        c.persisted(2);
+        c.persisted(2, 1, &log);
         assert_eq!(c.commit_index(), 3);
         c.applied(3);
     }
 
     #[test]
-    fn restart_resumes_in_a_new_term_after_the_old_log() {
-        let mut c = Core::new(
-            GroupConfig {
-                id: 1,
-                members: vec![1],
-            },
-            HardState {
-                term: 4,
-                vote: Some(1),
-            },
-            (10, 4),
-            7,
-        );
-        c.tick(0);
-        let r = c.ready();
-        assert_eq!(r.hard_state.unwrap().term, 5);
-        assert_eq!(r.append[0].index, 11);
-        c.persisted(11);
-        assert_eq!(
-            c.ready().apply_up_to,
-            Some(11),
-            "the old tail commits with the new no-op"
-        );
-    }
-
-    #[test]
     #[should_panic(expected = "only committed entries are applied")]
     fn applying_beyond_commit_is_caught() {
+        let log = MemLog::default();
         let mut c = single();
-        c.tick(0);
+        elect(&mut c, &log);
         c.applied(1);
     }
 }

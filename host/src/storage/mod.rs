@@ -384,10 +384,26 @@ impl LogStore {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
-        if entries.is_empty() && hard_state.is_none() {
+        self.persist_with(hard_state, None, entries)
+    }
+
+    /// [`Self::persist`], removing a conflicting suffix from `truncate_from`
+    /// first, all in one transaction.
+    pub fn persist_with(
+        &self,
+        hard_state: Option<&HardState>,
+        truncate_from: Option<Index>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() && truncate_from.is_none() {
             return Ok(());
         }
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        if let Some(from) = truncate_from {
+            self.entries
+                .delete_range(&mut wtxn, &(from..))
+                .map_err(self.err())?;
+        }
         if let Some(hs) = hard_state {
             self.meta
                 .put(&mut wtxn, "hard_state", &codec::encode(hs))
@@ -480,6 +496,30 @@ impl LogStore {
             .put(&mut wtxn, "hard_state", &codec::encode(hs))
             .map_err(self.err())?;
         wtxn.commit().map_err(self.err())
+    }
+}
+
+impl crate::replication::LogRead for LogStore {
+    fn term(&self, index: Index) -> Option<Term> {
+        if index == 0 {
+            return Some(0);
+        }
+        // A read failure answers "unknown", which the core treats
+        // conservatively (no match, no commit).
+        match self.read(index, index, 1) {
+            Ok(entries) => entries.first().filter(|e| e.index == index).map(|e| e.term),
+            Err(e) => {
+                tracing::error!(error = %e, index, "log read failed");
+                None
+            }
+        }
+    }
+
+    fn entries(&self, from: Index, to: Index, bytes_max: usize) -> Vec<Entry> {
+        self.read(from, to, bytes_max).unwrap_or_else(|e| {
+            tracing::error!(error = %e, from, to, "log read failed");
+            Vec::new()
+        })
     }
 }
 

@@ -1,0 +1,507 @@
+//! Deterministic simulation of a group of [`Core`]s.
+//!
+//! One seed drives everything: message delay (so reordering), loss and
+//! duplication, partitions (including one-way cuts), crashes that lose
+//! whatever was not yet durable, restarts, and client proposals. Time is
+//! virtual. After every step the invariants of BRIEF.md that live in the
+//! core are checked:
+//!
+//! 1. election safety — at most one leader per term;
+//! 2. log matching — two logs with an entry of the same index and term agree
+//!    on everything up to it;
+//! 3. commit safety — an entry once committed (known to a majority-backed
+//!    commit index) is never changed, and every leader holds all of them;
+//! 4. state-machine safety — every node applies the committed entry at each
+//!    index, and nothing else.
+//!
+//! A failure panics with the seed; `UNDERSTUDY_SIM_SEED=<seed>` replays it
+//! exactly, `UNDERSTUDY_SIM_SEEDS=<n>` runs more seeds (the soak).
+
+use super::*;
+use crate::types::ClientTag;
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, VecDeque};
+
+/// SplitMix64 for the simulator's own decisions.
+struct SimRng(u64);
+
+impl SimRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+/// A node's durable storage.
+#[derive(Default, Clone)]
+struct Disk {
+    hard: HardState,
+    log: Vec<Entry>,
+}
+
+impl LogRead for Disk {
+    fn term(&self, index: Index) -> Option<Term> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.log.get(index as usize - 1).map(|e| e.term)
+    }
+    fn entries(&self, from: Index, to: Index, _bytes_max: usize) -> Vec<Entry> {
+        let from = from.max(1) as usize;
+        let to = (to as usize).min(self.log.len());
+        if from > to {
+            return Vec::new();
+        }
+        self.log[from - 1..to].to_vec()
+    }
+}
+
+struct SimNode {
+    core: Core,
+    disk: Disk,
+    /// Appends written but not yet fsynced, with the time they complete.
+    writes: VecDeque<(u64, Vec<Entry>)>,
+    applied: Vec<Entry>,
+    up: bool,
+}
+
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: Message,
+    },
+}
+
+struct Sim {
+    seed: u64,
+    rng: SimRng,
+    now_ms: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Vec<(u64, Event)>,
+    /// (from, to) pairs whose messages are dropped.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    leaders: BTreeMap<Term, NodeId>,
+    /// Committed entries, with a term by which they were surely committed
+    /// (the highest term any node had when the commit was first seen).
+    committed: BTreeMap<Index, (Entry, Term)>,
+    proposals: u64,
+}
+
+fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
+    GroupConfig {
+        heartbeat_interval_ms: 20,
+        election_timeout_min_ms: 100,
+        election_timeout_max_ms: 200,
+        ..GroupConfig::new(id, members.to_vec())
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, members: &[NodeId]) -> Sim {
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let core = Core::new(config(id, members), HardState::default(), (0, 0), 0, seed);
+                (
+                    id,
+                    SimNode {
+                        core,
+                        disk: Disk::default(),
+                        writes: VecDeque::new(),
+                        applied: Vec::new(),
+                        up: true,
+                    },
+                )
+            })
+            .collect();
+        Sim {
+            seed,
+            rng: SimRng(seed),
+            now_ms: 0,
+            nodes,
+            net: Vec::new(),
+            cut: BTreeSet::new(),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            proposals: 0,
+        }
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        for (id, n) in &self.nodes {
+            eprintln!(
+                "node {id}: up {} role {:?} term {} vote {:?} last {} durable {} (last term {:?}) commit {} applied {}",
+                n.up,
+                n.core.role(),
+                n.core.term(),
+                n.core.vote(),
+                n.core.last_index(),
+                n.disk.log.len(),
+                n.disk.log.last().map(|e| e.term),
+                n.core.commit_index(),
+                n.applied.len()
+            );
+        }
+        panic!(
+            "simulation invariant violated at {} ms: {what} (UNDERSTUDY_SIM_SEED={})",
+            self.now_ms, self.seed
+        )
+    }
+
+    /// Execute a node's Ready in order: hard state (sync), truncate (sync),
+    /// appends (async fsync), messages, apply.
+    fn drain(&mut self, id: NodeId) {
+        let r = {
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.core.ready()
+        };
+        let delay = 1 + self.rng.below(3);
+        let n = self.nodes.get_mut(&id).expect("node");
+        if let Some(hs) = r.hard_state {
+            n.disk.hard = hs;
+        }
+        if let Some(t) = r.truncate_from {
+            n.disk.log.truncate(t as usize - 1);
+            for (_, batch) in n.writes.iter_mut() {
+                batch.retain(|e| e.index < t);
+            }
+        }
+        if !r.append.is_empty() {
+            n.writes.push_back((self.now_ms + delay, r.append));
+        }
+        let apply = r.apply_up_to;
+        for (to, msg) in r.messages {
+            self.send(id, to, msg);
+        }
+        if let Some(up_to) = apply {
+            self.apply(id, up_to);
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        if self.cut.contains(&(from, to)) || self.rng.chance(20) {
+            return; // partitioned or lost
+        }
+        let copies = if self.rng.chance(20) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now_ms + 1 + self.rng.below(15);
+            self.net.push((
+                at,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            ));
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, up_to: Index) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let from = n.applied.len() as Index + 1;
+        let entries = n.disk.entries(from, up_to, usize::MAX);
+        if entries.len() as Index != up_to + 1 - from {
+            let msg = format!(
+                "node {id} asked to apply up to {up_to} but its durable log ends at {}",
+                n.disk.log.len()
+            );
+            self.fail(&msg);
+        }
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.applied.extend(entries);
+        n.core.applied(up_to);
+    }
+
+    fn complete_writes(&mut self, id: NodeId) {
+        let now = self.now_ms;
+        loop {
+            let n = self.nodes.get_mut(&id).expect("node");
+            let Some((at, _)) = n.writes.front() else {
+                break;
+            };
+            if *at > now {
+                break;
+            }
+            let (_, batch) = n.writes.pop_front().expect("front");
+            let Some(last) = batch.last().cloned() else {
+                continue;
+            };
+            for e in batch {
+                let expected = n.disk.log.len() as Index + 1;
+                assert_eq!(e.index, expected, "sim: appends continue the durable log");
+                n.disk.log.push(e);
+            }
+            n.core.persisted(last.index, last.term, &n.disk);
+            self.drain(id);
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.up = false;
+        n.writes.clear(); // not fsynced: lost
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let members: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let seed = self.rng.next();
+        let n = self.nodes.get_mut(&id).expect("node");
+        let last = n
+            .disk
+            .log
+            .last()
+            .map(|e| (e.index, e.term))
+            .unwrap_or((0, 0));
+        // Applied state survives (the applier checkpoints with its index).
+        let applied = (n.applied.len() as Index).min(last.0);
+        n.applied.truncate(applied as usize);
+        n.core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
+        n.up = true;
+    }
+
+    fn check(&mut self) {
+        // 1. Election safety.
+        for (&id, n) in &self.nodes {
+            if n.up && n.core.role() == Role::Leader {
+                let term = n.core.term();
+                match self.leaders.get(&term) {
+                    Some(&other) if other != id => {
+                        let msg = format!("nodes {other} and {id} both lead term {term}");
+                        self.fail(&msg)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (&id, n) in &self.nodes {
+            if n.up && n.core.role() == Role::Leader {
+                self.leaders.insert(n.core.term(), id);
+            }
+        }
+        // 2. Log matching on durable logs.
+        let logs: Vec<(NodeId, &Vec<Entry>)> = self
+            .nodes
+            .iter()
+            .map(|(&id, n)| (id, &n.disk.log))
+            .collect();
+        for (i, (a, la)) in logs.iter().enumerate() {
+            for (b, lb) in &logs[i + 1..] {
+                let common = la.len().min(lb.len());
+                let shared = (0..common).rev().find(|&k| la[k].term == lb[k].term);
+                if let Some(k) = shared
+                    && la[..=k] != lb[..=k]
+                {
+                    let msg = format!(
+                        "logs of {a} and {b} share ({}, {}) but differ before",
+                        k + 1,
+                        la[k].term
+                    );
+                    self.fail(&msg);
+                }
+            }
+        }
+        // 3. Commit safety: what a node applies was committed; nothing
+        // committed ever changes.
+        let mut newly = Vec::new();
+        for n in self.nodes.values() {
+            for e in &n.applied {
+                newly.push(e.clone());
+            }
+        }
+        let term_now = self
+            .nodes
+            .values()
+            .map(|n| n.core.term())
+            .max()
+            .unwrap_or(0);
+        for e in newly {
+            match self.committed.get(&e.index) {
+                Some((c, _)) if *c != e => {
+                    let msg = format!(
+                        "entry {} applied as term {} but committed as term {}",
+                        e.index, e.term, c.term
+                    );
+                    self.fail(&msg)
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(e.index, (e, term_now));
+                }
+            }
+        }
+        // 4. Leader completeness: a leader of a later term than an entry's
+        // commit holds it (in its durable log or still being written). A
+        // stale leader of an older term, cut off, may rightly lack it.
+        for (&id, n) in &self.nodes {
+            if !(n.up && n.core.role() == Role::Leader) {
+                continue;
+            }
+            for (&i, (c, by_term)) in &self.committed {
+                if n.core.term() <= *by_term {
+                    continue;
+                }
+                let durable = n.disk.log.get(i as usize - 1);
+                let pending = n.writes.iter().flat_map(|(_, b)| b).find(|e| e.index == i);
+                if durable.or(pending) != Some(c) {
+                    let msg = format!(
+                        "leader {id} of term {} lacks committed entry {i}",
+                        n.core.term()
+                    );
+                    self.fail(&msg);
+                }
+            }
+        }
+    }
+
+    /// One millisecond of virtual time: deliveries, fsync completions,
+    /// ticks, client proposals and, with `faults`, crashes and partitions.
+    fn step(&mut self, faults: bool) {
+        self.now_ms += 1;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let now = self.now_ms;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.net = later;
+        for (_, Event::Deliver { from, to, msg }) in due {
+            let n = self.nodes.get_mut(&to).expect("node");
+            if !n.up {
+                continue;
+            }
+            n.core.step(from, msg, &n.disk);
+            self.drain(to);
+        }
+        for &id in &ids {
+            if !self.nodes[&id].up {
+                continue;
+            }
+            self.complete_writes(id);
+            if now.is_multiple_of(5) {
+                let n = self.nodes.get_mut(&id).expect("node");
+                n.core.tick(now, &n.disk);
+                self.drain(id);
+            }
+        }
+        // Clients propose to whoever leads.
+        let propose = if faults {
+            self.rng.chance(300)
+        } else {
+            now.is_multiple_of(7)
+        };
+        let leader = ids
+            .iter()
+            .copied()
+            .find(|id| self.nodes[id].up && self.nodes[id].core.role() == Role::Leader);
+        if let (true, Some(id)) = (propose, leader) {
+            self.proposals += 1;
+            let payload = Payload::Command {
+                actor: "sim".into(),
+                client: Some(ClientTag {
+                    client_id: 1,
+                    seq: self.proposals,
+                    acked_below: 0,
+                }),
+                command: ByteBuf::from(self.proposals.to_be_bytes().to_vec()),
+            };
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.core
+                .propose(payload, now, 0, &n.disk)
+                .expect("leader proposes");
+            self.drain(id);
+        }
+        if faults {
+            if self.rng.chance(3) {
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                if self.nodes[&id].up {
+                    self.crash(id);
+                } else {
+                    self.restart(id);
+                }
+            }
+            if self.rng.chance(4) {
+                // Cut or heal one direction of one link (asymmetric partitions).
+                let a = ids[self.rng.below(ids.len() as u64) as usize];
+                let b = ids[self.rng.below(ids.len() as u64) as usize];
+                if a != b && !self.cut.remove(&(a, b)) {
+                    self.cut.insert((a, b));
+                }
+            }
+            if self.rng.chance(2) {
+                self.cut.clear();
+            }
+        }
+        self.check();
+    }
+
+    /// Heal everything and let the group settle: it must elect a leader and
+    /// commit a new proposal (liveness once faults stop).
+    fn settle(&mut self) {
+        self.cut.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if !self.nodes[&id].up {
+                self.restart(id);
+            }
+        }
+        let committed_before = self.committed.len();
+        for _ in 0..20_000 {
+            self.step(false);
+            if self.committed.len() > committed_before + 1 {
+                return;
+            }
+        }
+        self.fail("no progress within 20 s of healing");
+    }
+}
+
+fn run(seed: u64, members: &[NodeId], steps: u64) {
+    let mut sim = Sim::new(seed, members);
+    for _ in 0..steps {
+        sim.step(true);
+    }
+    sim.settle();
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("UNDERSTUDY_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n: u64 = std::env::var("UNDERSTUDY_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    // Regression seeds that once failed stay first.
+    let mut seeds: Vec<u64> = REGRESSIONS.to_vec();
+    seeds.extend((0..n).map(|i| 0x5EED_0000 + i));
+    seeds
+}
+
+/// Seeds that found bugs; kept forever.
+const REGRESSIONS: &[u64] = &[];
+
+#[test]
+fn three_nodes_keep_the_invariants_under_faults() {
+    for seed in seeds() {
+        run(seed, &[1, 2, 3], 4_000);
+    }
+}
+
+#[test]
+fn five_nodes_keep_the_invariants_under_faults() {
+    for seed in seeds().into_iter().take(30) {
+        run(seed, &[1, 2, 3, 4, 5], 4_000);
+    }
+}
