@@ -116,6 +116,9 @@ pub enum Message {
         /// and it is durable. On failure: where the leader should retry
         /// (the responder's last index, or the index before the conflict).
         index: Index,
+        /// On failure: the `prev_index` of the refused append, so that a
+        /// late or duplicated refusal is recognised as stale and ignored.
+        rejected: Index,
     },
     /// Vote request; `pre` is a pre-vote (no state changes on either side).
     Vote {
@@ -196,6 +199,11 @@ struct Progress {
     inflight: BTreeSet<Index>,
     /// Heard from it since the last check-quorum round.
     active: bool,
+    /// Searching backwards for the match point: one append in flight.
+    probing: bool,
+    /// Answered since the last heartbeat; if not, appends in flight are
+    /// taken as lost and resent from the match point.
+    answered: bool,
 }
 
 /// SplitMix64, for election timeouts: deterministic per seed.
@@ -456,6 +464,14 @@ impl Core {
                     self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
                     let peers: Vec<NodeId> = self.peers().collect();
                     for p in peers {
+                        let pr = self.progress.get_mut(&p).expect("peer");
+                        if !pr.answered && !pr.inflight.is_empty() {
+                            // Lost in the network: resend from the match point.
+                            pr.inflight.clear();
+                            pr.next = pr.matched + 1;
+                            pr.probing = false;
+                        }
+                        pr.answered = false;
                         self.send_append(p, log, true);
                     }
                 }
@@ -550,6 +566,8 @@ impl Core {
                         matched: 0,
                         inflight: BTreeSet::new(),
                         active: true,
+                        probing: false,
+                        answered: true,
                     },
                 )
             })
@@ -629,7 +647,12 @@ impl Core {
             return;
         };
         let next = pr.next;
-        let full = pr.inflight.len() >= self.config.inflight_appends_max;
+        let limit = if pr.probing {
+            1
+        } else {
+            self.config.inflight_appends_max
+        };
+        let full = pr.inflight.len() >= limit;
         let has_entries = next <= self.last_index;
         if !heartbeat && (!has_entries || full) {
             return;
@@ -682,6 +705,7 @@ impl Core {
                         term,
                         success: true,
                         index: owed,
+                        rejected: 0,
                     },
                 );
             }
@@ -757,6 +781,7 @@ impl Core {
                             term,
                             success: false,
                             index: self.last_index,
+                            rejected: 0,
                         },
                     );
                 }
@@ -783,9 +808,12 @@ impl Core {
                 entries,
                 commit,
             } => self.on_append(from, term, prev_index, prev_term, entries, commit, log),
-            Message::AppendResponse { success, index, .. } => {
-                self.on_append_response(from, success, index, log)
-            }
+            Message::AppendResponse {
+                success,
+                index,
+                rejected,
+                ..
+            } => self.on_append_response(from, success, index, rejected, log),
             Message::Vote {
                 term,
                 last_index,
@@ -838,6 +866,7 @@ impl Core {
                     term,
                     success: false,
                     index: hint,
+                    rejected: prev_index,
                 },
             );
             return;
@@ -888,6 +917,7 @@ impl Core {
                     term,
                     success: true,
                     index: match_index,
+                    rejected: 0,
                 },
             );
         } else {
@@ -921,6 +951,7 @@ impl Core {
         from: NodeId,
         success: bool,
         index: Index,
+        rejected: Index,
         log: &impl LogRead,
     ) {
         if self.role != Role::Leader {
@@ -930,21 +961,29 @@ impl Core {
             return;
         };
         pr.active = true;
+        pr.answered = true;
         if success {
             if index > pr.matched {
                 pr.matched = index;
             }
             pr.next = pr.next.max(index + 1);
             pr.inflight.retain(|&i| i > index);
+            pr.probing = false;
             self.advance_commit(log);
             self.send_append(from, log, false);
         } else {
-            // Back off to the follower's hint and resend.
-            pr.next = (index + 1)
-                .min(pr.next.saturating_sub(1))
-                .max(pr.matched + 1)
-                .max(1);
+            // A refusal below what is acknowledged, or of an earlier probe
+            // than the current one, is stale (late or duplicated): ignoring
+            // it keeps refusals from multiplying resends.
+            let stale =
+                rejected <= pr.matched && rejected != 0 || (pr.probing && rejected + 1 != pr.next);
+            if stale {
+                return;
+            }
+            // Probe backwards from the follower's hint, one append at a time.
+            pr.next = (index + 1).min(rejected.max(1)).max(pr.matched + 1);
             pr.inflight.clear();
+            pr.probing = true;
             self.send_append(from, log, true);
         }
     }
