@@ -507,19 +507,21 @@ impl Core {
         if self.votes.len() >= self.quorum() {
             return self.campaign(log);
         }
+        self.request_votes(self.hard.term + 1, true);
+    }
+
+    /// Ask every peer for a (pre-)vote in `term`.
+    fn request_votes(&mut self, term: Term, pre: bool) {
         let (last_index, last_term) = (self.last_index, self.last_term);
-        let term = self.hard.term + 1;
         let peers: Vec<NodeId> = self.peers().collect();
         for p in peers {
-            self.send(
-                p,
-                Message::Vote {
-                    term,
-                    last_index,
-                    last_term,
-                    pre: true,
-                },
-            );
+            let msg = Message::Vote {
+                term,
+                last_index,
+                last_term,
+                pre,
+            };
+            self.send(p, msg);
         }
     }
 
@@ -535,19 +537,7 @@ impl Core {
         if self.votes.len() >= self.quorum() {
             return self.become_leader(log);
         }
-        let (term, last_index, last_term) = (self.hard.term, self.last_index, self.last_term);
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
-            self.send(
-                p,
-                Message::Vote {
-                    term,
-                    last_index,
-                    last_term,
-                    pre: false,
-                },
-            );
-        }
+        self.request_votes(self.hard.term, false);
     }
 
     fn become_leader(&mut self, log: &impl LogRead) {

@@ -22,17 +22,8 @@ use crate::types::ClientTag;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, VecDeque};
 
-/// SplitMix64 for the simulator's own decisions.
-struct SimRng(u64);
-
-impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// The simulator's own decisions use the core's SplitMix64 generator.
+impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
@@ -84,7 +75,7 @@ enum Event {
 
 struct Sim {
     seed: u64,
-    rng: SimRng,
+    rng: Rng,
     now_ms: u64,
     nodes: BTreeMap<NodeId, SimNode>,
     net: Vec<(u64, Event)>,
@@ -126,7 +117,7 @@ impl Sim {
             .collect();
         Sim {
             seed,
-            rng: SimRng(seed),
+            rng: Rng(seed),
             now_ms: 0,
             nodes,
             net: Vec::new(),
