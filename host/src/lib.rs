@@ -6,11 +6,11 @@
 //! executes the core's decisions), [`net`] (framing), [`api`] (the actor
 //! message API and the Rust client). `ARCHITECTURE.md` has the map.
 
+pub use understudy_core::{replication, types};
+
 pub mod api;
 pub mod codec;
 pub mod net;
 pub mod node;
-pub mod replication;
 pub mod sandbox;
 pub mod storage;
-pub mod types;

@@ -134,14 +134,7 @@ impl Default for StorageOptions {
     }
 }
 
-/// Persistent vote and term (Raft's "hard state").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HardState {
-    /// Current term.
-    pub term: Term,
-    /// Whom this node voted for in `term`.
-    pub vote: Option<NodeId>,
-}
+pub use crate::replication::HardState;
 
 /// How an environment syncs its commits.
 #[derive(Clone, Copy, PartialEq, Eq)]

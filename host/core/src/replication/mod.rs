@@ -26,10 +26,19 @@
 #[cfg(test)]
 mod sim;
 
-use crate::storage::HardState;
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Persistent vote and term (Raft's "hard state"): written (fsync) before
+/// the node acts on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Current term.
+    pub term: Term,
+    /// Whom this node voted for in `term`.
+    pub vote: Option<NodeId>,
+}
 
 /// Static group configuration and timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
