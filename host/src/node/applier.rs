@@ -82,6 +82,13 @@ struct ActorView {
 }
 
 impl ActorView {
+    fn new(actor: &str, batch: BatchView) -> Self {
+        ActorView {
+            prefix: actor_prefix(actor),
+            batch,
+        }
+    }
+
     fn full(&self, key: &[u8]) -> Vec<u8> {
         let mut k = self.prefix.clone();
         k.extend_from_slice(key);
@@ -429,16 +436,7 @@ impl Applier {
         };
         let call = self
             .sandbox
-            .apply(
-                &machine,
-                actor,
-                ActorView {
-                    prefix: actor_prefix(actor),
-                    batch: view,
-                },
-                ctx,
-                command,
-            )
+            .apply(&machine, actor, ActorView::new(actor, view), ctx, command)
             .map_err(|f| ApplyError::Sandbox(f.error))?;
         let prefix = &call.view.prefix;
         let writes = prefixed(prefix, call.writes);
@@ -490,15 +488,7 @@ impl Applier {
         };
         let call = self
             .sandbox
-            .init(
-                &machine,
-                actor,
-                ActorView {
-                    prefix: actor_prefix(actor),
-                    batch: view,
-                },
-                ctx,
-            )
+            .init(&machine, actor, ActorView::new(actor, view), ctx)
             .map_err(|f| ApplyError::Sandbox(f.error))?;
         let writes = prefixed(&call.view.prefix, call.writes);
         let view = call.view.batch;
@@ -550,15 +540,9 @@ impl Applier {
             Ok(None) => return (Err(QueryError::NoSuchActor(actor.to_string())), view),
             Err(e) => return (Err(e), view),
         };
-        let call = self.sandbox.query(
-            &machine,
-            actor,
-            ActorView {
-                prefix: actor_prefix(actor),
-                batch: view,
-            },
-            request,
-        );
+        let call = self
+            .sandbox
+            .query(&machine, actor, ActorView::new(actor, view), request);
         match call {
             Ok(call) => (Ok(call.outcome), call.view.batch),
             Err(f) => (Err(f.error.into()), f.view.batch),
