@@ -71,11 +71,6 @@ pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
     serde_cbor::to_vec(value).expect("CBOR encoding into a Vec cannot fail")
 }
 
-/// Decode plain CBOR (see [`to_cbor`]).
-pub fn from_cbor<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    serde_cbor::from_slice(bytes).map_err(|source| CodecError::Malformed { what, source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,8 +33,6 @@ use wasmtime::{
     WasmFeatures,
 };
 
-/// Interface-name prefixes (package and version) a machine may import.
-pub const SUPPORTED_WORLDS: &[&str] = &["understudy:machine/"];
 /// The exact interfaces a machine may import.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "understudy:machine/types@0.1.0",
