@@ -400,6 +400,8 @@ impl Node {
             append,
             messages,
             apply_up_to,
+            reads: _,
+            failed_reads: _,
         } = self.core.ready();
         // A group of one sends nothing; the peer transport is the next stage.
         debug_assert!(messages.is_empty(), "no peer transport yet");

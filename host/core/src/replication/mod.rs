@@ -28,7 +28,7 @@ mod sim;
 
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Persistent vote and term (Raft's "hard state"): written (fsync) before
 /// the node acts on it.
@@ -140,6 +140,40 @@ pub enum Message {
         /// Pre-vote?
         pre: bool,
     },
+    /// Leader liveness and commit index, on a path separate from bulk
+    /// appends so it never waits behind them. `commit` never exceeds what
+    /// the receiver is known to hold; `seq` confirms leadership for reads.
+    Heartbeat {
+        /// Leader's term.
+        term: Term,
+        /// min(leader's commit index, receiver's match index).
+        commit: Index,
+        /// Heartbeat round, echoed in the response.
+        seq: u64,
+    },
+    /// Answer to `Heartbeat`.
+    HeartbeatResponse {
+        /// Responder's term.
+        term: Term,
+        /// The round answered.
+        seq: u64,
+    },
+    /// A follower asks the leader for a read index (linearizable read).
+    ReadIndex {
+        /// Follower's term.
+        term: Term,
+        /// Follower's request id, echoed.
+        ctx: u64,
+    },
+    /// The leader's answer: reading at `index` or later is linearizable.
+    ReadIndexResponse {
+        /// Leader's term.
+        term: Term,
+        /// The follower's request id.
+        ctx: u64,
+        /// Apply up to here, then read.
+        index: Index,
+    },
     /// Answer to `Vote`.
     VoteResponse {
         /// For a granted vote the term voted in; else the responder's term.
@@ -158,7 +192,11 @@ impl Message {
             Message::Append { term, .. }
             | Message::AppendResponse { term, .. }
             | Message::Vote { term, .. }
-            | Message::VoteResponse { term, .. } => *term,
+            | Message::VoteResponse { term, .. }
+            | Message::Heartbeat { term, .. }
+            | Message::HeartbeatResponse { term, .. }
+            | Message::ReadIndex { term, .. }
+            | Message::ReadIndexResponse { term, .. } => *term,
         }
     }
 }
@@ -184,6 +222,11 @@ pub struct Ready {
     pub messages: Vec<(NodeId, Message)>,
     /// Apply committed entries up to this index.
     pub apply_up_to: Option<Index>,
+    /// Linearizable reads of this node that may run once the applied index
+    /// reaches the given index: (request id, read index).
+    pub reads: Vec<(u64, Index)>,
+    /// Read requests of this node that cannot be served (leadership lost).
+    pub failed_reads: Vec<u64>,
 }
 
 impl Ready {
@@ -194,6 +237,8 @@ impl Ready {
             && self.append.is_empty()
             && self.messages.is_empty()
             && self.apply_up_to.is_none()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
     }
 }
 
@@ -204,15 +249,47 @@ struct Progress {
     next: Index,
     /// Highest index known to match and be durable there.
     matched: Index,
-    /// Last index of each append in flight.
-    inflight: BTreeSet<Index>,
+    /// Appends in flight: last index → first index.
+    inflight: BTreeMap<Index, Index>,
     /// Heard from it since the last check-quorum round.
     active: bool,
     /// Searching backwards for the match point: one append in flight.
     probing: bool,
-    /// Answered since the last heartbeat; if not, appends in flight are
-    /// taken as lost and resent from the match point.
+    /// While probing: the `prev_index` of the probe in flight; only its
+    /// refusal counts.
+    probe: Option<Index>,
+    /// Answered an append since the last heartbeat; if not, appends in
+    /// flight are taken as lost and resent.
     answered: bool,
+    /// Highest heartbeat round it answered.
+    acked_seq: u64,
+    /// When it was last heard from.
+    heard_ms: u64,
+}
+
+/// A follower's replication state as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known durable and matching there.
+    pub matched: Index,
+    /// Entries behind the leader's last index.
+    pub lag_entries: u64,
+    /// Age in milliseconds of the oldest entry it lacks (0 when caught up).
+    pub lag_ms: u64,
+    /// Milliseconds since the leader last heard from it.
+    pub heard_ms_ago: u64,
+}
+
+/// A linearizable read waiting for its heartbeat round.
+#[derive(Clone, Debug)]
+struct PendingRead {
+    /// Who asked (this node or a follower).
+    from: NodeId,
+    ctx: u64,
+    index: Index,
+    seq: u64,
 }
 
 /// SplitMix64, for election timeouts: deterministic per seed.
@@ -261,6 +338,11 @@ pub struct Core {
     progress: BTreeMap<NodeId, Progress>,
     /// Ack owed to the leader once `persisted_index` reaches the index.
     ack_owed: Option<(NodeId, Index)>,
+    /// Heartbeat round of the leader.
+    heartbeat_seq: u64,
+    pending_reads: Vec<PendingRead>,
+    /// A read waits for a heartbeat round not yet sent.
+    read_round_wanted: bool,
     rng: Rng,
     ready: Ready,
 }
@@ -314,6 +396,9 @@ impl Core {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             ack_owed: None,
+            heartbeat_seq: 0,
+            pending_reads: Vec::new(),
+            read_round_wanted: false,
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -355,6 +440,39 @@ impl Core {
     /// Durable index on this node.
     pub fn persisted_index(&self) -> Index {
         self.persisted_index
+    }
+    /// Milliseconds (of the shell's clock, as of the last input) since a
+    /// leader was last heard from; 0 on the leader itself.
+    pub fn leader_heard_ms_ago(&self) -> Option<u64> {
+        if self.role == Role::Leader {
+            return Some(0);
+        }
+        self.leader_seen_ms
+            .filter(|_| self.leader.is_some())
+            .map(|t| self.now_ms.saturating_sub(t))
+    }
+    /// On the leader: every follower's replication state.
+    pub fn followers(&self, log: &impl LogRead) -> Vec<FollowerStatus> {
+        self.progress
+            .iter()
+            .map(|(&id, p)| {
+                let oldest_missing = if p.matched >= self.last_index {
+                    None
+                } else if let Some(e) = self.unstable.iter().find(|e| e.index == p.matched + 1) {
+                    Some(e.context.timestamp_ms)
+                } else {
+                    let i = p.matched + 1;
+                    log.entries(i, i, 1).first().map(|e| e.context.timestamp_ms)
+                };
+                FollowerStatus {
+                    id,
+                    matched: p.matched,
+                    lag_entries: self.last_index.saturating_sub(p.matched),
+                    lag_ms: oldest_missing.map_or(0, |t| self.now_ms.saturating_sub(t)),
+                    heard_ms_ago: self.now_ms.saturating_sub(p.heard_ms),
+                }
+            })
+            .collect()
     }
 
     fn quorum(&self) -> usize {
@@ -450,6 +568,12 @@ impl Core {
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
+        let me = self.config.id;
+        for r in std::mem::take(&mut self.pending_reads) {
+            if r.from == me {
+                self.ready.failed_reads.push(r.ctx);
+            }
+        }
         self.reset_election_timer();
     }
 
@@ -470,19 +594,22 @@ impl Core {
                     }
                 }
                 if self.now_ms >= self.heartbeat_due_ms {
-                    self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
                     let peers: Vec<NodeId> = self.peers().collect();
                     for p in peers {
                         let pr = self.progress.get_mut(&p).expect("peer");
                         if !pr.answered && !pr.inflight.is_empty() {
-                            // Lost in the network: resend from the match point.
+                            // No answer for a whole interval: taken as lost
+                            // in the network. Resend from the first index
+                            // not acknowledged, one probe at a time.
+                            let first = pr.inflight.values().min().copied().unwrap_or(1);
+                            pr.next = first.max(pr.matched + 1);
                             pr.inflight.clear();
-                            pr.next = pr.matched + 1;
-                            pr.probing = false;
+                            pr.probing = true;
                         }
                         pr.answered = false;
-                        self.send_append(p, log, true);
+                        self.send_append(p, log, false);
                     }
+                    self.broadcast_heartbeat();
                 }
             }
             _ => {
@@ -549,12 +676,29 @@ impl Core {
         self.request_votes(self.hard.term, false);
     }
 
+    /// Send every peer a heartbeat of a new round.
+    fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        self.heartbeat_seq += 1;
+        let (term, seq) = (self.hard.term, self.heartbeat_seq);
+        let beats: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(&p, pr)| (p, self.commit_index.min(pr.matched)))
+            .collect();
+        for (p, commit) in beats {
+            self.send(p, Message::Heartbeat { term, commit, seq });
+        }
+    }
+
     fn become_leader(&mut self, log: &impl LogRead) {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         self.leader_seen_ms = Some(self.now_ms);
         self.votes.clear();
+        self.heartbeat_seq = 0;
         let next = self.last_index + 1;
+        let now = self.now_ms;
         self.progress = self
             .peers()
             .map(|p| {
@@ -563,10 +707,13 @@ impl Core {
                     Progress {
                         next,
                         matched: 0,
-                        inflight: BTreeSet::new(),
+                        inflight: BTreeMap::new(),
                         active: true,
                         probing: false,
+                        probe: None,
                         answered: true,
+                        acked_seq: 0,
+                        heard_ms: now,
                     },
                 )
             })
@@ -587,11 +734,11 @@ impl Core {
             node = self.config.id,
             "became leader"
         );
-        self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
         let peers: Vec<NodeId> = self.peers().collect();
         for p in peers {
             self.send_append(p, log, true);
         }
+        self.broadcast_heartbeat();
         self.advance_commit(log);
     }
 
@@ -640,8 +787,9 @@ impl Core {
         Ok(index)
     }
 
-    /// Send `peer` what it is missing (pipelined, bounded), or a heartbeat.
-    fn send_append(&mut self, peer: NodeId, log: &impl LogRead, heartbeat: bool) {
+    /// Send `peer` what it is missing (pipelined, bounded); with `force`,
+    /// send an append even when it carries no entries (a probe).
+    fn send_append(&mut self, peer: NodeId, log: &impl LogRead, force: bool) {
         let Some(pr) = self.progress.get(&peer) else {
             return;
         };
@@ -653,7 +801,7 @@ impl Core {
         };
         let full = pr.inflight.len() >= limit;
         let has_entries = next <= self.last_index;
-        if !heartbeat && (!has_entries || full) {
+        if !force && (!has_entries || full) {
             return;
         }
         let prev_index = next - 1;
@@ -666,10 +814,16 @@ impl Core {
         } else {
             Vec::new()
         };
-        if let Some(last) = entries.last() {
-            let pr = self.progress.get_mut(&peer).expect("peer");
-            pr.inflight.insert(last.index);
+        let pr = self.progress.get_mut(&peer).expect("peer");
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            pr.inflight.insert(last.index, first.index);
             pr.next = last.index + 1;
+        } else if pr.probing || pr.inflight.is_empty() {
+            // An empty probe is tracked too, so its loss is noticed.
+            pr.inflight.insert(prev_index, prev_index + 1);
+        }
+        if pr.probing {
+            pr.probe = Some(prev_index);
         }
         let msg = Message::Append {
             term: self.hard.term,
@@ -766,7 +920,9 @@ impl Core {
                     // disruptive candidate entirely (do not even adopt its term).
                     return;
                 }
-                Message::Append { .. } => self.become_follower(term, Some(from)),
+                Message::Append { .. } | Message::Heartbeat { .. } => {
+                    self.become_follower(term, Some(from))
+                }
                 _ => self.become_follower(term, None),
             }
         } else if term < self.hard.term {
@@ -784,6 +940,10 @@ impl Core {
                         },
                     );
                 }
+                Message::Heartbeat { seq, .. } => {
+                    let term = self.hard.term;
+                    self.send(from, Message::HeartbeatResponse { term, seq });
+                }
                 Message::Vote { pre, .. } => {
                     let term = self.hard.term;
                     self.send(
@@ -797,6 +957,13 @@ impl Core {
                 }
                 _ => {}
             }
+            tracing::debug!(
+                node = self.config.id,
+                from,
+                term,
+                current = self.hard.term,
+                "message of a stale term refused"
+            );
             return;
         }
         match msg {
@@ -821,6 +988,130 @@ impl Core {
             } => self.on_vote(from, term, last_index, last_term, pre),
             Message::VoteResponse { granted, pre, term } => {
                 self.on_vote_response(from, term, granted, pre, log)
+            }
+            Message::Heartbeat { term, commit, seq } => self.on_heartbeat(from, term, commit, seq),
+            Message::HeartbeatResponse { seq, .. } => self.on_heartbeat_response(from, seq, log),
+            Message::ReadIndex { ctx, .. } => {
+                if self.role == Role::Leader {
+                    self.queue_read(from, ctx);
+                }
+                // Otherwise dropped: the follower times out and retries
+                // with the leader it learns about.
+            }
+            Message::ReadIndexResponse { ctx, index, .. } => {
+                if self.role == Role::Follower && self.leader == Some(from) {
+                    self.ready.reads.push((ctx, index));
+                }
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, term: Term, commit: Index, seq: u64) {
+        assert!(
+            !(self.role == Role::Leader && self.hard.term == term),
+            "election safety: two leaders in term {term}"
+        );
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.leader_seen_ms = Some(self.now_ms);
+        self.reset_election_timer();
+        // The leader only names a commit index up to what it knows we
+        // hold, so it is safe to adopt as far as our log reaches.
+        let commit = commit.min(self.last_index);
+        if commit > self.commit_index {
+            self.commit_index = commit;
+            self.request_apply();
+        }
+        self.send(from, Message::HeartbeatResponse { term, seq });
+    }
+
+    fn on_heartbeat_response(&mut self, from: NodeId, seq: u64, log: &impl LogRead) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.last_index;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.active = true;
+        pr.heard_ms = self.now_ms;
+        pr.acked_seq = pr.acked_seq.max(seq);
+        let idle_behind = pr.matched < last && pr.inflight.is_empty();
+        if idle_behind && !pr.probing {
+            pr.next = pr.matched + 1;
+        }
+        self.resolve_reads();
+        if idle_behind {
+            // Back from a cut or a restart: resume shipping now.
+            self.send_append(from, log, false);
+        }
+    }
+
+    /// Ask for a linearizable read: the answer arrives in [`Ready::reads`]
+    /// as (ctx, index) — serve it once the applied index reaches `index` —
+    /// or in [`Ready::failed_reads`] if leadership is lost meanwhile.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => {
+                self.queue_read(self.config.id, ctx);
+                Ok(())
+            }
+            (Role::Follower, Some(leader)) => {
+                let term = self.hard.term;
+                self.send(leader, Message::ReadIndex { term, ctx });
+                Ok(())
+            }
+            _ => Err(ProposeError::NotLeader {
+                leader: self.leader,
+            }),
+        }
+    }
+
+    /// ReadIndex on the leader: the read may see everything committed now,
+    /// and everything committed by earlier leaders (all before this term's
+    /// no-op), once a majority confirms this node still leads.
+    fn queue_read(&mut self, from: NodeId, ctx: u64) {
+        let index = self.commit_index.max(self.term_start_index);
+        let seq = self.heartbeat_seq + 1;
+        self.pending_reads.push(PendingRead {
+            from,
+            ctx,
+            index,
+            seq,
+        });
+        if self.quorum() == 1 {
+            self.resolve_reads();
+        } else {
+            // Reads queued before the next `ready()` share one round.
+            self.read_round_wanted = true;
+        }
+    }
+
+    fn resolve_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_seq).collect();
+        acked.push(u64::MAX); // this node
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acked[self.quorum() - 1];
+        let me = self.config.id;
+        let term = self.hard.term;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_reads)
+            .into_iter()
+            .partition(|r| r.seq <= confirmed);
+        self.pending_reads = waiting;
+        for r in done {
+            if r.from == me {
+                self.ready.reads.push((r.ctx, r.index));
+            } else {
+                let msg = Message::ReadIndexResponse {
+                    term,
+                    ctx: r.ctx,
+                    index: r.index,
+                };
+                self.send(r.from, msg);
             }
         }
     }
@@ -961,12 +1252,13 @@ impl Core {
         };
         pr.active = true;
         pr.answered = true;
+        pr.heard_ms = self.now_ms;
         if success {
             if index > pr.matched {
                 pr.matched = index;
             }
             pr.next = pr.next.max(index + 1);
-            pr.inflight.retain(|&i| i > index);
+            pr.inflight.retain(|&i, _| i > index);
             pr.probing = false;
             self.advance_commit(log);
             self.send_append(from, log, false);
@@ -974,8 +1266,8 @@ impl Core {
             // A refusal below what is acknowledged, or of an earlier probe
             // than the current one, is stale (late or duplicated): ignoring
             // it keeps refusals from multiplying resends.
-            let stale =
-                rejected <= pr.matched && rejected != 0 || (pr.probing && rejected + 1 != pr.next);
+            let stale = rejected <= pr.matched && rejected != 0
+                || (pr.probing && pr.probe != Some(rejected));
             if stale {
                 return;
             }
@@ -1043,6 +1335,12 @@ impl Core {
 
     /// Take the outputs accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
+        if std::mem::take(&mut self.read_round_wanted)
+            && self.role == Role::Leader
+            && self.pending_reads.iter().any(|r| r.seq > self.heartbeat_seq)
+        {
+            self.broadcast_heartbeat();
+        }
         std::mem::take(&mut self.ready)
     }
 }
@@ -1154,6 +1452,125 @@ mod tests {
         c.persisted(2, 1, &log);
         assert_eq!(c.commit_index(), 3);
         c.applied(3);
+    }
+
+    /// Cores wired by an in-test network that delivers at once, except
+    /// between the minority side and the rest; appends are durable at once.
+    struct Group {
+        cores: BTreeMap<NodeId, Core>,
+        logs: BTreeMap<NodeId, MemLog>,
+        minority: Vec<NodeId>,
+        reads: Vec<(NodeId, u64, Index)>,
+        failed: Vec<(NodeId, u64)>,
+    }
+
+    impl Group {
+        fn new(n: NodeId, slow_checks_on: NodeId) -> Group {
+            let mut cores = BTreeMap::new();
+            let mut logs = BTreeMap::new();
+            let members: Vec<NodeId> = (1..=n).collect();
+            for &id in &members {
+                let mut config = GroupConfig::new(id, members.clone());
+                if id == slow_checks_on {
+                    // Its check-quorum comes late: it keeps believing it
+                    // leads well after the others moved on.
+                    config.election_timeout_min_ms = 10_000;
+                    config.election_timeout_max_ms = 20_000;
+                }
+                cores.insert(id, Core::new(config, HardState::default(), (0, 0), 0, id));
+                logs.insert(id, MemLog::default());
+            }
+            Group {
+                cores,
+                logs,
+                minority: Vec::new(),
+                reads: Vec::new(),
+                failed: Vec::new(),
+            }
+        }
+
+        fn tick(&mut self, id: NodeId, now: u64) {
+            let (c, l) = (self.cores.get_mut(&id).unwrap(), &self.logs[&id]);
+            c.tick(now, l);
+            self.pump(id);
+        }
+
+        /// Drain `first`'s Ready and everything it causes.
+        fn pump(&mut self, first: NodeId) {
+            let mut queue = std::collections::VecDeque::from([first]);
+            while let Some(id) = queue.pop_front() {
+                let r = self.cores.get_mut(&id).unwrap().ready();
+                let log = &self.logs[&id];
+                if let Some(t) = r.truncate_from {
+                    log.0.borrow_mut().truncate(t as usize - 1);
+                }
+                let core = self.cores.get_mut(&id).unwrap();
+                persist(core, log, &r);
+                self.reads.extend(r.reads.iter().map(|&(c, i)| (id, c, i)));
+                self.failed.extend(r.failed_reads.iter().map(|&c| (id, c)));
+                queue.push_back(id);
+                if r.is_empty() {
+                    queue.pop_back();
+                }
+                for (to, msg) in r.messages {
+                    if self.minority.contains(&id) != self.minority.contains(&to) {
+                        continue;
+                    }
+                    let (c, l) = (self.cores.get_mut(&to).unwrap(), &self.logs[&to]);
+                    c.step(id, msg, l);
+                    queue.push_back(to);
+                }
+            }
+        }
+
+        fn propose(&mut self, id: NodeId) -> Index {
+            let (c, l) = (self.cores.get_mut(&id).unwrap(), &self.logs[&id]);
+            let index = c.propose(cmd(), 0, 0, l).unwrap();
+            self.pump(id);
+            index
+        }
+    }
+
+    #[test]
+    fn a_deposed_leader_cut_off_never_serves_a_linearizable_read() {
+        // Five nodes: the old leader keeps one follower of its old term on
+        // its side, so it does hear heartbeat answers — just not a majority.
+        let mut t = Group::new(5, 1);
+        t.tick(1, 30_000); // the first tick starts the clock
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        let old = t.propose(1);
+        assert_eq!(t.cores[&1].commit_index(), old);
+        // Cut {1, 2} off; 3, 4 and 5 elect a leader and commit a write.
+        t.minority = vec![1, 2];
+        for now in (50_000..52_000).step_by(10) {
+            for id in 1..=5 {
+                t.tick(id, now);
+            }
+        }
+        let new_leader = [3, 4, 5]
+            .into_iter()
+            .find(|id| t.cores[id].role() == Role::Leader)
+            .expect("the majority side elects a leader");
+        let acked = t.propose(new_leader);
+        assert!(t.cores[&new_leader].commit_index() >= acked);
+        // Node 1 still believes it leads; a read there must not be served
+        // from its stale state (it cannot reach a majority to confirm).
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.cores.get_mut(&1).unwrap().read_index(7).unwrap();
+        t.pump(1);
+        t.tick(1, 52_000);
+        assert!(t.reads.is_empty(), "stale read served: {:?}", t.reads);
+        // Healed, it learns the newer term and fails the read.
+        t.minority.clear();
+        t.tick(1, 52_100);
+        t.tick(new_leader, 52_100);
+        assert_eq!(t.cores[&1].role(), Role::Follower);
+        assert_eq!(t.failed, vec![(1, 7)]);
+        // A read through the new leader sees the acknowledged write.
+        t.cores.get_mut(&1).unwrap().read_index(8).unwrap();
+        t.pump(1);
+        assert!(matches!(t.reads[..], [(1, 8, i)] if i >= acked));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! 3. commit safety — an entry once committed (known to a majority-backed
 //!    commit index) is never changed, and every leader holds all of them;
 //! 4. state-machine safety — every node applies the committed entry at each
-//!    index, and nothing else.
+//!    index, and nothing else;
+//! 5. linearizable reads — a ReadIndex answer is at least every commit
+//!    index any node knew when the read was asked.
 //!
 //! A failure panics with the seed; `UNDERSTUDY_SIM_SEED=<seed>` replays it
 //! exactly, `UNDERSTUDY_SIM_SEEDS=<n>` runs more seeds (the soak).
@@ -20,7 +22,7 @@
 use super::*;
 use crate::types::ClientTag;
 use serde_bytes::ByteBuf;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The simulator's own decisions use the core's SplitMix64 generator.
 impl Rng {
@@ -86,6 +88,10 @@ struct Sim {
     /// (the highest term any node had when the commit was first seen).
     committed: BTreeMap<Index, (Entry, Term)>,
     proposals: u64,
+    /// Linearizable reads in flight: (node, ctx) → lowest acceptable index.
+    reads: BTreeMap<(NodeId, u64), Index>,
+    next_read: u64,
+    reads_served: u64,
 }
 
 fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
@@ -125,6 +131,9 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             proposals: 0,
+            reads: BTreeMap::new(),
+            next_read: 0,
+            reads_served: 0,
         }
     }
 
@@ -171,6 +180,22 @@ impl Sim {
             n.writes.push_back((self.now_ms + delay, r.append));
         }
         let apply = r.apply_up_to;
+        for ctx in r.failed_reads {
+            self.reads.remove(&(id, ctx));
+        }
+        for (ctx, index) in r.reads {
+            // Unknown: a duplicated answer of a read already served, or
+            // of one asked before a crash. The shell drops those too.
+            let Some(floor) = self.reads.remove(&(id, ctx)) else {
+                continue;
+            };
+            if index < floor {
+                self.fail(&format!(
+                    "read {ctx} on node {id} got index {index}, below the commit index {floor} known when it was asked"
+                ));
+            }
+            self.reads_served += 1;
+        }
         for (to, msg) in r.messages {
             self.send(id, to, msg);
         }
@@ -241,6 +266,7 @@ impl Sim {
         let n = self.nodes.get_mut(&id).expect("node");
         n.up = false;
         n.writes.clear(); // not fsynced: lost
+        self.reads.retain(|(node, _), _| *node != id);
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -410,6 +436,23 @@ impl Sim {
                 .expect("leader proposes");
             self.drain(id);
         }
+        // Linearizable reads at random nodes.
+        if self.rng.chance(if faults { 100 } else { 30 }) {
+            let id = ids[self.rng.below(ids.len() as u64) as usize];
+            let floor = self
+                .nodes
+                .values()
+                .map(|n| n.core.commit_index())
+                .max()
+                .unwrap_or(0);
+            self.next_read += 1;
+            let ctx = self.next_read;
+            let n = self.nodes.get_mut(&id).expect("node");
+            if n.up && n.core.read_index(ctx).is_ok() {
+                self.reads.insert((id, ctx), floor);
+                self.drain(id);
+            }
+        }
         if faults {
             if self.rng.chance(3) {
                 let id = ids[self.rng.below(ids.len() as u64) as usize];
@@ -434,8 +477,9 @@ impl Sim {
         self.check();
     }
 
-    /// Heal everything and let the group settle: it must elect a leader and
-    /// commit a new proposal (liveness once faults stop).
+    /// Heal everything and let the group settle: it must elect a leader,
+    /// commit new proposals and serve a linearizable read (liveness once
+    /// faults stop).
     fn settle(&mut self) {
         self.cut.clear();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -445,9 +489,10 @@ impl Sim {
             }
         }
         let committed_before = self.committed.len();
+        let reads_before = self.reads_served;
         for _ in 0..20_000 {
             self.step(false);
-            if self.committed.len() > committed_before + 1 {
+            if self.committed.len() > committed_before + 1 && self.reads_served > reads_before {
                 return;
             }
         }
