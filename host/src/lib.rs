@@ -3,7 +3,7 @@
 //! Read the modules in this order: [`types`] (log entries and outcomes),
 //! [`codec`] (bytes), [`sandbox`] (running machines), [`storage`] (LMDB),
 //! [`replication`] (the sans-IO core), [`node`] (the actix shell that
-//! executes the core's decisions), [`net`] (framing), [`api`] (the actor
+//! executes the core's decisions), [`net`] (framing), [`peer`] (the transport between members), [`api`] (the actor
 //! message API and the Rust client). `ARCHITECTURE.md` has the map.
 
 pub use understudy_core::{replication, types};
@@ -12,5 +12,6 @@ pub mod api;
 pub mod codec;
 pub mod net;
 pub mod node;
+pub mod peer;
 pub mod sandbox;
 pub mod storage;

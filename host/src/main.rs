@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use understudy::api::client::Client;
-use understudy::node::{NodeConfig, run};
+use understudy::api::{ReadLevel, Status, WriteConcern};
+use understudy::node::{NodeConfig, PeerConfig, run};
 use understudy::types::Outcome;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:7600";
@@ -23,19 +24,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local node with the example `kv` machine deployed as actor `kv` (no configuration needed).
+    /// Start a local group (3 nodes in this process) with the example `kv` machine deployed as actor `kv` (no configuration needed).
     Dev {
-        /// Data directory (kept between runs).
+        /// Data directory (kept between runs); node N uses <data-dir>/nodeN.
         #[arg(long, default_value = ".understudy-dev")]
         data_dir: PathBuf,
-        /// Client API address.
+        /// Client API address of node 1; node N listens on the next ports
+        /// (port 0: any free ports).
         #[arg(long, default_value = DEFAULT_ADDR)]
         listen: SocketAddr,
+        /// Group size.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
     },
     /// Run one node from a TOML config file or from flags.
     Node {
-        /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir"])]
+        /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -49,6 +54,18 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Address other members connect to.
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
+        /// Another member, as ID=HOST:PORT (its peer address); repeat per member.
+        #[arg(long, value_parser = parse_peer)]
+        peer: Vec<PeerConfig>,
+        /// Leader heartbeat interval (ms).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// Election timeout range (ms), as MIN-MAX.
+        #[arg(long, value_parser = parse_range)]
+        election_timeout_ms: Option<(u64, u64)>,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -64,29 +81,37 @@ enum Command {
         #[arg(long, conflicts_with = "file")]
         example: Option<String>,
     },
-    /// Send a command (JSON, sent as CBOR) to an actor; prints the response as JSON.
+    /// Send a command (JSON, sent as CBOR) to an actor through the leader; prints the response as JSON.
     Send {
-        /// Node address.
+        /// Address of any node of the group (the leader is found from it).
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
+        /// Write concern: `majority` (never lost) or `leader` (acknowledged
+        /// after the leader's fsync; may be lost on failover).
+        #[arg(long, default_value = "majority", value_parser = parse_concern)]
+        concern: WriteConcern,
         /// Actor name.
         actor: String,
         /// Command as JSON, e.g. '{"put":{"key":"a","value":"1"}}'.
         json: String,
     },
-    /// Query an actor (JSON, sent as CBOR); prints the answer as JSON.
+    /// Query an actor (JSON, sent as CBOR) on the node at --addr; prints the answer as JSON.
     Query {
-        /// Node address.
+        /// Node to read from (any member).
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
+        /// Consistency: `linearizable` (default), `any`, `session:TERM:INDEX`,
+        /// `bounded:ENTRIES` or `bounded-ms:MS`.
+        #[arg(long, default_value = "linearizable", value_parser = parse_level)]
+        level: ReadLevel,
         /// Actor name.
         actor: String,
         /// Query as JSON, e.g. '{"get":{"key":"a"}}'.
         json: String,
     },
-    /// Show a node's role, term, indexes, digest and actors.
+    /// Show every member's role, term, indexes, lag and digest (asking the node at --addr and the members it knows).
     Status {
-        /// Node address.
+        /// Address of any node of the group.
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
     },
@@ -122,15 +147,21 @@ fn main() {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Dev { data_dir, listen } => {
-            run_node(NodeConfig::new(1, "understudy-dev", listen, data_dir), true)
-        }
+        Command::Dev {
+            data_dir,
+            listen,
+            nodes,
+        } => run_dev(data_dir, listen, nodes),
         Command::Node {
             config,
             id,
             cluster,
             listen,
             data_dir,
+            peer_listen,
+            peer,
+            heartbeat_ms,
+            election_timeout_ms,
         } => {
             let config = match config {
                 Some(path) => {
@@ -141,10 +172,23 @@ fn dispatch(command: Command) -> Result<()> {
                 None => {
                     let id = id.context("--id is required without --config")?;
                     let data_dir = data_dir.context("--data-dir is required without --config")?;
-                    NodeConfig::new(id, &cluster, listen, data_dir)
+                    let mut config = NodeConfig::new(id, &cluster, listen, data_dir);
+                    config.peer_listen = peer_listen;
+                    config.peers = peer;
+                    if let Some(ms) = heartbeat_ms {
+                        config.timing.heartbeat_interval_ms = ms;
+                    }
+                    if let Some((min, max)) = election_timeout_ms {
+                        config.timing.election_timeout_min_ms = min;
+                        config.timing.election_timeout_max_ms = max;
+                    }
+                    config
                 }
             };
-            run_node(config, false)
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid node config: {e}"))?;
+            run_node(config)
         }
         Command::Deploy {
             addr,
@@ -173,38 +217,71 @@ fn dispatch(command: Command) -> Result<()> {
                 }
             })
         }
-        Command::Send { addr, actor, json } => {
+        Command::Send {
+            addr,
+            concern,
+            actor,
+            json,
+        } => {
             let command = json_to_cbor(&json)?;
             client_call(addr, |c| async move {
-                let w = c.command(&actor, command).await?;
-                print_outcome(&w.outcome)?;
-                eprintln!("(committed at index {}, term {})", w.index, w.term);
+                let tag = c.next_tag();
+                match concern {
+                    WriteConcern::Majority => {
+                        let w = c
+                            .command_tagged(&actor, command, tag, WriteConcern::Majority)
+                            .await?;
+                        print_outcome(&w.outcome)?;
+                        eprintln!(
+                            "(committed at index {}, term {}; session token {}:{})",
+                            w.index, w.term, w.term, w.index
+                        );
+                    }
+                    WriteConcern::Leader => {
+                        let (term, index) = c.command_leader(&actor, command, tag).await?;
+                        println!("accepted at index {index}, term {term} (not yet committed)");
+                        eprintln!(
+                            "(read its effect with --level session:{term}:{index}; a leader-concern write may be lost on failover)"
+                        );
+                    }
+                }
                 Ok(())
             })
         }
-        Command::Query { addr, actor, json } => {
+        Command::Query {
+            addr,
+            level,
+            actor,
+            json,
+        } => {
             let request = json_to_cbor(&json)?;
-            client_call(addr, |c| async move {
-                let (outcome, applied) = c.query(&actor, request).await?;
+            client_call_one(addr, |c| async move {
+                let (outcome, applied) = c.query_at(&actor, request, level).await?;
                 print_outcome(&outcome)?;
                 eprintln!("(as of applied index {applied})");
                 Ok(())
             })
         }
-        Command::Status { addr } => client_call(addr, |c| async move {
-            let s = c.status().await?;
-            println!("node {} of cluster {:?}", s.node_id, s.cluster_id);
-            println!(
-                "  role      {:?} (term {}, leader {:?})",
-                s.role, s.term, s.leader
-            );
-            println!(
-                "  indexes   last {}  commit {}  applied {}",
-                s.last_index, s.commit_index, s.applied_index
-            );
-            println!("  digest    {}", s.digest);
-            println!("  actors    {}", s.actors.join(", "));
-            println!("  pending   {} writes", s.pending_writes);
+        Command::Status { addr } => client_call_one(addr, |c| async move {
+            let first = c.status().await?;
+            let mut all = vec![first.clone()];
+            for (&id, a) in &first.client_addresses {
+                if id == first.node_id {
+                    continue;
+                }
+                let status = match a.parse() {
+                    Ok(a) => match Client::connect(a).await {
+                        Ok(c) => c.status().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(format!("bad address {a}: {e}")),
+                };
+                match status {
+                    Ok(s) => all.push(s),
+                    Err(e) => println!("node {id} at {a}: unreachable ({e})"),
+                }
+            }
+            print_status(&all);
             Ok(())
         }),
         Command::Verify {
@@ -215,7 +292,7 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-fn run_node(config: NodeConfig, dev: bool) -> Result<()> {
+fn run_node(config: NodeConfig) -> Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
         let (_node, bound) = run(config.clone()).await?;
@@ -227,36 +304,166 @@ fn run_node(config: NodeConfig, dev: bool) -> Result<()> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        if dev {
-            let client = Client::connect(bound).await?;
-            let status = client.status().await?;
-            if !status.actors.iter().any(|a| a == "kv") {
-                let w = client
-                    .deploy("kv", understudy_examples::KV.to_vec())
-                    .await?;
-                anyhow::ensure!(
-                    w.outcome.is_ok(),
-                    "deploying the kv example failed: {:?}",
-                    w.outcome
-                );
-            }
-            println!("actor `kv` (examples/kv) is deployed. In another terminal:");
-            println!(
-                "  cargo run -q -- send kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
-            );
-            println!("  cargo run -q -- query kv '{{\"get\":{{\"key\":\"hello\"}}}}'");
-            println!("  cargo run -q -- status");
-            println!(
-                "Ctrl-C stops the node; the data stays in {}.",
-                config.data_dir.display()
-            );
-        }
         tokio::signal::ctrl_c().await?;
         println!("stopping");
         Ok::<_, anyhow::Error>(())
     })
 }
 
+/// `understudy dev`: a group of `n` nodes in this process, kv deployed.
+fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
+    anyhow::ensure!((1..=7).contains(&n), "--nodes must be between 1 and 7");
+    let system = actix::System::new();
+    system.block_on(async move {
+        use tokio::net::TcpListener;
+        // Bind every port first, so each node's config names its peers'
+        // actual addresses (port 0 picks free ones).
+        let mut bound = Vec::new();
+        for i in 0..n {
+            let port = |p: u16| if p == 0 { 0 } else { p + i as u16 };
+            let client = SocketAddr::new(listen.ip(), port(listen.port()));
+            let peer = SocketAddr::new(
+                listen.ip(),
+                if listen.port() == 0 { 0 } else { listen.port() + 100 + i as u16 },
+            );
+            let c = TcpListener::bind(client)
+                .await
+                .with_context(|| format!("binding {client}"))?;
+            let p = TcpListener::bind(peer)
+                .await
+                .with_context(|| format!("binding {peer}"))?;
+            bound.push((i + 1, c, p));
+        }
+        let peer_addrs: Vec<(u64, SocketAddr)> = bound
+            .iter()
+            .map(|(id, _, p)| Ok((*id, p.local_addr()?)))
+            .collect::<Result<_>>()?;
+        let mut clients = Vec::new();
+        for (id, c, p) in bound {
+            let mut config = NodeConfig::new(
+                id,
+                "understudy-dev",
+                c.local_addr()?,
+                data_dir.join(format!("node{id}")),
+            );
+            config.peer_listen = Some(p.local_addr()?);
+            config.peers = peer_addrs
+                .iter()
+                .filter(|(other, _)| *other != id)
+                .map(|(other, a)| PeerConfig {
+                    id: *other,
+                    address: a.to_string(),
+                })
+                .collect();
+            let (_node, addr) =
+                understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?;
+            // Tests and scripts read these lines to learn the bound ports.
+            println!(
+                "understudy node {id} listening on {addr}, data in {}",
+                config.data_dir.display()
+            );
+            clients.push(addr);
+        }
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        let client = Client::connect_group(clients.clone()).await?;
+        let deployed = loop {
+            // Wait for a leader, then deploy kv once.
+            match client.call(understudy::api::Request::Status).await {
+                Ok(understudy::api::Response::Status(s)) if s.leader.is_some() => {
+                    break s.actors.iter().any(|a| a == "kv");
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        if !deployed {
+            let w = client
+                .deploy("kv", understudy_examples::KV.to_vec())
+                .await?;
+            anyhow::ensure!(
+                w.outcome.is_ok(),
+                "deploying the kv example failed: {:?}",
+                w.outcome
+            );
+        }
+        let first = clients[0];
+        println!("a {n}-node group is up; actor `kv` (examples/kv) is deployed. In another terminal:");
+        println!(
+            "  cargo run -q -- send --addr {first} kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
+        );
+        println!(
+            "  cargo run -q -- query --addr {} --level any kv '{{\"get\":{{\"key\":\"hello\"}}}}'",
+            clients[clients.len() - 1]
+        );
+        println!("  cargo run -q -- status --addr {first}");
+        println!(
+            "Ctrl-C stops the group; the data stays in {}.",
+            data_dir.display()
+        );
+        std::io::stdout().flush()?;
+        tokio::signal::ctrl_c().await?;
+        println!("stopping");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn print_status(all: &[Status]) {
+    let leader = all
+        .iter()
+        .find(|s| s.role == understudy::replication::Role::Leader);
+    println!(
+        "{:<5} {:<12} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  digest",
+        "node", "role", "term", "last", "commit", "applied", "lag", "lag ms"
+    );
+    let mut all = all.to_vec();
+    all.sort_by_key(|s| s.node_id);
+    for s in &all {
+        let f = leader.and_then(|l| l.followers.iter().find(|f| f.id == s.node_id));
+        let (lag, lag_ms) = match (leader, f) {
+            (Some(l), _) if l.node_id == s.node_id => ("0".to_string(), "0".to_string()),
+            (_, Some(f)) => (f.lag_entries.to_string(), f.lag_ms.to_string()),
+            _ => ("?".to_string(), "?".to_string()),
+        };
+        let role = match &s.quarantined {
+            Some(_) => "QUARANTINED".to_string(),
+            None => format!("{:?}", s.role),
+        };
+        println!(
+            "{:<5} {:<12} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
+            s.node_id,
+            role,
+            s.term,
+            s.last_index,
+            s.commit_index,
+            s.applied_index,
+            lag,
+            lag_ms,
+            &s.digest[..s.digest.len().min(16)]
+        );
+    }
+    if let Some(s) = all.first() {
+        println!(
+            "cluster {:?}; leader {}; actors: {}",
+            s.cluster_id,
+            leader.map_or("none known".to_string(), |l| l.node_id.to_string()),
+            s.actors.join(", ")
+        );
+    }
+    for s in &all {
+        if let Some(why) = &s.quarantined {
+            println!("node {} is quarantined: {why}", s.node_id);
+        }
+        if s.role != understudy::replication::Role::Leader {
+            if let Some(ms) = s.leader_heard_ms_ago {
+                if ms > 1000 {
+                    println!("node {} last heard from a leader {ms} ms ago", s.node_id);
+                }
+            }
+        }
+    }
+}
+
+/// Run `f` with a client that follows the leader of the group at `addr`.
 fn client_call<F, Fut>(addr: SocketAddr, f: F) -> Result<()>
 where
     F: FnOnce(Client) -> Fut,
@@ -266,11 +473,79 @@ where
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = Client::connect(addr).await.with_context(|| {
-            format!("is a node running at {addr}? (start one with `understudy dev`)")
+        let client = Client::connect_group(vec![addr]).await.with_context(|| {
+            format!("is a node running at {addr}? (start a group with `understudy dev`)")
         })?;
         f(client).await
     })
+}
+
+/// Run `f` with a client of exactly the node at `addr`.
+fn client_call_one<F, Fut>(addr: SocketAddr, f: F) -> Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = Client::connect(addr).await.with_context(|| {
+            format!("is a node running at {addr}? (start a group with `understudy dev`)")
+        })?;
+        f(client).await
+    })
+}
+
+fn parse_peer(s: &str) -> Result<PeerConfig, String> {
+    let (id, address) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=HOST:PORT, got {s:?}"))?;
+    let id = id.parse().map_err(|e| format!("bad node id {id:?}: {e}"))?;
+    Ok(PeerConfig {
+        id,
+        address: address.to_string(),
+    })
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected MIN-MAX, got {s:?}"))?;
+    let p = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((p(a)?, p(b)?))
+}
+
+fn parse_concern(s: &str) -> Result<WriteConcern, String> {
+    match s {
+        "majority" => Ok(WriteConcern::Majority),
+        "leader" => Ok(WriteConcern::Leader),
+        _ => Err(format!("expected majority or leader, got {s:?}")),
+    }
+}
+
+fn parse_level(s: &str) -> Result<ReadLevel, String> {
+    let num = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts[..] {
+        ["linearizable"] => Ok(ReadLevel::Linearizable),
+        ["any"] => Ok(ReadLevel::Any),
+        ["session", term, index] => Ok(ReadLevel::Session {
+            term: num(term)?,
+            index: num(index)?,
+        }),
+        ["bounded", n] => Ok(ReadLevel::Bounded {
+            max_lag_entries: Some(num(n)?),
+            max_lag_ms: None,
+        }),
+        ["bounded-ms", n] => Ok(ReadLevel::Bounded {
+            max_lag_entries: None,
+            max_lag_ms: Some(num(n)?),
+        }),
+        _ => Err(format!(
+            "expected linearizable, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
+        )),
+    }
 }
 
 fn json_to_cbor(json: &str) -> Result<Vec<u8>> {

@@ -6,7 +6,8 @@
 //! result; [`Client::command_tagged`] lets a caller retry with the same tag.
 
 use super::{
-    ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response, Status, WriteConcern,
+    ApiError, ErrorCode, Frame, PROTOCOL_VERSION, ReadLevel, Request, Response, Status,
+    WriteConcern,
 };
 use crate::types::{ClientTag, Index, Outcome, Term};
 use futures::{SinkExt, StreamExt};
@@ -52,20 +53,16 @@ pub struct WriteResult {
 /// so a request can never be registered after the reader has given up.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
-/// A connection to one node.
-pub struct Client {
+/// One TCP connection to one node.
+struct Conn {
     addr: SocketAddr,
     tx: mpsc::Sender<Frame<Request>>,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
-    client_id: u64,
-    next_seq: std::sync::atomic::AtomicU64,
-    in_flight: Mutex<BTreeSet<u64>>,
 }
 
-impl Client {
-    /// Connect to a node.
-    pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::Connection {
@@ -109,19 +106,19 @@ impl Client {
             // `None` refuses new requests.
             reader_pending.lock().expect("pending lock").take();
         });
-        Ok(Client {
+        Ok(Conn {
             addr,
             tx,
             pending,
             next_id: 1.into(),
-            client_id: rand::random::<u64>() | 1,
-            next_seq: 1.into(),
-            in_flight: Mutex::default(),
         })
     }
 
-    /// Send one request and wait for its response.
-    pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
+    fn is_closed(&self) -> bool {
+        self.pending.lock().expect("pending lock").is_none()
+    }
+
+    async fn call(&self, body: Request) -> Result<Response, ClientError> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -151,6 +148,164 @@ impl Client {
             Err(_) => Err(broken("connection closed before the answer")),
         }
     }
+}
+
+/// A client of one node ([`Client::connect`]) or of a group
+/// ([`Client::connect_group`]).
+///
+/// A group client follows the leader: when a node answers `NotLeader` with
+/// the leader's address, or a connection breaks, or a write's entry was
+/// superseded, it reconnects (to the hinted leader, else the next known
+/// node) and retries the same request with the same exactly-once tag, for
+/// up to [`Client::retry_for`]. A single-node client reports every error
+/// as it comes.
+pub struct Client {
+    nodes: Vec<SocketAddr>,
+    follow: bool,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Index into `nodes` of the last node tried.
+    cursor: std::sync::atomic::AtomicUsize,
+    retry_for: std::time::Duration,
+    client_id: u64,
+    next_seq: std::sync::atomic::AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+impl Client {
+    /// Connect to one node.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
+        let conn = Conn::open(addr).await?;
+        Ok(Self::new(vec![addr], false, Some(conn)))
+    }
+
+    /// Connect to a group through any of its nodes; follows the leader.
+    pub async fn connect_group(nodes: Vec<SocketAddr>) -> Result<Self, ClientError> {
+        let mut last = None;
+        for (i, &addr) in nodes.iter().enumerate() {
+            match Conn::open(addr).await {
+                Ok(conn) => {
+                    let c = Self::new(nodes.clone(), true, Some(conn));
+                    c.cursor.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connection {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            message: "no node addresses given".into(),
+        }))
+    }
+
+    fn new(nodes: Vec<SocketAddr>, follow: bool, conn: Option<Conn>) -> Self {
+        Client {
+            nodes,
+            follow,
+            conn: Mutex::new(conn.map(Arc::new)),
+            cursor: 0.into(),
+            retry_for: std::time::Duration::from_secs(10),
+            client_id: rand::random::<u64>() | 1,
+            next_seq: 1.into(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// How long a group client keeps retrying one request.
+    pub fn retry_for(mut self, d: std::time::Duration) -> Self {
+        self.retry_for = d;
+        self
+    }
+
+    /// The node this client currently talks to.
+    pub fn current(&self) -> Option<SocketAddr> {
+        self.conn
+            .lock()
+            .expect("conn lock")
+            .as_ref()
+            .map(|c| c.addr)
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
+        if let Some(c) = self.conn.lock().expect("conn lock").as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        if !self.follow {
+            // A single-node client reconnects to its node, once per call.
+            let conn = Arc::new(Conn::open(self.nodes[0]).await?);
+            *self.conn.lock().expect("conn lock") = Some(conn.clone());
+            return Ok(conn);
+        }
+        self.switch(None).await
+    }
+
+    /// Connect to `to`, or else to the next node after the current one.
+    async fn switch(&self, to: Option<SocketAddr>) -> Result<Arc<Conn>, ClientError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let addr = match to {
+            Some(a) => a,
+            None => {
+                let i = (self.cursor.fetch_add(1, Relaxed) + 1) % self.nodes.len();
+                self.nodes[i]
+            }
+        };
+        let conn = Arc::new(Conn::open(addr).await?);
+        *self.conn.lock().expect("conn lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Send one request to the current node and wait for its response (no
+    /// retries).
+    pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
+        self.conn().await?.call(body).await
+    }
+
+    /// [`Client::call`], and for a group client: follow leader hints and
+    /// retry on broken connections, elections and superseded entries.
+    /// Only for requests that are safe to repeat (tagged writes, reads).
+    async fn call_following(&self, body: Request) -> Result<Response, ClientError> {
+        if !self.follow {
+            return self.call(body).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            let result = match self.conn().await {
+                Ok(c) => c.call(body.clone()).await,
+                Err(e) => Err(e),
+            };
+            let hint = match &result {
+                Ok(_) => return result,
+                Err(ClientError::Api(e)) => match e.code {
+                    ErrorCode::NotLeader | ErrorCode::Superseded | ErrorCode::Unavailable => {
+                        e.leader_address.as_deref().and_then(|a| a.parse().ok())
+                    }
+                    _ => return result,
+                },
+                Err(ClientError::Connection { .. }) => None,
+                Err(_) => return result,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return result;
+            }
+            let current = self.current();
+            match hint {
+                Some(leader) if Some(leader) != current => {
+                    let _ = self.switch(Some(leader)).await;
+                }
+                _ => {
+                    // No usable hint (an election is running, or the hinted
+                    // node is the one we are on): wait a little, move on.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                    if matches!(result, Err(ClientError::Connection { .. })) || hint.is_none() {
+                        let _ = self.switch(None).await;
+                    }
+                }
+            }
+        }
+    }
 
     /// A fresh exactly-once tag for the next write.
     pub fn next_tag(&self) -> ClientTag {
@@ -175,7 +330,9 @@ impl Client {
     }
 
     /// Send a command with a given tag (retry with the same tag to get the
-    /// first result instead of a second application).
+    /// first result instead of a second application). With the `leader`
+    /// concern use [`Client::command_leader`]: this one expects the
+    /// committed outcome.
     pub async fn command_tagged(
         &self,
         actor: &str,
@@ -184,7 +341,7 @@ impl Client {
         concern: WriteConcern,
     ) -> Result<WriteResult, ClientError> {
         let result = self
-            .call(Request::Command {
+            .call_following(Request::Command {
                 actor: actor.to_string(),
                 command: ByteBuf::from(command),
                 client: Some(tag),
@@ -200,11 +357,35 @@ impl Client {
         written(result?)
     }
 
+    /// Send a command with the `leader` write concern: acknowledged once it
+    /// is durable on the leader, before it commits, so it may be lost on
+    /// failover. Returns its session token (term, index); read its effect
+    /// with [`ReadLevel::Session`].
+    pub async fn command_leader(
+        &self,
+        actor: &str,
+        command: Vec<u8>,
+        tag: ClientTag,
+    ) -> Result<(Term, Index), ClientError> {
+        let result = self
+            .call_following(Request::Command {
+                actor: actor.to_string(),
+                command: ByteBuf::from(command),
+                client: Some(tag),
+                concern: WriteConcern::Leader,
+            })
+            .await;
+        match result? {
+            Response::Accepted { term, index } => Ok((term, index)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// Deploy `wasm` as `actor`. Returns the write result (its outcome is
     /// `Ok(module hash)` or `DeployRefused`).
     pub async fn deploy(&self, actor: &str, wasm: Vec<u8>) -> Result<WriteResult, ClientError> {
         written(
-            self.call(Request::Deploy {
+            self.call_following(Request::Deploy {
                 actor: actor.to_string(),
                 wasm: ByteBuf::from(wasm),
             })
@@ -212,20 +393,35 @@ impl Client {
         )
     }
 
-    /// Query `actor` with a CBOR request; returns the outcome and the
-    /// applied index it reflects.
+    /// Query `actor` with a CBOR request, linearizably; returns the
+    /// outcome and the applied index it reflects.
     pub async fn query(
         &self,
         actor: &str,
         request: Vec<u8>,
     ) -> Result<(Outcome, Index), ClientError> {
-        match self
-            .call(Request::Query {
-                actor: actor.to_string(),
-                request: ByteBuf::from(request),
-            })
-            .await?
-        {
+        self.query_at(actor, request, ReadLevel::Linearizable).await
+    }
+
+    /// Query `actor` at a consistency level (see [`ReadLevel`]).
+    pub async fn query_at(
+        &self,
+        actor: &str,
+        request: Vec<u8>,
+        level: ReadLevel,
+    ) -> Result<(Outcome, Index), ClientError> {
+        let body = Request::Query {
+            actor: actor.to_string(),
+            request: ByteBuf::from(request),
+            level,
+        };
+        let response = match level {
+            // Only a linearizable read needs a leader; the others are
+            // answered by the node asked (or refused, as asked).
+            ReadLevel::Linearizable => self.call_following(body).await?,
+            _ => self.call(body).await?,
+        };
+        match response {
             Response::Read {
                 outcome,
                 applied_index,

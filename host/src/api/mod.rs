@@ -37,6 +37,38 @@ pub enum WriteConcern {
     Leader,
 }
 
+/// How fresh a read must be. Every read answer names the applied index
+/// it reflects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadLevel {
+    /// Whatever this node has applied (may be arbitrarily stale on a node
+    /// that is cut off).
+    Any,
+    /// At most this far behind what this node knows the leader has
+    /// committed, and a leader heard from within `max_lag_ms` (lag in
+    /// milliseconds also counts the age of the oldest committed entry not
+    /// yet applied here, by the leader's clock).
+    Bounded {
+        /// Most committed entries not yet applied here.
+        max_lag_entries: Option<u64>,
+        /// Most milliseconds behind.
+        max_lag_ms: Option<u64>,
+    },
+    /// Read-your-writes: wait until the write with this token (returned
+    /// by every write) is applied here, then read.
+    Session {
+        /// Term of the write.
+        term: Term,
+        /// Index of the write.
+        index: Index,
+    },
+    /// Sees every write acknowledged before the read started (ReadIndex:
+    /// the leader confirms its leadership with a majority, this node waits
+    /// until it has applied the leader's commit index).
+    #[default]
+    Linearizable,
+}
+
 /// A client request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -64,6 +96,9 @@ pub enum Request {
         actor: String,
         /// CBOR request.
         request: ByteBuf,
+        /// Consistency level.
+        #[serde(default)]
+        level: ReadLevel,
     },
     /// Node status.
     Status,
@@ -86,6 +121,16 @@ pub enum ErrorCode {
     Unavailable,
     /// No actor by that name.
     NoSuchActor,
+    /// The node is further behind than the read allows.
+    Stale,
+    /// The request could not complete in time (no leader, not caught up).
+    Timeout,
+    /// The write's entry was replaced by another leader's: it was not
+    /// applied. Retry it (with the same client tag).
+    Superseded,
+    /// This node's state digest differs from the leader's at the same
+    /// index (a determinism alarm): it serves no reads.
+    Quarantined,
 }
 
 /// An error answer.
@@ -98,6 +143,9 @@ pub struct ApiError {
     pub message: String,
     /// The leader, when known (for `NotLeader`).
     pub leader: Option<NodeId>,
+    /// The leader's client address, when known.
+    #[serde(default)]
+    pub leader_address: Option<String>,
 }
 
 impl ApiError {
@@ -107,6 +155,7 @@ impl ApiError {
             code,
             message: message.into(),
             leader: None,
+            leader_address: None,
         }
     }
 }
@@ -136,6 +185,24 @@ pub struct Status {
     pub actors: Vec<String>,
     /// Writes waiting for the log or the applier.
     pub pending_writes: usize,
+    /// Vote in the current term.
+    #[serde(default)]
+    pub vote: Option<NodeId>,
+    /// Milliseconds since the leader was last heard from (0 on the leader).
+    #[serde(default)]
+    pub leader_heard_ms_ago: Option<u64>,
+    /// The leader's client address, when known.
+    #[serde(default)]
+    pub leader_address: Option<String>,
+    /// On the leader: each follower's replication state.
+    #[serde(default)]
+    pub followers: Vec<crate::replication::FollowerStatus>,
+    /// Why this node serves no reads, if it is quarantined.
+    #[serde(default)]
+    pub quarantined: Option<String>,
+    /// Client addresses of the members this node knows (itself included).
+    #[serde(default)]
+    pub client_addresses: std::collections::BTreeMap<NodeId, String>,
 }
 
 /// A response.
@@ -148,6 +215,15 @@ pub enum Response {
         /// Term of the entry (session token).
         term: Term,
         /// Index of the entry (session token).
+        index: Index,
+    },
+    /// A write with the `leader` concern is durable on the leader; it is
+    /// not yet committed and may be lost on failover. Its outcome can be
+    /// read with a `session` read of this token.
+    Accepted {
+        /// Term of the entry.
+        term: Term,
+        /// Index of the entry.
         index: Index,
     },
     /// A query answer.

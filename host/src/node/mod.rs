@@ -16,8 +16,9 @@
 pub mod applier;
 pub mod server;
 
-use crate::api::{ApiError, ErrorCode, Request, Response, Status};
-use crate::replication::{Core, GroupConfig, ProposeError, Ready};
+use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, Status, WriteConcern};
+use crate::peer::Peers;
+use crate::replication::{Core, GroupConfig, Message, ProposeError, Ready, Role};
 use crate::sandbox::{Sandbox, SandboxLimits};
 use crate::storage::{self, AppliedState, DirLock, HardState, Identity, LogStore, StorageOptions};
 use crate::types::{Entry, Index, NodeId, Outcome, Payload, Term, validate_actor_name};
@@ -59,6 +60,58 @@ pub struct NodeConfig {
     /// durable in one state transaction (also done every tick).
     #[serde(default = "default_checkpoint_entries_max")]
     pub checkpoint_entries_max: usize,
+    /// Where other members connect (required when `peers` is not empty).
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The other members of the group and their peer addresses. Empty: a
+    /// group of one.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Heartbeat and election timing (equal on every member).
+    #[serde(default)]
+    pub timing: Timing,
+    /// How long a read may wait (for a leader, or to catch up) before it
+    /// fails with `Timeout`.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+/// Another member of the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its peer address (`host:port`).
+    pub address: String,
+}
+
+/// Failure-detection timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let g = GroupConfig::new(1, vec![1]);
+        Timing {
+            heartbeat_interval_ms: g.heartbeat_interval_ms,
+            election_timeout_min_ms: g.election_timeout_min_ms,
+            election_timeout_max_ms: g.election_timeout_max_ms,
+        }
+    }
+}
+
+fn default_read_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_checkpoint_entries_max() -> usize {
@@ -92,6 +145,53 @@ impl NodeConfig {
             pending_writes_max: default_pending_writes_max(),
             apply_batch_entries_max: default_apply_batch_max(),
             checkpoint_entries_max: default_checkpoint_entries_max(),
+            peer_listen: None,
+            peers: Vec::new(),
+            timing: Timing::default(),
+            read_timeout_ms: default_read_timeout_ms(),
+        }
+    }
+
+    /// Every member's id, this node's included, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        m.push(self.node_id);
+        m.sort_unstable();
+        m
+    }
+
+    /// Check the group description; errors name what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let members = self.members();
+        if members.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!(
+                "node ids must be unique in a group (this node {} and peers {:?})",
+                self.node_id,
+                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
+            ));
+        }
+        if !self.peers.is_empty() && self.peer_listen.is_none() {
+            return Err("peer_listen is required when the group has peers".into());
+        }
+        let t = self.timing;
+        if !(t.heartbeat_interval_ms > 0
+            && t.heartbeat_interval_ms < t.election_timeout_min_ms
+            && t.election_timeout_min_ms < t.election_timeout_max_ms)
+        {
+            return Err(format!(
+                "timing must satisfy 0 < heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
+                t.heartbeat_interval_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
+            ));
+        }
+        Ok(())
+    }
+
+    fn group(&self) -> GroupConfig {
+        GroupConfig {
+            heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+            election_timeout_min_ms: self.timing.election_timeout_min_ms,
+            election_timeout_max_ms: self.timing.election_timeout_max_ms,
+            ..GroupConfig::new(self.node_id, self.members())
         }
     }
 
@@ -114,10 +214,16 @@ pub struct ClientCall {
     pub reply: oneshot::Sender<Response>,
 }
 
+/// A message from a peer (or news of its connection).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromPeer(pub crate::peer::Inbound);
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Persist {
-    hard_state: Option<HardState>,
+    /// The hard state and its sequence number (messages wait for it).
+    hard_state: Option<(HardState, u64)>,
     truncate_from: Option<Index>,
     entries: Vec<Entry>,
     reply_to: Recipient<Persisted>,
@@ -125,7 +231,10 @@ struct Persist {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Persisted(Result<Option<(Index, Term)>, String>);
+struct Persisted {
+    result: Result<Option<(Index, Term)>, String>,
+    hard_state_seq: Option<u64>,
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -134,9 +243,12 @@ struct ApplyUpTo {
     reply_to: Recipient<Applied>,
 }
 
+/// Outcomes of applied entries: (index, term, outcome).
+type Outcomes = Vec<(Index, Term, Outcome)>;
+
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Applied(Result<(Vec<(Index, Outcome)>, AppliedState), String>);
+struct Applied(Result<(Outcomes, AppliedState), String>);
 
 /// Make executed entries durable in the state store (sent on every tick).
 #[derive(Message)]
@@ -173,12 +285,16 @@ impl Handler<Persist> for LogWriter {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
         let last = msg.entries.last().map(|e| (e.index, e.term));
+        let hard_state = msg.hard_state.map(|(hs, _)| hs);
         let result = self
             .log
-            .persist_with(msg.hard_state.as_ref(), msg.truncate_from, &msg.entries)
+            .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
             .map(|()| last)
             .map_err(|e| e.to_string());
-        msg.reply_to.do_send(Persisted(result));
+        msg.reply_to.do_send(Persisted {
+            result,
+            hard_state_seq: msg.hard_state.map(|(_, seq)| seq),
+        });
     }
 }
 
@@ -212,7 +328,15 @@ impl Handler<ApplyUpTo> for ApplierActor {
                     if entries.first().map(|e| e.index) != Some(from) {
                         return Err(format!("committed entry {from} is missing from the log"));
                     }
-                    self.applier.execute(&entries).map_err(|e| e.to_string())
+                    let outcomes = self.applier.execute(&entries).map_err(|e| e.to_string())?;
+                    Ok(entries
+                        .iter()
+                        .zip(outcomes)
+                        .map(|(e, (i, o))| {
+                            debug_assert_eq!(e.index, i);
+                            (i, e.term, o)
+                        })
+                        .collect::<Outcomes>())
                 });
             let outcomes = match executed {
                 Ok(x) => x,
@@ -289,20 +413,52 @@ impl Handler<FillStatus> for ApplierActor {
     }
 }
 
+/// A read waiting for its index to be applied.
+struct PendingRead {
+    actor: String,
+    request: ByteBuf,
+    reply: oneshot::Sender<Response>,
+    deadline_ms: u64,
+    /// For a session read: the write's (index, term) must be in the log.
+    token: Option<(Index, Term)>,
+}
+
+/// A write waiting for its entry: answered when applied (majority), or
+/// when durable on this node (leader concern).
+struct Waiter {
+    term: Term,
+    concern: WriteConcern,
+    reply: oneshot::Sender<Response>,
+}
+
 /// The node actor.
 pub struct Node {
     config: NodeConfig,
     core: Core,
     writer: Addr<LogWriter>,
     applier: Addr<ApplierActor>,
-    /// Clients waiting for their entry to be applied: index → (term, reply).
-    waiters: BTreeMap<Index, (Term, oneshot::Sender<Response>)>,
+    peers: Peers,
+    /// Client addresses of members (ours, and as peers announced them).
+    client_addresses: BTreeMap<NodeId, String>,
+    /// Clients waiting for their entry, by index.
+    waiters: BTreeMap<Index, Waiter>,
+    /// Linearizable reads waiting for their read index, by request id.
+    read_index_waiting: BTreeMap<u64, PendingRead>,
+    next_read_ctx: u64,
+    /// Reads waiting for the applied index to reach a point.
+    reads_waiting: BTreeMap<Index, Vec<PendingRead>>,
     /// The durable log, read by the core for terms and log shipping.
     log: LogStore,
-    persist_hard_state: Option<HardState>,
+    persist_hard_state: Option<(HardState, u64)>,
     persist_truncate_from: Option<Index>,
     persist_queue: Vec<Entry>,
     persist_in_flight: bool,
+    /// Hard states handed to the writer / known durable (sequence numbers).
+    hard_state_queued: u64,
+    hard_state_durable: u64,
+    /// Messages that must wait until a hard state is durable (a vote is
+    /// never sent before it is on disk).
+    held: Vec<(u64, NodeId, Message)>,
     halted: Option<String>,
     _lock: DirLock,
 }
@@ -311,13 +467,21 @@ impl Node {
     /// Open storage, build the sandbox and start the node's actors. Must be
     /// called inside a running actix system.
     pub fn start(config: NodeConfig) -> anyhow::Result<Addr<Node>> {
-        Self::start_with(config, Vec::new())
+        Self::start_with(config, Vec::new(), None)
     }
 
     /// [`Node::start`], with native machines standing in for the components
-    /// of the given hashes (see [`crate::sandbox::NativeMachine`]).
-    pub fn start_with(config: NodeConfig, natives: Natives) -> anyhow::Result<Addr<Node>> {
+    /// of the given hashes (see [`crate::sandbox::NativeMachine`]), and the
+    /// client address actually bound.
+    pub fn start_with(
+        config: NodeConfig,
+        natives: Natives,
+        client_address: Option<SocketAddr>,
+    ) -> anyhow::Result<Addr<Node>> {
         use anyhow::Context as _;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid node config: {e}"))?;
         let identity = config.identity();
         let (lock, log, state) = storage::open(&config.data_dir, &identity, &config.storage)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -335,15 +499,10 @@ impl Node {
             applied.index,
             last.0
         );
-        let core = Core::new(
-            GroupConfig::new(config.node_id, vec![config.node_id]),
-            hard,
-            last,
-            applied.index,
-            rand::random(),
-        );
+        let core = Core::new(config.group(), hard, last, applied.index, rand::random());
         tracing::info!(
             node = config.node_id,
+            members = ?config.members(),
             term = hard.term,
             last_index = last.0,
             applied_index = applied.index,
@@ -368,17 +527,38 @@ impl Node {
             checkpoint_entries,
             halted: None,
         });
+        let client_address = client_address.unwrap_or(config.listen).to_string();
+        let me = crate::peer::LocalIdentity {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.node_id,
+            members: config.members(),
+            client_address: client_address.clone(),
+        };
+        let peer_addresses = config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.address.clone()))
+            .collect();
+        let peers = Peers::start(&me, &peer_addresses);
         let node = Node {
+            client_addresses: BTreeMap::from([(config.node_id, client_address)]),
             config,
             core,
             writer,
             applier,
+            peers,
             waiters: BTreeMap::new(),
+            read_index_waiting: BTreeMap::new(),
+            next_read_ctx: 0,
+            reads_waiting: BTreeMap::new(),
             log,
             persist_hard_state: None,
             persist_truncate_from: None,
             persist_queue: Vec::new(),
             persist_in_flight: false,
+            hard_state_queued: 0,
+            hard_state_durable: 0,
+            held: Vec::new(),
             halted: None,
             _lock: lock,
         };
@@ -400,26 +580,72 @@ impl Node {
             append,
             messages,
             apply_up_to,
-            reads: _,
-            failed_reads: _,
+            reads,
+            failed_reads,
         } = self.core.ready();
-        // A group of one sends nothing; the peer transport is the next stage.
-        debug_assert!(messages.is_empty(), "no peer transport yet");
         if let Some(hs) = hard_state {
-            self.persist_hard_state = Some(hs);
+            self.hard_state_queued += 1;
+            self.persist_hard_state = Some((hs, self.hard_state_queued));
         }
         if let Some(t) = truncate_from {
             // Queued entries at or after the cut are replaced, too.
             self.persist_queue.retain(|e| e.index < t);
             self.persist_truncate_from = Some(self.persist_truncate_from.map_or(t, |p| p.min(t)));
+            self.supersede_from(t);
+        }
+        if let Some(first) = append.first() {
+            // Entries replaced without a durable truncation.
+            self.supersede_from(first.index);
         }
         self.persist_queue.extend(append);
         self.flush_persist(ctx);
+        for (to, msg) in messages {
+            if self.hard_state_queued > self.hard_state_durable {
+                self.held.push((self.hard_state_queued, to, msg));
+            } else {
+                self.peers.send(to, msg);
+            }
+        }
         if let Some(up_to) = apply_up_to {
             self.applier.do_send(ApplyUpTo {
                 up_to,
                 reply_to: ctx.address().recipient(),
             });
+        }
+        for (read_ctx, index) in reads {
+            if let Some(read) = self.read_index_waiting.remove(&read_ctx) {
+                self.read_at(index, read);
+            }
+        }
+        for read_ctx in failed_reads {
+            if let Some(read) = self.read_index_waiting.remove(&read_ctx) {
+                let e = self.not_leader("leadership changed during the read; retry");
+                let _ = read.reply.send(Response::Error(e));
+            }
+        }
+    }
+
+    /// Waiters for entries at `index` and after that this node no longer
+    /// holds learn that their write was replaced (never applied).
+    fn supersede_from(&mut self, index: Index) {
+        let gone = self.waiters.split_off(&index);
+        for (i, w) in gone {
+            // A re-appended entry of the same term is the same entry.
+            if self.core.role() == Role::Leader && self.core.term() == w.term {
+                self.waiters.insert(i, w);
+                continue;
+            }
+            let _ = w.reply.send(Response::Error(ApiError {
+                leader: self.core.leader(),
+                leader_address: self.leader_address(),
+                ..ApiError::new(
+                    ErrorCode::Superseded,
+                    format!(
+                        "entry {i} of term {} was replaced by another leader's; not applied",
+                        w.term
+                    ),
+                )
+            }));
         }
     }
 
@@ -443,17 +669,32 @@ impl Node {
     fn halt(&mut self, why: String) {
         tracing::error!(reason = %why, "node halted: refusing writes");
         self.halted = Some(why.clone());
-        for (_, (_, reply)) in std::mem::take(&mut self.waiters) {
-            let _ = reply.send(Response::Error(ApiError::new(
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.reply.send(Response::Error(ApiError::new(
                 ErrorCode::Unavailable,
                 why.clone(),
             )));
         }
     }
 
+    fn leader_address(&self) -> Option<String> {
+        self.core
+            .leader()
+            .and_then(|l| self.client_addresses.get(&l).cloned())
+    }
+
+    fn not_leader(&self, message: &str) -> ApiError {
+        ApiError {
+            leader: self.core.leader(),
+            leader_address: self.leader_address(),
+            ..ApiError::new(ErrorCode::NotLeader, message)
+        }
+    }
+
     fn propose(
         &mut self,
         payload: Payload,
+        concern: WriteConcern,
         reply: oneshot::Sender<Response>,
         ctx: &mut Context<Self>,
     ) {
@@ -476,17 +717,166 @@ impl Node {
             .propose(payload, Self::now_ms(), rand::random(), &self.log)
         {
             Ok(index) => {
-                self.waiters.insert(index, (self.core.term(), reply));
+                let waiter = Waiter {
+                    term: self.core.term(),
+                    concern,
+                    reply,
+                };
+                self.waiters.insert(index, waiter);
                 self.drive(ctx);
             }
-            Err(ProposeError::NotLeader { leader }) => {
-                let _ = reply.send(Response::Error(ApiError {
-                    code: ErrorCode::NotLeader,
-                    message: "this node is not the leader".into(),
-                    leader,
-                }));
+            Err(ProposeError::NotLeader { .. }) => {
+                let _ = reply.send(Response::Error(
+                    self.not_leader("this node is not the leader"),
+                ));
             }
         }
+    }
+
+    fn refuse_read(read: PendingRead, code: ErrorCode, message: String) {
+        let _ = read
+            .reply
+            .send(Response::Error(ApiError::new(code, message)));
+    }
+
+    fn query(&mut self, read: PendingRead, level: ReadLevel, ctx: &mut Context<Self>) {
+        match level {
+            ReadLevel::Any => self.run_read(read),
+            ReadLevel::Bounded {
+                max_lag_entries,
+                max_lag_ms,
+            } => {
+                let (lag_entries, lag_ms) = self.lag();
+                if let Some(max) = max_lag_entries
+                    && lag_entries > max
+                {
+                    let message = format!(
+                        "{lag_entries} committed entries are not applied here yet (at most {max} allowed)"
+                    );
+                    return Self::refuse_read(read, ErrorCode::Stale, message);
+                }
+                if let Some(max) = max_lag_ms {
+                    match lag_ms {
+                        Some(ms) if ms <= max => {}
+                        Some(ms) => {
+                            let message =
+                                format!("{ms} ms behind the leader (at most {max} ms allowed)");
+                            return Self::refuse_read(read, ErrorCode::Stale, message);
+                        }
+                        None => {
+                            let message = "no leader heard from: lag unknown".to_string();
+                            return Self::refuse_read(read, ErrorCode::Stale, message);
+                        }
+                    }
+                }
+                self.run_read(read)
+            }
+            ReadLevel::Session { term, index } => {
+                let read = PendingRead {
+                    token: Some((index, term)),
+                    ..read
+                };
+                self.read_at(index, read)
+            }
+            ReadLevel::Linearizable => {
+                self.next_read_ctx += 1;
+                let read_ctx = self.next_read_ctx;
+                match self.core.read_index(read_ctx) {
+                    Ok(()) => {
+                        self.read_index_waiting.insert(read_ctx, read);
+                        self.drive(ctx);
+                    }
+                    Err(ProposeError::NotLeader { .. }) => {
+                        let e = ApiError {
+                            code: ErrorCode::Unavailable,
+                            ..self.not_leader("no leader known: a linearizable read needs one")
+                        };
+                        let _ = read.reply.send(Response::Error(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// (committed entries not applied here, milliseconds behind the leader
+    /// if one is known).
+    fn lag(&self) -> (u64, Option<u64>) {
+        let applied = self.core.applied_index();
+        let entries = self.core.commit_index().saturating_sub(applied);
+        let heard = self.core.leader_heard_ms_ago();
+        let oldest_unapplied = if entries > 0 {
+            self.log
+                .read(applied + 1, applied + 1, 1)
+                .ok()
+                .and_then(|v| v.first().map(|e| e.context.timestamp_ms))
+                .map(|t| Self::now_ms().saturating_sub(t))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        (entries, heard.map(|h| h.max(oldest_unapplied)))
+    }
+
+    /// Serve `read` once this node has applied `index`.
+    fn read_at(&mut self, index: Index, read: PendingRead) {
+        if self.core.applied_index() >= index {
+            self.run_read(read);
+        } else {
+            self.reads_waiting.entry(index).or_default().push(read);
+        }
+    }
+
+    fn run_read(&mut self, read: PendingRead) {
+        if let Some((index, term)) = read.token {
+            if crate::replication::LogRead::term(&self.log, index) != Some(term) {
+                let message = format!(
+                    "the session's write ({term}, {index}) is not in this node's log: it was lost (a `leader`-concern write that never committed)"
+                );
+                return Self::refuse_read(read, ErrorCode::Superseded, message);
+            }
+        }
+        self.applier.do_send(RunQuery {
+            actor: read.actor,
+            request: read.request,
+            reply: read.reply,
+        });
+    }
+
+    /// Reads whose index is now applied run; expired reads fail.
+    fn release_reads(&mut self) {
+        let applied = self.core.applied_index();
+        let later = self.reads_waiting.split_off(&(applied + 1));
+        let ready = std::mem::replace(&mut self.reads_waiting, later);
+        for read in ready.into_values().flatten() {
+            self.run_read(read);
+        }
+    }
+
+    fn expire_reads(&mut self) {
+        let now = Self::now_ms();
+        let applied = self.core.applied_index();
+        let expired: Vec<u64> = self
+            .read_index_waiting
+            .iter()
+            .filter(|(_, r)| r.deadline_ms <= now)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in expired {
+            let read = self.read_index_waiting.remove(&c).expect("listed");
+            let message = "the leader did not confirm a read index in time".to_string();
+            Self::refuse_read(read, ErrorCode::Timeout, message);
+        }
+        for (index, reads) in self.reads_waiting.iter_mut() {
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(reads)
+                .into_iter()
+                .partition(|r| r.deadline_ms <= now);
+            *reads = keep;
+            for read in gone {
+                let message = format!("not caught up to index {index} in time (applied {applied})");
+                Self::refuse_read(read, ErrorCode::Timeout, message);
+            }
+        }
+        self.reads_waiting.retain(|_, v| !v.is_empty());
     }
 
     fn status(&self) -> Status {
@@ -502,6 +892,12 @@ impl Node {
             digest: String::new(),
             actors: Vec::new(),
             pending_writes: self.waiters.len(),
+            vote: self.core.vote(),
+            leader_heard_ms_ago: self.core.leader_heard_ms_ago(),
+            leader_address: self.leader_address(),
+            followers: self.core.followers(&self.log),
+            quarantined: None,
+            client_addresses: self.client_addresses.clone(),
         }
     }
 }
@@ -515,6 +911,7 @@ impl Actor for Node {
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
             node.core.tick(Self::now_ms(), &node.log);
             node.drive(ctx);
+            node.expire_reads();
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
             });
@@ -531,13 +928,14 @@ impl Handler<ClientCall> for Node {
                 actor,
                 command,
                 client,
-                concern: _,
+                concern,
             } => self.propose(
                 Payload::Command {
                     actor,
                     client,
                     command,
                 },
+                concern,
                 reply,
                 ctx,
             ),
@@ -552,6 +950,7 @@ impl Handler<ClientCall> for Node {
                             actor,
                             wasm: ByteBuf::from(component),
                         },
+                        WriteConcern::Majority,
                         reply,
                         ctx,
                     ),
@@ -563,12 +962,19 @@ impl Handler<ClientCall> for Node {
                     }
                 }
             }
-            Request::Query { actor, request } => {
-                self.applier.do_send(RunQuery {
+            Request::Query {
+                actor,
+                request,
+                level,
+            } => {
+                let read = PendingRead {
                     actor,
                     request,
                     reply,
-                });
+                    deadline_ms: Self::now_ms() + self.config.read_timeout_ms,
+                    token: None,
+                };
+                self.query(read, level, ctx);
             }
             Request::Status => self.applier.do_send(FillStatus {
                 status: self.status(),
@@ -578,14 +984,57 @@ impl Handler<ClientCall> for Node {
     }
 }
 
+impl Handler<FromPeer> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: FromPeer, ctx: &mut Self::Context) {
+        match msg.0 {
+            crate::peer::Inbound::Connected {
+                from,
+                client_address,
+            } => {
+                self.client_addresses.insert(from, client_address);
+            }
+            crate::peer::Inbound::Message { from, msg } => {
+                self.core.step(from, msg, &self.log);
+                self.drive(ctx);
+            }
+        }
+    }
+}
+
 impl Handler<Persisted> for Node {
     type Result = ();
     fn handle(&mut self, msg: Persisted, ctx: &mut Self::Context) {
         self.persist_in_flight = false;
-        match msg.0 {
+        match msg.result {
             Ok(last) => {
+                if let Some(seq) = msg.hard_state_seq {
+                    self.hard_state_durable = seq;
+                    let durable = self.hard_state_durable;
+                    let (go, hold): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                        .into_iter()
+                        .partition(|(s, _, _)| *s <= durable);
+                    self.held = hold;
+                    for (_, to, m) in go {
+                        self.peers.send(to, m);
+                    }
+                }
                 if let Some((index, term)) = last {
                     self.core.persisted(index, term, &self.log);
+                    // `leader` concern: durable here is enough.
+                    let acked: Vec<Index> = self
+                        .waiters
+                        .range(..=index)
+                        .filter(|(_, w)| w.concern == WriteConcern::Leader && w.term == term)
+                        .map(|(&i, _)| i)
+                        .collect();
+                    for i in acked {
+                        let w = self.waiters.remove(&i).expect("listed");
+                        let _ = w.reply.send(Response::Accepted {
+                            term: w.term,
+                            index: i,
+                        });
+                    }
                 }
                 self.drive(ctx);
             }
@@ -600,15 +1049,27 @@ impl Handler<Applied> for Node {
         match msg.0 {
             Ok((outcomes, applied)) => {
                 self.core.applied(applied.index);
-                for (index, outcome) in outcomes {
-                    if let Some((term, reply)) = self.waiters.remove(&index) {
-                        let _ = reply.send(Response::Written {
-                            outcome,
-                            term,
-                            index,
-                        });
+                for (index, term, outcome) in outcomes {
+                    if let Some(w) = self.waiters.remove(&index) {
+                        let response = if w.term == term {
+                            Response::Written {
+                                outcome,
+                                term,
+                                index,
+                            }
+                        } else {
+                            Response::Error(ApiError::new(
+                                ErrorCode::Superseded,
+                                format!(
+                                    "entry {index} of term {} was replaced by one of term {term}; not applied",
+                                    w.term
+                                ),
+                            ))
+                        };
+                        let _ = w.reply.send(response);
                     }
                 }
+                self.release_reads();
             }
             Err(e) => self.halt(format!("applying failed: {e}")),
         }
@@ -621,8 +1082,8 @@ pub type Natives = Vec<(
     std::sync::Arc<dyn crate::sandbox::NativeMachine>,
 )>;
 
-/// Start a node and its listener inside the current actix system; returns
-/// the node's address and the bound listen address.
+/// Start a node and its listeners inside the current actix system; returns
+/// the node's address and the bound client address.
 pub async fn run(config: NodeConfig) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
     run_with(config, Vec::new()).await
 }
@@ -636,8 +1097,43 @@ pub async fn run_with(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the peer address {addr}"))?,
+        ),
+        None => None,
+    };
+    run_bound(config, natives, listener, peer_listener)
+}
+
+/// Start a node on listeners bound by the caller (so a caller can learn
+/// every port of a group before any node starts).
+pub fn run_bound(
+    config: NodeConfig,
+    natives: Natives,
+    listener: tokio::net::TcpListener,
+    peer_listener: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
     let bound = listener.local_addr()?;
-    let node = Node::start_with(config, natives)?;
+    anyhow::ensure!(
+        peer_listener.is_some() || config.peers.is_empty(),
+        "a node with peers needs a peer listener"
+    );
+    let me = crate::peer::LocalIdentity {
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.node_id,
+        members: config.members(),
+        client_address: bound.to_string(),
+    };
+    let node = Node::start_with(config, natives, Some(bound))?;
+    if let Some(l) = peer_listener {
+        let peer_bound = l.local_addr()?;
+        let addr = node.clone();
+        crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
+        tracing::info!(address = %peer_bound, "serving peers");
+    }
     server::serve(listener, node.clone());
     Ok((node, bound))
 }

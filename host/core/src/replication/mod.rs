@@ -1337,7 +1337,10 @@ impl Core {
     pub fn ready(&mut self) -> Ready {
         if std::mem::take(&mut self.read_round_wanted)
             && self.role == Role::Leader
-            && self.pending_reads.iter().any(|r| r.seq > self.heartbeat_seq)
+            && self
+                .pending_reads
+                .iter()
+                .any(|r| r.seq > self.heartbeat_seq)
         {
             self.broadcast_heartbeat();
         }

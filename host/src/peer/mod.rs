@@ -1,0 +1,452 @@
+//! The peer transport: how members of a group reach each other.
+//!
+//! Every node dials every other member twice, one TCP connection per
+//! [`Lane`]: the `data` lane carries log shipping ([`Message::Append`]), the
+//! `control` lane everything else (heartbeats, votes, answers, read-index
+//! rounds). So a heartbeat never waits behind megabytes of appends in a
+//! socket buffer; and no lane waits for an fsync or an apply, because the
+//! node actor that feeds them never blocks (the log writer and the applier
+//! have their own threads).
+//!
+//! A connection is one-way: the dialer sends, the acceptor receives. It
+//! starts with a [`Hello`] naming the protocol version, cluster, sender and
+//! intended receiver; the acceptor answers [`HelloReply`] and refuses, with a
+//! logged reason, a newer protocol, another cluster, a node that is not a
+//! member, or a hello meant for another node. Then frames carry one
+//! [`Message`] each, with the same length-delimited framing as clients
+//! ([`crate::net`]). Messages are fire-and-forget: the protocol tolerates
+//! loss, so a full queue or a broken connection drops them (logged at
+//! debug) and the dialer reconnects with backoff.
+
+use crate::net;
+use crate::replication::Message;
+use crate::types::NodeId;
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+/// Version of the peer protocol spoken by this build.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// Messages queued per control lane before new ones are dropped.
+const CONTROL_QUEUE: usize = 4096;
+/// Appends queued per data lane (the core bounds appends in flight, so this
+/// is only reached while a peer is unreachable).
+const DATA_QUEUE: usize = 64;
+/// How long a hello (or its reply) may take.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which connection a message travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lane {
+    /// Heartbeats, votes, answers.
+    Control,
+    /// Log shipping.
+    Data,
+}
+
+impl Lane {
+    /// The lane of a message.
+    pub fn of(msg: &Message) -> Lane {
+        match msg {
+            Message::Append { .. } => Lane::Data,
+            _ => Lane::Control,
+        }
+    }
+}
+
+/// First frame of a peer connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Peer protocol version of the sender.
+    pub v: u16,
+    /// Cluster the sender belongs to.
+    pub cluster_id: String,
+    /// Sender.
+    pub from: NodeId,
+    /// Intended receiver.
+    pub to: NodeId,
+    /// Where the sender serves clients (for leader hints).
+    pub client_address: String,
+    /// Which lane this connection is.
+    pub lane: Lane,
+}
+
+/// Answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted: messages may follow.
+    Welcome,
+    /// Refused, and why; the connection is closed.
+    Refused(String),
+}
+
+/// Just the version, decoded first so a newer protocol is named as such.
+#[derive(Deserialize)]
+struct HelloHead {
+    v: u16,
+}
+
+/// Who this node is, for hellos and for checking them.
+#[derive(Clone, Debug)]
+pub struct LocalIdentity {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// Every member of the group (including this node).
+    pub members: Vec<NodeId>,
+    /// Where this node serves clients.
+    pub client_address: String,
+}
+
+impl LocalIdentity {
+    /// Check a hello received by this node.
+    pub fn check(&self, hello: &Hello) -> Result<(), String> {
+        if hello.v > PEER_PROTOCOL_VERSION {
+            return Err(format!(
+                "peer protocol version {} is newer than this node's {PEER_PROTOCOL_VERSION}",
+                hello.v
+            ));
+        }
+        if hello.cluster_id != self.cluster_id {
+            return Err(format!(
+                "cluster id {:?} is not this node's {:?}",
+                hello.cluster_id, self.cluster_id
+            ));
+        }
+        if hello.to != self.node_id {
+            return Err(format!(
+                "hello meant for node {} reached node {}",
+                hello.to, self.node_id
+            ));
+        }
+        if hello.from == self.node_id || !self.members.contains(&hello.from) {
+            return Err(format!(
+                "node {} is not a member of this group {:?}",
+                hello.from, self.members
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the acceptor hands to the node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A peer connected (its client address, for leader hints).
+    Connected {
+        /// The peer.
+        from: NodeId,
+        /// Its client address.
+        client_address: String,
+    },
+    /// A message from a peer.
+    Message {
+        /// The peer.
+        from: NodeId,
+        /// The message.
+        msg: Message,
+    },
+}
+
+/// Accept peer connections forever; every accepted message goes to `sink`.
+pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + Clone + 'static) {
+    actix::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (me, sink) = (me.clone(), sink.clone());
+                    actix::spawn(async move {
+                        if let Err(e) = receive(stream, &me, sink).await {
+                            tracing::debug!(%addr, error = %e, "peer connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn receive(
+    stream: TcpStream,
+    me: &LocalIdentity,
+    sink: impl Fn(Inbound),
+) -> Result<(), String> {
+    let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+    let mut framed = Framed::new(stream, net::codec());
+    let first = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .ok_or("closed before its hello")?
+        .map_err(|e| e.to_string())?;
+    let hello = match read_hello(&first) {
+        Ok(h) => h,
+        Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
+    };
+    if let Err(reason) = me.check(&hello) {
+        return Err(refuse(&mut framed, addr, reason).await);
+    }
+    framed
+        .send(net::encode(&HelloReply::Welcome))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(from = hello.from, lane = ?hello.lane, "peer connected");
+    sink(Inbound::Connected {
+        from: hello.from,
+        client_address: hello.client_address.clone(),
+    });
+    while let Some(frame) = framed.next().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let msg: Message = match net::decode(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(from = hello.from, error = %e, "unreadable peer message; closing");
+                return Err(e.to_string());
+            }
+        };
+        if Lane::of(&msg) != hello.lane {
+            tracing::warn!(from = hello.from, "peer message on the wrong lane; closing");
+            return Err("message on the wrong lane".into());
+        }
+        sink(Inbound::Message {
+            from: hello.from,
+            msg,
+        });
+    }
+    Ok(())
+}
+
+fn read_hello(frame: &BytesMut) -> Result<Hello, String> {
+    let head: HelloHead = net::decode(frame).map_err(|e| format!("not a peer hello: {e}"))?;
+    if head.v > PEER_PROTOCOL_VERSION {
+        return Err(format!(
+            "peer protocol version {} is newer than this node's {PEER_PROTOCOL_VERSION}",
+            head.v
+        ));
+    }
+    net::decode(frame).map_err(|e| format!("not a peer hello: {e}"))
+}
+
+async fn refuse(
+    framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    addr: std::net::SocketAddr,
+    reason: String,
+) -> String {
+    tracing::warn!(%addr, %reason, "peer refused");
+    let _ = framed
+        .send(net::encode(&HelloReply::Refused(reason.clone())))
+        .await;
+    let _ = SinkExt::<Bytes>::close(framed).await;
+    reason
+}
+
+/// Outgoing lanes to every peer.
+pub struct Peers {
+    lanes: BTreeMap<NodeId, [mpsc::Sender<Message>; 2]>,
+}
+
+impl Peers {
+    /// Start dialing every peer (id → peer address).
+    pub fn start(me: &LocalIdentity, peers: &BTreeMap<NodeId, String>) -> Peers {
+        let mut lanes = BTreeMap::new();
+        for (&id, address) in peers {
+            let mut pair = Vec::new();
+            for (lane, queue) in [(Lane::Control, CONTROL_QUEUE), (Lane::Data, DATA_QUEUE)] {
+                let (tx, rx) = mpsc::channel(queue);
+                let hello = Hello {
+                    v: PEER_PROTOCOL_VERSION,
+                    cluster_id: me.cluster_id.clone(),
+                    from: me.node_id,
+                    to: id,
+                    client_address: me.client_address.clone(),
+                    lane,
+                };
+                actix::spawn(dial(address.clone(), hello, rx));
+                pair.push(tx);
+            }
+            let [control, data]: [mpsc::Sender<Message>; 2] = pair.try_into().expect("two lanes");
+            lanes.insert(id, [control, data]);
+        }
+        Peers { lanes }
+    }
+
+    /// Queue a message; dropped (the protocol retries) if the lane is full.
+    pub fn send(&self, to: NodeId, msg: Message) {
+        let Some(lanes) = self.lanes.get(&to) else {
+            tracing::error!(to, "message for a node that is not a peer");
+            return;
+        };
+        let lane = Lane::of(&msg) as usize;
+        if let Err(e) = lanes[lane].try_send(msg) {
+            tracing::debug!(to, error = %e, "peer lane full or closed; message dropped");
+        }
+    }
+}
+
+/// Keep one lane to one peer connected and drain its queue into it.
+async fn dial(address: String, hello: Hello, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = Duration::from_millis(20);
+    let mut refused_logged = false;
+    loop {
+        match connect(&address, &hello).await {
+            Ok(mut framed) => {
+                backoff = Duration::from_millis(20);
+                refused_logged = false;
+                tracing::debug!(to = hello.to, lane = ?hello.lane, %address, "peer lane up");
+                // Messages queued while disconnected are stale; the
+                // protocol resends what still matters.
+                while rx.try_recv().is_ok() {}
+                loop {
+                    let Some(msg) = rx.recv().await else {
+                        return; // node stopped
+                    };
+                    let mut batch = vec![msg];
+                    while batch.len() < 64
+                        && let Ok(m) = rx.try_recv()
+                    {
+                        batch.push(m);
+                    }
+                    let mut failed = false;
+                    for m in &batch {
+                        if framed.feed(net::encode(m)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || SinkExt::<Bytes>::flush(&mut framed).await.is_err() {
+                        tracing::debug!(to = hello.to, lane = ?hello.lane, "peer lane broke");
+                        break;
+                    }
+                }
+            }
+            Err(DialError::Refused(reason)) => {
+                if !refused_logged {
+                    tracing::warn!(to = hello.to, %address, %reason, "peer refused our hello");
+                    refused_logged = true;
+                }
+                backoff = Duration::from_secs(1);
+            }
+            Err(DialError::Io(e)) => {
+                tracing::trace!(to = hello.to, %address, error = %e, "peer unreachable");
+            }
+        }
+        // Drop what queued up while unreachable, then wait.
+        while rx.try_recv().is_ok() {}
+        if rx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+enum DialError {
+    Io(String),
+    Refused(String),
+}
+
+async fn connect(
+    address: &str,
+    hello: &Hello,
+) -> Result<Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>, DialError> {
+    let io = |e: std::io::Error| DialError::Io(e.to_string());
+    let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| DialError::Io("connect timed out".into()))?
+        .map_err(io)?;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, net::codec());
+    framed.send(net::encode(hello)).await.map_err(io)?;
+    let reply = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| DialError::Io("no hello reply in time".into()))?
+        .ok_or_else(|| DialError::Io("closed during hello".into()))?
+        .map_err(io)?;
+    match net::decode::<HelloReply>(&reply) {
+        Ok(HelloReply::Welcome) => Ok(framed),
+        Ok(HelloReply::Refused(reason)) => Err(DialError::Refused(reason)),
+        Err(e) => Err(DialError::Refused(format!("unreadable hello reply: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> LocalIdentity {
+        LocalIdentity {
+            cluster_id: "c".into(),
+            node_id: 1,
+            members: vec![1, 2, 3],
+            client_address: "127.0.0.1:1".into(),
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            v: PEER_PROTOCOL_VERSION,
+            cluster_id: "c".into(),
+            from: 2,
+            to: 1,
+            client_address: "127.0.0.1:2".into(),
+            lane: Lane::Control,
+        }
+    }
+
+    #[test]
+    fn hellos_of_strangers_are_refused() {
+        assert_eq!(me().check(&hello()), Ok(()));
+        let cases = [
+            (
+                Hello {
+                    cluster_id: "other".into(),
+                    ..hello()
+                },
+                "cluster id",
+            ),
+            (Hello { from: 9, ..hello() }, "not a member"),
+            (Hello { from: 1, ..hello() }, "not a member"),
+            (Hello { to: 3, ..hello() }, "meant for node 3"),
+            (
+                Hello {
+                    v: PEER_PROTOCOL_VERSION + 1,
+                    ..hello()
+                },
+                "newer",
+            ),
+        ];
+        for (h, why) in cases {
+            let err = me().check(&h).unwrap_err();
+            assert!(err.contains(why), "{err} should say {why}");
+        }
+    }
+
+    #[test]
+    fn appends_travel_apart_from_heartbeats() {
+        let append = Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
+        };
+        let beat = Message::Heartbeat {
+            term: 1,
+            commit: 0,
+            seq: 1,
+        };
+        assert_eq!(Lane::of(&append), Lane::Data);
+        assert_eq!(Lane::of(&beat), Lane::Control);
+    }
+}
