@@ -453,12 +453,11 @@ fn print_status(all: &[Status]) {
         if let Some(why) = &s.quarantined {
             println!("node {} is quarantined: {why}", s.node_id);
         }
-        if s.role != understudy::replication::Role::Leader {
-            if let Some(ms) = s.leader_heard_ms_ago {
-                if ms > 1000 {
-                    println!("node {} last heard from a leader {ms} ms ago", s.node_id);
-                }
-            }
+        if s.role != understudy::replication::Role::Leader
+            && let Some(ms) = s.leader_heard_ms_ago
+            && ms > 1000
+        {
+            println!("node {} last heard from a leader {ms} ms ago", s.node_id);
         }
     }
 }

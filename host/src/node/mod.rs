@@ -827,13 +827,13 @@ impl Node {
     }
 
     fn run_read(&mut self, read: PendingRead) {
-        if let Some((index, term)) = read.token {
-            if crate::replication::LogRead::term(&self.log, index) != Some(term) {
-                let message = format!(
-                    "the session's write ({term}, {index}) is not in this node's log: it was lost (a `leader`-concern write that never committed)"
-                );
-                return Self::refuse_read(read, ErrorCode::Superseded, message);
-            }
+        if let Some((index, term)) = read.token
+            && crate::replication::LogRead::term(&self.log, index) != Some(term)
+        {
+            let message = format!(
+                "the session's write ({term}, {index}) is not in this node's log: it was lost (a `leader`-concern write that never committed)"
+            );
+            return Self::refuse_read(read, ErrorCode::Superseded, message);
         }
         self.applier.do_send(RunQuery {
             actor: read.actor,
