@@ -116,7 +116,8 @@ fn start_node(dir: &std::path::Path, natives: Natives) -> (actix::Addr<Node>, So
     std::thread::spawn(move || {
         let system = actix::System::new();
         system.block_on(async move {
-            let started = run_with(config, natives).await.expect("node starts");
+            let r = run_with(config, natives).await.expect("node starts");
+            let started = (r.node, r.client);
             tx.send(started).unwrap();
             futures::future::pending::<()>().await;
         });

@@ -40,7 +40,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -66,6 +66,9 @@ enum Command {
         /// Election timeout range (ms), as MIN-MAX.
         #[arg(long, value_parser = parse_range)]
         election_timeout_ms: Option<(u64, u64)>,
+        /// How long a read may wait for a leader or to catch up (ms).
+        #[arg(long)]
+        read_timeout_ms: Option<u64>,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -162,6 +165,7 @@ fn dispatch(command: Command) -> Result<()> {
             peer,
             heartbeat_ms,
             election_timeout_ms,
+            read_timeout_ms,
         } => {
             let config = match config {
                 Some(path) => {
@@ -177,6 +181,9 @@ fn dispatch(command: Command) -> Result<()> {
                     config.peers = peer;
                     if let Some(ms) = heartbeat_ms {
                         config.timing.heartbeat_interval_ms = ms;
+                    }
+                    if let Some(ms) = read_timeout_ms {
+                        config.read_timeout_ms = ms;
                     }
                     if let Some((min, max)) = election_timeout_ms {
                         config.timing.election_timeout_min_ms = min;
@@ -295,11 +302,16 @@ fn dispatch(command: Command) -> Result<()> {
 fn run_node(config: NodeConfig) -> Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
-        let (_node, bound) = run(config.clone()).await?;
-        // Tests and scripts read this line to learn the bound port.
+        let running = run(config.clone()).await?;
+        // Tests and scripts read this line to learn the bound ports.
+        let peers = running
+            .peer
+            .map(|p| format!(" peers on {p},"))
+            .unwrap_or_default();
         println!(
-            "understudy node {} listening on {bound}, data in {}",
+            "understudy node {} listening on {},{peers} data in {}",
             config.node_id,
+            running.client,
             config.data_dir.display()
         );
         use std::io::Write as _;
@@ -355,8 +367,7 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
                     address: a.to_string(),
                 })
                 .collect();
-            let (_node, addr) =
-                understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?;
+            let addr = understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?.client;
             // Tests and scripts read these lines to learn the bound ports.
             println!(
                 "understudy node {id} listening on {addr}, data in {}",

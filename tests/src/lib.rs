@@ -1,8 +1,14 @@
 //! Test harness: real `understudy` node processes on 127.0.0.1.
 //!
 //! [`NodeProc`] starts the binary with `--listen 127.0.0.1:0`, reads the
-//! bound address from its first line of output (no fixed ports, no races),
+//! bound addresses from its first line of output (no fixed ports, no races),
 //! and kills the process on drop, so a failing test leaves nothing behind.
+//!
+//! [`Group`] runs a group of node processes whose peer traffic goes through
+//! a fault-injecting [`ProxyNet`]: one proxy per directed link, listening
+//! before any node starts (so every config can name it) and retargeted when
+//! a node restarts on new ports. Cutting a link drops its connections and
+//! refuses new ones; healing lets the nodes reconnect.
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
@@ -41,6 +47,8 @@ pub struct NodeProc {
     child: Child,
     /// Client API address.
     pub addr: SocketAddr,
+    /// Peer address (nodes of a group).
+    pub peer_addr: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Node id.
@@ -75,6 +83,24 @@ impl NodeProc {
         Self::spawn(&["dev", "--listen", "127.0.0.1:0"], data_dir, 1)
     }
 
+    /// Start node `id` of a group with extra flags (peers, timing).
+    pub fn start_member(data_dir: &Path, id: u64, cluster: &str, extra: &[String]) -> Result<Self> {
+        let id_arg = id.to_string();
+        let mut args: Vec<&str> = vec![
+            "node",
+            "--id",
+            &id_arg,
+            "--cluster",
+            cluster,
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        Self::spawn(&args, data_dir, id)
+    }
+
     fn spawn(args: &[&str], data_dir: &Path, id: u64) -> Result<NodeProc> {
         std::fs::create_dir_all(data_dir)?;
         let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
@@ -106,6 +132,12 @@ impl NodeProc {
             .nth(1)
             .map(|a| a.trim_end_matches(','))
             .and_then(|a| a.parse().ok());
+        let peer_addr = line
+            .split_whitespace()
+            .skip_while(|w| *w != "peers")
+            .nth(2)
+            .map(|a| a.trim_end_matches(','))
+            .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
             let _ = child.kill();
             let status = child.wait()?;
@@ -115,6 +147,7 @@ impl NodeProc {
         Ok(NodeProc {
             child,
             addr,
+            peer_addr,
             data_dir: data_dir.to_path_buf(),
             id,
             stderr_path,
@@ -138,6 +171,18 @@ impl NodeProc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the process freezes (a long GC pause, a stuck VM).
+    pub fn pause(&self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`NodeProc::pause`].
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
     }
 
     /// Whether the process is still running.
@@ -180,4 +225,284 @@ pub fn cbor(json: &str) -> Vec<u8> {
 /// Decode a CBOR response.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
     serde_cbor::from_slice(bytes).expect("CBOR response")
+}
+
+/// One proxied directed link.
+struct Link {
+    listen: SocketAddr,
+    target: std::sync::Mutex<Option<SocketAddr>>,
+    cut: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+/// Fault-injecting proxies for every directed link of a group, on a runtime
+/// of their own (so a test that blocks its thread does not stall them).
+pub struct ProxyNet {
+    rt: Option<tokio::runtime::Runtime>,
+    links: std::collections::BTreeMap<(u64, u64), std::sync::Arc<Link>>,
+}
+
+impl ProxyNet {
+    /// Proxies for every ordered pair of `ids`.
+    pub fn new(ids: &[u64]) -> Result<ProxyNet> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let mut links = std::collections::BTreeMap::new();
+        for &from in ids {
+            for &to in ids {
+                if from == to {
+                    continue;
+                }
+                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                listener.set_nonblocking(true)?;
+                let link = std::sync::Arc::new(Link {
+                    listen: listener.local_addr()?,
+                    target: std::sync::Mutex::new(None),
+                    cut: false.into(),
+                    conns: std::sync::Mutex::new(Vec::new()),
+                });
+                rt.spawn(accept_loop(listener, link.clone()));
+                links.insert((from, to), link);
+            }
+        }
+        Ok(ProxyNet {
+            rt: Some(rt),
+            links,
+        })
+    }
+
+    /// The address node `from` must dial to reach node `to`.
+    pub fn address(&self, from: u64, to: u64) -> SocketAddr {
+        self.links[&(from, to)].listen
+    }
+
+    /// Where links to node `to` lead now.
+    pub fn retarget(&self, to: u64, target: SocketAddr) {
+        for ((_, t), link) in &self.links {
+            if *t == to {
+                *link.target.lock().unwrap() = Some(target);
+            }
+        }
+    }
+
+    /// Cut the directed link `from → to`.
+    pub fn cut(&self, from: u64, to: u64) {
+        let link = &self.links[&(from, to)];
+        link.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in link.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Cut every link to and from `id`.
+    pub fn isolate(&self, id: u64) {
+        let pairs: Vec<(u64, u64)> = self.links.keys().copied().collect();
+        for (a, b) in pairs {
+            if a == id || b == id {
+                self.cut(a, b);
+            }
+        }
+    }
+
+    /// Restore every link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for ProxyNet {
+    fn drop(&mut self) {
+        // Allowed inside an async test, unlike dropping a runtime.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(listener: std::net::TcpListener, link: std::sync::Arc<Link>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let target = *link.target.lock().unwrap();
+        let (false, Some(target)) = (link.cut.load(std::sync::atomic::Ordering::SeqCst), target)
+        else {
+            continue; // cut or not started: the connection is dropped
+        };
+        let task = tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+        let mut conns = link.conns.lock().unwrap();
+        conns.retain(|c| !c.is_finished());
+        conns.push(task.abort_handle());
+    }
+}
+
+/// A group of node processes wired through a [`ProxyNet`].
+pub struct Group {
+    /// Members by id (`None` while a member is down).
+    pub nodes: std::collections::BTreeMap<u64, Option<NodeProc>>,
+    /// The links between them.
+    pub net: ProxyNet,
+    root: PathBuf,
+    cluster: String,
+    extra: Vec<String>,
+}
+
+impl Group {
+    /// Start `n` nodes (ids 1..=n) under `root`, with fast test timing
+    /// (heartbeat 25 ms, election timeout 150–300 ms) plus `extra` flags.
+    pub fn start(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        let ids: Vec<u64> = (1..=n).collect();
+        let net = ProxyNet::new(&ids)?;
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra
+            .extend(["--heartbeat-ms", "25", "--election-timeout-ms", "150-300"].map(String::from));
+        let mut g = Group {
+            nodes: ids.iter().map(|&id| (id, None)).collect(),
+            net,
+            root: root.to_path_buf(),
+            cluster: "test".into(),
+            extra,
+        };
+        for id in ids {
+            g.restart(id)?;
+        }
+        Ok(g)
+    }
+
+    /// (Re)start node `id` on its data directory.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        let mut args = self.extra.clone();
+        for &other in self.nodes.keys() {
+            if other != id {
+                args.push("--peer".into());
+                args.push(format!("{other}={}", self.net.address(id, other)));
+            }
+        }
+        let dir = self.root.join(format!("node{id}"));
+        let node = NodeProc::start_member(&dir, id, &self.cluster, &args)?;
+        let peer = node.peer_addr.context("a member prints its peer address")?;
+        self.net.retarget(id, peer);
+        self.nodes.insert(id, Some(node));
+        Ok(())
+    }
+
+    /// The running node `id`.
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes[&id].as_ref().expect("node is running")
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut n) = self.nodes.insert(id, None).flatten() {
+            n.kill9();
+        }
+    }
+
+    /// Client addresses of the running nodes.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.values().flatten().map(|n| n.addr).collect()
+    }
+
+    /// A client that follows the leader.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(Client::connect_group(self.addrs()).await?)
+    }
+
+    /// A client of exactly node `id`.
+    pub async fn client_of(&self, id: u64) -> Result<Client> {
+        self.node(id).client().await
+    }
+
+    /// Status of every running node that answers.
+    pub async fn statuses(&self) -> Vec<understudy::api::Status> {
+        let mut out = Vec::new();
+        for n in self.nodes.values().flatten() {
+            if let Ok(c) = Client::connect(n.addr).await
+                && let Ok(s) = c.status().await
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Wait until one node leads and every running node agrees on it;
+    /// returns its id.
+    pub async fn leader(&self, within: Duration) -> Result<u64> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let all = self.statuses().await;
+            let leaders: Vec<_> = all
+                .iter()
+                .filter(|s| s.role == understudy::replication::Role::Leader)
+                .collect();
+            if let [l] = leaders[..]
+                && all
+                    .iter()
+                    .all(|s| s.leader == Some(l.node_id) && s.term == l.term)
+            {
+                return Ok(l.node_id);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no agreed leader within {within:?}: {all:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Wait until every running node has applied at least `index`; returns
+    /// their statuses.
+    pub async fn converged(
+        &self,
+        index: u64,
+        within: Duration,
+    ) -> Result<Vec<understudy::api::Status>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let all = self.statuses().await;
+            let running = self.nodes.values().flatten().count();
+            if all.len() == running && all.iter().all(|s| s.applied_index >= index) {
+                return Ok(all);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("not every node applied {index} within {within:?}: {all:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Wait until every running node is idle at the same applied index and
+    /// return (index, digests by node): equal digests mean equal state.
+    pub async fn settled_digests(&self, within: Duration) -> Result<(u64, Vec<(u64, String)>)> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let all = self.statuses().await;
+            let running = self.nodes.values().flatten().count();
+            let first = all.first().map(|s| s.applied_index);
+            if all.len() == running
+                && all.iter().all(|s| {
+                    Some(s.applied_index) == first
+                        && s.commit_index == s.applied_index
+                        && s.last_index == s.applied_index
+                })
+            {
+                let digests = all.iter().map(|s| (s.node_id, s.digest.clone())).collect();
+                return Ok((first.unwrap_or(0), digests));
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("nodes did not settle within {within:?}: {all:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }

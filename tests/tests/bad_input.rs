@@ -259,3 +259,129 @@ fn data_directory_of_a_newer_format_is_refused_at_start() {
         .to_string();
     assert!(err.contains("upgrade Understudy"), "{err}");
 }
+
+/// Send one hello to a peer port; returns the reply.
+async fn hello(
+    addr: std::net::SocketAddr,
+    h: &understudy::peer::Hello,
+) -> understudy::peer::HelloReply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut framed = Framed::new(stream, understudy::net::codec());
+    framed.send(understudy::net::encode(h)).await.unwrap();
+    let reply = framed.next().await.expect("a reply").unwrap();
+    understudy::net::decode(&reply).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_are_refused() {
+    use understudy::peer::{Hello, HelloReply, Lane, PEER_PROTOCOL_VERSION};
+    use understudy::replication::Message;
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = understudy_tests::Group::start(dir.path(), 3, &[]).unwrap();
+    let leader = g.leader(std::time::Duration::from_secs(20)).await.unwrap();
+    let c = g.client().await.unwrap();
+    let w = c
+        .deploy("kv", understudy_examples::KV.to_vec())
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    let target = (1..=3).find(|&i| i != leader).unwrap();
+    let node = g.node(target);
+    let peer_addr = node.peer_addr.unwrap();
+    let from = (1..=3).find(|&i| i != target).unwrap();
+    let good = Hello {
+        v: PEER_PROTOCOL_VERSION,
+        cluster_id: "test".into(),
+        from,
+        to: target,
+        client_address: "127.0.0.1:1".into(),
+        lane: Lane::Control,
+    };
+    for (bad, why) in [
+        (
+            Hello {
+                cluster_id: "another".into(),
+                ..good.clone()
+            },
+            "cluster id",
+        ),
+        (
+            Hello {
+                from: 9,
+                ..good.clone()
+            },
+            "not a member",
+        ),
+        (
+            Hello {
+                v: PEER_PROTOCOL_VERSION + 1,
+                ..good.clone()
+            },
+            "newer",
+        ),
+        (
+            Hello {
+                to: from,
+                ..good.clone()
+            },
+            "meant for node",
+        ),
+    ] {
+        match hello(peer_addr, &bad).await {
+            HelloReply::Refused(reason) => assert!(reason.contains(why), "{reason}"),
+            HelloReply::Welcome => panic!("hello accepted: {bad:?}"),
+        }
+    }
+    let log = node.stderr();
+    assert!(log.contains("peer refused"), "refusals are logged: {log}");
+
+    // A message of a stale term is refused: it neither changes the node's
+    // term nor its log.
+    let before = g.client_of(target).await.unwrap().status().await.unwrap();
+    let stream = TcpStream::connect(peer_addr).await.unwrap();
+    let mut framed = Framed::new(stream, understudy::net::codec());
+    framed
+        .send(understudy::net::encode(&Hello {
+            lane: Lane::Data,
+            ..good.clone()
+        }))
+        .await
+        .unwrap();
+    let reply = framed.next().await.unwrap().unwrap();
+    assert_eq!(
+        understudy::net::decode::<HelloReply>(&reply).unwrap(),
+        HelloReply::Welcome
+    );
+    let stale = Message::Append {
+        term: 0,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![understudy::types::Entry {
+            index: 1,
+            term: 0,
+            context: understudy::types::EntryContext {
+                timestamp_ms: 0,
+                seed: 0,
+            },
+            payload: understudy::types::Payload::Noop,
+        }],
+        commit: 1,
+    };
+    framed.send(understudy::net::encode(&stale)).await.unwrap();
+    // Garbage on an accepted connection closes it, nothing else.
+    framed.send(Bytes::from_static(b"\xff\xfe")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = g.client_of(target).await.unwrap().status().await.unwrap();
+    assert_eq!(after.term, before.term);
+    assert!(after.last_index >= before.last_index);
+    assert_eq!(
+        g.leader(std::time::Duration::from_secs(20)).await.unwrap(),
+        leader
+    );
+    let w = c
+        .command("kv", cbor(r#"{"put":{"key":"still","value":"here"}}"#))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+}

@@ -7,11 +7,14 @@ use understudy::types::Outcome;
 use understudy_tests::{NodeProc, cbor, decode, run_cli};
 
 #[tokio::test]
-async fn dev_starts_a_node_with_the_kv_machine_deployed() {
+async fn dev_starts_a_three_node_group_with_the_kv_machine_deployed() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start_dev(&dir.path().join("dev")).unwrap();
-    let c = node.client().await.unwrap();
+    // The first line names node 1; the client finds the leader from it.
+    let c = understudy::api::client::Client::connect_group(vec![node.addr])
+        .await
+        .unwrap();
     let mut deployed = false;
     for _ in 0..100 {
         if c.status().await.unwrap().actors.contains(&"kv".to_string()) {

@@ -442,8 +442,12 @@ pub struct Node {
     client_addresses: BTreeMap<NodeId, String>,
     /// Clients waiting for their entry, by index.
     waiters: BTreeMap<Index, Waiter>,
-    /// Linearizable reads waiting for their read index, by request id.
-    read_index_waiting: BTreeMap<u64, PendingRead>,
+    /// Linearizable reads waiting for their read index, by request id,
+    /// with when it was last asked (the request or its answer may be lost:
+    /// it is asked again after a few heartbeat intervals).
+    read_index_waiting: BTreeMap<u64, (u64, PendingRead)>,
+    /// Linearizable reads waiting for a leader to be known (an election).
+    reads_without_leader: Vec<(u64, PendingRead)>,
     next_read_ctx: u64,
     /// Reads waiting for the applied index to reach a point.
     reads_waiting: BTreeMap<Index, Vec<PendingRead>>,
@@ -549,6 +553,7 @@ impl Node {
             peers,
             waiters: BTreeMap::new(),
             read_index_waiting: BTreeMap::new(),
+            reads_without_leader: Vec::new(),
             next_read_ctx: 0,
             reads_waiting: BTreeMap::new(),
             log,
@@ -574,6 +579,17 @@ impl Node {
 
     /// Execute the core's outputs.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
+            for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
+                match self.core.read_index(read_ctx) {
+                    Ok(()) => {
+                        self.read_index_waiting
+                            .insert(read_ctx, (Self::now_ms(), read));
+                    }
+                    Err(_) => self.reads_without_leader.push((read_ctx, read)),
+                }
+            }
+        }
         let Ready {
             hard_state,
             truncate_from,
@@ -613,12 +629,12 @@ impl Node {
             });
         }
         for (read_ctx, index) in reads {
-            if let Some(read) = self.read_index_waiting.remove(&read_ctx) {
+            if let Some((_, read)) = self.read_index_waiting.remove(&read_ctx) {
                 self.read_at(index, read);
             }
         }
         for read_ctx in failed_reads {
-            if let Some(read) = self.read_index_waiting.remove(&read_ctx) {
+            if let Some((_, read)) = self.read_index_waiting.remove(&read_ctx) {
                 let e = self.not_leader("leadership changed during the read; retry");
                 let _ = read.reply.send(Response::Error(e));
             }
@@ -783,15 +799,13 @@ impl Node {
                 let read_ctx = self.next_read_ctx;
                 match self.core.read_index(read_ctx) {
                     Ok(()) => {
-                        self.read_index_waiting.insert(read_ctx, read);
+                        self.read_index_waiting
+                            .insert(read_ctx, (Self::now_ms(), read));
                         self.drive(ctx);
                     }
                     Err(ProposeError::NotLeader { .. }) => {
-                        let e = ApiError {
-                            code: ErrorCode::Unavailable,
-                            ..self.not_leader("no leader known: a linearizable read needs one")
-                        };
-                        let _ = read.reply.send(Response::Error(e));
+                        // An election is running: wait for its outcome.
+                        self.reads_without_leader.push((read_ctx, read));
                     }
                 }
             }
@@ -852,18 +866,48 @@ impl Node {
         }
     }
 
+    /// Ask again for read indexes not answered within a few heartbeat
+    /// intervals (the request or the answer was lost, or the leader changed).
+    fn reask_reads(&mut self) {
+        let now = Self::now_ms();
+        let patience = 4 * self.config.timing.heartbeat_interval_ms;
+        let stale: Vec<u64> = self
+            .read_index_waiting
+            .iter()
+            .filter(|(_, (asked, _))| now.saturating_sub(*asked) >= patience)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in stale {
+            let (_, read) = self.read_index_waiting.remove(&c).expect("listed");
+            match self.core.read_index(c) {
+                Ok(()) => {
+                    self.read_index_waiting.insert(c, (now, read));
+                }
+                Err(_) => self.reads_without_leader.push((c, read)),
+            }
+        }
+    }
+
     fn expire_reads(&mut self) {
         let now = Self::now_ms();
         let applied = self.core.applied_index();
         let expired: Vec<u64> = self
             .read_index_waiting
             .iter()
-            .filter(|(_, r)| r.deadline_ms <= now)
+            .filter(|(_, (_, r))| r.deadline_ms <= now)
             .map(|(&c, _)| c)
             .collect();
         for c in expired {
-            let read = self.read_index_waiting.remove(&c).expect("listed");
+            let (_, read) = self.read_index_waiting.remove(&c).expect("listed");
             let message = "the leader did not confirm a read index in time".to_string();
+            Self::refuse_read(read, ErrorCode::Timeout, message);
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_without_leader)
+            .into_iter()
+            .partition(|(_, r)| r.deadline_ms <= now);
+        self.reads_without_leader = keep;
+        for (_, read) in gone {
+            let message = "no leader known in time: a linearizable read needs one".to_string();
             Self::refuse_read(read, ErrorCode::Timeout, message);
         }
         for (index, reads) in self.reads_waiting.iter_mut() {
@@ -910,6 +954,7 @@ impl Actor for Node {
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
             node.core.tick(Self::now_ms(), &node.log);
+            node.reask_reads();
             node.drive(ctx);
             node.expire_reads();
             node.applier.do_send(Checkpoint {
@@ -1082,17 +1127,23 @@ pub type Natives = Vec<(
     std::sync::Arc<dyn crate::sandbox::NativeMachine>,
 )>;
 
-/// Start a node and its listeners inside the current actix system; returns
-/// the node's address and the bound client address.
-pub async fn run(config: NodeConfig) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
+/// A started node.
+pub struct Running {
+    /// The node actor.
+    pub node: Addr<Node>,
+    /// Bound client address.
+    pub client: SocketAddr,
+    /// Bound peer address (groups of more than one).
+    pub peer: Option<SocketAddr>,
+}
+
+/// Start a node and its listeners inside the current actix system.
+pub async fn run(config: NodeConfig) -> anyhow::Result<Running> {
     run_with(config, Vec::new()).await
 }
 
 /// [`run`] with native machines (benchmarks).
-pub async fn run_with(
-    config: NodeConfig,
-    natives: Natives,
-) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
+pub async fn run_with(config: NodeConfig, natives: Natives) -> anyhow::Result<Running> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -1115,7 +1166,7 @@ pub fn run_bound(
     natives: Natives,
     listener: tokio::net::TcpListener,
     peer_listener: Option<tokio::net::TcpListener>,
-) -> anyhow::Result<(Addr<Node>, SocketAddr)> {
+) -> anyhow::Result<Running> {
     let bound = listener.local_addr()?;
     anyhow::ensure!(
         peer_listener.is_some() || config.peers.is_empty(),
@@ -1128,12 +1179,16 @@ pub fn run_bound(
         client_address: bound.to_string(),
     };
     let node = Node::start_with(config, natives, Some(bound))?;
+    let mut peer = None;
     if let Some(l) = peer_listener {
-        let peer_bound = l.local_addr()?;
+        peer = Some(l.local_addr()?);
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
-        tracing::info!(address = %peer_bound, "serving peers");
     }
     server::serve(listener, node.clone());
-    Ok((node, bound))
+    Ok(Running {
+        node,
+        client: bound,
+        peer,
+    })
 }

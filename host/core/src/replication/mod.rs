@@ -957,7 +957,7 @@ impl Core {
                 }
                 _ => {}
             }
-            tracing::debug!(
+            tracing::info!(
                 node = self.config.id,
                 from,
                 term,

@@ -1,0 +1,271 @@
+//! Replication with real node processes: writes through the leader, reads
+//! on every node at every consistency level, a follower killed with SIGKILL
+//! during writes, a follower cut off by the proxy network, and the leader
+//! write concern. Every test ends by checking that all nodes hold the same
+//! state (equal digests at the same applied index).
+
+use std::time::Duration;
+use understudy::api::client::{Client, ClientError};
+use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
+use understudy::types::Outcome;
+use understudy_tests::{Group, cbor, decode};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"put":{{"key":"{key}","value":"{value}"}}}}"#))
+}
+
+fn get(key: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
+
+fn value(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Ok(b) => decode(b),
+        other => panic!("query failed: {other:?}"),
+    }
+}
+
+async fn deploy_kv(c: &Client) {
+    let w = c
+        .deploy("kv", understudy_examples::KV.to_vec())
+        .await
+        .expect("deploy");
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+}
+
+async fn assert_same_state(g: &Group) -> u64 {
+    let (index, digests) = g.settled_digests(SETTLE).await.unwrap();
+    let first = &digests[0].1;
+    assert!(
+        digests.iter().all(|(_, d)| d == first),
+        "digests differ at applied index {index}: {digests:?}"
+    );
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_through_the_leader_and_every_node_serves_every_read_level() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+
+    // A follower refuses writes and names the leader and its address.
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let f = g.client_of(follower).await.unwrap();
+    let err = f.command("kv", put("x", "1")).await.unwrap_err();
+    let ClientError::Api(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.code, ErrorCode::NotLeader);
+    assert_eq!(e.leader, Some(leader));
+    assert_eq!(
+        e.leader_address.as_deref(),
+        Some(g.node(leader).addr.to_string().as_str())
+    );
+
+    let readers: Vec<Client> = {
+        let mut v = Vec::new();
+        for id in 1..=3 {
+            v.push(g.client_of(id).await.unwrap());
+        }
+        v
+    };
+    for i in 0..30u64 {
+        let key = format!("k{}", i % 7);
+        let w = c.command("kv", put(&key, &i.to_string())).await.unwrap();
+        assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+        let r = &readers[(i % 3) as usize];
+        // Linearizable: sees every write acknowledged before it started.
+        let (out, at) = r
+            .query_at("kv", get(&key), ReadLevel::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(value(&out), Some(i.to_string()), "linearizable read");
+        assert!(at >= w.index);
+        // Session: the write's own token.
+        let (out, at) = r
+            .query_at(
+                "kv",
+                get(&key),
+                ReadLevel::Session {
+                    term: w.term,
+                    index: w.index,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(at >= w.index, "a session read waits for its write");
+        assert_eq!(value(&out), Some(i.to_string()), "session read");
+        // Any and bounded: answered with the index they reflect.
+        let (_, at) = r.query_at("kv", get(&key), ReadLevel::Any).await.unwrap();
+        assert!(at > 0);
+        r.query_at(
+            "kv",
+            get(&key),
+            ReadLevel::Bounded {
+                max_lag_entries: Some(1_000),
+                max_lag_ms: Some(5_000),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // The leader concern: acknowledged before commit, with a token whose
+    // session read on a follower shows the write once it arrives.
+    let (term, index) = c
+        .command_leader("kv", put("fast", "yes"), c.next_tag())
+        .await
+        .unwrap();
+    let (out, at) = readers[follower as usize - 1]
+        .query_at("kv", get("fast"), ReadLevel::Session { term, index })
+        .await
+        .unwrap();
+    assert!(at >= index);
+    assert_eq!(value(&out).as_deref(), Some("yes"));
+    let _ = WriteConcern::Leader;
+
+    assert_same_state(&g).await;
+}
+
+/// Keep writing distinct keys through a leader-following client; returns
+/// the acknowledged ones.
+async fn write_range(c: &Client, from: u64, to: u64) -> Vec<u64> {
+    let mut acked = Vec::new();
+    for i in from..to {
+        let tag = c.next_tag();
+        match c
+            .command_tagged(
+                "kv",
+                put(&format!("w{i}"), &i.to_string()),
+                tag,
+                WriteConcern::Majority,
+            )
+            .await
+        {
+            Ok(w) => {
+                assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+                acked.push(i);
+            }
+            Err(e) => panic!("write {i} failed after retries: {e}"),
+        }
+    }
+    acked
+}
+
+async fn assert_all_readable(g: &Group, acked: &[u64]) {
+    for id in g.nodes.keys().copied().collect::<Vec<_>>() {
+        let c = g.client_of(id).await.unwrap();
+        for &i in acked.iter().step_by(7) {
+            let (out, _) = c
+                .query_at("kv", get(&format!("w{i}")), ReadLevel::Any)
+                .await
+                .unwrap();
+            assert_eq!(value(&out), Some(i.to_string()), "node {id} lacks w{i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_during_writes_restarts_and_catches_up() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+
+    // Kill the follower while writes are in flight.
+    let writer = {
+        let c = g.client().await.unwrap();
+        tokio::spawn(async move { write_range(&c, 0, 300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    g.kill9(victim);
+    let mut acked = writer.await.unwrap();
+    // The majority (leader + one follower) kept committing.
+    acked.extend(write_range(&c, 300, 400).await);
+    g.restart(victim).unwrap();
+    let index = assert_same_state(&g).await;
+    assert!(index >= 400);
+    assert_all_readable(&g, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_serves_stale_reads_only_as_allowed_and_catches_up_after_healing() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let mut acked = write_range(&c, 0, 50).await;
+    let cut = (1..=3).find(|&i| i != leader).unwrap();
+    g.converged(acked.len() as u64, SETTLE).await.unwrap();
+    let term = g
+        .client_of(leader)
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap()
+        .term;
+
+    g.net.isolate(cut);
+    acked.extend(write_range(&c, 50, 250).await);
+    let r = g.client_of(cut).await.unwrap();
+    // `any` answers from what it has: the old value, and says how old.
+    let (out, at) = r.query_at("kv", get("w100"), ReadLevel::Any).await.unwrap();
+    assert_eq!(value(&out), None, "the cut-off node cannot have w100");
+    assert!(at < 100);
+    // `bounded` by time refuses once the leader has been silent too long.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = r
+        .query_at(
+            "kv",
+            get("w1"),
+            ReadLevel::Bounded {
+                max_lag_entries: None,
+                max_lag_ms: Some(300),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Some(ErrorCode::Stale)),
+        "bounded read on a cut-off node: {err:?}"
+    );
+    // `linearizable` cannot be served without the leader.
+    let err = r
+        .query_at("kv", get("w1"), ReadLevel::Linearizable)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Some(ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::NotLeader)
+        ),
+        "{err:?}"
+    );
+    // The cut-off node's pre-votes must not have disturbed the majority.
+    let s = g.client_of(leader).await.unwrap().status().await.unwrap();
+    assert_eq!(
+        (s.role, s.term),
+        (understudy::replication::Role::Leader, term)
+    );
+
+    g.net.heal();
+    let (out, _) = r
+        .query_at("kv", get("w249"), ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(value(&out).as_deref(), Some("249"));
+    assert_same_state(&g).await;
+    assert_all_readable(&g, &acked).await;
+}
