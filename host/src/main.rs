@@ -112,6 +112,14 @@ enum Command {
         /// Query as JSON, e.g. '{"get":{"key":"a"}}'.
         json: String,
     },
+    /// Manual switchover: hand leadership to NODE (it catches up first; the old leader stops taking writes; NODE leads in a new term).
+    Promote {
+        /// Address of any node of the group.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: SocketAddr,
+        /// Id of the member that is to lead.
+        node: u64,
+    },
     /// Show every member's role, term, indexes, lag and digest (asking the node at --addr and the members it knows).
     Status {
         /// Address of any node of the group.
@@ -269,6 +277,11 @@ fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Promote { addr, node } => client_call(addr, |c| async move {
+            let term = c.promote(node).await?;
+            println!("node {node} leads (term {term})");
+            Ok(())
+        }),
         Command::Status { addr } => client_call_one(addr, |c| async move {
             let first = c.status().await?;
             let mut all = vec![first.clone()];

@@ -9,7 +9,7 @@ use super::{
     ApiError, ErrorCode, Frame, PROTOCOL_VERSION, ReadLevel, Request, Response, Status,
     WriteConcern,
 };
-use crate::types::{ClientTag, Index, Outcome, Term};
+use crate::types::{ClientTag, Index, NodeId, Outcome, Term};
 use futures::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeSet, HashMap};
@@ -427,6 +427,31 @@ impl Client {
                 applied_index,
             } => Ok((outcome, applied_index)),
             other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Manual switchover: ask the leader to hand over to `node`, then wait
+    /// (up to the retry window) until `node` leads. Returns its term.
+    pub async fn promote(&self, node: NodeId) -> Result<Term, ClientError> {
+        let from_term = match self.call_following(Request::Promote { node }).await? {
+            Response::Promoting { term, .. } => term,
+            other => return Err(ClientError::Unexpected(Box::new(other))),
+        };
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        loop {
+            if let Ok(s) = self.status().await
+                && s.leader == Some(node)
+                && s.term > from_term
+            {
+                return Ok(s.term);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Api(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("node {node} did not take over in time; the old leader leads on"),
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

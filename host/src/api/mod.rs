@@ -102,6 +102,12 @@ pub enum Request {
     },
     /// Node status.
     Status,
+    /// Manual switchover: the leader brings `node` up to date, stops taking
+    /// writes, and hands leadership over (in a new term).
+    Promote {
+        /// The member that is to lead.
+        node: NodeId,
+    },
 }
 
 /// Machine-readable error class.
@@ -235,6 +241,13 @@ pub enum Response {
     },
     /// Status.
     Status(Status),
+    /// A switchover has started; watch `leader` in the status.
+    Promoting {
+        /// The member that is to lead.
+        node: NodeId,
+        /// The term of the leader handing over.
+        term: Term,
+    },
     /// An error.
     Error(ApiError),
 }

@@ -746,6 +746,16 @@ impl Node {
                     self.not_leader("this node is not the leader"),
                 ));
             }
+            Err(ProposeError::Transferring { to }) => {
+                let _ = reply.send(Response::Error(ApiError {
+                    leader: Some(to),
+                    leader_address: self.client_addresses.get(&to).cloned(),
+                    ..ApiError::new(
+                        ErrorCode::NotLeader,
+                        format!("leadership is being handed to node {to}; retry there"),
+                    )
+                }));
+            }
         }
     }
 
@@ -803,7 +813,7 @@ impl Node {
                             .insert(read_ctx, (Self::now_ms(), read));
                         self.drive(ctx);
                     }
-                    Err(ProposeError::NotLeader { .. }) => {
+                    Err(_) => {
                         // An election is running: wait for its outcome.
                         self.reads_without_leader.push((read_ctx, read));
                     }
@@ -1025,6 +1035,20 @@ impl Handler<ClientCall> for Node {
                 status: self.status(),
                 reply,
             }),
+            Request::Promote { node } => {
+                let response = match self.core.transfer_leadership(node) {
+                    Ok(()) => Response::Promoting {
+                        node,
+                        term: self.core.term(),
+                    },
+                    Err(crate::replication::TransferError::NotLeader { .. }) => {
+                        Response::Error(self.not_leader("only the leader can hand over"))
+                    }
+                    Err(e) => Response::Error(ApiError::new(ErrorCode::BadRequest, e.to_string())),
+                };
+                let _ = reply.send(response);
+                self.drive(ctx);
+            }
         }
     }
 }

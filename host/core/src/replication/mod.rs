@@ -96,6 +96,26 @@ pub enum ProposeError {
         /// Where the leader is believed to be.
         leader: Option<NodeId>,
     },
+    /// The leader is handing leadership over and takes no new writes.
+    #[error("leadership is being transferred to node {to}")]
+    Transferring {
+        /// The node that will lead.
+        to: NodeId,
+    },
+}
+
+/// Why a leadership transfer cannot start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only the leader can hand over.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Where the leader is believed to be.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a member (or is this node).
+    #[error("node {0} is not another member of the group")]
+    NotAMember(NodeId),
 }
 
 /// A message between members of a group. Every message carries its sender's
@@ -139,6 +159,16 @@ pub enum Message {
         last_term: Term,
         /// Pre-vote?
         pre: bool,
+        /// Asked for by the leader (leadership transfer): voters set aside
+        /// leader stickiness, since the leader itself stepped aside.
+        #[serde(default)]
+        transfer: bool,
+    },
+    /// The leader hands over: the receiver (caught up) starts an election
+    /// at once, skipping the pre-vote.
+    TimeoutNow {
+        /// Leader's term.
+        term: Term,
     },
     /// Leader liveness and commit index, on a path separate from bulk
     /// appends so it never waits behind them. `commit` never exceeds what
@@ -196,7 +226,8 @@ impl Message {
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResponse { term, .. }
             | Message::ReadIndex { term, .. }
-            | Message::ReadIndexResponse { term, .. } => *term,
+            | Message::ReadIndexResponse { term, .. }
+            | Message::TimeoutNow { term } => *term,
         }
     }
 }
@@ -343,6 +374,8 @@ pub struct Core {
     pending_reads: Vec<PendingRead>,
     /// A read waits for a heartbeat round not yet sent.
     read_round_wanted: bool,
+    /// Leadership transfer in progress: (target, give up at, TimeoutNow sent).
+    transfer: Option<(NodeId, u64, bool)>,
     rng: Rng,
     ready: Ready,
 }
@@ -399,6 +432,7 @@ impl Core {
             heartbeat_seq: 0,
             pending_reads: Vec::new(),
             read_round_wanted: false,
+            transfer: None,
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -568,6 +602,7 @@ impl Core {
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
+        self.transfer = None;
         let me = self.config.id;
         for r in std::mem::take(&mut self.pending_reads) {
             if r.from == me {
@@ -587,6 +622,16 @@ impl Core {
         self.now_ms = self.now_ms.max(now_ms);
         match self.role {
             Role::Leader => {
+                if let Some((to, give_up_ms, _)) = self.transfer
+                    && self.now_ms >= give_up_ms
+                {
+                    tracing::warn!(
+                        node = self.config.id,
+                        to,
+                        "leadership transfer timed out; leading on"
+                    );
+                    self.transfer = None;
+                }
                 if self.now_ms >= self.check_quorum_due_ms {
                     self.check_quorum();
                     if self.role != Role::Leader {
@@ -643,11 +688,11 @@ impl Core {
         if self.votes.len() >= self.quorum() {
             return self.campaign(log);
         }
-        self.request_votes(self.hard.term + 1, true);
+        self.request_votes(self.hard.term + 1, true, false);
     }
 
     /// Ask every peer for a (pre-)vote in `term`.
-    fn request_votes(&mut self, term: Term, pre: bool) {
+    fn request_votes(&mut self, term: Term, pre: bool, transfer: bool) {
         let (last_index, last_term) = (self.last_index, self.last_term);
         let peers: Vec<NodeId> = self.peers().collect();
         for p in peers {
@@ -656,12 +701,17 @@ impl Core {
                 last_index,
                 last_term,
                 pre,
+                transfer,
             };
             self.send(p, msg);
         }
     }
 
     fn campaign(&mut self, log: &impl LogRead) {
+        self.campaign_as(log, false)
+    }
+
+    fn campaign_as(&mut self, log: &impl LogRead, transfer: bool) {
         self.set_hard_state(self.hard.term + 1, Some(self.config.id));
         self.role = Role::Candidate;
         self.leader = None;
@@ -673,7 +723,7 @@ impl Core {
         if self.votes.len() >= self.quorum() {
             return self.become_leader(log);
         }
-        self.request_votes(self.hard.term, false);
+        self.request_votes(self.hard.term, false, transfer);
     }
 
     /// Send every peer a heartbeat of a new round.
@@ -772,6 +822,9 @@ impl Core {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if let Some((to, _, _)) = self.transfer {
+            return Err(ProposeError::Transferring { to });
         }
         self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
         let context = EntryContext {
@@ -915,7 +968,9 @@ impl Core {
             match &msg {
                 // Pre-votes never change anyone's term.
                 Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
-                Message::Vote { .. } if self.in_leader_lease() => {
+                Message::Vote {
+                    transfer: false, ..
+                } if self.in_leader_lease() => {
                     // Leader stickiness: a live leader exists; ignore the
                     // disruptive candidate entirely (do not even adopt its term).
                     return;
@@ -985,7 +1040,14 @@ impl Core {
                 last_index,
                 last_term,
                 pre,
+                ..
             } => self.on_vote(from, term, last_index, last_term, pre),
+            Message::TimeoutNow { .. } => {
+                if self.role == Role::Follower && self.leader == Some(from) {
+                    tracing::info!(node = self.config.id, "leadership handed over: campaigning");
+                    self.campaign_as(log, true);
+                }
+            }
             Message::VoteResponse { granted, pre, term } => {
                 self.on_vote_response(from, term, granted, pre, log)
             }
@@ -1045,6 +1107,44 @@ impl Core {
         if idle_behind {
             // Back from a cut or a restart: resume shipping now.
             self.send_append(from, log, false);
+        }
+    }
+
+    /// Hand leadership to `to`: stop taking writes, bring it up to date,
+    /// then tell it to campaign at once. Gives up (and leads on) after an
+    /// election timeout. Returns at once; watch `leader()`.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.config.id || !self.config.members.contains(&to) {
+            return Err(TransferError::NotAMember(to));
+        }
+        tracing::info!(node = self.config.id, to, "transferring leadership");
+        self.transfer = Some((to, self.now_ms + self.config.election_timeout_max_ms, false));
+        self.maybe_hand_over();
+        Ok(())
+    }
+
+    /// The transfer target, if a transfer is running.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.transfer.map(|(to, _, _)| to)
+    }
+
+    fn maybe_hand_over(&mut self) {
+        let Some((to, give_up, false)) = self.transfer else {
+            return;
+        };
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched >= self.last_index);
+        if caught_up {
+            self.transfer = Some((to, give_up, true));
+            let term = self.hard.term;
+            self.send(to, Message::TimeoutNow { term });
         }
     }
 
@@ -1262,6 +1362,7 @@ impl Core {
             pr.probing = false;
             self.advance_commit(log);
             self.send_append(from, log, false);
+            self.maybe_hand_over();
         } else {
             // A refusal below what is acknowledged, or of an earlier probe
             // than the current one, is stale (late or duplicated): ignoring
@@ -1574,6 +1675,45 @@ mod tests {
         t.cores.get_mut(&1).unwrap().read_index(8).unwrap();
         t.pump(1);
         assert!(matches!(t.reads[..], [(1, 8, i)] if i >= acked));
+    }
+
+    #[test]
+    fn leadership_transfer_hands_over_to_a_caught_up_member_in_a_new_term() {
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        let written = t.propose(1);
+        let term = t.cores[&1].term();
+        // Node 3 misses a write, so it must catch up first.
+        t.minority = vec![3];
+        let missed = t.propose(1);
+        assert!(t.cores[&3].last_index() < missed);
+        let c = t.cores.get_mut(&1).unwrap();
+        assert_eq!(c.transfer_leadership(9), Err(TransferError::NotAMember(9)));
+        c.transfer_leadership(3).unwrap();
+        assert_eq!(
+            c.propose(cmd(), 0, 0, &t.logs[&1]),
+            Err(ProposeError::Transferring { to: 3 }),
+            "no new writes while handing over"
+        );
+        t.minority.clear();
+        // The lost append is resent after a heartbeat interval without an
+        // answer; node 3 catches up, then takes over.
+        t.tick(1, 50_100);
+        t.tick(1, 50_200);
+        assert_eq!(t.cores[&3].role(), Role::Leader);
+        assert!(t.cores[&3].term() > term);
+        assert_eq!(t.cores[&1].role(), Role::Follower);
+        assert_eq!(t.cores[&1].leader(), Some(3));
+        t.tick(3, 50_300);
+        let after = t.propose(3);
+        assert!(after > written.max(missed));
+        assert!(
+            t.cores
+                .values()
+                .all(|c| c.commit_index() >= missed || c.id() != 3)
+        );
     }
 
     #[test]
