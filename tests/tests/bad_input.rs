@@ -368,7 +368,12 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
         }],
         commit: 1,
     };
-    framed.send(understudy::net::encode(&stale)).await.unwrap();
+    framed
+        .send(understudy::net::encode(
+            &understudy::peer::PeerMessage::Raft(stale),
+        ))
+        .await
+        .unwrap();
     // Garbage on an accepted connection closes it, nothing else.
     framed.send(Bytes::from_static(b"\xff\xfe")).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -37,6 +37,9 @@ async fn deploy_kv(c: &Client) {
 
 async fn assert_same_state(g: &Group) -> u64 {
     let (index, digests) = g.settled_digests(SETTLE).await.unwrap();
+    for s in g.statuses().await {
+        assert_eq!(s.quarantined, None, "node {} quarantined", s.node_id);
+    }
     let first = &digests[0].1;
     assert!(
         digests.iter().all(|(_, d)| d == first),

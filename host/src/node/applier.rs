@@ -231,7 +231,14 @@ pub struct Applier {
     /// none). Reads go through it, so it is part of the visible state.
     pending: StateBatch,
     pending_entries: usize,
+    /// Digests at sample indexes executed since the last
+    /// [`Self::take_samples`].
+    samples: Vec<(Index, [u8; 32])>,
 }
+
+/// The digest is sampled at every index that is a multiple of this, so
+/// nodes can compare their state at the same point of the log.
+pub const DIGEST_SAMPLE_EVERY: Index = 64;
 
 impl Applier {
     /// An applier over `state`, resuming from its applied index.
@@ -244,6 +251,7 @@ impl Applier {
             durable,
             pending: StateBatch::default(),
             pending_entries: 0,
+            samples: Vec::new(),
         })
     }
 
@@ -329,6 +337,9 @@ impl Applier {
             };
             view = v;
             digest = chain_digest(&digest, e.index, &writes);
+            if e.index.is_multiple_of(DIGEST_SAMPLE_EVERY) {
+                self.samples.push((e.index, digest));
+            }
             view.overlay.extend(writes);
             batch.applied_index = e.index;
             batch.digest = digest;
@@ -338,6 +349,11 @@ impl Applier {
         self.pending_entries += outcomes.len();
         self.pending = batch;
         Ok(outcomes)
+    }
+
+    /// Digests at the sample indexes executed since the last call.
+    pub fn take_samples(&mut self) -> Vec<(Index, [u8; 32])> {
+        std::mem::take(&mut self.samples)
     }
 
     /// Entries executed but not yet made durable by [`Self::checkpoint`].

@@ -15,9 +15,11 @@
 
 pub mod applier;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, Status, WriteConcern};
-use crate::peer::Peers;
+use crate::peer::{PeerMessage, Peers};
 use crate::replication::{Core, GroupConfig, Message, ProposeError, Ready, Role};
 use crate::sandbox::{Sandbox, SandboxLimits};
 use crate::storage::{self, AppliedState, DirLock, HardState, Identity, LogStore, StorageOptions};
@@ -246,9 +248,12 @@ struct ApplyUpTo {
 /// Outcomes of applied entries: (index, term, outcome).
 type Outcomes = Vec<(Index, Term, Outcome)>;
 
+/// Digest samples taken while applying: (index, digest).
+type Samples = Vec<(Index, [u8; 32])>;
+
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Applied(Result<(Outcomes, AppliedState), String>);
+struct Applied(Result<(Outcomes, AppliedState, Samples), String>);
 
 /// Make executed entries durable in the state store (sent on every tick).
 #[derive(Message)]
@@ -345,8 +350,9 @@ impl Handler<ApplyUpTo> for ApplierActor {
             // Answer before the state is durable: the outcomes are final (a
             // deterministic function of the durable log), and a crash before
             // the checkpoint re-executes these entries from the log.
+            let samples = self.applier.take_samples();
             msg.reply_to
-                .do_send(Applied(Ok((outcomes, self.applier.applied()))));
+                .do_send(Applied(Ok((outcomes, self.applier.applied(), samples))));
             if self.applier.pending_entries() >= self.checkpoint_entries
                 && let Err(e) = self.applier.checkpoint()
             {
@@ -463,6 +469,14 @@ pub struct Node {
     /// Messages that must wait until a hard state is durable (a vote is
     /// never sent before it is on disk).
     held: Vec<(u64, NodeId, Message)>,
+    /// This node's digest samples (the most recent ones).
+    digests: BTreeMap<Index, [u8; 32]>,
+    /// Peers' samples this node has not reached yet.
+    peer_digests: BTreeMap<(Index, NodeId), [u8; 32]>,
+    /// Per peer: (last index compared, whether it agreed).
+    digest_checks: BTreeMap<NodeId, (Index, bool)>,
+    /// Set when this node's state is found to differ: it serves no reads.
+    quarantined: Option<String>,
     halted: Option<String>,
     _lock: DirLock,
 }
@@ -564,6 +578,10 @@ impl Node {
             hard_state_queued: 0,
             hard_state_durable: 0,
             held: Vec::new(),
+            digests: BTreeMap::new(),
+            peer_digests: BTreeMap::new(),
+            digest_checks: BTreeMap::new(),
+            quarantined: None,
             halted: None,
             _lock: lock,
         };
@@ -619,7 +637,7 @@ impl Node {
             if self.hard_state_queued > self.hard_state_durable {
                 self.held.push((self.hard_state_queued, to, msg));
             } else {
-                self.peers.send(to, msg);
+                self.peers.send(to, PeerMessage::Raft(msg));
             }
         }
         if let Some(up_to) = apply_up_to {
@@ -766,6 +784,10 @@ impl Node {
     }
 
     fn query(&mut self, read: PendingRead, level: ReadLevel, ctx: &mut Context<Self>) {
+        if let Some(why) = &self.quarantined {
+            let message = format!("this node is quarantined: {why}");
+            return Self::refuse_read(read, ErrorCode::Quarantined, message);
+        }
         match level {
             ReadLevel::Any => self.run_read(read),
             ReadLevel::Bounded {
@@ -933,6 +955,84 @@ impl Node {
         self.reads_waiting.retain(|_, v| !v.is_empty());
     }
 
+    /// Keep this node's new digest samples, share them with every peer,
+    /// and compare them with samples peers sent earlier.
+    fn record_samples(&mut self, samples: Samples) {
+        for (index, digest) in samples {
+            self.digests.insert(index, digest);
+            while self.digests.len() > 1024 {
+                self.digests.pop_first();
+            }
+            for p in self.config.peers.iter().map(|p| p.id) {
+                self.peers.send(p, PeerMessage::Digest { index, digest });
+            }
+            let theirs: Vec<(NodeId, [u8; 32])> = self
+                .peer_digests
+                .range((index, 0)..=(index, NodeId::MAX))
+                .map(|(&(_, from), &d)| (from, d))
+                .collect();
+            for (from, d) in theirs {
+                self.peer_digests.remove(&(index, from));
+                self.compare_digest(from, index, d, digest);
+            }
+        }
+        let applied = self.core.applied_index();
+        self.peer_digests.retain(|&(i, _), _| i > applied);
+    }
+
+    /// A determinism alarm: a follower whose state differs from the
+    /// leader's at the same index, or a leader whose state differs from a
+    /// majority of the group and agrees with no one, is quarantined — it
+    /// serves no reads — and says so in its status and log. Any mismatch is
+    /// logged as an error on both sides.
+    fn compare_digest(&mut self, from: NodeId, index: Index, theirs: [u8; 32], mine: [u8; 32]) {
+        let agree = theirs == mine;
+        self.digest_checks.insert(from, (index, agree));
+        if agree || self.quarantined.is_some() {
+            return;
+        }
+        let hex = |d: &[u8; 32]| {
+            d[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        tracing::error!(
+            peer = from,
+            index,
+            mine = %hex(&mine),
+            theirs = %hex(&theirs),
+            "state digest differs from a peer's at the same index (determinism alarm)"
+        );
+        let leader = self.core.leader();
+        let me = self.config.node_id;
+        let why = if leader == Some(from) {
+            Some(format!(
+                "state digest at index {index} ({}) differs from the leader's (node {from}: {})",
+                hex(&mine),
+                hex(&theirs)
+            ))
+        } else if leader == Some(me) {
+            let quorum = self.config.members().len() / 2 + 1;
+            let differ = self.digest_checks.values().filter(|(_, a)| !a).count();
+            let agree = self.digest_checks.values().filter(|(_, a)| *a).count();
+            // The leader is the odd one out only if a majority of the
+            // group (not counting it) disagrees with it.
+            (differ >= quorum && agree == 0).then(|| {
+                format!(
+                    "state digest at index {index} ({}) differs from every follower compared ({differ})",
+                    hex(&mine)
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::error!(reason = %why, "quarantined: this node serves no reads");
+            self.quarantined = Some(why);
+        }
+    }
+
     fn status(&self) -> Status {
         Status {
             node_id: self.config.node_id,
@@ -950,7 +1050,7 @@ impl Node {
             leader_heard_ms_ago: self.core.leader_heard_ms_ago(),
             leader_address: self.leader_address(),
             followers: self.core.followers(&self.log),
-            quarantined: None,
+            quarantined: self.quarantined.clone(),
             client_addresses: self.client_addresses.clone(),
         }
     }
@@ -1063,10 +1163,30 @@ impl Handler<FromPeer> for Node {
             } => {
                 self.client_addresses.insert(from, client_address);
             }
-            crate::peer::Inbound::Message { from, msg } => {
+            crate::peer::Inbound::Message {
+                from,
+                msg: PeerMessage::Raft(msg),
+            } => {
                 self.core.step(from, msg, &self.log);
                 self.drive(ctx);
             }
+            crate::peer::Inbound::Message {
+                from,
+                msg: PeerMessage::Digest { index, digest },
+            } => match self.digests.get(&index) {
+                Some(mine) => {
+                    let mine = *mine;
+                    self.compare_digest(from, index, digest, mine);
+                }
+                None if index > self.core.applied_index() => {
+                    self.peer_digests.insert((index, from), digest);
+                    // Bounded: keep the most recent samples.
+                    while self.peer_digests.len() > 4096 {
+                        self.peer_digests.pop_first();
+                    }
+                }
+                None => {} // too old to compare
+            },
         }
     }
 }
@@ -1085,7 +1205,7 @@ impl Handler<Persisted> for Node {
                         .partition(|(s, _, _)| *s <= durable);
                     self.held = hold;
                     for (_, to, m) in go {
-                        self.peers.send(to, m);
+                        self.peers.send(to, PeerMessage::Raft(m));
                     }
                 }
                 if let Some((index, term)) = last {
@@ -1116,8 +1236,9 @@ impl Handler<Applied> for Node {
     type Result = ();
     fn handle(&mut self, msg: Applied, _: &mut Self::Context) {
         match msg.0 {
-            Ok((outcomes, applied)) => {
+            Ok((outcomes, applied, samples)) => {
                 self.core.applied(applied.index);
+                self.record_samples(samples);
                 for (index, term, outcome) in outcomes {
                     if let Some(w) = self.waiters.remove(&index) {
                         let response = if w.term == term {

@@ -50,11 +50,27 @@ pub enum Lane {
     Data,
 }
 
+/// What travels between members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// The replication protocol.
+    Raft(Message),
+    /// "My state digest after applying `index` is `digest`" (sent at every
+    /// sample index; a mismatch is a determinism alarm).
+    Digest {
+        /// A sample index.
+        index: crate::types::Index,
+        /// The chained state digest there.
+        #[serde(with = "serde_bytes")]
+        digest: [u8; 32],
+    },
+}
+
 impl Lane {
     /// The lane of a message.
-    pub fn of(msg: &Message) -> Lane {
+    pub fn of(msg: &PeerMessage) -> Lane {
         match msg {
-            Message::Append { .. } => Lane::Data,
+            PeerMessage::Raft(Message::Append { .. }) => Lane::Data,
             _ => Lane::Control,
         }
     }
@@ -151,7 +167,7 @@ pub enum Inbound {
         /// The peer.
         from: NodeId,
         /// The message.
-        msg: Message,
+        msg: PeerMessage,
     },
 }
 
@@ -208,7 +224,7 @@ async fn receive(
     });
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(|e| e.to_string())?;
-        let msg: Message = match net::decode(&frame) {
+        let msg: PeerMessage = match net::decode(&frame) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(from = hello.from, error = %e, "unreadable peer message; closing");
@@ -253,7 +269,7 @@ async fn refuse(
 
 /// Outgoing lanes to every peer.
 pub struct Peers {
-    lanes: BTreeMap<NodeId, [mpsc::Sender<Message>; 2]>,
+    lanes: BTreeMap<NodeId, [mpsc::Sender<PeerMessage>; 2]>,
 }
 
 impl Peers {
@@ -275,14 +291,15 @@ impl Peers {
                 actix::spawn(dial(address.clone(), hello, rx));
                 pair.push(tx);
             }
-            let [control, data]: [mpsc::Sender<Message>; 2] = pair.try_into().expect("two lanes");
+            let [control, data]: [mpsc::Sender<PeerMessage>; 2] =
+                pair.try_into().expect("two lanes");
             lanes.insert(id, [control, data]);
         }
         Peers { lanes }
     }
 
     /// Queue a message; dropped (the protocol retries) if the lane is full.
-    pub fn send(&self, to: NodeId, msg: Message) {
+    pub fn send(&self, to: NodeId, msg: PeerMessage) {
         let Some(lanes) = self.lanes.get(&to) else {
             tracing::error!(to, "message for a node that is not a peer");
             return;
@@ -295,7 +312,7 @@ impl Peers {
 }
 
 /// Keep one lane to one peer connected and drain its queue into it.
-async fn dial(address: String, hello: Hello, mut rx: mpsc::Receiver<Message>) {
+async fn dial(address: String, hello: Hello, mut rx: mpsc::Receiver<PeerMessage>) {
     let mut backoff = Duration::from_millis(20);
     let mut refused_logged = false;
     loop {
@@ -446,7 +463,12 @@ mod tests {
             commit: 0,
             seq: 1,
         };
-        assert_eq!(Lane::of(&append), Lane::Data);
-        assert_eq!(Lane::of(&beat), Lane::Control);
+        assert_eq!(Lane::of(&PeerMessage::Raft(append)), Lane::Data);
+        assert_eq!(Lane::of(&PeerMessage::Raft(beat)), Lane::Control);
+        let digest = PeerMessage::Digest {
+            index: 64,
+            digest: [0; 32],
+        };
+        assert_eq!(Lane::of(&digest), Lane::Control);
     }
 }

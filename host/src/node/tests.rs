@@ -1,0 +1,127 @@
+//! A group of three nodes in one process, for what real processes cannot
+//! easily stage: a node whose machine is not deterministic.
+
+use super::*;
+use crate::api::client::Client;
+use crate::sandbox::{CallContext, NativeKv, NativeMachine};
+use std::sync::Arc;
+
+/// Stands in for a component; writes its `bias` into every result, so
+/// nodes with different biases diverge (a non-deterministic machine).
+struct Skewed {
+    bias: u8,
+}
+
+impl NativeMachine for Skewed {
+    fn apply(
+        &self,
+        kv: &mut NativeKv<'_>,
+        _: CallContext,
+        command: &[u8],
+    ) -> Result<Vec<u8>, (String, String)> {
+        let mut value = command.to_vec();
+        value.push(self.bias);
+        kv.put(b"last", &value)
+            .map_err(|e| ("host".into(), e.to_string()))?;
+        Ok(Vec::new())
+    }
+
+    fn query(&self, kv: &mut NativeKv<'_>, _: &[u8]) -> Result<Vec<u8>, (String, String)> {
+        let v = kv
+            .get(b"last")
+            .map_err(|e| ("host".into(), e.to_string()))?;
+        Ok(v.unwrap_or_default())
+    }
+}
+
+async fn status(addr: SocketAddr) -> Status {
+    Client::connect(addr).await.unwrap().status().await.unwrap()
+}
+
+#[test]
+fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = Sandbox::normalize(understudy_examples::COUNTER).unwrap();
+    let hash = Sandbox::hash(&component);
+    actix::System::new().block_on(async move {
+        let mut bound = Vec::new();
+        for id in 1..=3u64 {
+            let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            bound.push((id, c, p));
+        }
+        let peers: Vec<(u64, SocketAddr)> = bound
+            .iter()
+            .map(|(id, _, p)| (*id, p.local_addr().unwrap()))
+            .collect();
+        let mut addrs = Vec::new();
+        for (id, c, p) in bound {
+            let mut config = NodeConfig::new(
+                id,
+                "test",
+                c.local_addr().unwrap(),
+                dir.path().join(format!("n{id}")),
+            );
+            config.peer_listen = Some(p.local_addr().unwrap());
+            config.peers = peers
+                .iter()
+                .filter(|(o, _)| *o != id)
+                .map(|(o, a)| PeerConfig {
+                    id: *o,
+                    address: a.to_string(),
+                })
+                .collect();
+            config.timing = if id == 3 {
+                // Node 3 (the odd one) never campaigns: it stays a follower.
+                Timing {
+                    heartbeat_interval_ms: 25,
+                    election_timeout_min_ms: 60_000,
+                    election_timeout_max_ms: 60_001,
+                }
+            } else {
+                Timing {
+                    heartbeat_interval_ms: 25,
+                    election_timeout_min_ms: 150,
+                    election_timeout_max_ms: 300,
+                }
+            };
+            let bias = u8::from(id == 3);
+            let natives: Natives = vec![(hash, Arc::new(Skewed { bias }))];
+            let running = run_bound(config, natives, c, Some(p)).unwrap();
+            addrs.push(running.client);
+        }
+        let c = Client::connect_group(addrs.clone()).await.unwrap();
+        let w = c
+            .deploy("x", understudy_examples::COUNTER.to_vec())
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+        for i in 0..(crate::node::applier::DIGEST_SAMPLE_EVERY + 8) {
+            let w = c.command("x", i.to_be_bytes().to_vec()).await.unwrap();
+            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+        }
+        let mut odd = status(addrs[2]).await;
+        for _ in 0..200 {
+            if odd.quarantined.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            odd = status(addrs[2]).await;
+        }
+        let why = odd.quarantined.expect("the divergent node is quarantined");
+        assert!(why.contains("differs from the leader"), "{why}");
+        for &a in &addrs[..2] {
+            assert_eq!(status(a).await.quarantined, None, "the others agree");
+        }
+        // The quarantined node refuses reads at every level; the others serve.
+        let r = Client::connect(addrs[2]).await.unwrap();
+        let err = r
+            .query_at("x", Vec::new(), ReadLevel::Any)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Quarantined), "{err:?}");
+        let ok = Client::connect(addrs[0]).await.unwrap();
+        ok.query_at("x", Vec::new(), ReadLevel::Any).await.unwrap();
+        actix::System::current().stop();
+    });
+}
