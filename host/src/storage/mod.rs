@@ -351,11 +351,12 @@ impl LogStore {
         })
     }
 
-    /// Index and term of the last entry, `(0, 0)` for an empty log.
+    /// Index and term of the last entry; for an empty log, the compacted
+    /// point (`(0, 0)` for a new log).
     pub fn last(&self) -> Result<(Index, Term), StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         match self.entries.last(&rtxn).map_err(self.err())? {
-            None => Ok((0, 0)),
+            None => self.compacted_in(&rtxn),
             Some((index, bytes)) => {
                 let entry: Entry = codec::decode("entry", bytes)
                     .map_err(self.corrupt(format!("entry {index}")))?;
@@ -403,7 +404,7 @@ impl LogStore {
                 .map_err(self.err())?;
         }
         let (last_index, last_term) = match self.entries.last(&wtxn).map_err(self.err())? {
-            None => (0, 0),
+            None => self.compacted_in(&wtxn)?,
             Some((i, bytes)) => (
                 i,
                 codec::decode::<Entry>("entry", bytes)
@@ -426,6 +427,89 @@ impl LogStore {
             (prev_index, prev_term) = (e.index, e.term);
         }
         wtxn.commit().map_err(self.err())
+    }
+
+    /// The last compacted entry's (index, term): entries up to it are gone
+    /// (their effects live in the state). `(0, 0)` if nothing is compacted.
+    pub fn compacted(&self) -> Result<(Index, Term), StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        self.compacted_in(&rtxn)
+    }
+
+    fn compacted_in(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<(Index, Term), StorageError> {
+        match self.meta.get(txn, "compacted").map_err(self.err())? {
+            None => Ok((0, 0)),
+            Some(b) => codec::decode("compacted", b).map_err(self.corrupt("compacted".into())),
+        }
+    }
+
+    /// Remove the log prefix up to `up_to` (which must be applied and
+    /// durable in the state), keeping its (index, term) as the compacted
+    /// point. At most `batch_max` entries go per call (one transaction), so
+    /// the log writer is never held up long; returns the new compacted index.
+    pub fn compact(&self, up_to: Index, batch_max: u64) -> Result<Index, StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let (done, _) = self.compacted_in(&wtxn)?;
+        if up_to <= done {
+            return Ok(done);
+        }
+        let to = up_to.min(done + batch_max.max(1));
+        let term = match self.entries.get(&wtxn, &to).map_err(self.err())? {
+            Some(b) => {
+                codec::decode::<Entry>("entry", b)
+                    .map_err(self.corrupt(format!("entry {to}")))?
+                    .term
+            }
+            None => {
+                return Err(StorageError::Invariant(format!(
+                    "compaction up to {to}, which is not in the log"
+                )));
+            }
+        };
+        self.entries
+            .delete_range(&mut wtxn, &(..=to))
+            .map_err(self.err())?;
+        self.meta
+            .put(&mut wtxn, "compacted", &codec::encode(&(to, term)))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())?;
+        Ok(to)
+    }
+
+    /// Replace the whole log by the compacted point `(index, term)` (after
+    /// a snapshot of the state at `index` was installed).
+    pub fn reset_to(&self, index: Index, term: Term) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.entries.clear(&mut wtxn).map_err(self.err())?;
+        self.meta
+            .put(&mut wtxn, "compacted", &codec::encode(&(index, term)))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// Index of the first entry with a timestamp at or after `ms`, searched
+    /// between `from` and `to` (timestamps never decrease along the log).
+    pub fn first_at_or_after(
+        &self,
+        ms: u64,
+        from: Index,
+        to: Index,
+    ) -> Result<Index, StorageError> {
+        let (mut lo, mut hi) = (from, to + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = self
+                .read(mid, mid, 1)?
+                .first()
+                .map(|e| e.context.timestamp_ms)
+                .unwrap_or(u64::MAX);
+            if ts < ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// Remove every entry at `from` and after (a conflicting suffix).
@@ -499,13 +583,26 @@ impl crate::replication::LogRead for LogStore {
         }
         // A read failure answers "unknown", which the core treats
         // conservatively (no match, no commit).
-        match self.read(index, index, 1) {
-            Ok(entries) => entries.first().filter(|e| e.index == index).map(|e| e.term),
-            Err(e) => {
-                tracing::error!(error = %e, index, "log read failed");
-                None
+        let found = self.read(index, index, 1).and_then(|entries| {
+            match entries.first().filter(|e| e.index == index) {
+                Some(e) => Ok(Some(e.term)),
+                None => {
+                    let (c, t) = self.compacted()?;
+                    Ok((c == index).then_some(t))
+                }
             }
-        }
+        });
+        found.unwrap_or_else(|e| {
+            tracing::error!(error = %e, index, "log read failed");
+            None
+        })
+    }
+
+    fn first_index(&self) -> Index {
+        self.compacted().map(|(c, _)| c + 1).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "log read failed");
+            1
+        })
     }
 
     fn entries(&self, from: Index, to: Index, bytes_max: usize) -> Vec<Entry> {
@@ -745,6 +842,146 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Write a snapshot of the durable state (kv, actors, modules,
+    /// sessions, applied index and digest; not the node-local artifact
+    /// cache) into `dir` as chunk files of about `chunk_bytes` each, from
+    /// one consistent read transaction. `term_of` gives the log term of the
+    /// applied index.
+    pub fn write_snapshot(
+        &self,
+        dir: &Path,
+        chunk_bytes: usize,
+        term_of: impl FnOnce(Index) -> Option<Term>,
+    ) -> Result<SnapshotMeta, StorageError> {
+        let io = |source: std::io::Error| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        let applied: AppliedState = match self.meta.get(&rtxn, "applied").map_err(self.err())? {
+            None => AppliedState::default(),
+            Some(b) => codec::decode("applied", b).map_err(self.corrupt("applied".into()))?,
+        };
+        let term = term_of(applied.index).ok_or_else(|| {
+            StorageError::Invariant(format!("no term for applied index {}", applied.index))
+        })?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut chunk: Vec<SnapshotRecord> = Vec::new();
+        let mut chunk_size = 0usize;
+        let mut checksums: Vec<[u8; 32]> = Vec::new();
+        let mut total = 0u64;
+        let mut flush =
+            |chunk: &mut Vec<SnapshotRecord>, size: &mut usize| -> Result<(), StorageError> {
+                let bytes = codec::encode(&*chunk);
+                checksums.push(*blake3::hash(&bytes).as_bytes());
+                total += bytes.len() as u64;
+                let path = dir.join(format!("chunk-{:08}", checksums.len() - 1));
+                std::fs::write(&path, &bytes).map_err(io)?;
+                chunk.clear();
+                *size = 0;
+                Ok(())
+            };
+        let tables: [(u8, Database<'static, Bytes, Bytes>); 3] =
+            [(0, self.kv), (2, self.modules), (3, self.sessions)];
+        for (table, db) in tables {
+            for item in db.iter(&rtxn).map_err(self.err())? {
+                let (k, v) = item.map_err(self.err())?;
+                chunk_size += k.len() + v.len() + 8;
+                chunk.push(SnapshotRecord {
+                    table,
+                    key: serde_bytes::ByteBuf::from(k),
+                    value: serde_bytes::ByteBuf::from(v),
+                });
+                if chunk_size >= chunk_bytes {
+                    flush(&mut chunk, &mut chunk_size)?;
+                }
+            }
+        }
+        for item in self.actors.iter(&rtxn).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            chunk.push(SnapshotRecord {
+                table: 1,
+                key: serde_bytes::ByteBuf::from(k.as_bytes()),
+                value: serde_bytes::ByteBuf::from(v),
+            });
+        }
+        flush(&mut chunk, &mut chunk_size)?;
+        let meta = SnapshotMeta {
+            index: applied.index,
+            term,
+            digest: applied.digest,
+            chunks: checksums.len() as u64,
+            bytes: total,
+            checksums,
+        };
+        std::fs::write(dir.join("meta"), codec::encode(&meta)).map_err(io)?;
+        Ok(meta)
+    }
+
+    /// Replace the whole state with a snapshot's records, in one
+    /// transaction, with the snapshot's applied index and digest. Also
+    /// records the snapshot's (index, term), so that a crash before the
+    /// log is reset is completed at the next start.
+    pub fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        chunks: impl Iterator<Item = Result<Vec<SnapshotRecord>, StorageError>>,
+    ) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.kv.clear(&mut wtxn).map_err(self.err())?;
+        self.actors.clear(&mut wtxn).map_err(self.err())?;
+        self.modules.clear(&mut wtxn).map_err(self.err())?;
+        self.sessions.clear(&mut wtxn).map_err(self.err())?;
+        for chunk in chunks {
+            for r in chunk? {
+                let (k, v) = (&r.key[..], &r.value[..]);
+                match r.table {
+                    0 => self.kv.put(&mut wtxn, k, v),
+                    1 => {
+                        let name = std::str::from_utf8(k).map_err(|_| {
+                            StorageError::Invariant("snapshot actor name is not UTF-8".into())
+                        })?;
+                        self.actors.put(&mut wtxn, name, v)
+                    }
+                    2 => self.modules.put(&mut wtxn, k, v),
+                    3 => self.sessions.put(&mut wtxn, k, v),
+                    t => {
+                        return Err(StorageError::Invariant(format!(
+                            "snapshot record of unknown table {t}"
+                        )));
+                    }
+                }
+                .map_err(self.err())?;
+            }
+        }
+        let applied = AppliedState {
+            index: meta.index,
+            digest: meta.digest,
+        };
+        self.meta
+            .put(&mut wtxn, "applied", &codec::encode(&applied))
+            .map_err(self.err())?;
+        self.meta
+            .put(
+                &mut wtxn,
+                "snapshot",
+                &codec::encode(&(meta.index, meta.term)),
+            )
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// The (index, term) of the last snapshot installed, if any.
+    pub fn installed_snapshot(&self) -> Result<Option<(Index, Term)>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self.meta.get(&rtxn, "snapshot").map_err(self.err())? {
+            None => Ok(None),
+            Some(b) => codec::decode("snapshot", b)
+                .map(Some)
+                .map_err(self.corrupt("snapshot".into())),
+        }
+    }
+
     /// Every kv pair, for verification and tests.
     pub fn dump_kv(&self) -> Result<Pairs, StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
@@ -762,6 +999,35 @@ fn artifact_key(hash: &ModuleHash, compat: &[u8; 32]) -> [u8; 64] {
     k[..32].copy_from_slice(hash);
     k[32..].copy_from_slice(compat);
     k
+}
+
+/// One record of a state snapshot: table (0 kv, 1 actors, 2 modules,
+/// 3 sessions), key, value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Which table.
+    pub table: u8,
+    /// Key.
+    pub key: serde_bytes::ByteBuf,
+    /// Value.
+    pub value: serde_bytes::ByteBuf,
+}
+
+/// Describes a snapshot written by [`StateStore::write_snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The applied index the snapshot is the state of.
+    pub index: Index,
+    /// Log term of that index.
+    pub term: Term,
+    /// State digest at that index.
+    pub digest: [u8; 32],
+    /// Number of chunk files.
+    pub chunks: u64,
+    /// Total bytes of the chunks.
+    pub bytes: u64,
+    /// BLAKE3 of each chunk.
+    pub checksums: Vec<[u8; 32]>,
 }
 
 /// An owned read snapshot of the state environment.

@@ -238,6 +238,11 @@ pub trait LogRead {
     fn term(&self, index: Index) -> Option<Term>;
     /// Durable entries `from..=to`, at most about `bytes_max` (at least one).
     fn entries(&self, from: Index, to: Index, bytes_max: usize) -> Vec<Entry>;
+    /// First index still in the log: entries before it were compacted
+    /// into a snapshot (`term(first_index - 1)` is still known).
+    fn first_index(&self) -> Index {
+        1
+    }
 }
 
 /// What the shell must do, in this order.
@@ -258,6 +263,10 @@ pub struct Ready {
     pub reads: Vec<(u64, Index)>,
     /// Read requests of this node that cannot be served (leadership lost).
     pub failed_reads: Vec<u64>,
+    /// Followers that need entries this node has compacted: send each a
+    /// snapshot of the state, then report [`Core::snapshot_failed`] on
+    /// failure (success shows as the follower's acknowledgement).
+    pub snapshots: Vec<NodeId>,
 }
 
 impl Ready {
@@ -270,6 +279,7 @@ impl Ready {
             && self.apply_up_to.is_none()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
+            && self.snapshots.is_empty()
     }
 }
 
@@ -294,6 +304,8 @@ struct Progress {
     answered: bool,
     /// Highest heartbeat round it answered.
     acked_seq: u64,
+    /// A snapshot is on its way to it: no appends until it acknowledges.
+    snapshotting: bool,
     /// When it was last heard from.
     heard_ms: u64,
 }
@@ -763,6 +775,7 @@ impl Core {
                         probe: None,
                         answered: true,
                         acked_seq: 0,
+                        snapshotting: false,
                         heard_ms: now,
                     },
                 )
@@ -843,9 +856,19 @@ impl Core {
     /// Send `peer` what it is missing (pipelined, bounded); with `force`,
     /// send an append even when it carries no entries (a probe).
     fn send_append(&mut self, peer: NodeId, log: &impl LogRead, force: bool) {
-        let Some(pr) = self.progress.get(&peer) else {
+        let Some(pr) = self.progress.get_mut(&peer) else {
             return;
         };
+        if pr.snapshotting {
+            return;
+        }
+        if pr.next < log.first_index() {
+            // What it needs is compacted away: it gets a snapshot.
+            pr.snapshotting = true;
+            pr.inflight.clear();
+            self.ready.snapshots.push(peer);
+            return;
+        }
         let next = pr.next;
         let limit = if pr.probing {
             1
@@ -859,7 +882,12 @@ impl Core {
         }
         let prev_index = next - 1;
         let Some(prev_term) = self.term_at(prev_index, log) else {
-            // Compacted away: snapshots are a later stage. Retry from the start.
+            tracing::error!(
+                node = self.config.id,
+                peer,
+                prev_index,
+                "no term for an index of the log; not shipping"
+            );
             return;
         };
         let entries = if has_entries && !full {
@@ -1110,6 +1138,60 @@ impl Core {
         }
     }
 
+    /// Sending a snapshot to `peer` failed; it will be offered again.
+    pub fn snapshot_failed(&mut self, peer: NodeId) {
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.snapshotting = false;
+        }
+    }
+
+    /// A snapshot of the state at `index` (whose entry had `term`) arrived.
+    /// If it is newer than what this node applied, the shell has replaced
+    /// the state and reset the log to `(index, term)` before calling this:
+    /// everything up to `index` was committed, so it counts as applied. If
+    /// not (the node moved on meanwhile), the shell installed nothing. Either
+    /// way the leader learns where this node's log stands.
+    pub fn restore(&mut self, index: Index, term: Term) {
+        if index <= self.applied_index {
+            let floor = self.commit_index.min(self.persisted_index);
+            if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
+                let t = self.hard.term;
+                self.send(
+                    leader,
+                    Message::AppendResponse {
+                        term: t,
+                        success: true,
+                        index: floor,
+                        rejected: 0,
+                    },
+                );
+            }
+            return;
+        }
+        tracing::info!(node = self.config.id, index, term, "snapshot installed");
+        self.unstable.clear();
+        self.truncated_from = None;
+        self.ack_owed = None;
+        self.last_index = index;
+        self.last_term = term;
+        self.persisted_index = index;
+        self.commit_index = self.commit_index.max(index);
+        self.apply_requested = self.apply_requested.max(index);
+        self.applied_index = index;
+        if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
+            let term = self.hard.term;
+            self.send(
+                leader,
+                Message::AppendResponse {
+                    term,
+                    success: true,
+                    index,
+                    rejected: 0,
+                },
+            );
+        }
+    }
+
     /// Hand leadership to `to`: stop taking writes, bring it up to date,
     /// then tell it to campaign at once. Gives up (and leads on) after an
     /// election timeout. Returns at once; watch `leader()`.
@@ -1247,6 +1329,21 @@ impl Core {
         }
         self.leader_seen_ms = Some(self.now_ms);
         self.reset_election_timer();
+        // Below what this node holds committed and durable (perhaps
+        // compacted): it matches the leader there by leader completeness.
+        let floor = self.commit_index.min(self.persisted_index);
+        if prev_index < floor && self.truncated_from.is_none() {
+            self.send(
+                from,
+                Message::AppendResponse {
+                    term,
+                    success: true,
+                    index: floor,
+                    rejected: 0,
+                },
+            );
+            return;
+        }
         if self.term_at(prev_index, log) != Some(prev_term) {
             // Log matching: refuse, and hint where to retry.
             let hint = prev_index.saturating_sub(1).min(self.last_index);
@@ -1354,6 +1451,7 @@ impl Core {
         pr.answered = true;
         pr.heard_ms = self.now_ms;
         if success {
+            pr.snapshotting = false;
             if index > pr.matched {
                 pr.matched = index;
             }
