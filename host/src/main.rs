@@ -40,7 +40,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -69,6 +69,12 @@ enum Command {
         /// How long a read may wait for a leader or to catch up (ms).
         #[arg(long)]
         read_timeout_ms: Option<u64>,
+        /// Applied entries kept in the log before the prefix is compacted.
+        #[arg(long)]
+        log_retain_entries: Option<u64>,
+        /// Bytes per snapshot chunk.
+        #[arg(long)]
+        snapshot_chunk_bytes: Option<usize>,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -119,6 +125,15 @@ enum Command {
         addr: SocketAddr,
         /// Id of the member that is to lead.
         node: u64,
+    },
+    /// Watch a node catch up (snapshot chunks, then log entries) with a progress bar, until it has everything the leader committed.
+    CatchUp {
+        /// The node to watch.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: SocketAddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
     /// Show every member's role, term, indexes, lag and digest (asking the node at --addr and the members it knows).
     Status {
@@ -174,6 +189,8 @@ fn dispatch(command: Command) -> Result<()> {
             heartbeat_ms,
             election_timeout_ms,
             read_timeout_ms,
+            log_retain_entries,
+            snapshot_chunk_bytes,
         } => {
             let config = match config {
                 Some(path) => {
@@ -192,6 +209,12 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(ms) = read_timeout_ms {
                         config.read_timeout_ms = ms;
+                    }
+                    if let Some(n) = log_retain_entries {
+                        config.compaction.retain_entries = n;
+                    }
+                    if let Some(n) = snapshot_chunk_bytes {
+                        config.compaction.snapshot_chunk_bytes = n;
                     }
                     if let Some((min, max)) = election_timeout_ms {
                         config.timing.election_timeout_min_ms = min;
@@ -281,6 +304,9 @@ fn dispatch(command: Command) -> Result<()> {
             let term = c.promote(node).await?;
             println!("node {node} leads (term {term})");
             Ok(())
+        }),
+        Command::CatchUp { addr, timeout_s } => client_call_one(addr, |c| async move {
+            catch_up(&c, std::time::Duration::from_secs(timeout_s)).await
         }),
         Command::Status { addr } => client_call_one(addr, |c| async move {
             let first = c.status().await?;
@@ -429,6 +455,68 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
         println!("stopping");
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Show a node's catch-up as a progress bar: snapshot chunks while one is
+/// arriving, then entries applied against the leader's commit index.
+async fn catch_up(c: &Client, timeout: std::time::Duration) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let bar = ProgressBar::new(0);
+    let mut mode = "";
+    loop {
+        let s = c.status().await?;
+        let leader_commit = match (&s.leader_address, s.role) {
+            (_, understudy::replication::Role::Leader) => Some(s.commit_index),
+            (Some(a), _) => match a.parse() {
+                Ok(a) => match Client::connect(a).await {
+                    Ok(l) => l.status().await.ok().map(|l| l.commit_index),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            },
+            (None, _) => None,
+        };
+        if let Some(p) = &s.snapshot_in {
+            if mode != "snapshot" {
+                mode = "snapshot";
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "snapshot @{msg} [{bar:40}] {pos}/{len} chunks ({elapsed})",
+                    )?
+                    .progress_chars("=> "),
+                );
+            }
+            bar.set_message(p.index.to_string());
+            bar.set_length(p.chunks);
+            bar.set_position(p.chunks_done);
+        } else if let Some(target) = leader_commit {
+            if mode != "log" {
+                mode = "log";
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "log [{bar:40}] {pos}/{len} applied, {per_sec} ({eta} left)",
+                    )?
+                    .progress_chars("=> "),
+                );
+            }
+            bar.set_length(target.max(s.applied_index));
+            bar.set_position(s.applied_index);
+            if s.applied_index >= target {
+                bar.finish();
+                println!(
+                    "node {} is caught up: applied {} of the leader's {}",
+                    s.node_id, s.applied_index, target
+                );
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bar.abandon();
+            bail!("node {} did not catch up within {timeout:?}", s.node_id);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn print_status(all: &[Status]) {
@@ -616,6 +704,12 @@ fn verify(data_dir: PathBuf, id: u64, cluster: &str) -> Result<()> {
     let (_lock, log, state) =
         storage::open(&data_dir, &identity, &storage::StorageOptions::default())?;
     let applied = state.applied()?;
+    let (compacted, _) = log.compacted()?;
+    anyhow::ensure!(
+        compacted == 0,
+        "the log of {} is compacted up to index {compacted}: a replay from the start is not possible (verify needs the whole log; raise compaction.retain_entries / retain_ms to keep it)",
+        data_dir.display()
+    );
     let scratch = tempfile_dir()?;
     let (replayed, kv) = understudy::node::applier::replay(
         &log,

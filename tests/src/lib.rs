@@ -109,7 +109,12 @@ impl NodeProc {
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
+            // UNDERSTUDY_TEST_LOG=info shows more of the nodes' logs in
+            // failure messages.
+            .env(
+                "RUST_LOG",
+                std::env::var("UNDERSTUDY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -316,3 +316,73 @@ async fn manual_switchover_under_writes_loses_no_acknowledged_write() {
     let err = c.promote(9).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_compacted_log_is_rebuilt_from_a_snapshot() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(
+        dir.path(),
+        3,
+        &[
+            "--log-retain-entries",
+            "20",
+            "--snapshot-chunk-bytes",
+            "4096",
+        ],
+    )
+    .unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+    let mut acked = write_range(&c, 0, 20).await;
+    g.converged(20, SETTLE).await.unwrap();
+    let behind = g.client_of(victim).await.unwrap().status().await.unwrap();
+    g.kill9(victim);
+    // Enough writes, with values large enough for several chunks, and time
+    // for the others to compact past where the victim stopped.
+    acked.extend(write_range(&c, 20, 400).await);
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let s = g.client_of(leader).await.unwrap().status().await.unwrap();
+        let needs_snapshot = s.followers.iter().any(|f| f.id == victim && f.snapshot);
+        if s.log_first_index > behind.last_index + 1 && needs_snapshot {
+            // Appends queued for the victim before that are dropped by its
+            // lane's next failed dial (backoff at most 500 ms); otherwise a
+            // stale append carrying every entry may legitimately catch it
+            // up without a snapshot.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never compacted past {}: {s:?}",
+            behind.last_index
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.restart(victim).unwrap();
+    // The operator's view: `understudy catch-up` follows it to the end.
+    let addr = g.node(victim).addr.to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        understudy_tests::run_cli(&["catch-up", "--addr", &addr, "--timeout-s", "20"]).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("is caught up"), "{out}");
+    assert_same_state(&g).await;
+    let s = g.client_of(victim).await.unwrap().status().await.unwrap();
+    assert!(
+        s.log_first_index > behind.last_index + 1,
+        "the victim's log starts after a snapshot: {s:?}\nvictim: {}\nleader: {}",
+        g.node(victim).stderr(),
+        g.node(leader).stderr()
+    );
+    assert_all_readable(&g, &acked).await;
+    // It keeps replicating normally afterwards.
+    acked.extend(write_range(&c, 400, 420).await);
+    assert_same_state(&g).await;
+    assert_all_readable(&g, &acked).await;
+}

@@ -458,7 +458,7 @@ impl Client {
     /// The node's status.
     pub async fn status(&self) -> Result<Status, ClientError> {
         match self.call(Request::Status).await? {
-            Response::Status(s) => Ok(s),
+            Response::Status(s) => Ok(*s),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

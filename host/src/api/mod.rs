@@ -181,6 +181,9 @@ pub struct Status {
     pub leader: Option<NodeId>,
     /// Last log index.
     pub last_index: Index,
+    /// First index still in the log (earlier ones are compacted).
+    #[serde(default)]
+    pub log_first_index: Index,
     /// Commit index.
     pub commit_index: Index,
     /// Applied index.
@@ -206,9 +209,25 @@ pub struct Status {
     /// Why this node serves no reads, if it is quarantined.
     #[serde(default)]
     pub quarantined: Option<String>,
+    /// A snapshot being received, if any.
+    #[serde(default)]
+    pub snapshot_in: Option<SnapshotProgress>,
     /// Client addresses of the members this node knows (itself included).
     #[serde(default)]
     pub client_addresses: std::collections::BTreeMap<NodeId, String>,
+}
+
+/// Progress of a snapshot a follower receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// The applied index the snapshot is the state of.
+    pub index: Index,
+    /// Chunks received and verified.
+    pub chunks_done: u64,
+    /// Chunks in all.
+    pub chunks: u64,
+    /// Bytes in all.
+    pub bytes: u64,
 }
 
 /// A response.
@@ -240,7 +259,7 @@ pub enum Response {
         applied_index: Index,
     },
     /// Status.
-    Status(Status),
+    Status(Box<Status>),
     /// A switchover has started; watch `leader` in the status.
     Promoting {
         /// The member that is to lead.

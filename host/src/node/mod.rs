@@ -76,6 +76,34 @@ pub struct NodeConfig {
     /// fails with `Timeout`.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// When the applied prefix of the log is compacted.
+    #[serde(default)]
+    pub compaction: Compaction,
+}
+
+/// Log compaction bounds. The log keeps the last `retain_entries` applied
+/// entries and those younger than `retain_ms` (by entry timestamp); the
+/// prefix beyond either bound is removed once its effects are durable in
+/// the state. A follower that needs removed entries gets a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compaction {
+    /// Size bound: applied entries kept in the log.
+    pub retain_entries: u64,
+    /// Age bound: applied entries older than this are removed.
+    pub retain_ms: u64,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            retain_entries: 100_000,
+            retain_ms: 24 * 3600 * 1000,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Another member of the group.
@@ -151,6 +179,7 @@ impl NodeConfig {
             peers: Vec::new(),
             timing: Timing::default(),
             read_timeout_ms: default_read_timeout_ms(),
+            compaction: Compaction::default(),
         }
     }
 
@@ -255,6 +284,27 @@ type Samples = Vec<(Index, [u8; 32])>;
 #[rtype(result = "()")]
 struct Applied(Result<(Outcomes, AppliedState, Samples), String>);
 
+/// Replace the state by a staged snapshot (answer: installed, or not needed).
+#[derive(Message)]
+#[rtype(result = "Result<bool, String>")]
+struct InstallSnapshot {
+    dir: PathBuf,
+    meta: storage::SnapshotMeta,
+}
+
+/// Replace the log by the compacted point of an installed snapshot.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+struct ResetLog {
+    index: Index,
+    term: Term,
+}
+
+/// Produce (or reuse) a snapshot to send.
+#[derive(Message)]
+#[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), String>")]
+struct MakeSnapshot;
+
 /// Make executed entries durable in the state store (sent on every tick).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -286,6 +336,60 @@ impl Actor for LogWriter {
     type Context = SyncContext<Self>;
 }
 
+impl Handler<ResetLog> for LogWriter {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: ResetLog, _: &mut Self::Context) -> Self::Result {
+        self.log
+            .reset_to(msg.index, msg.term)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Produces snapshots of the durable state on its own thread, and keeps the
+/// latest one while it is still ahead of the compacted log (so a broken
+/// transfer resumes with the same snapshot).
+pub struct SnapshotMaker {
+    state: storage::StateStore,
+    log: LogStore,
+    root: PathBuf,
+    chunk_bytes: usize,
+}
+
+impl Actor for SnapshotMaker {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<MakeSnapshot> for SnapshotMaker {
+    type Result = Result<(PathBuf, storage::SnapshotMeta), String>;
+    fn handle(&mut self, _: MakeSnapshot, _: &mut Self::Context) -> Self::Result {
+        let current = self.root.join("current");
+        let (compacted, _) = self.log.compacted().map_err(|e| e.to_string())?;
+        if let Ok(bytes) = std::fs::read(current.join("meta"))
+            && let Ok(meta) = crate::codec::decode::<storage::SnapshotMeta>("snapshot meta", &bytes)
+            && meta.index >= compacted
+        {
+            return Ok((current, meta));
+        }
+        let tmp = self.root.join(format!("tmp-{}", rand::random::<u32>()));
+        let log = self.log.clone();
+        let meta = self
+            .state
+            .write_snapshot(&tmp, self.chunk_bytes, |i| {
+                crate::replication::LogRead::term(&log, i)
+            })
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&current);
+        std::fs::rename(&tmp, &current).map_err(|e| e.to_string())?;
+        tracing::info!(
+            index = meta.index,
+            chunks = meta.chunks,
+            bytes = meta.bytes,
+            "snapshot written"
+        );
+        Ok((current, meta))
+    }
+}
+
 impl Handler<Persist> for LogWriter {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
@@ -309,6 +413,8 @@ pub struct ApplierActor {
     log: LogStore,
     batch_max: usize,
     checkpoint_entries: usize,
+    compaction: Compaction,
+    ticks: u64,
     halted: Option<String>,
 }
 
@@ -370,12 +476,58 @@ impl Handler<Checkpoint> for ApplierActor {
         }
         if let Err(e) = self.applier.checkpoint() {
             let index = self.applier.durable().index + 1;
-            self.halt(e.to_string(), index, &msg.reply_to);
+            return self.halt(e.to_string(), index, &msg.reply_to);
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(50) {
+            self.compact();
         }
     }
 }
 
+impl Handler<InstallSnapshot> for ApplierActor {
+    type Result = Result<bool, String>;
+    fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
+        if let Some(why) = &self.halted {
+            return Err(format!("applying halted: {why}"));
+        }
+        self.applier
+            .install_snapshot(&msg.dir, &msg.meta)
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl ApplierActor {
+    /// Remove the log prefix beyond the size or the age bound, up to what
+    /// the state holds durably.
+    fn compact(&mut self) {
+        let durable = self.applier.durable().index;
+        let (compacted, _) = match self.log.compacted() {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(error = %e, "reading the compaction point"),
+        };
+        if durable <= compacted {
+            return;
+        }
+        let by_size = durable.saturating_sub(self.compaction.retain_entries);
+        let cutoff_ms = Node::now_ms().saturating_sub(self.compaction.retain_ms);
+        let by_age = match self
+            .log
+            .first_at_or_after(cutoff_ms, compacted + 1, durable)
+        {
+            Ok(first_young) => first_young.saturating_sub(1),
+            Err(e) => return tracing::error!(error = %e, "searching the log by age"),
+        };
+        let up_to = by_size.max(by_age).min(durable);
+        if up_to <= compacted {
+            return;
+        }
+        match self.log.compact(up_to, 50_000) {
+            Ok(done) => tracing::debug!(up_to = done, "log compacted"),
+            Err(e) => tracing::error!(error = %e, "log compaction failed"),
+        }
+    }
+
     fn halt(&mut self, error: String, index: Index, reply_to: &Recipient<Applied>) {
         tracing::error!(%error, index, "applying halted");
         self.halted = Some(error.clone());
@@ -415,7 +567,7 @@ impl Handler<FillStatus> for ApplierActor {
         msg.status.applied_index = applied.index;
         msg.status.digest = applied.digest.iter().map(|b| format!("{b:02x}")).collect();
         msg.status.actors = self.applier.actors().unwrap_or_default();
-        let _ = msg.reply.send(Response::Status(msg.status));
+        let _ = msg.reply.send(Response::Status(Box::new(msg.status)));
     }
 }
 
@@ -477,6 +629,14 @@ pub struct Node {
     digest_checks: BTreeMap<NodeId, (Index, bool)>,
     /// Set when this node's state is found to differ: it serves no reads.
     quarantined: Option<String>,
+    snapshot_maker: Addr<SnapshotMaker>,
+    /// Peers a snapshot is being sent to.
+    snapshots_out: std::collections::BTreeSet<NodeId>,
+    /// A snapshot is being installed: appends are dropped, the clock of the
+    /// core stands still (no elections).
+    installing: bool,
+    /// Incoming snapshot: (index, chunks staged, chunks, bytes).
+    snapshot_in: Option<(Index, u64, u64, u64)>,
     halted: Option<String>,
     _lock: DirLock,
 }
@@ -504,7 +664,18 @@ impl Node {
         let (lock, log, state) = storage::open(&config.data_dir, &identity, &config.storage)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
         let hard = log.hard_state()?;
+        let applied_before = state.applied()?;
+        if applied_before.index > log.last()?.0
+            && let Some((index, term)) = state.installed_snapshot()?
+            && index == applied_before.index
+        {
+            // A snapshot was installed but the node stopped before the log
+            // was reset to it: finish the install.
+            tracing::info!(index, term, "completing an interrupted snapshot install");
+            log.reset_to(index, term)?;
+        }
         let last = log.last()?;
+        let snapshot_state = state.clone();
         let mut sandbox = Sandbox::new(config.limits.clone())?;
         for (hash, machine) in natives {
             sandbox.register_native(hash, machine);
@@ -530,6 +701,16 @@ impl Node {
         let writer = SyncArbiter::start(1, move || LogWriter {
             log: writer_log.clone(),
         });
+        let maker_log = log.clone();
+        let maker_root = config.data_dir.join("snapshots");
+        let chunk_bytes = config.compaction.snapshot_chunk_bytes.max(4096);
+        let snapshot_maker = SyncArbiter::start(1, move || SnapshotMaker {
+            state: snapshot_state.clone(),
+            log: maker_log.clone(),
+            root: maker_root.clone(),
+            chunk_bytes,
+        });
+        let compaction = config.compaction;
         let batch_max = config.apply_batch_entries_max.max(1);
         let checkpoint_entries = config.checkpoint_entries_max.max(1);
         let applier_slot = std::sync::Mutex::new(Some(applier));
@@ -543,6 +724,8 @@ impl Node {
             log: applier_log.clone(),
             batch_max,
             checkpoint_entries,
+            compaction,
+            ticks: 0,
             halted: None,
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
@@ -551,6 +734,7 @@ impl Node {
             node_id: config.node_id,
             members: config.members(),
             client_address: client_address.clone(),
+            snapshot_root: config.data_dir.join("snapshots"),
         };
         let peer_addresses = config
             .peers
@@ -582,6 +766,10 @@ impl Node {
             peer_digests: BTreeMap::new(),
             digest_checks: BTreeMap::new(),
             quarantined: None,
+            snapshot_maker,
+            snapshots_out: Default::default(),
+            installing: false,
+            snapshot_in: None,
             halted: None,
             _lock: lock,
         };
@@ -616,7 +804,11 @@ impl Node {
             apply_up_to,
             reads,
             failed_reads,
+            snapshots,
         } = self.core.ready();
+        for peer in snapshots {
+            self.send_snapshot(peer, ctx);
+        }
         if let Some(hs) = hard_state {
             self.hard_state_queued += 1;
             self.persist_hard_state = Some((hs, self.hard_state_queued));
@@ -657,6 +849,119 @@ impl Node {
                 let _ = read.reply.send(Response::Error(e));
             }
         }
+    }
+
+    /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
+    /// core offers it again after a pause.
+    fn send_snapshot(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
+        if !self.snapshots_out.insert(peer) {
+            return;
+        }
+        let Some(address) = self
+            .config
+            .peers
+            .iter()
+            .find(|p| p.id == peer)
+            .map(|p| p.address.clone())
+        else {
+            return;
+        };
+        let maker = self.snapshot_maker.clone();
+        let cluster = self.config.cluster_id.clone();
+        let me = self.config.node_id;
+        let client_address = self.client_addresses.get(&me).cloned().unwrap_or_default();
+        tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
+        let transfer = async move {
+            let (dir, meta) = maker
+                .send(MakeSnapshot)
+                .await
+                .map_err(|e| e.to_string())??;
+            crate::peer::snapshot::send_snapshot(
+                &address,
+                &cluster,
+                me,
+                peer,
+                &client_address,
+                &dir,
+                &meta,
+            )
+            .await
+            .map(|()| meta.index)
+        };
+        ctx.spawn(transfer.into_actor(self).map(move |result, node, ctx| {
+            node.snapshots_out.remove(&peer);
+            match result {
+                Ok(index) => {
+                    tracing::info!(peer, index, "snapshot delivered");
+                    node.core.snapshot_sent(peer, index, &node.log);
+                    node.drive(ctx);
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "snapshot transfer failed; retrying in 1 s");
+                    ctx.run_later(Duration::from_secs(1), move |node, ctx| {
+                        node.core.snapshot_failed(peer);
+                        node.drive(ctx);
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Install a complete incoming snapshot: state (applier), then the log
+    /// reset (writer, after whatever it is writing), then the core.
+    fn install_snapshot(
+        &mut self,
+        meta: storage::SnapshotMeta,
+        dir: PathBuf,
+        done: oneshot::Sender<Result<(), String>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.installing || self.core.role() != Role::Follower {
+            let _ = done.send(Err("not a follower ready to install a snapshot".into()));
+            return;
+        }
+        self.installing = true;
+        // Entries not yet written belong to the log being replaced.
+        self.persist_queue.clear();
+        self.persist_truncate_from = None;
+        let (applier, writer) = (self.applier.clone(), self.writer.clone());
+        let (index, term) = (meta.index, meta.term);
+        let work = async move {
+            let installed = applier
+                .send(InstallSnapshot { dir, meta })
+                .await
+                .map_err(|e| e.to_string())??;
+            if installed {
+                writer
+                    .send(ResetLog { index, term })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("FATAL: state installed but the log reset failed: {e}"))?;
+            }
+            Ok::<bool, String>(installed)
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, node, ctx| {
+            node.installing = false;
+            node.snapshot_in = None;
+            match result {
+                Ok(installed) => {
+                    if installed {
+                        tracing::info!(index, term, "snapshot installed");
+                    }
+                    node.core.restore(index, term);
+                    node.release_reads();
+                    node.drive(ctx);
+                    let _ = done.send(Ok(()));
+                }
+                Err(e) => {
+                    if e.starts_with("FATAL") {
+                        node.halt(e.clone());
+                    }
+                    tracing::error!(error = %e, "snapshot install failed");
+                    let _ = done.send(Err(e));
+                }
+            }
+        }));
     }
 
     /// Waiters for entries at `index` and after that this node no longer
@@ -1041,6 +1346,7 @@ impl Node {
             term: self.core.term(),
             leader: self.core.leader(),
             last_index: self.core.last_index(),
+            log_first_index: crate::replication::LogRead::first_index(&self.log),
             commit_index: self.core.commit_index(),
             applied_index: self.core.applied_index(),
             digest: String::new(),
@@ -1051,6 +1357,14 @@ impl Node {
             leader_address: self.leader_address(),
             followers: self.core.followers(&self.log),
             quarantined: self.quarantined.clone(),
+            snapshot_in: self.snapshot_in.map(|(index, done, chunks, bytes)| {
+                crate::api::SnapshotProgress {
+                    index,
+                    chunks_done: done,
+                    chunks,
+                    bytes,
+                }
+            }),
             client_addresses: self.client_addresses.clone(),
         }
     }
@@ -1063,7 +1377,9 @@ impl Actor for Node {
         self.core.tick(Self::now_ms(), &self.log);
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
-            node.core.tick(Self::now_ms(), &node.log);
+            if !node.installing {
+                node.core.tick(Self::now_ms(), &node.log);
+            }
             node.reask_reads();
             node.drive(ctx);
             node.expire_reads();
@@ -1164,12 +1480,26 @@ impl Handler<FromPeer> for Node {
                 self.client_addresses.insert(from, client_address);
             }
             crate::peer::Inbound::Message {
+                msg: PeerMessage::Raft(Message::Append { .. }),
+                ..
+            } if self.installing => {
+                // The log is being replaced; the leader resends.
+            }
+            crate::peer::Inbound::Message {
                 from,
                 msg: PeerMessage::Raft(msg),
             } => {
                 self.core.step(from, msg, &self.log);
                 self.drive(ctx);
             }
+            crate::peer::Inbound::Snapshot { progress, .. } => match progress {
+                crate::peer::snapshot::Progress::Chunk { meta, done } => {
+                    self.snapshot_in = Some((meta.index, done, meta.chunks, meta.bytes));
+                }
+                crate::peer::snapshot::Progress::Complete { meta, dir, done } => {
+                    self.install_snapshot(meta, dir, done, ctx);
+                }
+            },
             crate::peer::Inbound::Message {
                 from,
                 msg: PeerMessage::Digest { index, digest },
@@ -1237,7 +1567,10 @@ impl Handler<Applied> for Node {
     fn handle(&mut self, msg: Applied, _: &mut Self::Context) {
         match msg.0 {
             Ok((outcomes, applied, samples)) => {
-                self.core.applied(applied.index);
+                // After a snapshot install, a report from before it is stale.
+                if applied.index >= self.core.applied_index() {
+                    self.core.applied(applied.index);
+                }
                 self.record_samples(samples);
                 for (index, term, outcome) in outcomes {
                     if let Some(w) = self.waiters.remove(&index) {
@@ -1322,6 +1655,7 @@ pub fn run_bound(
         node_id: config.node_id,
         members: config.members(),
         client_address: bound.to_string(),
+        snapshot_root: config.data_dir.join("snapshots"),
     };
     let node = Node::start_with(config, natives, Some(bound))?;
     let mut peer = None;

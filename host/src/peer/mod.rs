@@ -18,6 +18,8 @@
 //! loss, so a full queue or a broken connection drops them (logged at
 //! debug) and the dialer reconnects with backoff.
 
+pub mod snapshot;
+
 use crate::net;
 use crate::replication::Message;
 use crate::types::NodeId;
@@ -48,6 +50,8 @@ pub enum Lane {
     Control,
     /// Log shipping.
     Data,
+    /// A snapshot transfer (a dialogue, see [`snapshot`]).
+    Snapshot,
 }
 
 /// What travels between members.
@@ -119,6 +123,8 @@ pub struct LocalIdentity {
     pub members: Vec<NodeId>,
     /// Where this node serves clients.
     pub client_address: String,
+    /// Where incoming snapshots are staged.
+    pub snapshot_root: std::path::PathBuf,
 }
 
 impl LocalIdentity {
@@ -153,7 +159,6 @@ impl LocalIdentity {
 }
 
 /// What the acceptor hands to the node.
-#[derive(Debug)]
 pub enum Inbound {
     /// A peer connected (its client address, for leader hints).
     Connected {
@@ -161,6 +166,13 @@ pub enum Inbound {
         from: NodeId,
         /// Its client address.
         client_address: String,
+    },
+    /// Progress of a snapshot from a peer (the leader).
+    Snapshot {
+        /// The peer.
+        from: NodeId,
+        /// What happened.
+        progress: snapshot::Progress,
     },
     /// A message from a peer.
     Message {
@@ -222,6 +234,13 @@ async fn receive(
         from: hello.from,
         client_address: hello.client_address.clone(),
     });
+    if hello.lane == Lane::Snapshot {
+        let from = hello.from;
+        return snapshot::receive_snapshot(framed, &me.snapshot_root, |progress| {
+            sink(Inbound::Snapshot { from, progress })
+        })
+        .await;
+    }
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(|e| e.to_string())?;
         let msg: PeerMessage = match net::decode(&frame) {
@@ -321,9 +340,6 @@ async fn dial(address: String, hello: Hello, mut rx: mpsc::Receiver<PeerMessage>
                 backoff = Duration::from_millis(20);
                 refused_logged = false;
                 tracing::debug!(to = hello.to, lane = ?hello.lane, %address, "peer lane up");
-                // Messages queued while disconnected are stale; the
-                // protocol resends what still matters.
-                while rx.try_recv().is_ok() {}
                 loop {
                     let Some(msg) = rx.recv().await else {
                         return; // node stopped
@@ -407,6 +423,7 @@ mod tests {
             node_id: 1,
             members: vec![1, 2, 3],
             client_address: "127.0.0.1:1".into(),
+            snapshot_root: std::path::PathBuf::from("/nonexistent"),
         }
     }
 

@@ -143,3 +143,84 @@ fn state_commit_is_exactly_once() {
         Some(b"v".to_vec())
     );
 }
+
+#[test]
+fn compaction_keeps_the_last_compacted_term_and_the_log_continues() {
+    use crate::replication::LogRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+    let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5, 4)).collect();
+    log.append(&entries).unwrap();
+    assert_eq!(
+        log.first_at_or_after(4, 1, 10).unwrap(),
+        4,
+        "timestamps are the index here"
+    );
+    // In batches: a call never removes more than it is allowed to.
+    assert_eq!(log.compact(7, 3).unwrap(), 3);
+    assert_eq!(log.compact(7, 100).unwrap(), 7);
+    assert_eq!(log.compacted().unwrap(), (7, 2));
+    assert_eq!(log.first_index(), 8);
+    assert_eq!(
+        LogRead::term(&log, 7),
+        Some(2),
+        "the compacted point keeps its term"
+    );
+    assert_eq!(LogRead::term(&log, 6), None);
+    assert!(log.read(1, 7, usize::MAX).unwrap().is_empty());
+    assert_eq!(log.last().unwrap(), (10, 3));
+    // Compacting everything: the log still knows where it ends.
+    log.compact(10, 100).unwrap();
+    assert_eq!(log.last().unwrap(), (10, 3));
+    log.append(&[entry(11, 3, 4)]).unwrap();
+    assert!(log.append(&[entry(13, 3, 4)]).is_err(), "still no gaps");
+    // A snapshot install resets the log to its point.
+    log.reset_to(50, 4).unwrap();
+    assert_eq!(log.last().unwrap(), (50, 4));
+    assert_eq!(log.first_index(), 51);
+    log.append(&[entry(51, 4, 4)]).unwrap();
+}
+
+#[test]
+fn a_state_snapshot_installs_into_another_store_exactly() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (_la, _log_a, sa) = open(a.path(), &ident(1), &StorageOptions::default()).unwrap();
+    let (_lb, _log_b, sb) = open(b.path(), &ident(2), &StorageOptions::default()).unwrap();
+    let mut batch = StateBatch {
+        applied_index: 9,
+        digest: [9; 32],
+        ..StateBatch::default()
+    };
+    for i in 0..300u32 {
+        batch
+            .kv
+            .insert(i.to_be_bytes().to_vec(), Some(vec![i as u8; 40]));
+    }
+    sa.commit(&batch).unwrap();
+    // The receiving store had other state, which the snapshot replaces.
+    let old = StateBatch {
+        applied_index: 3,
+        kv: [(b"stale".to_vec(), Some(b"x".to_vec()))]
+            .into_iter()
+            .collect(),
+        ..StateBatch::default()
+    };
+    sb.commit(&old).unwrap();
+    let snap = a.path().join("snap");
+    let meta = sa.write_snapshot(&snap, 1024, |_| Some(4)).unwrap();
+    assert!(meta.chunks > 5, "small chunks: {}", meta.chunks);
+    assert_eq!((meta.index, meta.term, meta.digest), (9, 4, [9; 32]));
+    let chunks = (0..meta.chunks).map(|seq| {
+        let bytes = std::fs::read(snap.join(format!("chunk-{seq:08}"))).unwrap();
+        assert_eq!(
+            *blake3::hash(&bytes).as_bytes(),
+            meta.checksums[seq as usize]
+        );
+        Ok(crate::codec::decode("chunk", &bytes).unwrap())
+    });
+    sb.install_snapshot(&meta, chunks).unwrap();
+    assert_eq!(sb.dump_kv().unwrap(), sa.dump_kv().unwrap());
+    assert_eq!(sb.applied().unwrap(), sa.applied().unwrap());
+    assert_eq!(sb.installed_snapshot().unwrap(), Some((9, 4)));
+}

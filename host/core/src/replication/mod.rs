@@ -323,6 +323,9 @@ pub struct FollowerStatus {
     pub lag_ms: u64,
     /// Milliseconds since the leader last heard from it.
     pub heard_ms_ago: u64,
+    /// It needs a snapshot (entries it lacks are compacted).
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// A linearizable read waiting for its heartbeat round.
@@ -516,6 +519,7 @@ impl Core {
                     lag_entries: self.last_index.saturating_sub(p.matched),
                     lag_ms: oldest_missing.map_or(0, |t| self.now_ms.saturating_sub(t)),
                     heard_ms_ago: self.now_ms.saturating_sub(p.heard_ms),
+                    snapshot: p.snapshotting,
                 }
             })
             .collect()
@@ -1135,6 +1139,20 @@ impl Core {
         if idle_behind {
             // Back from a cut or a restart: resume shipping now.
             self.send_append(from, log, false);
+        }
+    }
+
+    /// `peer` installed (or already had) the snapshot of the state at
+    /// `index`: ship the log from there.
+    pub fn snapshot_sent(&mut self, peer: NodeId, index: Index, log: &impl LogRead) {
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.snapshotting = false;
+            pr.matched = pr.matched.max(index);
+            pr.next = pr.matched + 1;
+            pr.inflight.clear();
+            pr.probing = false;
+            self.advance_commit(log);
+            self.send_append(peer, log, false);
         }
     }
 

@@ -119,6 +119,12 @@ enum Event {
     },
     /// The snapshot stream from `leader` to `peer` broke.
     SnapshotFailed { leader: NodeId, peer: NodeId },
+    /// `peer` reported the snapshot installed (or not needed).
+    SnapshotDone {
+        leader: NodeId,
+        peer: NodeId,
+        index: Index,
+    },
 }
 
 struct Sim {
@@ -500,6 +506,32 @@ impl Sim {
                     }
                     n.core.restore(index, term);
                     self.drain(to);
+                    // The sender hears back, unless the answer is lost.
+                    let at = now + 1 + self.rng.below(10);
+                    let answer = if self.rng.chance(100) {
+                        Event::SnapshotFailed {
+                            leader: from,
+                            peer: to,
+                        }
+                    } else {
+                        Event::SnapshotDone {
+                            leader: from,
+                            peer: to,
+                            index,
+                        }
+                    };
+                    self.net.push((at, answer));
+                }
+                Event::SnapshotDone {
+                    leader,
+                    peer,
+                    index,
+                } => {
+                    let n = self.nodes.get_mut(&leader).expect("node");
+                    if n.up {
+                        n.core.snapshot_sent(peer, index, &n.disk);
+                        self.drain(leader);
+                    }
                 }
                 Event::SnapshotFailed { leader, peer } => {
                     let n = self.nodes.get_mut(&leader).expect("node");

@@ -1,0 +1,380 @@
+//! Streaming a state snapshot to a follower that needs entries the leader
+//! has compacted.
+//!
+//! The leader dials the follower's peer address with a [`Hello`] on the
+//! `Snapshot` lane; unlike the other lanes this connection is a dialogue:
+//!
+//! ```text
+//! leader → Offer { meta }            the snapshot: index, term, chunk checksums
+//! leader ← Resume { from }           chunks the follower already has staged
+//! leader → Chunk { seq, data }  ┐    one at a time; the follower checks the
+//! leader ← Ack { next }         ┘    chunk's BLAKE3 and re-requests a bad one
+//! leader ← Installed | Failed        after the last chunk, once installed
+//! ```
+//!
+//! The follower stages verified chunks in files named by the snapshot's
+//! (index, term), so a broken connection resumes where it stopped when the
+//! leader offers the same snapshot again (it keeps offering its latest one
+//! while that one is still ahead of its compacted log).
+
+use super::{Hello, HelloReply, PEER_PROTOCOL_VERSION};
+use crate::net;
+use crate::storage::SnapshotMeta;
+use crate::types::NodeId;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// How long one step of the dialogue may take (installing a large snapshot
+/// gets [`INSTALL_TIMEOUT`]).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the follower may take to install a complete snapshot.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Leader → follower.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Offer {
+    /// The snapshot on offer.
+    Offer(SnapshotMeta),
+    /// One chunk.
+    Chunk {
+        /// Chunk number.
+        seq: u64,
+        /// Its bytes.
+        data: serde_bytes::ByteBuf,
+    },
+}
+
+/// Follower → leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Send chunks from `from` on.
+    Resume {
+        /// First chunk wanted.
+        from: u64,
+    },
+    /// Chunk `next - 1` was good; send `next`.
+    Ack {
+        /// Next chunk wanted.
+        next: u64,
+    },
+    /// Chunk `seq` did not match its checksum: send it again.
+    Resend {
+        /// The chunk.
+        seq: u64,
+    },
+    /// The snapshot is installed (or was not needed any more).
+    Installed,
+    /// The follower could not install it.
+    Failed(String),
+}
+
+type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+
+async fn recv<T: serde::de::DeserializeOwned>(c: &mut Conn, within: Duration) -> Result<T, String> {
+    let frame = tokio::time::timeout(within, c.next())
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .ok_or("connection closed")?
+        .map_err(|e| e.to_string())?;
+    net::decode(&frame).map_err(|e| e.to_string())
+}
+
+async fn send<T: Serialize>(c: &mut Conn, value: &T) -> Result<(), String> {
+    c.send(net::encode(value)).await.map_err(|e| e.to_string())
+}
+
+/// Leader side: offer the snapshot in `dir` to the peer at `address`.
+pub async fn send_snapshot(
+    address: &str,
+    cluster_id: &str,
+    from: NodeId,
+    to: NodeId,
+    client_address: &str,
+    dir: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut c = Framed::new(stream, net::codec());
+    let hello = Hello {
+        v: PEER_PROTOCOL_VERSION,
+        cluster_id: cluster_id.to_string(),
+        from,
+        to,
+        client_address: client_address.to_string(),
+        lane: super::Lane::Snapshot,
+    };
+    send(&mut c, &hello).await?;
+    match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {
+        HelloReply::Welcome => {}
+        HelloReply::Refused(why) => return Err(format!("refused: {why}")),
+    }
+    send(&mut c, &Offer::Offer(meta.clone())).await?;
+    let mut next = match recv::<Answer>(&mut c, STEP_TIMEOUT).await? {
+        Answer::Resume { from } => from,
+        Answer::Installed => return Ok(()),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    if next > 0 {
+        tracing::info!(to, index = meta.index, from = next, "resuming a snapshot");
+    }
+    let mut resends = 0;
+    while next < meta.chunks {
+        let data = tokio::fs::read(dir.join(chunk_name(next)))
+            .await
+            .map_err(|e| format!("reading chunk {next}: {e}"))?;
+        let chunk = Offer::Chunk {
+            seq: next,
+            data: serde_bytes::ByteBuf::from(data),
+        };
+        send(&mut c, &chunk).await?;
+        match recv::<Answer>(&mut c, STEP_TIMEOUT).await? {
+            Answer::Ack { next: n } => next = n,
+            Answer::Resend { seq } => {
+                resends += 1;
+                if resends > 10 {
+                    return Err(format!("chunk {seq} refused too often"));
+                }
+                tracing::warn!(
+                    to,
+                    seq,
+                    "snapshot chunk refused (checksum); sending it again"
+                );
+                next = seq;
+            }
+            Answer::Failed(why) => return Err(why),
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+    }
+    match recv::<Answer>(&mut c, INSTALL_TIMEOUT).await? {
+        Answer::Installed => Ok(()),
+        Answer::Failed(why) => Err(why),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// File name of chunk `seq`.
+pub fn chunk_name(seq: u64) -> String {
+    format!("chunk-{seq:08}")
+}
+
+/// Where a follower stages the chunks of the snapshot `(index, term)`.
+pub fn staging_dir(root: &Path, meta: &SnapshotMeta) -> PathBuf {
+    root.join(format!("incoming-{}-{}", meta.index, meta.term))
+}
+
+/// What the follower's receiving side reports to the node.
+pub enum Progress {
+    /// Chunks staged so far.
+    Chunk {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// Chunks staged.
+        done: u64,
+    },
+    /// All chunks are staged and verified: install them, then answer.
+    Complete {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// Its chunks.
+        dir: PathBuf,
+        /// Install result.
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Follower side of an accepted `Snapshot` lane.
+pub async fn receive_snapshot(
+    mut c: Conn,
+    root: &Path,
+    report: impl Fn(Progress),
+) -> Result<(), String> {
+    let meta = match recv::<Offer>(&mut c, STEP_TIMEOUT).await? {
+        Offer::Offer(meta) => meta,
+        Offer::Chunk { .. } => return Err("chunk before the offer".into()),
+    };
+    if meta.checksums.len() as u64 != meta.chunks {
+        return Err("snapshot offer with a wrong number of checksums".into());
+    }
+    let dir = staging_dir(root, &meta);
+    // Other incoming snapshots are outdated: only the latest is resumed.
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.path() != dir && e.file_name().to_string_lossy().starts_with("incoming-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Resume after the chunks already staged (each was verified on arrival).
+    let mut next = 0;
+    while next < meta.chunks && dir.join(chunk_name(next)).exists() {
+        next += 1;
+    }
+    report(Progress::Chunk {
+        meta: meta.clone(),
+        done: next,
+    });
+    send(&mut c, &Answer::Resume { from: next }).await?;
+    while next < meta.chunks {
+        let (seq, data) = match recv::<Offer>(&mut c, STEP_TIMEOUT).await? {
+            Offer::Chunk { seq, data } => (seq, data),
+            Offer::Offer(_) => return Err("second offer".into()),
+        };
+        if seq != next {
+            return Err(format!("chunk {seq} arrived, {next} expected"));
+        }
+        if *blake3::hash(&data).as_bytes() != meta.checksums[seq as usize] {
+            tracing::warn!(
+                seq,
+                "snapshot chunk with a bad checksum refused; asking again"
+            );
+            send(&mut c, &Answer::Resend { seq }).await?;
+            continue;
+        }
+        // Staged atomically: a crash never leaves half a chunk named.
+        let tmp = dir.join(format!("{}.tmp", chunk_name(seq)));
+        std::fs::write(&tmp, &data).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, dir.join(chunk_name(seq))).map_err(|e| e.to_string())?;
+        next += 1;
+        report(Progress::Chunk {
+            meta: meta.clone(),
+            done: next,
+        });
+        send(&mut c, &Answer::Ack { next }).await?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    report(Progress::Complete {
+        meta: meta.clone(),
+        dir: dir.clone(),
+        done: tx,
+    });
+    let result = rx
+        .await
+        .unwrap_or_else(|_| Err("the node stopped".to_string()));
+    let answer = match &result {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Answer::Installed
+        }
+        Err(why) => Answer::Failed(why.clone()),
+    };
+    send(&mut c, &answer).await?;
+    let _ = SinkExt::<Bytes>::close(&mut c).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(chunks: &[Vec<u8>]) -> SnapshotMeta {
+        SnapshotMeta {
+            index: 42,
+            term: 3,
+            digest: [7; 32],
+            chunks: chunks.len() as u64,
+            bytes: chunks.iter().map(|c| c.len() as u64).sum(),
+            checksums: chunks.iter().map(|c| *blake3::hash(c).as_bytes()).collect(),
+        }
+    }
+
+    async fn dial(addr: std::net::SocketAddr) -> Conn {
+        Framed::new(TcpStream::connect(addr).await.unwrap(), net::codec())
+    }
+
+    fn chunk(seq: u64, data: &[u8]) -> Offer {
+        Offer::Chunk {
+            seq,
+            data: serde_bytes::ByteBuf::from(data.to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_chunk_is_asked_again_and_a_broken_transfer_resumes() {
+        let root = tempfile::tempdir().unwrap();
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000]).collect();
+        let m = meta(&chunks);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let root_path = root.path().to_path_buf();
+        let installed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = installed.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let c = Framed::new(stream, net::codec());
+                let seen = seen.clone();
+                let _ = receive_snapshot(c, &root_path, move |p| {
+                    if let Progress::Complete { meta, dir, done } = p {
+                        // Everything staged is what was offered.
+                        for seq in 0..meta.chunks {
+                            let bytes = std::fs::read(dir.join(chunk_name(seq))).unwrap();
+                            assert_eq!(
+                                *blake3::hash(&bytes).as_bytes(),
+                                meta.checksums[seq as usize]
+                            );
+                        }
+                        *seen.lock().unwrap() = Some(meta.index);
+                        let _ = done.send(Ok(()));
+                    }
+                })
+                .await;
+            }
+        });
+
+        // First attempt: chunk 0 arrives, chunk 1 is corrupted in transit
+        // (refused and asked again), then the connection breaks.
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Resume { from: 0 }
+        );
+        send(&mut c, &chunk(0, &chunks[0])).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Ack { next: 1 }
+        );
+        send(&mut c, &chunk(1, b"garbled")).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Resend { seq: 1 }
+        );
+        drop(c);
+
+        // Second attempt resumes after the chunk already staged.
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Resume { from: 1 }
+        );
+        for seq in 1..3 {
+            send(&mut c, &chunk(seq, &chunks[seq as usize]))
+                .await
+                .unwrap();
+            assert_eq!(
+                recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+                Answer::Ack { next: seq + 1 }
+            );
+        }
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Installed
+        );
+        assert_eq!(*installed.lock().unwrap(), Some(42));
+        assert!(
+            !staging_dir(root.path(), &m).exists(),
+            "an installed snapshot's staging is removed"
+        );
+    }
+}
