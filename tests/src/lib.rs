@@ -94,9 +94,10 @@ impl NodeProc {
             cluster,
             "--listen",
             "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
         ];
+        if !extra.iter().any(|a| a == "--peer-listen") {
+            args.extend(["--peer-listen", "127.0.0.1:0"]);
+        }
         args.extend(extra.iter().map(String::as_str));
         Self::spawn(&args, data_dir, id)
     }
@@ -360,6 +361,8 @@ pub struct Group {
     root: PathBuf,
     cluster: String,
     extra: Vec<String>,
+    /// Without proxies: each node's fixed peer port.
+    direct: Option<std::collections::BTreeMap<u64, u16>>,
 }
 
 impl Group {
@@ -377,6 +380,31 @@ impl Group {
             root: root.to_path_buf(),
             cluster: "test".into(),
             extra,
+            direct: None,
+        };
+        for id in ids {
+            g.restart(id)?;
+        }
+        Ok(g)
+    }
+
+    /// Start `n` nodes whose peers talk directly, without proxies (for
+    /// benchmarks: no extra hop). Peer ports are picked free beforehand;
+    /// `extra` flags as given (default timing).
+    pub fn start_direct(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        let ids: Vec<u64> = (1..=n).collect();
+        let mut ports = std::collections::BTreeMap::new();
+        for &id in &ids {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            ports.insert(id, l.local_addr()?.port());
+        }
+        let mut g = Group {
+            nodes: ids.iter().map(|&id| (id, None)).collect(),
+            net: ProxyNet::new(&[])?,
+            root: root.to_path_buf(),
+            cluster: "test".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            direct: Some(ports),
         };
         for id in ids {
             g.restart(id)?;
@@ -390,13 +418,23 @@ impl Group {
         for &other in self.nodes.keys() {
             if other != id {
                 args.push("--peer".into());
-                args.push(format!("{other}={}", self.net.address(id, other)));
+                let address = match &self.direct {
+                    Some(ports) => format!("127.0.0.1:{}", ports[&other]),
+                    None => self.net.address(id, other).to_string(),
+                };
+                args.push(format!("{other}={address}"));
             }
+        }
+        if let Some(ports) = &self.direct {
+            args.push("--peer-listen".into());
+            args.push(format!("127.0.0.1:{}", ports[&id]));
         }
         let dir = self.root.join(format!("node{id}"));
         let node = NodeProc::start_member(&dir, id, &self.cluster, &args)?;
         let peer = node.peer_addr.context("a member prints its peer address")?;
-        self.net.retarget(id, peer);
+        if self.direct.is_none() {
+            self.net.retarget(id, peer);
+        }
         self.nodes.insert(id, Some(node));
         Ok(())
     }

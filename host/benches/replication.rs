@@ -1,0 +1,289 @@
+//! Replication benchmark: a 3-node group of real `understudy` processes on
+//! this machine (peers talk directly, no proxies), the `kv` machine in Wasm.
+//!
+//! Prints, from one run:
+//! - the physical floor: fdatasync of a 4 KiB append and a loopback TCP
+//!   round trip (p50/p99), and the floor of a majority write they imply;
+//! - majority-write throughput and p50/p99 latency with 1, 16 and 64
+//!   closed-loop clients (each its own connection to the leader);
+//! - read throughput with 64 clients, all on the leader against spread over
+//!   the three nodes, at the `any` and `linearizable` levels;
+//! - catch-up speed of a follower that was down while N entries were
+//!   written (N = `UNDERSTUDY_BENCH_CATCHUP`, default 1,000,000), until it
+//!   has applied everything the leader committed;
+//! - the ratios the Replication issue sets as the bar.
+//!
+//! `cargo bench -p understudy --bench replication`; `UNDERSTUDY_BENCH_SECS`
+//! sets the length of each measurement (default 3).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use understudy::api::ReadLevel;
+use understudy::api::client::Client;
+use understudy_tests::{Group, cbor};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// fdatasync of a 4 KiB append, p50 and p99.
+fn fsync_floor(dir: &std::path::Path) -> (Duration, Duration) {
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let block = vec![7u8; 4096];
+    let mut times = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort_unstable();
+    (pct(&times, 0.5), pct(&times, 0.99))
+}
+
+/// Loopback TCP round trip of a small message, p50 and p99.
+async fn rtt_floor() -> (Duration, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 64];
+        while s.read_exact(&mut b).await.is_ok() {
+            if s.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut b = [0u8; 64];
+    let mut times = Vec::new();
+    for _ in 0..3000 {
+        let t = Instant::now();
+        s.write_all(&b).await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort_unstable();
+    (pct(&times, 0.5), pct(&times, 0.99))
+}
+
+struct Run {
+    ops_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `clients` closed-loop clients, each on its own connection to one of
+/// `targets` (round robin), for `secs`; `op(client, i)` is one operation.
+async fn closed_loop<F, Fut>(targets: &[SocketAddr], clients: usize, secs: f64, op: F) -> Run
+where
+    F: Fn(std::sync::Arc<Client>, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut conns = Vec::new();
+    for c in 0..clients {
+        conns.push(std::sync::Arc::new(
+            Client::connect(targets[c % targets.len()]).await.unwrap(),
+        ));
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for (c, conn) in conns.into_iter().enumerate() {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op(conn.clone(), (c as u64) << 32 | i).await;
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Run {
+        ops_per_s: all.len() as f64 / elapsed,
+        p50: pct(&all, 0.5),
+        p99: pct(&all, 0.99),
+    }
+}
+
+fn put(key: u64) -> Vec<u8> {
+    cbor(&format!(
+        r#"{{"put":{{"key":"k{}","value":"{key}"}}}}"#,
+        key % 10_000
+    ))
+}
+
+async fn write_op(c: std::sync::Arc<Client>, i: u64) {
+    let w = c.command("kv", put(i)).await.expect("majority write");
+    assert!(w.outcome.is_ok());
+}
+
+fn main() {
+    understudy_tests::use_binary(env!("CARGO_BIN_EXE_understudy"));
+    let secs: f64 = env_or("UNDERSTUDY_BENCH_SECS", 3.0);
+    let catchup: u64 = env_or("UNDERSTUDY_BENCH_CATCHUP", 1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("UNDERSTUDY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .unwrap();
+    rt.block_on(async move {
+        println!("== floor (this machine) ==");
+        let (fs50, fs99) = fsync_floor(dir.path());
+        let (rt50, rt99) = rtt_floor().await;
+        println!("fdatasync 4 KiB append  p50 {}  p99 {}", us(fs50), us(fs99));
+        println!("loopback round trip     p50 {}  p99 {}", us(rt50), us(rt99));
+        // Leader fsync in parallel with (round trip + follower fsync).
+        let floor = fs50.max(rt50 + fs50);
+        println!("majority-write floor    ≈ {}", us(floor));
+
+        let retain = (catchup + 100_000).to_string();
+        let mut g = Group::start_direct(
+            &dir.path().join("group"),
+            3,
+            &["--log-retain-entries", &retain],
+        )
+        .unwrap();
+        let leader = g.leader(Duration::from_secs(20)).await.unwrap();
+        let c = g.client().await.unwrap();
+        let w = c
+            .deploy("kv", understudy_examples::KV.to_vec())
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok());
+        let leader_addr = g.node(leader).addr;
+
+        println!("\n== majority writes (kv put through the leader, fsync on every node) ==");
+        println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
+        let mut results = Vec::new();
+        for clients in [1usize, 16, 64] {
+            let r = closed_loop(&[leader_addr], clients, secs, write_op).await;
+            println!(
+                "{clients:>8} {:>12.0} {:>10} {:>10}",
+                r.ops_per_s,
+                us(r.p50),
+                us(r.p99)
+            );
+            results.push((clients, r));
+        }
+
+        println!("\n== reads, 64 clients ==");
+        println!("{:>14} {:>14} {:>12} {:>10} {:>10}", "level", "nodes", "reads/s", "p50", "p99");
+        let all = g.addrs();
+        for (name, level) in [("any", ReadLevel::Any), ("linearizable", ReadLevel::Linearizable)] {
+            for (where_, targets) in [("leader only", vec![leader_addr]), ("all 3", all.clone())] {
+                let r = closed_loop(&targets, 64, secs, move |c, i| async move {
+                    let q = cbor(&format!(r#"{{"get":{{"key":"k{}"}}}}"#, i % 10_000));
+                    c.query_at("kv", q, level).await.expect("read");
+                })
+                .await;
+                println!(
+                    "{name:>14} {where_:>14} {:>12.0} {:>10} {:>10}",
+                    r.ops_per_s,
+                    us(r.p50),
+                    us(r.p99)
+                );
+            }
+        }
+
+        println!("\n== catch-up of a follower {catchup} entries behind ==");
+        let victim = (1..=3).find(|&i| i != leader).unwrap();
+        g.kill9(victim);
+        let t = Instant::now();
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..64u64 {
+            let c = std::sync::Arc::new(Client::connect(leader_addr).await.unwrap());
+            let written = written.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0;
+                loop {
+                    let n = written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= catchup {
+                        break;
+                    }
+                    write_op(c.clone(), w << 32 | i).await;
+                    i += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        println!(
+            "wrote {catchup} entries with one follower down in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let target = Client::connect(leader_addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
+            .commit_index;
+        g.restart(victim).unwrap();
+        let v = g.node(victim).addr;
+        let start_status = Client::connect(v).await.unwrap().status().await.unwrap();
+        let t = Instant::now();
+        let behind = target - start_status.applied_index;
+        loop {
+            let s = Client::connect(v).await.unwrap().status().await.unwrap();
+            if s.applied_index >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = t.elapsed().as_secs_f64();
+        let catchup_rate = behind as f64 / took;
+        println!(
+            "follower applied {behind} missing entries in {took:.2} s: {catchup_rate:.0} entries/s (from restart to caught up)"
+        );
+
+        println!("\n== against the bar (Replication issue) ==");
+        let single = &results[0].1;
+        let sixty_four = &results[2].1;
+        println!(
+            "single-client p50 {} vs floor {}: {:.2}× (bar: ≤ 1.5×; etcd 3.4 measured 0.98 ms)",
+            us(single.p50),
+            us(floor),
+            single.p50.as_secs_f64() / floor.as_secs_f64()
+        );
+        println!(
+            "64 clients {:.0} writes/s vs etcd 3.4's 4,084/s (issue's measurement): {:.2}× (bar: ≥ 2×)",
+            sixty_four.ops_per_s,
+            sixty_four.ops_per_s / 4084.0
+        );
+        println!("catch-up {catchup_rate:.0} entries/s (bar: ≥ 200,000)");
+    });
+}
