@@ -75,6 +75,23 @@ pub enum Payload {
         /// The command bytes (CBOR, as the machine defines them).
         command: ByteBuf,
     },
+    /// The `row` log kind: what a command or deploy did, as the leader
+    /// computed it; followers apply it without running guest code.
+    Effects(Box<Effects>),
+}
+
+/// Everything one command or deploy changed (row log kind).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effects {
+    /// The deterministic outcome, answered to the client.
+    pub outcome: Outcome,
+    /// Key-value writes, keys prefixed by actor (`None` deletes).
+    pub writes: Vec<(ByteBuf, Option<ByteBuf>)>,
+    /// A new exactly-once record: this client write's outcome is
+    /// remembered under its tag (absent for a retry answered from memory).
+    pub session: Option<ClientTag>,
+    /// A successful deploy: the actor and its component bytes.
+    pub deploy: Option<(String, ByteBuf)>,
 }
 
 /// One log entry. Stored CBOR-encoded under its index.

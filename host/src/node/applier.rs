@@ -18,7 +18,7 @@ use crate::storage::{
     self, ActorRecord, AppliedState, StateBatch, StateSnapshot, StateStore, StorageError,
     actor_prefix, session_key,
 };
-use crate::types::{Entry, Index, Outcome, Payload, validate_actor_name};
+use crate::types::{ClientTag, Effects, Entry, Index, Outcome, Payload, Term, validate_actor_name};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 
@@ -234,6 +234,92 @@ pub struct Applier {
     /// Digests at sample indexes executed since the last
     /// [`Self::take_samples`].
     samples: Vec<(Index, [u8; 32])>,
+    /// Row log kind, on the leader: entries executed before they commit.
+    spec: Option<Speculation>,
+}
+
+/// What applying one entry changes.
+#[derive(Clone, Debug)]
+struct Change {
+    outcome: Outcome,
+    /// Prefixed kv writes.
+    writes: WriteSet,
+    /// A new exactly-once record under this tag.
+    session: Option<ClientTag>,
+    /// A deployed actor: name, module hash, component bytes.
+    deploy: Option<(String, ModuleHash, Vec<u8>)>,
+}
+
+impl Change {
+    fn of_outcome(outcome: Outcome) -> Change {
+        Change {
+            outcome,
+            writes: WriteSet::new(),
+            session: None,
+            deploy: None,
+        }
+    }
+
+    /// Record everything but the kv writes (which go through the view).
+    fn fold_into(&self, batch: &mut StateBatch, index: Index) {
+        if let Some(tag) = self.session {
+            batch.sessions.insert(
+                session_key(tag.client_id, tag.seq),
+                Some(codec::encode(&self.outcome)),
+            );
+            let below = batch.session_prunes.entry(tag.client_id).or_insert(0);
+            *below = (*below).max(tag.acked_below.min(tag.seq));
+        }
+        if let Some((actor, hash, component)) = &self.deploy {
+            batch.modules.insert(*hash, component.clone());
+            batch.actors.insert(
+                actor.clone(),
+                ActorRecord {
+                    module: hash.to_vec(),
+                    deployed_at: index,
+                },
+            );
+        }
+    }
+
+    fn to_effects(&self) -> Effects {
+        Effects {
+            outcome: self.outcome.clone(),
+            writes: self
+                .writes
+                .iter()
+                .map(|(k, v)| (ByteBuf::from(k.clone()), v.clone().map(ByteBuf::from)))
+                .collect(),
+            session: self.session,
+            deploy: self
+                .deploy
+                .as_ref()
+                .map(|(a, _, c)| (a.clone(), ByteBuf::from(c.clone()))),
+        }
+    }
+
+    fn from_effects(fx: &Effects) -> Change {
+        Change {
+            outcome: fx.outcome.clone(),
+            writes: fx
+                .writes
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.as_ref().map(|v| v.to_vec())))
+                .collect(),
+            session: fx.session,
+            deploy: fx
+                .deploy
+                .as_ref()
+                .map(|(a, c)| (a.clone(), Sandbox::hash(c), c.to_vec())),
+        }
+    }
+}
+
+/// Entries the leader executed ahead of their commit (row log kind): the
+/// executed state plus their changes, and the changes in log order.
+struct Speculation {
+    batch: StateBatch,
+    queue: std::collections::VecDeque<(Index, Term, Change)>,
 }
 
 /// The digest is sampled at every index that is a multiple of this, so
@@ -252,6 +338,7 @@ impl Applier {
             pending: StateBatch::default(),
             pending_entries: 0,
             samples: Vec::new(),
+            spec: None,
         })
     }
 
@@ -325,25 +412,28 @@ impl Applier {
                 term: e.term,
                 entry: e.context,
             };
-            let (outcome, writes, v) = match self.apply_one(e, ctx, view, &mut batch) {
+            let (change, v) = match self.apply_one(e, ctx, view, &batch) {
                 Ok(x) => x,
                 Err(err) => {
                     // A host-side failure (storage, watchdog): drop every
                     // executed-but-not-durable effect; the durable state plus
                     // the log is still whole, and a restart re-executes.
                     self.pending_entries = 0;
+                    self.spec = None;
                     return Err(err);
                 }
             };
             view = v;
-            digest = chain_digest(&digest, e.index, &writes);
+            digest = chain_digest(&digest, e.index, &change.writes);
             if e.index.is_multiple_of(DIGEST_SAMPLE_EVERY) {
                 self.samples.push((e.index, digest));
             }
-            view.overlay.extend(writes);
+            change.fold_into(&mut batch, e.index);
+            self.committed_speculation(e);
+            view.overlay.extend(change.writes);
             batch.applied_index = e.index;
             batch.digest = digest;
-            outcomes.push((e.index, outcome));
+            outcomes.push((e.index, change.outcome));
         }
         batch.kv = view.overlay;
         self.pending_entries += outcomes.len();
@@ -374,6 +464,18 @@ impl Applier {
         };
         self.pending = StateBatch::default();
         self.pending_entries = 0;
+        // The speculative state held a copy of what was pending: rebuild it
+        // from the outstanding speculated changes alone.
+        if let Some(spec) = self.spec.as_mut() {
+            let mut batch = StateBatch::default();
+            for (i, _, c) in &spec.queue {
+                c.fold_into(&mut batch, *i);
+                batch
+                    .kv
+                    .extend(c.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            spec.batch = batch;
+        }
         Ok(())
     }
 
@@ -409,6 +511,7 @@ impl Applier {
         self.pending = StateBatch::default();
         self.pending_entries = 0;
         self.samples.clear();
+        self.spec = None;
         self.machines = MachineCache::default();
         self.durable = AppliedState {
             index: meta.index,
@@ -417,17 +520,18 @@ impl Applier {
         Ok(true)
     }
 
-    /// Apply one entry over `view`; returns its outcome, its prefixed
-    /// write-set (empty unless Ok) and the view.
+    /// Apply one entry over `view` and `batch` (read only); returns what
+    /// it changes (writes empty unless Ok) and the view.
     fn apply_one(
         &mut self,
         e: &Entry,
         ctx: CallContext,
         view: BatchView,
-        batch: &mut StateBatch,
-    ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        batch: &StateBatch,
+    ) -> Result<(Change, BatchView), ApplyError> {
         match &e.payload {
-            Payload::Noop => Ok((Outcome::Ok(ByteBuf::new()), WriteSet::new(), view)),
+            Payload::Noop => Ok((Change::of_outcome(Outcome::Ok(ByteBuf::new())), view)),
+            Payload::Effects(fx) => Ok((Change::from_effects(fx), view)),
             Payload::Deploy { actor, wasm } => self.deploy(actor, wasm, ctx, view, batch),
             Payload::Command {
                 actor,
@@ -450,19 +554,17 @@ impl Applier {
                                     source,
                                 }
                             })?;
-                        return Ok((outcome, WriteSet::new(), view));
+                        return Ok((Change::of_outcome(outcome), view));
                     }
                 }
                 let (outcome, writes, view) = self.command(actor, command, ctx, view, batch)?;
-                if let Some(tag) = client {
-                    batch.sessions.insert(
-                        session_key(tag.client_id, tag.seq),
-                        Some(codec::encode(&outcome)),
-                    );
-                    let below = batch.session_prunes.entry(tag.client_id).or_insert(0);
-                    *below = (*below).max(tag.acked_below.min(tag.seq));
-                }
-                Ok((outcome, writes, view))
+                let change = Change {
+                    outcome,
+                    writes,
+                    session: *client,
+                    deploy: None,
+                };
+                Ok((change, view))
             }
         }
     }
@@ -473,7 +575,7 @@ impl Applier {
         command: &[u8],
         ctx: CallContext,
         view: BatchView,
-        batch: &mut StateBatch,
+        batch: &StateBatch,
     ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
         let loaded = self
             .machines
@@ -505,22 +607,15 @@ impl Applier {
         wasm: &[u8],
         ctx: CallContext,
         view: BatchView,
-        batch: &mut StateBatch,
-    ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        _batch: &StateBatch,
+    ) -> Result<(Change, BatchView), ApplyError> {
+        let refused = |reason: String| Change::of_outcome(Outcome::DeployRefused { reason });
         if let Err(reason) = validate_actor_name(actor) {
-            return Ok((Outcome::DeployRefused { reason }, WriteSet::new(), view));
+            return Ok((refused(reason), view));
         }
         let component = match Sandbox::normalize(wasm) {
             Ok(c) => c,
-            Err(e) => {
-                return Ok((
-                    Outcome::DeployRefused {
-                        reason: e.to_string(),
-                    },
-                    WriteSet::new(),
-                    view,
-                ));
-            }
+            Err(e) => return Ok((refused(e.to_string()), view)),
         };
         let hash = Sandbox::hash(&component);
         let bytes = component.clone();
@@ -529,15 +624,7 @@ impl Applier {
             .load(&self.sandbox, &self.state, &hash, || Ok(Some(bytes)));
         let machine = match loaded {
             Ok(m) => m,
-            Err(QueryError::Load(e)) => {
-                return Ok((
-                    Outcome::DeployRefused {
-                        reason: e.to_string(),
-                    },
-                    WriteSet::new(),
-                    view,
-                ));
-            }
+            Err(QueryError::Load(e)) => return Ok((refused(e.to_string()), view)),
             Err(QueryError::Storage(e)) => return Err(e.into()),
             Err(QueryError::Sandbox(e)) => return Err(e.into()),
             Err(QueryError::NoSuchActor(_)) => unreachable!("loading never looks up actors"),
@@ -548,23 +635,124 @@ impl Applier {
             .map_err(|f| ApplyError::Sandbox(f.error))?;
         let writes = prefixed(&call.view.prefix, call.writes);
         let view = call.view.batch;
-        let outcome = match call.outcome {
-            Outcome::Ok(_) => {
-                batch.modules.insert(hash, component);
-                batch.actors.insert(
-                    actor.to_string(),
-                    ActorRecord {
-                        module: hash.to_vec(),
-                        deployed_at: ctx.index,
-                    },
-                );
-                Outcome::Ok(ByteBuf::from(hash.to_vec()))
-            }
-            other => Outcome::DeployRefused {
-                reason: format!("init failed: {other:?}"),
+        let change = match call.outcome {
+            Outcome::Ok(_) => Change {
+                outcome: Outcome::Ok(ByteBuf::from(hash.to_vec())),
+                writes,
+                session: None,
+                deploy: Some((actor.to_string(), hash, component)),
+            },
+            // A failed init's writes were dropped by the sandbox.
+            other => Change {
+                writes,
+                ..refused(format!("init failed: {other:?}"))
             },
         };
-        Ok((outcome, writes, view))
+        Ok((change, view))
+    }
+
+    /// Row log kind, on the leader: execute `entries` (commands and
+    /// deploys with their index, term and context fixed, continuing the
+    /// log after everything executed or speculated so far) against the
+    /// executed state plus earlier speculated entries, and return them as
+    /// `Effects` entries to log. Nothing becomes visible to reads or
+    /// durable until the entries commit and are applied; if the leader
+    /// loses its term, [`Self::discard_speculation`] forgets them.
+    pub fn speculate(&mut self, entries: &[Entry]) -> Result<Vec<Entry>, ApplyError> {
+        let applied = self.applied().index;
+        let spec = self.spec.get_or_insert_with(|| Speculation {
+            batch: self.pending.clone(),
+            queue: Default::default(),
+        });
+        let mut expected = spec.queue.back().map_or(applied, |(i, _, _)| *i) + 1;
+        let mut batch = std::mem::take(&mut spec.batch);
+        let mut queue = std::mem::take(&mut spec.queue);
+        let mut view = BatchView {
+            snap: self.state.snapshot()?,
+            overlay: std::mem::take(&mut batch.kv),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        let mut failed = None;
+        for e in entries {
+            if e.index != expected {
+                failed = Some(ApplyError::Gap {
+                    applied: expected - 1,
+                    got: e.index,
+                });
+                break;
+            }
+            let ctx = CallContext {
+                index: e.index,
+                term: e.term,
+                entry: e.context,
+            };
+            let (change, v) = match self.apply_one(e, ctx, view, &batch) {
+                Ok(x) => x,
+                Err(err) => {
+                    failed = Some(err);
+                    // The view went with the failed call; nothing of this
+                    // speculation is kept.
+                    self.spec = None;
+                    return Err(failed.expect("set"));
+                }
+            };
+            view = v;
+            change.fold_into(&mut batch, e.index);
+            view.overlay
+                .extend(change.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            out.push(Entry {
+                payload: Payload::Effects(Box::new(change.to_effects())),
+                ..e.clone()
+            });
+            queue.push_back((e.index, e.term, change));
+            expected += 1;
+        }
+        batch.kv = view.overlay;
+        if let Some(err) = failed {
+            self.spec = None;
+            return Err(err);
+        }
+        self.spec = Some(Speculation { batch, queue });
+        Ok(out)
+    }
+
+    /// Forget every speculated entry (the leader lost its term).
+    pub fn discard_speculation(&mut self) {
+        if let Some(spec) = self.spec.take()
+            && !spec.queue.is_empty()
+        {
+            tracing::info!(entries = spec.queue.len(), "speculative state discarded");
+        }
+    }
+
+    /// Entries speculated and not yet applied.
+    pub fn speculated(&self) -> usize {
+        self.spec.as_ref().map_or(0, |s| s.queue.len())
+    }
+
+    /// Entry `e` was applied: if it is the oldest speculated one, its
+    /// change is already in the speculative state; anything else means the
+    /// speculation no longer describes the log, and it is dropped.
+    fn committed_speculation(&mut self, e: &Entry) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        match spec.queue.front() {
+            Some(&(i, t, _)) if i == e.index && t == e.term => {
+                spec.queue.pop_front();
+                if spec.queue.is_empty() {
+                    self.spec = None;
+                }
+            }
+            Some(&(i, _, _)) if i > e.index => {} // an earlier entry
+            _ => {
+                tracing::warn!(
+                    index = e.index,
+                    "log diverged from the speculation; discarding it"
+                );
+                self.spec = None;
+            }
+        }
     }
 
     /// Run a read-only query against the applied state. Returns the
@@ -831,6 +1019,78 @@ mod tests {
             counter(&mut restarted),
             Outcome::Ok(codec::to_cbor(&2i64).into())
         );
+    }
+
+    /// The row log kind: what the leader speculates, committed and applied
+    /// on the leader and on a follower (which runs no guest code), ends in
+    /// the state a statement log of the same commands gives — even with a
+    /// checkpoint and new speculation while earlier entries are in flight.
+    #[test]
+    fn speculated_effects_reach_the_same_state_as_statements() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut statement = applier(dirs[0].path());
+        let mut leader = applier(dirs[1].path());
+        let mut follower = applier(dirs[2].path());
+        let entries = log();
+        statement.apply(&entries).unwrap();
+        // Deploy and two commands speculated; the deploy commits first.
+        let first = leader.speculate(&entries[..3]).unwrap();
+        assert!(
+            first
+                .iter()
+                .all(|e| matches!(e.payload, Payload::Effects(_)))
+        );
+        leader.execute(&first[..1]).unwrap();
+        leader.checkpoint().unwrap();
+        // More speculation on top of what is still in flight (2 and 3).
+        let rest = leader.speculate(&entries[3..]).unwrap();
+        assert_eq!(leader.speculated(), entries.len() - 1);
+        let effects: Vec<Entry> = first.into_iter().chain(rest).collect();
+        // Reads see only what committed.
+        assert_eq!(leader.applied().index, 1);
+        let outcomes = leader.execute(&effects[1..]).unwrap();
+        assert_eq!(leader.speculated(), 0);
+        leader.checkpoint().unwrap();
+        let on_follower = follower.apply(&effects).unwrap();
+        assert_eq!(leader.applied(), statement.applied(), "same digest");
+        assert_eq!(follower.applied(), statement.applied(), "same digest");
+        assert_eq!(
+            leader.state().dump_kv().unwrap(),
+            statement.state().dump_kv().unwrap()
+        );
+        assert_eq!(
+            follower.state().dump_kv().unwrap(),
+            statement.state().dump_kv().unwrap()
+        );
+        // The retry (entry 7) was answered from the session, as in statements.
+        assert_eq!(outcomes.last(), on_follower.last());
+        assert_eq!(counter(&mut follower), counter(&mut statement));
+    }
+
+    #[test]
+    fn discarded_speculation_leaves_no_trace() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut a = applier(dirs[0].path());
+        let mut b = applier(dirs[1].path());
+        let entries = log();
+        a.apply(&entries[..1]).unwrap();
+        b.apply(&entries[..1]).unwrap();
+        a.speculate(&entries[1..4]).unwrap();
+        // The term is lost: another leader's entries commit at 2..
+        a.discard_speculation();
+        let others: Vec<Entry> = (2..=3).map(|i| add(i, 100 + i)).collect();
+        a.apply(&others).unwrap();
+        b.apply(&others).unwrap();
+        assert_eq!(a.applied(), b.applied());
+        assert_eq!(a.state().dump_kv().unwrap(), b.state().dump_kv().unwrap());
+        // Without the discard, an applied entry that is not the speculated
+        // one drops the speculation by itself.
+        a.speculate(&[add(4, 50)]).unwrap();
+        let other = add(4, 51);
+        a.apply(std::slice::from_ref(&other)).unwrap();
+        b.apply(&[other]).unwrap();
+        assert_eq!(a.speculated(), 0);
+        assert_eq!(a.applied(), b.applied());
     }
 
     #[test]

@@ -624,7 +624,7 @@ pub struct ActorRecord {
 }
 
 /// Everything one applied batch changes, written in one transaction.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct StateBatch {
     /// Machine state writes (full keys, see [`actor_key`]).
     pub kv: WriteSet,

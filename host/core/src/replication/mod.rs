@@ -1570,6 +1570,13 @@ fn entry_size(e: &Entry) -> usize {
         Payload::Noop => 0,
         Payload::Deploy { actor, wasm } => actor.len() + wasm.len(),
         Payload::Command { actor, command, .. } => actor.len() + command.len(),
+        Payload::Effects(fx) => {
+            fx.writes
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 4)
+                .sum::<usize>()
+                + fx.deploy.as_ref().map_or(0, |(a, m)| a.len() + m.len())
+        }
     }
 }
 
