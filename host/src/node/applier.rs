@@ -664,7 +664,7 @@ impl Applier {
             batch: self.pending.clone(),
             queue: Default::default(),
         });
-        let mut expected = spec.queue.back().map_or(applied, |(i, _, _)| *i) + 1;
+        let first = spec.queue.back().map_or(applied, |(i, _, _)| *i) + 1;
         let mut batch = std::mem::take(&mut spec.batch);
         let mut queue = std::mem::take(&mut spec.queue);
         let mut view = BatchView {
@@ -673,7 +673,7 @@ impl Applier {
         };
         let mut out = Vec::with_capacity(entries.len());
         let mut failed = None;
-        for e in entries {
+        for (expected, e) in (first..).zip(entries) {
             if e.index != expected {
                 failed = Some(ApplyError::Gap {
                     applied: expected - 1,
@@ -705,7 +705,6 @@ impl Applier {
                 ..e.clone()
             });
             queue.push_back((e.index, e.term, change));
-            expected += 1;
         }
         batch.kv = view.overlay;
         if let Some(err) = failed {
