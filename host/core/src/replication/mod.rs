@@ -786,6 +786,18 @@ impl Core {
             })
             .collect();
         self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
+        // Timestamps never go back along the log, whoever leads.
+        let last_ts = match self.unstable.last() {
+            Some(e) => Some(e.context.timestamp_ms),
+            None => log
+                .entries(self.last_index, self.last_index, 1)
+                .first()
+                .map(|e| e.context.timestamp_ms),
+        };
+        self.last_timestamp_ms = self
+            .last_timestamp_ms
+            .max(last_ts.unwrap_or(0))
+            .max(self.now_ms);
         // Promotion: commit an entry of our own term before anything of an
         // earlier term counts as committed.
         self.term_start_index = next;
@@ -855,6 +867,61 @@ impl Core {
         }
         self.advance_commit(log);
         Ok(index)
+    }
+
+    /// Row log kind: append entries the shell prepared from proposals it
+    /// executed ahead of their commit. They must continue this leader's
+    /// log in its current term, with timestamps that never go back along
+    /// the log (see [`Core::last_timestamp_ms`]). Returns the last index.
+    pub fn append_prepared(
+        &mut self,
+        entries: Vec<Entry>,
+        log: &impl LogRead,
+    ) -> Result<Index, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some((to, _, _)) = self.transfer {
+            return Err(ProposeError::Transferring { to });
+        }
+        for e in &entries {
+            assert!(
+                e.index == self.last_index + 1 && e.term == self.hard.term,
+                "a prepared entry ({}, {}) must continue the log at ({}, {})",
+                e.index,
+                e.term,
+                self.last_index + 1,
+                self.hard.term
+            );
+            assert!(
+                e.context.timestamp_ms >= self.last_timestamp_ms,
+                "timestamps never go back along the log"
+            );
+            self.last_timestamp_ms = e.context.timestamp_ms;
+            self.unstable.push(e.clone());
+            self.last_index = e.index;
+            self.last_term = e.term;
+        }
+        self.ready.append.extend(entries);
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send_append(p, log, false);
+        }
+        self.advance_commit(log);
+        Ok(self.last_index)
+    }
+
+    /// First index of this leader's term (its no-op); everything before it
+    /// is committed once the no-op is.
+    pub fn term_start_index(&self) -> Index {
+        self.term_start_index
+    }
+
+    /// Timestamp of the newest entry this node proposed or prepared.
+    pub fn last_timestamp_ms(&self) -> u64 {
+        self.last_timestamp_ms
     }
 
     /// Send `peer` what it is missing (pipelined, bounded); with `force`,
@@ -1405,6 +1472,9 @@ impl Core {
         }
         if let Some(i) = new_from {
             for e in entries.into_iter().skip(i) {
+                // Kept so that, leading later, this node never stamps an
+                // entry earlier than one before it.
+                self.last_timestamp_ms = self.last_timestamp_ms.max(e.context.timestamp_ms);
                 self.last_index = e.index;
                 self.last_term = e.term;
                 self.unstable.push(e.clone());
