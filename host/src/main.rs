@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use understudy::api::client::Client;
 use understudy::api::{ReadLevel, Status, WriteConcern};
-use understudy::node::{NodeConfig, PeerConfig, run};
+use understudy::node::{LogKind, NodeConfig, PeerConfig, run};
 use understudy::types::Outcome;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:7600";
@@ -40,7 +40,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -75,6 +75,10 @@ enum Command {
         /// Bytes per snapshot chunk.
         #[arg(long)]
         snapshot_chunk_bytes: Option<usize>,
+        /// Replication-log kind: `statement` (every node runs the machine)
+        /// or `row` (the leader runs it and logs the effects).
+        #[arg(long, value_parser = parse_log_kind)]
+        log_kind: Option<LogKind>,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -191,6 +195,7 @@ fn dispatch(command: Command) -> Result<()> {
             read_timeout_ms,
             log_retain_entries,
             snapshot_chunk_bytes,
+            log_kind,
         } => {
             let config = match config {
                 Some(path) => {
@@ -215,6 +220,9 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(n) = snapshot_chunk_bytes {
                         config.compaction.snapshot_chunk_bytes = n;
+                    }
+                    if let Some(k) = log_kind {
+                        config.log_kind = k;
                     }
                     if let Some((min, max)) = election_timeout_ms {
                         config.timing.election_timeout_min_ms = min;
@@ -625,6 +633,14 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         .ok_or_else(|| format!("expected MIN-MAX, got {s:?}"))?;
     let p = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
     Ok((p(a)?, p(b)?))
+}
+
+fn parse_log_kind(s: &str) -> Result<LogKind, String> {
+    match s {
+        "statement" => Ok(LogKind::Statement),
+        "row" => Ok(LogKind::Row),
+        _ => Err(format!("expected statement or row, got {s:?}")),
+    }
 }
 
 fn parse_concern(s: &str) -> Result<WriteConcern, String> {

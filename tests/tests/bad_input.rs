@@ -297,6 +297,7 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
         to: target,
         client_address: "127.0.0.1:1".into(),
         lane: Lane::Control,
+        log_kind: understudy::node::LogKind::Statement,
     };
     for (bad, why) in [
         (
@@ -326,6 +327,13 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
                 ..good.clone()
             },
             "meant for node",
+        ),
+        (
+            Hello {
+                log_kind: understudy::node::LogKind::Row,
+                ..good.clone()
+            },
+            "log kind",
         ),
     ] {
         match hello(peer_addr, &bad).await {

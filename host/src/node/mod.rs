@@ -79,6 +79,21 @@ pub struct NodeConfig {
     /// When the applied prefix of the log is compacted.
     #[serde(default)]
     pub compaction: Compaction,
+    /// What the log holds (equal on every member).
+    #[serde(default)]
+    pub log_kind: LogKind,
+}
+
+/// The replication-log kind of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// The log holds commands; every node runs the machine.
+    #[default]
+    Statement,
+    /// The leader runs the machine (ahead of commit) and logs the effects;
+    /// followers apply them without running guest code.
+    Row,
 }
 
 /// Log compaction bounds. The log keeps the last `retain_entries` applied
@@ -180,6 +195,7 @@ impl NodeConfig {
             timing: Timing::default(),
             read_timeout_ms: default_read_timeout_ms(),
             compaction: Compaction::default(),
+            log_kind: LogKind::default(),
         }
     }
 
@@ -291,6 +307,28 @@ struct InstallSnapshot {
     dir: PathBuf,
     meta: storage::SnapshotMeta,
 }
+
+/// Row log kind: execute these entries ahead of commit.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Speculate {
+    entries: Vec<Entry>,
+    epoch: u64,
+    reply_to: Recipient<Speculated>,
+}
+
+/// The entries of a [`Speculate`], as `Effects`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Speculated {
+    epoch: u64,
+    result: Result<Vec<Entry>, String>,
+}
+
+/// Forget every speculated entry.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DiscardSpeculation;
 
 /// Replace the log by the compacted point of an installed snapshot.
 #[derive(Message)]
@@ -485,6 +523,30 @@ impl Handler<Checkpoint> for ApplierActor {
     }
 }
 
+impl Handler<Speculate> for ApplierActor {
+    type Result = ();
+    fn handle(&mut self, msg: Speculate, _: &mut Self::Context) {
+        let result = match &self.halted {
+            Some(why) => Err(format!("applying halted: {why}")),
+            None => self
+                .applier
+                .speculate(&msg.entries)
+                .map_err(|e| e.to_string()),
+        };
+        msg.reply_to.do_send(Speculated {
+            epoch: msg.epoch,
+            result,
+        });
+    }
+}
+
+impl Handler<DiscardSpeculation> for ApplierActor {
+    type Result = ();
+    fn handle(&mut self, _: DiscardSpeculation, _: &mut Self::Context) {
+        self.applier.discard_speculation();
+    }
+}
+
 impl Handler<InstallSnapshot> for ApplierActor {
     type Result = Result<bool, String>;
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
@@ -589,6 +651,28 @@ struct Waiter {
     reply: oneshot::Sender<Response>,
 }
 
+/// Row log kind: proposals go to the applier to be executed before they
+/// are logged; this tracks them.
+#[derive(Default)]
+struct RowState {
+    /// Bumped whenever speculation is discarded; answers of an older epoch
+    /// are dropped.
+    epoch: u64,
+    /// Entries sent to the applier and not yet back.
+    outstanding: u64,
+    /// Their writers, in log order: (index, concern, reply).
+    waiting: std::collections::VecDeque<(Index, WriteConcern, oneshot::Sender<Response>)>,
+    /// Speculation may start only once the applied index reaches this (so
+    /// it builds on every entry already in the log).
+    barrier: Index,
+    /// Proposals held until the barrier is reached.
+    held: Vec<(Payload, WriteConcern, oneshot::Sender<Response>, u64)>,
+    /// Newest timestamp handed out.
+    last_ts: u64,
+    /// The term this node last led in (to notice a new or lost term).
+    led: Option<Term>,
+}
+
 /// The node actor.
 pub struct Node {
     config: NodeConfig,
@@ -637,6 +721,8 @@ pub struct Node {
     installing: bool,
     /// Incoming snapshot: (index, chunks staged, chunks, bytes).
     snapshot_in: Option<(Index, u64, u64, u64)>,
+    /// Row log kind: the speculation in flight (see [`Node::propose_row`]).
+    row: RowState,
     halted: Option<String>,
     _lock: DirLock,
 }
@@ -735,6 +821,7 @@ impl Node {
             members: config.members(),
             client_address: client_address.clone(),
             snapshot_root: config.data_dir.join("snapshots"),
+            log_kind: config.log_kind,
         };
         let peer_addresses = config
             .peers
@@ -770,6 +857,7 @@ impl Node {
             snapshots_out: Default::default(),
             installing: false,
             snapshot_in: None,
+            row: RowState::default(),
             halted: None,
             _lock: lock,
         };
@@ -849,6 +937,7 @@ impl Node {
                 let _ = read.reply.send(Response::Error(e));
             }
         }
+        self.track_leadership(ctx);
     }
 
     /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
@@ -869,6 +958,7 @@ impl Node {
         let maker = self.snapshot_maker.clone();
         let cluster = self.config.cluster_id.clone();
         let me = self.config.node_id;
+        let log_kind = self.config.log_kind;
         let client_address = self.client_addresses.get(&me).cloned().unwrap_or_default();
         tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
         let transfer = async move {
@@ -882,6 +972,7 @@ impl Node {
                 me,
                 peer,
                 &client_address,
+                log_kind,
                 &dir,
                 &meta,
             )
@@ -1044,12 +1135,15 @@ impl Node {
             )));
             return;
         }
-        if self.waiters.len() >= self.config.pending_writes_max {
+        if self.waiters.len() + self.row.waiting.len() >= self.config.pending_writes_max {
             let _ = reply.send(Response::Error(ApiError::new(
                 ErrorCode::Overloaded,
                 format!("{} writes already waiting; retry later", self.waiters.len()),
             )));
             return;
+        }
+        if self.config.log_kind == LogKind::Row {
+            return self.propose_row(payload, concern, reply, ctx);
         }
         match self
             .core
@@ -1078,6 +1172,131 @@ impl Node {
                         format!("leadership is being handed to node {to}; retry there"),
                     )
                 }));
+            }
+        }
+    }
+
+    /// Row log kind: fix the entry's index, term and context, and have the
+    /// applier execute it against the executed state plus the entries
+    /// speculated before it; the `Effects` it returns is what gets logged.
+    fn propose_row(
+        &mut self,
+        payload: Payload,
+        concern: WriteConcern,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.core.role() != Role::Leader {
+            let _ = reply.send(Response::Error(
+                self.not_leader("this node is not the leader"),
+            ));
+            return;
+        }
+        if let Some(to) = self.core.transferring_to() {
+            let _ = reply.send(Response::Error(ApiError {
+                leader: Some(to),
+                leader_address: self.client_addresses.get(&to).cloned(),
+                ..ApiError::new(
+                    ErrorCode::NotLeader,
+                    format!("leadership is being handed to node {to}; retry there"),
+                )
+            }));
+            return;
+        }
+        if self.core.applied_index() < self.row.barrier {
+            let deadline = Self::now_ms() + self.config.read_timeout_ms;
+            self.row.held.push((payload, concern, reply, deadline));
+            return;
+        }
+        let index = self.core.last_index() + 1 + self.row.outstanding;
+        let ts = Self::now_ms()
+            .max(self.row.last_ts)
+            .max(self.core.last_timestamp_ms());
+        self.row.last_ts = ts;
+        let entry = Entry {
+            index,
+            term: self.core.term(),
+            context: crate::types::EntryContext {
+                timestamp_ms: ts,
+                seed: rand::random(),
+            },
+            payload,
+        };
+        self.row.outstanding += 1;
+        self.row.waiting.push_back((index, concern, reply));
+        self.applier.do_send(Speculate {
+            entries: vec![entry],
+            epoch: self.row.epoch,
+            reply_to: ctx.address().recipient(),
+        });
+    }
+
+    /// Drop every speculation (lost term, refused append, failed
+    /// execution): writers waiting for one are told to retry, and new
+    /// speculation waits until everything now in the log is applied.
+    fn discard_speculation(&mut self, why: &str) {
+        self.row.epoch += 1;
+        self.row.outstanding = 0;
+        self.row.barrier = self.core.last_index();
+        self.applier.do_send(DiscardSpeculation);
+        for (_, _, reply) in std::mem::take(&mut self.row.waiting) {
+            let _ = reply.send(Response::Error(ApiError {
+                code: if self.core.role() == Role::Leader {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::NotLeader
+                },
+                ..self.not_leader(&format!("write not logged ({why}); retry"))
+            }));
+        }
+    }
+
+    /// Notice a new or lost term (row log kind).
+    fn track_leadership(&mut self, ctx: &mut Context<Self>) {
+        if self.config.log_kind != LogKind::Row {
+            return;
+        }
+        let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
+        if leading == self.row.led {
+            return;
+        }
+        if self.row.led.is_some() {
+            self.discard_speculation("leadership changed");
+        }
+        self.row.led = leading;
+        if leading.is_some() {
+            // Build on everything before this term's no-op.
+            self.row.barrier = self.row.barrier.max(self.core.term_start_index());
+        } else {
+            for (_, _, reply, _) in std::mem::take(&mut self.row.held) {
+                let _ = reply.send(Response::Error(
+                    self.not_leader("leadership changed; retry"),
+                ));
+            }
+        }
+        let _ = ctx;
+    }
+
+    /// Release writes held for the barrier, or expire them.
+    fn release_held_rows(&mut self, ctx: &mut Context<Self>) {
+        if self.row.held.is_empty() {
+            return;
+        }
+        let now = Self::now_ms();
+        if self.core.applied_index() >= self.row.barrier {
+            for (payload, concern, reply, _) in std::mem::take(&mut self.row.held) {
+                self.propose_row(payload, concern, reply, ctx);
+            }
+        } else {
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.row.held)
+                .into_iter()
+                .partition(|h| h.3 <= now);
+            self.row.held = keep;
+            for (_, _, reply, _) in gone {
+                let _ = reply.send(Response::Error(ApiError::new(
+                    ErrorCode::Timeout,
+                    "the new leader did not catch up in time; retry",
+                )));
             }
         }
     }
@@ -1383,6 +1602,7 @@ impl Actor for Node {
             node.reask_reads();
             node.drive(ctx);
             node.expire_reads();
+            node.release_held_rows(ctx);
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
             });
@@ -1465,6 +1685,41 @@ impl Handler<ClientCall> for Node {
                 let _ = reply.send(response);
                 self.drive(ctx);
             }
+        }
+    }
+}
+
+impl Handler<Speculated> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: Speculated, ctx: &mut Self::Context) {
+        if msg.epoch != self.row.epoch {
+            return; // discarded meanwhile; its writers were answered
+        }
+        let entries = match msg.result {
+            Ok(e) => e,
+            Err(why) => return self.discard_speculation(&why),
+        };
+        self.row.outstanding -= entries.len() as u64;
+        let term = self.core.term();
+        match self.core.append_prepared(entries, &self.log) {
+            Ok(last) => {
+                while let Some(&(index, _, _)) = self.row.waiting.front() {
+                    if index > last {
+                        break;
+                    }
+                    let (index, concern, reply) = self.row.waiting.pop_front().expect("front");
+                    self.waiters.insert(
+                        index,
+                        Waiter {
+                            term,
+                            concern,
+                            reply,
+                        },
+                    );
+                }
+                self.drive(ctx);
+            }
+            Err(e) => self.discard_speculation(&e.to_string()),
         }
     }
 }
@@ -1564,7 +1819,7 @@ impl Handler<Persisted> for Node {
 
 impl Handler<Applied> for Node {
     type Result = ();
-    fn handle(&mut self, msg: Applied, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Applied, ctx: &mut Self::Context) {
         match msg.0 {
             Ok((outcomes, applied, samples)) => {
                 // After a snapshot install, a report from before it is stale.
@@ -1593,6 +1848,7 @@ impl Handler<Applied> for Node {
                     }
                 }
                 self.release_reads();
+                self.release_held_rows(ctx);
             }
             Err(e) => self.halt(format!("applying failed: {e}")),
         }
@@ -1656,6 +1912,7 @@ pub fn run_bound(
         members: config.members(),
         client_address: bound.to_string(),
         snapshot_root: config.data_dir.join("snapshots"),
+        log_kind: config.log_kind,
     };
     let node = Node::start_with(config, natives, Some(bound))?;
     let mut peer = None;

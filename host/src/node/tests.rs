@@ -38,12 +38,12 @@ async fn status(addr: SocketAddr) -> Status {
     Client::connect(addr).await.unwrap().status().await.unwrap()
 }
 
-#[test]
-fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes in this process; node 3 (never a candidate) runs a machine
+/// that writes something else than the others' for the same command.
+async fn skewed_group(dir: &std::path::Path, kind: LogKind) -> Vec<SocketAddr> {
     let component = Sandbox::normalize(understudy_examples::COUNTER).unwrap();
     let hash = Sandbox::hash(&component);
-    actix::System::new().block_on(async move {
+    {
         let mut bound = Vec::new();
         for id in 1..=3u64 {
             let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -60,8 +60,9 @@ fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
                 id,
                 "test",
                 c.local_addr().unwrap(),
-                dir.path().join(format!("n{id}")),
+                dir.join(format!("n{id}")),
             );
+            config.log_kind = kind;
             config.peer_listen = Some(p.local_addr().unwrap());
             config.peers = peers
                 .iter()
@@ -100,6 +101,15 @@ fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
             let w = c.command("x", i.to_be_bytes().to_vec()).await.unwrap();
             assert!(w.outcome.is_ok(), "{:?}", w.outcome);
         }
+        addrs
+    }
+}
+
+#[test]
+fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async move {
+        let addrs = skewed_group(dir.path(), LogKind::Statement).await;
         let mut odd = status(addrs[2]).await;
         for _ in 0..200 {
             if odd.quarantined.is_some() {
@@ -123,5 +133,45 @@ fn a_node_whose_state_diverges_from_the_leader_is_quarantined() {
         let ok = Client::connect(addrs[0]).await.unwrap();
         ok.query_at("x", Vec::new(), ReadLevel::Any).await.unwrap();
         actix::System::current().stop();
+    });
+}
+
+#[test]
+fn row_kind_followers_apply_effects_without_running_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async move {
+        let addrs = skewed_group(dir.path(), LogKind::Row).await;
+        // Node 3's machine would write something else; in the row kind it
+        // never runs for commands, so its state is the leader's.
+        for _ in 0..200 {
+            let all = [
+                status(addrs[0]).await,
+                status(addrs[1]).await,
+                status(addrs[2]).await,
+            ];
+            if all.iter().all(|s| s.applied_index == all[0].applied_index) {
+                assert!(all.iter().all(|s| s.digest == all[0].digest), "{all:?}");
+                assert!(all.iter().all(|s| s.quarantined.is_none()));
+                let read = |a| async move {
+                    Client::connect(a)
+                        .await
+                        .unwrap()
+                        .query_at("x", Vec::new(), ReadLevel::Any)
+                        .await
+                        .unwrap()
+                        .0
+                };
+                let on_3 = read(addrs[2]).await;
+                assert_eq!(on_3, read(addrs[0]).await);
+                let Outcome::Ok(bytes) = on_3 else {
+                    panic!("{on_3:?}")
+                };
+                assert_eq!(bytes.last(), Some(&0), "the leader's bias, not node 3's");
+                actix::System::current().stop();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the group did not settle");
     });
 }

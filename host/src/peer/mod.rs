@@ -95,6 +95,9 @@ pub struct Hello {
     pub client_address: String,
     /// Which lane this connection is.
     pub lane: Lane,
+    /// The sender's replication-log kind (must match the receiver's).
+    #[serde(default)]
+    pub log_kind: crate::node::LogKind,
 }
 
 /// Answer to a [`Hello`].
@@ -125,6 +128,8 @@ pub struct LocalIdentity {
     pub client_address: String,
     /// Where incoming snapshots are staged.
     pub snapshot_root: std::path::PathBuf,
+    /// This group's replication-log kind.
+    pub log_kind: crate::node::LogKind,
 }
 
 impl LocalIdentity {
@@ -146,6 +151,12 @@ impl LocalIdentity {
             return Err(format!(
                 "hello meant for node {} reached node {}",
                 hello.to, self.node_id
+            ));
+        }
+        if hello.log_kind != self.log_kind {
+            return Err(format!(
+                "node {} runs the {:?} log kind, this node {:?}: a group has one kind",
+                hello.from, hello.log_kind, self.log_kind
             ));
         }
         if hello.from == self.node_id || !self.members.contains(&hello.from) {
@@ -306,6 +317,7 @@ impl Peers {
                     to: id,
                     client_address: me.client_address.clone(),
                     lane,
+                    log_kind: me.log_kind,
                 };
                 actix::spawn(dial(address.clone(), hello, rx));
                 pair.push(tx);
@@ -424,6 +436,7 @@ mod tests {
             members: vec![1, 2, 3],
             client_address: "127.0.0.1:1".into(),
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
+            log_kind: crate::node::LogKind::Statement,
         }
     }
 
@@ -435,6 +448,7 @@ mod tests {
             to: 1,
             client_address: "127.0.0.1:2".into(),
             lane: Lane::Control,
+            log_kind: crate::node::LogKind::Statement,
         }
     }
 
@@ -452,6 +466,13 @@ mod tests {
             (Hello { from: 9, ..hello() }, "not a member"),
             (Hello { from: 1, ..hello() }, "not a member"),
             (Hello { to: 3, ..hello() }, "meant for node 3"),
+            (
+                Hello {
+                    log_kind: crate::node::LogKind::Row,
+                    ..hello()
+                },
+                "log kind",
+            ),
             (
                 Hello {
                     v: PEER_PROTOCOL_VERSION + 1,

@@ -89,12 +89,14 @@ async fn send<T: Serialize>(c: &mut Conn, value: &T) -> Result<(), String> {
 }
 
 /// Leader side: offer the snapshot in `dir` to the peer at `address`.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_snapshot(
     address: &str,
     cluster_id: &str,
     from: NodeId,
     to: NodeId,
     client_address: &str,
+    log_kind: crate::node::LogKind,
     dir: &Path,
     meta: &SnapshotMeta,
 ) -> Result<(), String> {
@@ -111,6 +113,7 @@ pub async fn send_snapshot(
         to,
         client_address: client_address.to_string(),
         lane: super::Lane::Snapshot,
+        log_kind,
     };
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {

@@ -789,10 +789,11 @@ impl Core {
         // Timestamps never go back along the log, whoever leads.
         let last_ts = match self.unstable.last() {
             Some(e) => Some(e.context.timestamp_ms),
-            None => log
+            None if self.last_index > 0 => log
                 .entries(self.last_index, self.last_index, 1)
                 .first()
                 .map(|e| e.context.timestamp_ms),
+            None => None,
         };
         self.last_timestamp_ms = self
             .last_timestamp_ms
