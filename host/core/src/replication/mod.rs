@@ -28,7 +28,7 @@ mod sim;
 
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Persistent vote and term (Raft's "hard state"): written (fsync) before
 /// the node acts on it.
@@ -1508,13 +1508,21 @@ impl Core {
             index,
             "truncating a conflicting log suffix"
         );
+        // Entries at `index` or after that were handed to the shell in an
+        // earlier Ready may be on their way to disk: the truncation must be
+        // durable too, not only the durable ones.
+        let not_yet_handed: BTreeSet<Index> = self.ready.append.iter().map(|e| e.index).collect();
+        let handed = self
+            .unstable
+            .iter()
+            .any(|e| e.index >= index && !not_yet_handed.contains(&e.index));
         self.unstable.retain(|e| e.index < index);
         self.ready.append.retain(|e| e.index < index);
-        if index <= self.persisted_index {
+        if index <= self.persisted_index || handed {
             self.truncated_from = Some(self.truncated_from.map_or(index, |t| t.min(index)));
             self.ready.truncate_from =
                 Some(self.ready.truncate_from.map_or(index, |t| t.min(index)));
-            self.persisted_index = index - 1;
+            self.persisted_index = self.persisted_index.min(index - 1);
         }
         self.last_index = index - 1;
         self.last_term = self
@@ -1908,6 +1916,54 @@ mod tests {
                 .values()
                 .all(|c| c.commit_index() >= missed || c.id() != 3)
         );
+    }
+
+    /// A leader that stepped down while its own entry was still being
+    /// written must have that write undone when a newer leader's entry
+    /// replaces it (found by the frozen-leader test with real processes).
+    #[test]
+    fn a_replaced_entry_still_being_written_is_truncated_on_disk() {
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.propose(1);
+        // Cut off, node 1 proposes an entry and hands it to its shell,
+        // which has not finished writing it.
+        t.minority = vec![1];
+        let c = t.cores.get_mut(&1).unwrap();
+        let index = c.propose(cmd(), 0, 0, &t.logs[&1]).unwrap();
+        let handed = c.ready();
+        assert_eq!(handed.append.last().map(|e| e.index), Some(index));
+        // A newer leader's entry for the same index arrives.
+        let newer = Entry {
+            index,
+            term: c.term() + 1,
+            context: EntryContext {
+                timestamp_ms: 1,
+                seed: 0,
+            },
+            payload: Payload::Noop,
+        };
+        let prev_term = c.term();
+        c.step(
+            2,
+            Message::Append {
+                term: newer.term,
+                prev_index: index - 1,
+                prev_term,
+                entries: vec![newer],
+                commit: 0,
+            },
+            &t.logs[&1],
+        );
+        let r = c.ready();
+        assert_eq!(
+            r.truncate_from,
+            Some(index),
+            "the in-flight write is undone"
+        );
+        assert_eq!(r.append.first().map(|e| e.index), Some(index));
     }
 
     #[test]

@@ -221,7 +221,13 @@ impl Sim {
             let n = self.nodes.get_mut(&id).expect("node");
             n.core.ready()
         };
-        let delay = 1 + self.rng.below(3);
+        // Mostly fast disks, sometimes a slow fsync: wide windows in which
+        // a node changes its mind about entries still being written.
+        let delay = if self.rng.chance(100) {
+            5 + self.rng.below(60)
+        } else {
+            1 + self.rng.below(3)
+        };
         let n = self.nodes.get_mut(&id).expect("node");
         if let Some(hs) = r.hard_state {
             n.disk.hard = hs;

@@ -1,0 +1,324 @@
+//! Automatic failover with real node processes: a leader killed, frozen or
+//! cut off is replaced by a majority election; no acknowledged write is
+//! ever lost, and a write never shows as acknowledged unless it is in the
+//! log of the group. Timing: heartbeat 25 ms, election timeout 150–300 ms.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use understudy::api::client::Client;
+use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
+use understudy::replication::Role;
+use understudy::types::Outcome;
+use understudy_tests::{Group, cbor, decode};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"put":{{"key":"{key}","value":"{value}"}}}}"#))
+}
+
+fn get(key: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
+
+async fn deploy_kv(c: &Client) {
+    let w = c
+        .deploy("kv", understudy_examples::KV.to_vec())
+        .await
+        .expect("deploy");
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+}
+
+/// Write keys `from..to` through a leader-following client; returns the
+/// acknowledged ones (a write that fails after the client's retries is
+/// simply not acknowledged).
+async fn writes(c: &Client, prefix: &str, from: u64, to: u64) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in from..to {
+        let key = format!("{prefix}{i}");
+        let tag = c.next_tag();
+        if let Ok(w) = c
+            .command_tagged("kv", put(&key, &i.to_string()), tag, WriteConcern::Majority)
+            .await
+        {
+            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+            acked.push(key);
+        }
+    }
+    acked
+}
+
+/// Every acknowledged key is there, read linearizably through the group.
+async fn assert_present(g: &Group, acked: &[String]) {
+    let c = g.client().await.unwrap();
+    for key in acked {
+        let (out, _) = c
+            .query_at("kv", get(key), ReadLevel::Linearizable)
+            .await
+            .unwrap();
+        let Outcome::Ok(b) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            decode::<Option<String>>(&b).is_some(),
+            "acknowledged write {key} was lost"
+        );
+    }
+}
+
+async fn assert_same_state(g: &Group) {
+    let (index, digests) = match g.settled_digests(SETTLE).await {
+        Ok(x) => x,
+        Err(e) => {
+            for n in g.nodes.values().flatten() {
+                eprintln!("--- node {} ---\n{}", n.id, n.stderr());
+            }
+            panic!("{e}");
+        }
+    };
+    assert!(
+        digests.iter().all(|(_, d)| *d == digests[0].1),
+        "digests differ at {index}: {digests:?}"
+    );
+}
+
+async fn term_of(g: &Group, id: u64) -> (Role, u64) {
+    let s = g.client_of(id).await.unwrap().status().await.unwrap();
+    (s.role, s.term)
+}
+
+async fn sigkill_the_leader(n: u64) {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), n, &[]).unwrap();
+    let old = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let writer = {
+        let c = g.client().await.unwrap();
+        tokio::spawn(async move { writes(&c, "w", 0, 300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    g.kill9(old);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 250,
+        "writes resume on the new leader: {}",
+        acked.len()
+    );
+    let new = g.leader(SETTLE).await.unwrap();
+    assert_ne!(new, old);
+    assert_present(&g, &acked).await;
+    // The old leader comes back as a follower and catches up.
+    g.restart(old).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    assert_eq!(leader, new, "a returning node does not take over");
+    assert_same_state(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_of_three_elects_a_new_one_and_loses_no_acknowledged_write() {
+    sigkill_the_leader(3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_of_five_elects_a_new_one_and_loses_no_acknowledged_write() {
+    sigkill_the_leader(5).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let old = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let (_, old_term) = term_of(&g, old).await;
+    let direct = g.client_of(old).await.unwrap().retry_for(Duration::ZERO);
+    g.node(old).pause();
+    // Writes sent to the frozen leader wait in its socket.
+    let stuck = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for i in 0..5 {
+            let key = format!("frozen{i}");
+            let r = direct.command("kv", put(&key, "x")).await;
+            answers.push((key, r.map(|w| w.outcome)));
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The others elected a new leader, in a later term, and take writes.
+    let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let mut new = None;
+    for _ in 0..100 {
+        for &i in &others {
+            let (role, term) = term_of(&g, i).await;
+            if role == Role::Leader && term > old_term {
+                new = Some(i);
+            }
+        }
+        if new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = new.expect("a new leader while the old one is frozen");
+    let via_new = Client::connect_group(vec![g.node(new).addr]).await.unwrap();
+    let acked = writes(&via_new, "after", 0, 50).await;
+    assert_eq!(acked.len(), 50);
+    g.node(old).resume();
+    assert_eq!(
+        g.leader(SETTLE).await.unwrap(),
+        new,
+        "the thawed leader steps down"
+    );
+    assert_eq!(term_of(&g, old).await.0, Role::Follower);
+    // What the old leader answered while it thawed: never a success for a
+    // write the group does not have.
+    let answers = stuck.await.unwrap();
+    let c = g.client().await.unwrap();
+    for (key, answer) in answers {
+        let (out, _) = c
+            .query_at("kv", get(&key), ReadLevel::Linearizable)
+            .await
+            .unwrap();
+        let Outcome::Ok(b) = out else {
+            panic!("{out:?}")
+        };
+        let present = decode::<Option<String>>(&b).is_some();
+        match answer {
+            Ok(o) => {
+                assert!(o.is_ok());
+                assert!(
+                    present,
+                    "{key} acknowledged by the old leader but not in the group"
+                );
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.code(),
+                    Some(ErrorCode::NotLeader | ErrorCode::Superseded | ErrorCode::Unavailable)
+                ) || e.code().is_none(),
+                "{key}: {e:?}"
+            ),
+        }
+    }
+    assert_present(&g, &acked).await;
+    assert_same_state(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does_not_disturb() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap();
+    let old = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let direct = g.client_of(old).await.unwrap();
+    g.net.isolate(old);
+    // The isolated leader cannot commit: the write is never acknowledged.
+    let lonely = tokio::time::timeout(
+        Duration::from_secs(2),
+        direct.command("kv", put("lonely", "1")),
+    )
+    .await;
+    assert!(
+        !matches!(lonely, Ok(Ok(_))),
+        "a minority leader acknowledged a write: {lonely:?}"
+    );
+    // It steps down (check-quorum) and linearizable reads stop there.
+    let mut stepped_down = false;
+    for _ in 0..40 {
+        if term_of(&g, old).await.0 != Role::Leader {
+            stepped_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stepped_down, "check-quorum: the cut-off leader steps down");
+    let read = direct
+        .query_at("kv", get("lonely"), ReadLevel::Linearizable)
+        .await;
+    assert!(
+        read.is_err(),
+        "no linearizable read on the minority side: {read:?}"
+    );
+    // The majority elected a new leader and takes writes.
+    let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let via = Client::connect_group(others.iter().map(|&i| g.node(i).addr).collect())
+        .await
+        .unwrap();
+    let acked = writes(&via, "maj", 0, 30).await;
+    assert_eq!(acked.len(), 30);
+    let mut new = None;
+    for &i in &others {
+        if term_of(&g, i).await.0 == Role::Leader {
+            new = Some(i);
+        }
+    }
+    let new = new.expect("a leader on the majority side");
+    let (_, new_term) = term_of(&g, new).await;
+    // Healed: the old leader rejoins without an election (pre-vote), and its
+    // unacknowledged write is gone.
+    g.net.heal();
+    assert_eq!(g.leader(SETTLE).await.unwrap(), new);
+    assert_eq!(
+        term_of(&g, new).await.1,
+        new_term,
+        "no new election on healing"
+    );
+    let (out, _) = c
+        .query_at("kv", get("lonely"), ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    let Outcome::Ok(b) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        decode::<Option<String>>(&b),
+        None,
+        "the minority write never committed"
+    );
+    assert_present(&g, &acked).await;
+    assert_same_state(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failovers_and_a_whole_group_restart_lose_no_acknowledged_write() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
+    g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let mut acked = Vec::new();
+    let mut leaders = BTreeSet::new();
+    for round in 0..4u64 {
+        let leader = g.leader(SETTLE).await.unwrap();
+        leaders.insert(leader);
+        let c = g.client().await.unwrap();
+        acked.extend(writes(&c, &format!("r{round}-"), 0, 40).await);
+        g.kill9(leader);
+        let c = g.client().await.unwrap();
+        acked.extend(writes(&c, &format!("r{round}x-"), 0, 10).await);
+        g.restart(leader).unwrap();
+    }
+    assert!(leaders.len() >= 2, "leadership moved: {leaders:?}");
+    assert_eq!(
+        acked.len(),
+        4 * 50,
+        "every write was acknowledged eventually"
+    );
+    // Whole-group restart.
+    for id in 1..=3 {
+        g.kill9(id);
+    }
+    for id in 1..=3 {
+        g.restart(id).unwrap();
+    }
+    g.leader(SETTLE).await.unwrap();
+    assert_present(&g, &acked).await;
+    assert_same_state(&g).await;
+}
