@@ -113,8 +113,8 @@ enum Command {
         /// Node to read from (any member).
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
-        /// Consistency: `linearizable` (default), `any`, `session:TERM:INDEX`,
-        /// `bounded:ENTRIES` or `bounded-ms:MS`.
+        /// Consistency: `linearizable` (default), `lease` (leader only),
+        /// `any`, `session:TERM:INDEX`, `bounded:ENTRIES` or `bounded-ms:MS`.
         #[arg(long, default_value = "linearizable", value_parser = parse_level)]
         level: ReadLevel,
         /// Actor name.
@@ -656,6 +656,7 @@ fn parse_level(s: &str) -> Result<ReadLevel, String> {
     let parts: Vec<&str> = s.split(':').collect();
     match parts[..] {
         ["linearizable"] => Ok(ReadLevel::Linearizable),
+        ["lease"] => Ok(ReadLevel::Lease),
         ["any"] => Ok(ReadLevel::Any),
         ["session", term, index] => Ok(ReadLevel::Session {
             term: num(term)?,
@@ -670,7 +671,7 @@ fn parse_level(s: &str) -> Result<ReadLevel, String> {
             max_lag_ms: Some(num(n)?),
         }),
         _ => Err(format!(
-            "expected linearizable, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
+            "expected linearizable, lease, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
         )),
     }
 }

@@ -298,6 +298,12 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
         client_address: "127.0.0.1:1".into(),
         lane: Lane::Control,
         log_kind: understudy::node::LogKind::Statement,
+        // The harness's test timing.
+        timing: understudy::node::Timing {
+            heartbeat_interval_ms: 25,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        },
     };
     for (bad, why) in [
         (

@@ -217,6 +217,21 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does
     let c = g.client().await.unwrap();
     deploy_kv(&c).await;
     let direct = g.client_of(old).await.unwrap();
+    // A lease read on the leader is served from its own state; a follower
+    // refuses one and names the leader.
+    direct
+        .query_at("kv", get("x"), ReadLevel::Lease)
+        .await
+        .expect("lease read on a healthy leader");
+    let follower = (1..=3).find(|&i| i != old).unwrap();
+    let err = g
+        .client_of(follower)
+        .await
+        .unwrap()
+        .query_at("kv", get("x"), ReadLevel::Lease)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotLeader));
     g.net.isolate(old);
     // The isolated leader cannot commit: the write is never acknowledged.
     let lonely = tokio::time::timeout(
@@ -245,6 +260,8 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does
         read.is_err(),
         "no linearizable read on the minority side: {read:?}"
     );
+    let read = direct.query_at("kv", get("lonely"), ReadLevel::Lease).await;
+    assert!(read.is_err(), "its lease has run out: {read:?}");
     // The majority elected a new leader and takes writes.
     let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
     let via = Client::connect_group(others.iter().map(|&i| g.node(i).addr).collect())

@@ -54,6 +54,11 @@ pub enum ReadLevel {
         /// Most milliseconds behind.
         max_lag_ms: Option<u64>,
     },
+    /// On the leader only, from its own state while its lease holds (a
+    /// majority answered a heartbeat recently enough that none of them can
+    /// have voted for another leader yet); when it does not, the leader
+    /// falls back to a linearizable read. Followers refuse with `NotLeader`.
+    Lease,
     /// Read-your-writes: wait until the write with this token (returned
     /// by every write) is applied here, then read.
     Session {

@@ -822,6 +822,7 @@ impl Node {
             client_address: client_address.clone(),
             snapshot_root: config.data_dir.join("snapshots"),
             log_kind: config.log_kind,
+            timing: config.timing,
         };
         let peer_addresses = config
             .peers
@@ -959,6 +960,7 @@ impl Node {
         let cluster = self.config.cluster_id.clone();
         let me = self.config.node_id;
         let log_kind = self.config.log_kind;
+        let timing = self.config.timing;
         let client_address = self.client_addresses.get(&me).cloned().unwrap_or_default();
         tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
         let transfer = async move {
@@ -973,6 +975,7 @@ impl Node {
                 peer,
                 &client_address,
                 log_kind,
+                timing,
                 &dir,
                 &meta,
             )
@@ -1350,7 +1353,18 @@ impl Node {
                 };
                 self.read_at(index, read)
             }
-            ReadLevel::Linearizable => {
+            ReadLevel::Lease if self.core.role() != Role::Leader => {
+                let e = self.not_leader("lease reads are served by the leader only");
+                let _ = read.reply.send(Response::Error(e));
+            }
+            ReadLevel::Lease
+                if self.core.lease_read_ok()
+                    && self.core.applied_index() >= self.core.commit_index() =>
+            {
+                self.run_read(read)
+            }
+            // No valid lease (or not caught up): confirm with a majority.
+            ReadLevel::Lease | ReadLevel::Linearizable => {
                 self.next_read_ctx += 1;
                 let read_ctx = self.next_read_ctx;
                 match self.core.read_index(read_ctx) {
@@ -1913,6 +1927,7 @@ pub fn run_bound(
         client_address: bound.to_string(),
         snapshot_root: config.data_dir.join("snapshots"),
         log_kind: config.log_kind,
+        timing: config.timing,
     };
     let node = Node::start_with(config, natives, Some(bound))?;
     let mut peer = None;

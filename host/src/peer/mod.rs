@@ -98,6 +98,10 @@ pub struct Hello {
     /// The sender's replication-log kind (must match the receiver's).
     #[serde(default)]
     pub log_kind: crate::node::LogKind,
+    /// The sender's failure-detection timing (must match: leases and
+    /// elections count on every member waiting as long).
+    #[serde(default)]
+    pub timing: crate::node::Timing,
 }
 
 /// Answer to a [`Hello`].
@@ -130,6 +134,8 @@ pub struct LocalIdentity {
     pub snapshot_root: std::path::PathBuf,
     /// This group's replication-log kind.
     pub log_kind: crate::node::LogKind,
+    /// This group's timing.
+    pub timing: crate::node::Timing,
 }
 
 impl LocalIdentity {
@@ -157,6 +163,12 @@ impl LocalIdentity {
             return Err(format!(
                 "node {} runs the {:?} log kind, this node {:?}: a group has one kind",
                 hello.from, hello.log_kind, self.log_kind
+            ));
+        }
+        if hello.timing != self.timing {
+            return Err(format!(
+                "node {} runs with timing {:?}, this node {:?}: every member needs the same",
+                hello.from, hello.timing, self.timing
             ));
         }
         if hello.from == self.node_id || !self.members.contains(&hello.from) {
@@ -318,6 +330,7 @@ impl Peers {
                     client_address: me.client_address.clone(),
                     lane,
                     log_kind: me.log_kind,
+                    timing: me.timing,
                 };
                 actix::spawn(dial(address.clone(), hello, rx));
                 pair.push(tx);
@@ -437,6 +450,7 @@ mod tests {
             client_address: "127.0.0.1:1".into(),
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
             log_kind: crate::node::LogKind::Statement,
+            timing: crate::node::Timing::default(),
         }
     }
 
@@ -449,6 +463,7 @@ mod tests {
             client_address: "127.0.0.1:2".into(),
             lane: Lane::Control,
             log_kind: crate::node::LogKind::Statement,
+            timing: crate::node::Timing::default(),
         }
     }
 
@@ -472,6 +487,16 @@ mod tests {
                     ..hello()
                 },
                 "log kind",
+            ),
+            (
+                Hello {
+                    timing: crate::node::Timing {
+                        heartbeat_interval_ms: 1,
+                        ..crate::node::Timing::default()
+                    },
+                    ..hello()
+                },
+                "timing",
             ),
             (
                 Hello {

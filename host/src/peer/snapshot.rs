@@ -97,6 +97,7 @@ pub async fn send_snapshot(
     to: NodeId,
     client_address: &str,
     log_kind: crate::node::LogKind,
+    timing: crate::node::Timing,
     dir: &Path,
     meta: &SnapshotMeta,
 ) -> Result<(), String> {
@@ -114,6 +115,7 @@ pub async fn send_snapshot(
         client_address: client_address.to_string(),
         lane: super::Lane::Snapshot,
         log_kind,
+        timing,
     };
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {

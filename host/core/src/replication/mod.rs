@@ -391,6 +391,12 @@ pub struct Core {
     read_round_wanted: bool,
     /// Leadership transfer in progress: (target, give up at, TimeoutNow sent).
     transfer: Option<(NodeId, u64, bool)>,
+    /// When each recent heartbeat round was sent (for the leader lease).
+    rounds_sent: std::collections::VecDeque<(u64, u64)>,
+    /// No vote is granted before this time: a node that just started may
+    /// have promised a leader, before it stopped, not to vote for a while
+    /// (the leader's lease counts on that promise).
+    vote_embargo_until_ms: u64,
     rng: Rng,
     ready: Ready,
 }
@@ -448,6 +454,8 @@ impl Core {
             pending_reads: Vec::new(),
             read_round_wanted: false,
             transfer: None,
+            rounds_sent: Default::default(),
+            vote_embargo_until_ms: 0,
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -633,6 +641,7 @@ impl Core {
         if self.now_ms == 0 {
             // First tick: timers start from the shell's clock, not from 0.
             self.now_ms = now_ms;
+            self.vote_embargo_until_ms = now_ms + self.config.election_timeout_min_ms;
             self.reset_election_timer();
         }
         self.now_ms = self.now_ms.max(now_ms);
@@ -746,6 +755,11 @@ impl Core {
     fn broadcast_heartbeat(&mut self) {
         self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
         self.heartbeat_seq += 1;
+        self.rounds_sent
+            .push_back((self.heartbeat_seq, self.now_ms));
+        while self.rounds_sent.len() > 256 {
+            self.rounds_sent.pop_front();
+        }
         let (term, seq) = (self.hard.term, self.heartbeat_seq);
         let beats: Vec<(NodeId, Index)> = self
             .progress
@@ -763,6 +777,7 @@ impl Core {
         self.leader_seen_ms = Some(self.now_ms);
         self.votes.clear();
         self.heartbeat_seq = 0;
+        self.rounds_sent.clear();
         let next = self.last_index + 1;
         let now = self.now_ms;
         self.progress = self
@@ -1140,8 +1155,8 @@ impl Core {
                 last_index,
                 last_term,
                 pre,
-                ..
-            } => self.on_vote(from, term, last_index, last_term, pre),
+                transfer,
+            } => self.on_vote(from, term, last_index, last_term, pre, transfer),
             Message::TimeoutNow { .. } => {
                 if self.role == Role::Follower && self.leader == Some(from) {
                     tracing::info!(node = self.config.id, "leadership handed over: campaigning");
@@ -1314,6 +1329,33 @@ impl Core {
             let term = self.hard.term;
             self.send(to, Message::TimeoutNow { term });
         }
+    }
+
+    /// Whether this leader may serve a read from its own state without
+    /// asking the others (a `lease` read): a majority answered a heartbeat
+    /// round sent less than 90 % of the minimum election timeout ago, and
+    /// none of them will vote for another candidate until that timeout has
+    /// passed since they heard it (leader stickiness; a restarted node
+    /// waits as long before it votes). The 10 % margin absorbs clock-rate
+    /// drift. Also needs this term's no-op committed, and no transfer.
+    pub fn lease_read_ok(&self) -> bool {
+        if self.role != Role::Leader
+            || self.transfer.is_some()
+            || self.commit_index < self.term_start_index
+        {
+            return false;
+        }
+        if self.quorum() == 1 {
+            return true;
+        }
+        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_seq).collect();
+        acked.push(u64::MAX);
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acked[self.quorum() - 1];
+        let Some(&(_, sent)) = self.rounds_sent.iter().find(|(seq, _)| *seq == confirmed) else {
+            return false;
+        };
+        self.now_ms < sent + self.config.election_timeout_min_ms * 9 / 10
     }
 
     /// Ask for a linearizable read: the answer arrives in [`Ready::reads`]
@@ -1575,14 +1617,23 @@ impl Core {
         }
     }
 
-    fn on_vote(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term, pre: bool) {
+    fn on_vote(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+        pre: bool,
+        transfer: bool,
+    ) {
         let up_to_date = self.log_up_to_date(last_index, last_term);
+        let embargo = self.now_ms < self.vote_embargo_until_ms && !transfer;
         let granted = if pre {
             // Would we vote in `term`? Only if no live leader is known.
-            term > self.hard.term && up_to_date && !self.in_leader_lease()
+            term > self.hard.term && up_to_date && !self.in_leader_lease() && !embargo
         } else {
             let free = self.hard.vote.is_none() || self.hard.vote == Some(from);
-            free && up_to_date
+            free && up_to_date && !embargo
         };
         if granted && !pre {
             self.set_hard_state(term, Some(from));

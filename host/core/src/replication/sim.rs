@@ -101,6 +101,15 @@ struct SimNode {
     writes: VecDeque<(u64, Vec<Entry>)>,
     applied: Vec<Entry>,
     up: bool,
+    /// This node's clock runs this many parts per million fast or slow.
+    drift_ppm: i64,
+}
+
+impl SimNode {
+    /// This node's view of the time.
+    fn clock(&self, now: u64) -> u64 {
+        (now as i64 + now as i64 * self.drift_ppm / 1_000_000) as u64
+    }
 }
 
 enum Event {
@@ -159,7 +168,7 @@ fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
 
 impl Sim {
     fn new(seed: u64, members: &[NodeId]) -> Sim {
-        let nodes = members
+        let nodes: BTreeMap<NodeId, SimNode> = members
             .iter()
             .map(|&id| {
                 let core = Core::new(config(id, members), HardState::default(), (0, 0), 0, seed);
@@ -171,13 +180,20 @@ impl Sim {
                         writes: VecDeque::new(),
                         applied: Vec::new(),
                         up: true,
+                        drift_ppm: 0,
                     },
                 )
             })
             .collect();
+        let mut rng = Rng(seed);
+        let mut nodes = nodes;
+        for n in nodes.values_mut() {
+            // Clocks that run up to 2 % fast or slow.
+            n.drift_ppm = rng.below(40_001) as i64 - 20_000;
+        }
         Sim {
             seed,
-            rng: Rng(seed),
+            rng,
             now_ms: 0,
             nodes,
             net: Vec::new(),
@@ -419,6 +435,24 @@ impl Sim {
                 }
             }
         }
+        // Leases: a leader that may serve reads from its own state is not
+        // deposed — no node leads a later term.
+        for (&id, n) in &self.nodes {
+            if n.up && n.core.lease_read_ok() {
+                let term = n.core.term();
+                if let Some((&other, m)) = self
+                    .nodes
+                    .iter()
+                    .find(|(_, m)| m.up && m.core.role() == Role::Leader && m.core.term() > term)
+                {
+                    let msg = format!(
+                        "node {id} holds a read lease in term {term} while node {other} leads term {}",
+                        m.core.term()
+                    );
+                    self.fail(&msg);
+                }
+            }
+        }
         // 3. Commit safety: what a node applies was committed; nothing
         // committed ever changes.
         let mut newly = Vec::new();
@@ -567,7 +601,8 @@ impl Sim {
             self.complete_writes(id);
             if now.is_multiple_of(5) {
                 let n = self.nodes.get_mut(&id).expect("node");
-                n.core.tick(now, &n.disk);
+                let clock = n.clock(now);
+                n.core.tick(clock, &n.disk);
                 self.drain(id);
             }
         }
