@@ -368,6 +368,46 @@ struct FillStatus {
 /// Persists the hard state and log entries on its own thread.
 pub struct LogWriter {
     log: LogStore,
+    /// Where truncated (never committed) entries are kept for audit.
+    quarantine: PathBuf,
+}
+
+impl LogWriter {
+    /// Save the entries from `from` on, which a truncation is about to
+    /// remove, to a file of the quarantine directory (fsynced): a suffix
+    /// that never committed is audited, never silently dropped.
+    fn quarantine_from(&self, from: Index) -> Result<(), String> {
+        let entries = self
+            .log
+            .read(from, Index::MAX, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.quarantine).map_err(|e| e.to_string())?;
+        let name = format!(
+            "truncated-{}-{}-at-{}.cbor",
+            first.index,
+            last.index,
+            Node::now_ms()
+        );
+        let path = self.quarantine.join(name);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&crate::codec::encode(&entries))?;
+            f.sync_all()?;
+            std::fs::File::open(&self.quarantine)?.sync_all()
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        tracing::warn!(
+            from = first.index,
+            to = last.index,
+            file = %path.display(),
+            "a log suffix that never committed was truncated; kept in quarantine"
+        );
+        Ok(())
+    }
 }
 
 impl Actor for LogWriter {
@@ -433,11 +473,16 @@ impl Handler<Persist> for LogWriter {
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
         let last = msg.entries.last().map(|e| (e.index, e.term));
         let hard_state = msg.hard_state.map(|(hs, _)| hs);
-        let result = self
-            .log
-            .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
-            .map(|()| last)
-            .map_err(|e| e.to_string());
+        let quarantined = match msg.truncate_from {
+            Some(from) => self.quarantine_from(from),
+            None => Ok(()),
+        };
+        let result = quarantined.and_then(|()| {
+            self.log
+                .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
+                .map(|()| last)
+                .map_err(|e| e.to_string())
+        });
         msg.reply_to.do_send(Persisted {
             result,
             hard_state_seq: msg.hard_state.map(|(_, seq)| seq),
@@ -784,8 +829,10 @@ impl Node {
             "node starting"
         );
         let writer_log = log.clone();
+        let quarantine = config.data_dir.join("quarantine");
         let writer = SyncArbiter::start(1, move || LogWriter {
             log: writer_log.clone(),
+            quarantine: quarantine.clone(),
         });
         let maker_log = log.clone();
         let maker_root = config.data_dir.join("snapshots");
