@@ -532,8 +532,8 @@ fn print_status(all: &[Status]) {
         .iter()
         .find(|s| s.role == understudy::replication::Role::Leader);
     println!(
-        "{:<5} {:<12} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  digest",
-        "node", "role", "term", "last", "commit", "applied", "lag", "lag ms"
+        "{:<5} {:<12} {:>5} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  digest",
+        "node", "role", "term", "vote", "last", "commit", "applied", "lag", "lag ms", "heard ms"
     );
     let mut all = all.to_vec();
     all.sort_by_key(|s| s.node_id);
@@ -548,16 +548,22 @@ fn print_status(all: &[Status]) {
             Some(_) => "QUARANTINED".to_string(),
             None => format!("{:?}", s.role),
         };
+        let vote = s.vote.map_or("-".to_string(), |v| v.to_string());
+        let heard = s
+            .leader_heard_ms_ago
+            .map_or("-".to_string(), |h| h.to_string());
         println!(
-            "{:<5} {:<12} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
+            "{:<5} {:<12} {:>5} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  {}",
             s.node_id,
             role,
             s.term,
+            vote,
             s.last_index,
             s.commit_index,
             s.applied_index,
             lag,
             lag_ms,
+            heard,
             &s.digest[..s.digest.len().min(16)]
         );
     }
