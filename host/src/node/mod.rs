@@ -1405,7 +1405,7 @@ impl Node {
                 let _ = read.reply.send(Response::Error(e));
             }
             ReadLevel::Lease
-                if self.core.lease_read_ok()
+                if self.core.lease_read_ok(Self::now_ms())
                     && self.core.applied_index() >= self.core.commit_index() =>
             {
                 self.run_read(read)

@@ -1338,7 +1338,9 @@ impl Core {
     /// passed since they heard it (leader stickiness; a restarted node
     /// waits as long before it votes). The 10 % margin absorbs clock-rate
     /// drift. Also needs this term's no-op committed, and no transfer.
-    pub fn lease_read_ok(&self) -> bool {
+    /// `now_ms` is the shell's clock when the read is served (not the last
+    /// tick: a process that was frozen must not trust its old time).
+    pub fn lease_read_ok(&self, now_ms: u64) -> bool {
         if self.role != Role::Leader
             || self.transfer.is_some()
             || self.commit_index < self.term_start_index
@@ -1355,7 +1357,7 @@ impl Core {
         let Some(&(_, sent)) = self.rounds_sent.iter().find(|(seq, _)| *seq == confirmed) else {
             return false;
         };
-        self.now_ms < sent + self.config.election_timeout_min_ms * 9 / 10
+        now_ms.max(self.now_ms) < sent + self.config.election_timeout_min_ms * 9 / 10
     }
 
     /// Ask for a linearizable read: the answer arrives in [`Ready::reads`]

@@ -103,6 +103,9 @@ struct SimNode {
     up: bool,
     /// This node's clock runs this many parts per million fast or slow.
     drift_ppm: i64,
+    /// Frozen (SIGSTOP) until then: it keeps its memory, sees nothing and
+    /// does nothing; what arrives meanwhile waits in its socket buffers.
+    paused_until: u64,
 }
 
 impl SimNode {
@@ -181,6 +184,7 @@ impl Sim {
                         applied: Vec::new(),
                         up: true,
                         drift_ppm: 0,
+                        paused_until: 0,
                     },
                 )
             })
@@ -384,6 +388,28 @@ impl Sim {
         n.up = true;
     }
 
+    /// Leases: a leader that may serve reads from its own state is not
+    /// deposed — no node leads a later term. Also checked before a step's
+    /// deliveries, as a read may reach a thawed leader before anything else.
+    fn check_leases(&self) {
+        for (&id, n) in &self.nodes {
+            if n.up && n.paused_until <= self.now_ms && n.core.lease_read_ok(n.clock(self.now_ms)) {
+                let term = n.core.term();
+                if let Some((&other, m)) = self
+                    .nodes
+                    .iter()
+                    .find(|(_, m)| m.up && m.core.role() == Role::Leader && m.core.term() > term)
+                {
+                    let msg = format!(
+                        "node {id} holds a read lease in term {term} while node {other} leads term {}",
+                        m.core.term()
+                    );
+                    self.fail(&msg);
+                }
+            }
+        }
+    }
+
     fn check(&mut self) {
         // 1. Election safety.
         for (&id, n) in &self.nodes {
@@ -435,24 +461,7 @@ impl Sim {
                 }
             }
         }
-        // Leases: a leader that may serve reads from its own state is not
-        // deposed — no node leads a later term.
-        for (&id, n) in &self.nodes {
-            if n.up && n.core.lease_read_ok() {
-                let term = n.core.term();
-                if let Some((&other, m)) = self
-                    .nodes
-                    .iter()
-                    .find(|(_, m)| m.up && m.core.role() == Role::Leader && m.core.term() > term)
-                {
-                    let msg = format!(
-                        "node {id} holds a read lease in term {term} while node {other} leads term {}",
-                        m.core.term()
-                    );
-                    self.fail(&msg);
-                }
-            }
-        }
+        self.check_leases();
         // 3. Commit safety: what a node applies was committed; nothing
         // committed ever changes.
         let mut newly = Vec::new();
@@ -513,12 +522,34 @@ impl Sim {
     /// ticks, client proposals and, with `faults`, crashes and partitions.
     fn step(&mut self, faults: bool) {
         self.now_ms += 1;
+        self.check_leases();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let now = self.now_ms;
+        let paused: BTreeMap<NodeId, u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.paused_until > now)
+            .map(|(&id, n)| (id, n.paused_until))
+            .collect();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
             .into_iter()
             .partition(|(at, _)| *at <= now);
         self.net = later;
+        // Deliveries to a frozen node wait until it thaws.
+        let mut due_now = Vec::new();
+        for (at, event) in due {
+            let to = match &event {
+                Event::Deliver { to, .. } | Event::Snapshot { to, .. } => Some(*to),
+                Event::SnapshotFailed { leader, .. } | Event::SnapshotDone { leader, .. } => {
+                    Some(*leader)
+                }
+            };
+            match to.and_then(|t| paused.get(&t)) {
+                Some(&until) => self.net.push((until, event)),
+                None => due_now.push((at, event)),
+            }
+        }
+        let due = due_now;
         for (_, event) in due {
             match event {
                 Event::Deliver { from, to, msg } => {
@@ -595,7 +626,7 @@ impl Sim {
             }
         }
         for &id in &ids {
-            if !self.nodes[&id].up {
+            if !self.nodes[&id].up || paused.contains_key(&id) {
                 continue;
             }
             self.complete_writes(id);
@@ -612,10 +643,11 @@ impl Sim {
         } else {
             now.is_multiple_of(7)
         };
-        let leader = ids
-            .iter()
-            .copied()
-            .find(|id| self.nodes[id].up && self.nodes[id].core.role() == Role::Leader);
+        let leader = ids.iter().copied().find(|id| {
+            self.nodes[id].up
+                && !paused.contains_key(id)
+                && self.nodes[id].core.role() == Role::Leader
+        });
         if let (true, Some(id)) = (propose, leader) {
             self.proposals += 1;
             let payload = Payload::Command {
@@ -673,7 +705,7 @@ impl Sim {
             self.next_read += 1;
             let ctx = self.next_read;
             let n = self.nodes.get_mut(&id).expect("node");
-            if n.up && n.core.read_index(ctx).is_ok() {
+            if n.up && n.paused_until <= now && n.core.read_index(ctx).is_ok() {
                 self.reads.insert((id, ctx), floor);
                 self.drain(id);
             }
@@ -690,6 +722,15 @@ impl Sim {
             }
         }
         if faults {
+            if self.rng.chance(2) {
+                // Freeze a node (SIGSTOP) for 50–500 ms.
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                let until = now + 50 + self.rng.below(450);
+                let n = self.nodes.get_mut(&id).expect("node");
+                if n.up && n.paused_until <= now {
+                    n.paused_until = until;
+                }
+            }
             if self.rng.chance(3) {
                 let id = ids[self.rng.below(ids.len() as u64) as usize];
                 if self.nodes[&id].up {
