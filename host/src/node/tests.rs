@@ -38,7 +38,7 @@ async fn status(addr: SocketAddr) -> Status {
     Client::connect(addr).await.unwrap().status().await.unwrap()
 }
 
-/// Three nodes in this process; node 3 (never a candidate) runs a machine
+/// Three nodes in this process; node 3 (not the leader) runs a machine
 /// that writes something else than the others' for the same command.
 async fn skewed_group(dir: &std::path::Path, kind: LogKind) -> Vec<SocketAddr> {
     let component = Sandbox::normalize(understudy_examples::COUNTER).unwrap();
@@ -72,19 +72,11 @@ async fn skewed_group(dir: &std::path::Path, kind: LogKind) -> Vec<SocketAddr> {
                     address: a.to_string(),
                 })
                 .collect();
-            config.timing = if id == 3 {
-                // Node 3 (the odd one) never campaigns: it stays a follower.
-                Timing {
-                    heartbeat_interval_ms: 25,
-                    election_timeout_min_ms: 60_000,
-                    election_timeout_max_ms: 60_001,
-                }
-            } else {
-                Timing {
-                    heartbeat_interval_ms: 25,
-                    election_timeout_min_ms: 150,
-                    election_timeout_max_ms: 300,
-                }
+            // Equal on every member (peers with other timing are refused).
+            config.timing = Timing {
+                heartbeat_interval_ms: 25,
+                election_timeout_min_ms: 150,
+                election_timeout_max_ms: 300,
             };
             let bias = u8::from(id == 3);
             let natives: Natives = vec![(hash, Arc::new(Skewed { bias }))];
@@ -92,6 +84,16 @@ async fn skewed_group(dir: &std::path::Path, kind: LogKind) -> Vec<SocketAddr> {
             addrs.push(running.client);
         }
         let c = Client::connect_group(addrs.clone()).await.unwrap();
+        // Node 3, the odd one, must not lead: hand over if it won.
+        let leader = loop {
+            if let Some(l) = c.status().await.unwrap().leader {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if leader == 3 {
+            c.promote(1).await.unwrap();
+        }
         let w = c
             .deploy("x", understudy_examples::COUNTER.to_vec())
             .await
