@@ -124,11 +124,16 @@ enum Command {
     },
     /// Manual switchover: hand leadership to NODE (it catches up first; the old leader stops taking writes; NODE leads in a new term).
     Promote {
-        /// Address of any node of the group.
+        /// Address of any node of the group (with --force: of NODE itself).
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
         /// Id of the member that is to lead.
         node: u64,
+        /// The majority is lost for good: make NODE a group of one that
+        /// leads. Acknowledged writes it lacks are LOST; the other members
+        /// must be rebuilt. Logged, and recorded in NODE's data directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Watch a node catch up (snapshot chunks, then log entries) with a progress bar, until it has everything the leader committed.
     CatchUp {
@@ -308,7 +313,22 @@ fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Promote { addr, node } => client_call(addr, |c| async move {
+        Command::Promote {
+            addr,
+            node,
+            force: true,
+        } => client_call_one(addr, |c| async move {
+            let term = c.force_promote(node).await?;
+            println!(
+                "node {node} was promoted by force and leads alone (term {term}); writes it lacked are lost. Rebuild the other members, then remove FORCED-ALONE from its data directory and restart it with the full group config."
+            );
+            Ok(())
+        }),
+        Command::Promote {
+            addr,
+            node,
+            force: false,
+        } => client_call(addr, |c| async move {
             let term = c.promote(node).await?;
             println!("node {node} leads (term {term})");
             Ok(())

@@ -375,3 +375,52 @@ async fn repeated_failovers_and_a_whole_group_restart_lose_no_acknowledged_write
     assert_present(&g, &acked).await;
     assert_same_state(&g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_promotion_brings_back_writes_after_the_majority_is_lost_for_good() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    deploy_kv(&c).await;
+    let acked = writes(&c, "before", 0, 20).await;
+    let survivor = (1..=3).find(|&i| i != leader).unwrap();
+    let index = c.status().await.unwrap().commit_index;
+    g.converged(index, SETTLE).await.unwrap();
+    for id in (1..=3).filter(|&i| i != survivor) {
+        g.kill9(id);
+    }
+    // No majority: nothing commits.
+    let direct = g.client_of(survivor).await.unwrap();
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(1),
+        direct.command("kv", put("stuck", "1")),
+    )
+    .await;
+    assert!(!matches!(stuck, Ok(Ok(_))), "{stuck:?}");
+    // The operator decides: the survivor leads alone.
+    let addr = g.node(survivor).addr.to_string();
+    let id = survivor.to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        understudy_tests::run_cli(&["promote", "--force", "--addr", &addr, &id]).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("promoted by force"), "{out}");
+    assert!(
+        g.node(survivor).stderr().contains("FORCED PROMOTION"),
+        "the decision is logged"
+    );
+    assert_eq!(g.leader(SETTLE).await.unwrap(), survivor);
+    let mut all = acked.clone();
+    all.extend(writes(&g.client().await.unwrap(), "after", 0, 10).await);
+    assert_eq!(all.len(), 30);
+    assert_present(&g, &all).await;
+    // A restart keeps the decision (recorded in its data directory).
+    g.kill9(survivor);
+    g.restart(survivor).unwrap();
+    assert_eq!(g.leader(SETTLE).await.unwrap(), survivor);
+    assert_present(&g, &all).await;
+}

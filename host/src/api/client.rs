@@ -433,7 +433,10 @@ impl Client {
     /// Manual switchover: ask the leader to hand over to `node`, then wait
     /// (up to the retry window) until `node` leads. Returns its term.
     pub async fn promote(&self, node: NodeId) -> Result<Term, ClientError> {
-        let from_term = match self.call_following(Request::Promote { node }).await? {
+        let from_term = match self
+            .call_following(Request::Promote { node, force: false })
+            .await?
+        {
             Response::Promoting { term, .. } => term,
             other => return Err(ClientError::Unexpected(Box::new(other))),
         };
@@ -452,6 +455,16 @@ impl Client {
                 )));
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Forced promotion (a group that lost its majority): the node this
+    /// client is connected to, `node`, becomes a group of one and leads.
+    /// Writes the lost majority acknowledged and `node` lacks are lost.
+    pub async fn force_promote(&self, node: NodeId) -> Result<Term, ClientError> {
+        match self.call(Request::Promote { node, force: true }).await? {
+            Response::Promoting { term, .. } => Ok(term),
+            other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 

@@ -108,10 +108,15 @@ pub enum Request {
     /// Node status.
     Status,
     /// Manual switchover: the leader brings `node` up to date, stops taking
-    /// writes, and hands leadership over (in a new term).
+    /// writes, and hands leadership over (in a new term). With `force`,
+    /// sent to `node` itself: for a group that lost its majority, `node`
+    /// becomes a group of one and leads — writes it lacks are lost.
     Promote {
         /// The member that is to lead.
         node: NodeId,
+        /// The operator's decision for a lost majority.
+        #[serde(default)]
+        force: bool,
     },
 }
 

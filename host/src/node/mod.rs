@@ -242,6 +242,12 @@ impl NodeConfig {
         }
     }
 
+    /// The file that records a forced promotion (see [`Request::Promote`]
+    /// with `force`): while it exists, this node is a group of one.
+    pub fn forced_path(&self) -> PathBuf {
+        self.data_dir.join("FORCED-ALONE")
+    }
+
     fn identity(&self) -> Identity {
         Identity {
             format_version: storage::FORMAT_VERSION,
@@ -819,7 +825,20 @@ impl Node {
             applied.index,
             last.0
         );
-        let core = Core::new(config.group(), hard, last, applied.index, rand::random());
+        let forced = config.forced_path().exists();
+        let group = if forced {
+            tracing::error!(
+                file = %config.forced_path().display(),
+                "this node was promoted by force and runs as a group of one, whatever its config says; remove the file (and rebuild the other members) to return to the configured group"
+            );
+            GroupConfig {
+                members: vec![config.node_id],
+                ..config.group()
+            }
+        } else {
+            config.group()
+        };
+        let core = Core::new(group, hard, last, applied.index, rand::random());
         tracing::info!(
             node = config.node_id,
             members = ?config.members(),
@@ -986,6 +1005,72 @@ impl Node {
             }
         }
         self.track_leadership(ctx);
+    }
+
+    /// The operator's forced promotion for a group that lost its majority:
+    /// this node becomes a group of one and leads. Every write that the lost
+    /// majority acknowledged and this node lacks is lost — that is the
+    /// decision being made, and it is logged as such. Recorded in a file of
+    /// the data directory so that a restart keeps it.
+    fn force_alone(&mut self, node: NodeId) -> Response {
+        if node != self.config.node_id {
+            return Response::Error(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a forced promotion is sent to the node to promote (this is node {}, not {node})",
+                    self.config.node_id
+                ),
+            ));
+        }
+        if self.persist_in_flight || !self.persist_queue.is_empty() || self.installing {
+            return Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                "log writes are in flight; retry in a moment",
+            ));
+        }
+        let path = self.config.forced_path();
+        let record = format!(
+            "forced promotion of node {} at {} ms since the epoch, term {}, last index {}\n",
+            self.config.node_id,
+            Self::now_ms(),
+            self.core.term(),
+            self.core.last_index()
+        );
+        if let Err(e) =
+            std::fs::write(&path, record).and_then(|()| std::fs::File::open(&path)?.sync_all())
+        {
+            return Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot record the forced promotion in {}: {e}",
+                    path.display()
+                ),
+            ));
+        }
+        tracing::error!(
+            node = self.config.node_id,
+            term = self.core.term(),
+            last_index = self.core.last_index(),
+            "FORCED PROMOTION by the operator: this node now leads alone; acknowledged writes it lacks are lost, and the other members are no longer part of the group"
+        );
+        let hard = crate::replication::HardState {
+            term: self.core.term(),
+            vote: self.core.vote(),
+        };
+        let last = (
+            self.core.last_index(),
+            crate::replication::LogRead::term(&self.log, self.core.last_index()).unwrap_or(0),
+        );
+        let group = GroupConfig {
+            members: vec![self.config.node_id],
+            ..self.config.group()
+        };
+        self.core = Core::new(group, hard, last, self.core.applied_index(), rand::random());
+        self.core.tick(Self::now_ms(), &self.log);
+        Response::Promoting {
+            node,
+            term: self.core.term(),
+        }
     }
 
     /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
@@ -1732,7 +1817,12 @@ impl Handler<ClientCall> for Node {
                 status: self.status(),
                 reply,
             }),
-            Request::Promote { node } => {
+            Request::Promote { node, force: true } => {
+                let response = self.force_alone(node);
+                let _ = reply.send(response);
+                self.drive(ctx);
+            }
+            Request::Promote { node, force: false } => {
                 let response = match self.core.transfer_leadership(node) {
                     Ok(()) => Response::Promoting {
                         node,
