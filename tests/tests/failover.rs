@@ -127,10 +127,19 @@ async fn sigkill_of_the_leader_of_five_elects_a_new_one_and_loses_no_acknowledge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
+async fn a_frozen_leader_of_three_is_replaced_and_steps_down_when_it_thaws() {
+    frozen_leader(3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_of_five_is_replaced_and_steps_down_when_it_thaws() {
+    frozen_leader(5).await
+}
+
+async fn frozen_leader(n: u64) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let g = Group::start(dir.path(), n, &[]).unwrap();
     let old = g.leader(SETTLE).await.unwrap();
     let c = g.client().await.unwrap();
     deploy_kv(&c).await;
@@ -149,7 +158,7 @@ async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
     // The others elected a new leader, in a later term, and take writes.
-    let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let others: Vec<u64> = (1..=n).filter(|&i| i != old).collect();
     let mut new = None;
     for _ in 0..100 {
         for &i in &others {
