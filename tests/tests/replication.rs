@@ -50,9 +50,20 @@ async fn assert_same_state(g: &Group) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_through_the_leader_and_every_node_serves_every_read_level() {
+    every_read_level(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_kind_writes_acknowledged_at_commit_are_seen_by_every_read_level() {
+    // The row kind answers a write when it commits (its outcome is in the
+    // entry), before the leader applies it: reads must still see it.
+    every_read_level(&["--log-kind", "row"]).await
+}
+
+async fn every_read_level(flags: &[&str]) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let g = Group::start(dir.path(), 3, flags).unwrap();
     let leader = g.leader(SETTLE).await.unwrap();
     let c = g.client().await.unwrap();
     deploy_kv(&c).await;
@@ -104,6 +115,9 @@ async fn writes_go_through_the_leader_and_every_node_serves_every_read_level() {
             .unwrap();
         assert!(at >= w.index, "a session read waits for its write");
         assert_eq!(value(&out), Some(i.to_string()), "session read");
+        // Lease, on the leader: sees the write too.
+        let (out, _) = c.query_at("kv", get(&key), ReadLevel::Lease).await.unwrap();
+        assert_eq!(value(&out), Some(i.to_string()), "lease read");
         // Any and bounded: answered with the index they reflect.
         let (_, at) = r.query_at("kv", get(&key), ReadLevel::Any).await.unwrap();
         assert!(at > 0);

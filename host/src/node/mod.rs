@@ -700,6 +700,9 @@ struct Waiter {
     term: Term,
     concern: WriteConcern,
     reply: oneshot::Sender<Response>,
+    /// Row log kind: the outcome is in the entry, final once it commits,
+    /// so the writer is answered at commit, not after the apply.
+    outcome: Option<Outcome>,
 }
 
 /// Row log kind: proposals go to the applier to be executed before they
@@ -987,6 +990,9 @@ impl Node {
                 self.peers.send(to, PeerMessage::Raft(msg));
             }
         }
+        if apply_up_to.is_some() || !self.waiters.is_empty() {
+            self.answer_committed_rows();
+        }
         if let Some(up_to) = apply_up_to {
             self.applier.do_send(ApplyUpTo {
                 up_to,
@@ -1190,6 +1196,31 @@ impl Node {
         }));
     }
 
+    /// Row log kind: answer writers whose entry (of the term they wrote in)
+    /// is committed; its outcome was fixed when the leader executed it.
+    fn answer_committed_rows(&mut self) {
+        let commit = self.core.commit_index();
+        let term = self.core.term();
+        let ready: Vec<Index> = self
+            .waiters
+            .range(..=commit)
+            .filter(|(_, w)| {
+                w.outcome.is_some() && w.term == term && w.concern == WriteConcern::Majority
+            })
+            .map(|(&i, _)| i)
+            .collect();
+        for index in ready {
+            let w = self.waiters.remove(&index).expect("listed");
+            // Committed in this term by this leader: the entry at `index`
+            // is the one it appended (log matching).
+            let _ = w.reply.send(Response::Written {
+                outcome: w.outcome.expect("filtered"),
+                term: w.term,
+                index,
+            });
+        }
+    }
+
     /// Waiters for entries at `index` and after that this node no longer
     /// holds learn that their write was replaced (never applied).
     fn supersede_from(&mut self, index: Index) {
@@ -1289,6 +1320,7 @@ impl Node {
                     term: self.core.term(),
                     concern,
                     reply,
+                    outcome: None,
                 };
                 self.waiters.insert(index, waiter);
                 self.drive(ctx);
@@ -1852,6 +1884,13 @@ impl Handler<Speculated> for Node {
         };
         self.row.outstanding -= entries.len() as u64;
         let term = self.core.term();
+        let outcomes: BTreeMap<Index, Outcome> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Effects(fx) => Some((e.index, fx.outcome.clone())),
+                _ => None,
+            })
+            .collect();
         match self.core.append_prepared(entries, &self.log) {
             Ok(last) => {
                 while let Some(&(index, _, _)) = self.row.waiting.front() {
@@ -1865,6 +1904,7 @@ impl Handler<Speculated> for Node {
                             term,
                             concern,
                             reply,
+                            outcome: outcomes.get(&index).cloned(),
                         },
                     );
                 }
