@@ -990,7 +990,7 @@ impl Node {
                 self.peers.send(to, PeerMessage::Raft(msg));
             }
         }
-        if apply_up_to.is_some() || !self.waiters.is_empty() {
+        if self.config.log_kind == LogKind::Row && !self.waiters.is_empty() {
             self.answer_committed_rows();
         }
         if let Some(up_to) = apply_up_to {
