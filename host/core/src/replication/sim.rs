@@ -822,9 +822,13 @@ fn three_nodes_keep_the_invariants_under_faults() {
 
 #[test]
 fn five_nodes_keep_the_invariants_under_faults() {
-    let installed: u64 = seeds()
+    // Half as many seeds as with three nodes (each run costs more); a soak
+    // with UNDERSTUDY_SIM_SEEDS scales both.
+    let seeds = seeds();
+    let n = (seeds.len() / 2).max(30).min(seeds.len());
+    let installed: u64 = seeds
         .into_iter()
-        .take(30)
+        .take(n)
         .map(|s| run(s, &[1, 2, 3, 4, 5], 4_000))
         .sum();
     eprintln!("snapshots installed: {installed}");
