@@ -173,6 +173,15 @@ async fn write_op(c: std::sync::Arc<Client>, i: u64) {
     assert!(w.outcome.is_ok());
 }
 
+/// A group of `n` with the kv example deployed: (group, leader, its address).
+async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u64, SocketAddr) {
+    let g = Group::start_direct(dir, n, flags).unwrap();
+    let leader = g.leader(Duration::from_secs(20)).await.unwrap();
+    understudy_tests::deploy_kv(&g.client().await.unwrap()).await;
+    let addr = g.node(leader).addr;
+    (g, leader, addr)
+}
+
 /// Kill a follower, write `n` entries, restart it, and time it from the
 /// restart until it has applied everything the leader committed.
 async fn catch_up(g: &mut Group, leader: u64, n: u64, kind: &str) -> f64 {
@@ -311,20 +320,12 @@ fn main() {
 
         let retain = (catchup + 100_000).to_string();
         let nodes: u64 = env_or("UNDERSTUDY_BENCH_NODES", 3);
-        let mut g = Group::start_direct(
+        let (mut g, leader, leader_addr) = start_group(
             &dir.path().join("group"),
             nodes,
             &["--log-retain-entries", &retain],
         )
-        .unwrap();
-        let leader = g.leader(Duration::from_secs(20)).await.unwrap();
-        let c = g.client().await.unwrap();
-        let w = c
-            .deploy("kv", understudy_examples::KV.to_vec())
-            .await
-            .unwrap();
-        assert!(w.outcome.is_ok());
-        let leader_addr = g.node(leader).addr;
+        .await;
 
         println!("\n== majority writes (kv put through the leader, fsync on every node) ==");
         println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
@@ -367,20 +368,12 @@ fn main() {
 
         // The same with the row log kind: followers apply effects and run
         // no guest code.
-        let mut g = Group::start_direct(
+        let (mut g, leader, leader_addr) = start_group(
             &dir.path().join("row"),
             3,
             &["--log-retain-entries", &retain, "--log-kind", "row"],
         )
-        .unwrap();
-        let leader = g.leader(Duration::from_secs(20)).await.unwrap();
-        let c = g.client().await.unwrap();
-        let w = c
-            .deploy("kv", understudy_examples::KV.to_vec())
-            .await
-            .unwrap();
-        assert!(w.outcome.is_ok());
-        let leader_addr = g.node(leader).addr;
+        .await;
         println!("\n== majority writes, row log kind ==");
         println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
         for clients in [1usize, 16, 64] {

@@ -228,6 +228,25 @@ pub fn cbor(json: &str) -> Vec<u8> {
     understudy::codec::to_cbor(&v)
 }
 
+/// The kv example's `put` command.
+pub fn kv_put(key: &str, value: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"put":{{"key":"{key}","value":"{value}"}}}}"#))
+}
+
+/// The kv example's `get` query.
+pub fn kv_get(key: &str) -> Vec<u8> {
+    cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
+
+/// Deploy the kv example as actor `kv`.
+pub async fn deploy_kv(c: &Client) {
+    let w = c
+        .deploy("kv", understudy_examples::KV.to_vec())
+        .await
+        .expect("deploy");
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+}
+
 /// Decode a CBOR response.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
     serde_cbor::from_slice(bytes).expect("CBOR response")
@@ -522,6 +541,30 @@ impl Group {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Wait until every running node is idle at the same applied index,
+    /// then check that all hold the same state (equal digests) and none is
+    /// quarantined; returns the index. On failure the nodes' logs are
+    /// printed.
+    pub async fn assert_same_state(&self, within: Duration) -> u64 {
+        let (index, digests) = match self.settled_digests(within).await {
+            Ok(x) => x,
+            Err(e) => {
+                for n in self.nodes.values().flatten() {
+                    eprintln!("--- node {} ---\n{}", n.id, n.stderr());
+                }
+                panic!("{e}");
+            }
+        };
+        for s in self.statuses().await {
+            assert_eq!(s.quarantined, None, "node {} quarantined", s.node_id);
+        }
+        assert!(
+            digests.iter().all(|(_, d)| *d == digests[0].1),
+            "digests differ at applied index {index}: {digests:?}"
+        );
+        index
     }
 
     /// Wait until every running node is idle at the same applied index and

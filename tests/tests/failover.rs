@@ -9,25 +9,9 @@ use understudy::api::client::Client;
 use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
 use understudy::replication::Role;
 use understudy::types::Outcome;
-use understudy_tests::{Group, cbor, decode};
+use understudy_tests::{Group, decode, deploy_kv, kv_get as get, kv_put as put};
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    cbor(&format!(r#"{{"put":{{"key":"{key}","value":"{value}"}}}}"#))
-}
-
-fn get(key: &str) -> Vec<u8> {
-    cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
-}
-
-async fn deploy_kv(c: &Client) {
-    let w = c
-        .deploy("kv", understudy_examples::KV.to_vec())
-        .await
-        .expect("deploy");
-    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
-}
 
 /// Write keys `from..to` through a leader-following client; returns the
 /// acknowledged ones (a write that fails after the client's retries is
@@ -66,22 +50,6 @@ async fn assert_present(g: &Group, acked: &[String]) {
     }
 }
 
-async fn assert_same_state(g: &Group) {
-    let (index, digests) = match g.settled_digests(SETTLE).await {
-        Ok(x) => x,
-        Err(e) => {
-            for n in g.nodes.values().flatten() {
-                eprintln!("--- node {} ---\n{}", n.id, n.stderr());
-            }
-            panic!("{e}");
-        }
-    };
-    assert!(
-        digests.iter().all(|(_, d)| *d == digests[0].1),
-        "digests differ at {index}: {digests:?}"
-    );
-}
-
 async fn term_of(g: &Group, id: u64) -> (Role, u64) {
     let s = g.client_of(id).await.unwrap().status().await.unwrap();
     (s.role, s.term)
@@ -113,7 +81,7 @@ async fn sigkill_the_leader(n: u64) {
     g.restart(old).unwrap();
     let leader = g.leader(SETTLE).await.unwrap();
     assert_eq!(leader, new, "a returning node does not take over");
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +184,7 @@ async fn frozen_leader(n: u64) {
         }
     }
     assert_present(&g, &acked).await;
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
     // Whatever the old leader had logged and lost is kept for audit.
     let mut kept = Vec::new();
     if let Ok(files) = std::fs::read_dir(g.node(old).data_dir.join("quarantine")) {
@@ -344,7 +312,7 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does
         "the minority write never committed"
     );
     assert_present(&g, &acked).await;
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +350,7 @@ async fn repeated_failovers_and_a_whole_group_restart_lose_no_acknowledged_write
     }
     g.leader(SETTLE).await.unwrap();
     assert_present(&g, &acked).await;
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,44 +8,15 @@ use std::time::Duration;
 use understudy::api::client::{Client, ClientError};
 use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
 use understudy::types::Outcome;
-use understudy_tests::{Group, cbor, decode};
+use understudy_tests::{Group, cbor, decode, deploy_kv, kv_get as get, kv_put as put};
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    cbor(&format!(r#"{{"put":{{"key":"{key}","value":"{value}"}}}}"#))
-}
-
-fn get(key: &str) -> Vec<u8> {
-    cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
-}
 
 fn value(outcome: &Outcome) -> Option<String> {
     match outcome {
         Outcome::Ok(b) => decode(b),
         other => panic!("query failed: {other:?}"),
     }
-}
-
-async fn deploy_kv(c: &Client) {
-    let w = c
-        .deploy("kv", understudy_examples::KV.to_vec())
-        .await
-        .expect("deploy");
-    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
-}
-
-async fn assert_same_state(g: &Group) -> u64 {
-    let (index, digests) = g.settled_digests(SETTLE).await.unwrap();
-    for s in g.statuses().await {
-        assert_eq!(s.quarantined, None, "node {} quarantined", s.node_id);
-    }
-    let first = &digests[0].1;
-    assert!(
-        digests.iter().all(|(_, d)| d == first),
-        "digests differ at applied index {index}: {digests:?}"
-    );
-    index
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +118,7 @@ async fn every_read_level(flags: &[&str]) {
     assert_eq!(value(&out).as_deref(), Some("yes"));
     let _ = WriteConcern::Leader;
 
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
 }
 
 /// Keep writing distinct keys through a leader-following client; returns
@@ -209,7 +180,7 @@ async fn a_follower_killed_during_writes_restarts_and_catches_up() {
     // The majority (leader + one follower) kept committing.
     acked.extend(write_range(&c, 300, 400).await);
     g.restart(victim).unwrap();
-    let index = assert_same_state(&g).await;
+    let index = g.assert_same_state(SETTLE).await;
     assert!(index >= 400);
     assert_all_readable(&g, &acked).await;
 }
@@ -283,7 +254,7 @@ async fn a_follower_cut_off_serves_stale_reads_only_as_allowed_and_catches_up_af
         .await
         .unwrap();
     assert_eq!(value(&out).as_deref(), Some("249"));
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
     assert_all_readable(&g, &acked).await;
 }
 
@@ -335,7 +306,7 @@ async fn switchover(flags: &[&str]) {
     assert_eq!(g.leader(SETTLE).await.unwrap(), target);
     let s = g.client_of(target).await.unwrap().status().await.unwrap();
     assert!(s.term > term, "the new leader leads in a new term");
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
     assert_all_readable(&g, &acked).await;
     // Promoting a stranger is refused with the reason.
     let err = c.promote(9).await.unwrap_err();
@@ -397,7 +368,7 @@ async fn a_follower_behind_the_compacted_log_is_rebuilt_from_a_snapshot() {
     .unwrap();
     assert!(ok, "{out}{err}");
     assert!(out.contains("is caught up"), "{out}");
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
     let s = g.client_of(victim).await.unwrap().status().await.unwrap();
     assert!(
         s.log_first_index > behind.last_index + 1,
@@ -408,7 +379,7 @@ async fn a_follower_behind_the_compacted_log_is_rebuilt_from_a_snapshot() {
     assert_all_readable(&g, &acked).await;
     // It keeps replicating normally afterwards.
     acked.extend(write_range(&c, 400, 420).await);
-    assert_same_state(&g).await;
+    g.assert_same_state(SETTLE).await;
     assert_all_readable(&g, &acked).await;
 }
 

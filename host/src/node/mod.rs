@@ -1287,6 +1287,18 @@ impl Node {
         }
     }
 
+    /// The answer to a write while leadership is handed to `to`.
+    fn handing_over_to(&self, to: NodeId) -> ApiError {
+        ApiError {
+            leader: Some(to),
+            leader_address: self.client_addresses.get(&to).cloned(),
+            ..ApiError::new(
+                ErrorCode::NotLeader,
+                format!("leadership is being handed to node {to}; retry there"),
+            )
+        }
+    }
+
     fn propose(
         &mut self,
         payload: Payload,
@@ -1331,14 +1343,7 @@ impl Node {
                 ));
             }
             Err(ProposeError::Transferring { to }) => {
-                let _ = reply.send(Response::Error(ApiError {
-                    leader: Some(to),
-                    leader_address: self.client_addresses.get(&to).cloned(),
-                    ..ApiError::new(
-                        ErrorCode::NotLeader,
-                        format!("leadership is being handed to node {to}; retry there"),
-                    )
-                }));
+                let _ = reply.send(Response::Error(self.handing_over_to(to)));
             }
         }
     }
@@ -1360,14 +1365,7 @@ impl Node {
             return;
         }
         if let Some(to) = self.core.transferring_to() {
-            let _ = reply.send(Response::Error(ApiError {
-                leader: Some(to),
-                leader_address: self.client_addresses.get(&to).cloned(),
-                ..ApiError::new(
-                    ErrorCode::NotLeader,
-                    format!("leadership is being handed to node {to}; retry there"),
-                )
-            }));
+            let _ = reply.send(Response::Error(self.handing_over_to(to)));
             return;
         }
         if self.core.applied_index() < self.row.barrier {

@@ -863,14 +863,7 @@ impl Core {
         seed: u64,
         log: &impl LogRead,
     ) -> Result<Index, ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        }
-        if let Some((to, _, _)) = self.transfer {
-            return Err(ProposeError::Transferring { to });
-        }
+        self.may_take_writes()?;
         self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
         let context = EntryContext {
             timestamp_ms: self.last_timestamp_ms,
@@ -885,6 +878,19 @@ impl Core {
         Ok(index)
     }
 
+    /// Only a leader that is not handing over takes new entries.
+    fn may_take_writes(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        match self.transfer {
+            Some((to, _, _)) => Err(ProposeError::Transferring { to }),
+            None => Ok(()),
+        }
+    }
+
     /// Row log kind: append entries the shell prepared from proposals it
     /// executed ahead of their commit. They must continue this leader's
     /// log in its current term, with timestamps that never go back along
@@ -894,14 +900,7 @@ impl Core {
         entries: Vec<Entry>,
         log: &impl LogRead,
     ) -> Result<Index, ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        }
-        if let Some((to, _, _)) = self.transfer {
-            return Err(ProposeError::Transferring { to });
-        }
+        self.may_take_writes()?;
         for e in &entries {
             assert!(
                 e.index == self.last_index + 1 && e.term == self.hard.term,
