@@ -1018,16 +1018,7 @@ impl Core {
         {
             self.ack_owed = None;
             if self.leader == Some(leader) && self.role == Role::Follower {
-                let term = self.hard.term;
-                self.send(
-                    leader,
-                    Message::AppendResponse {
-                        term,
-                        success: true,
-                        index: owed,
-                        rejected: 0,
-                    },
-                );
+                self.ack(leader, owed);
             }
         }
         self.advance_commit(log);
@@ -1182,7 +1173,9 @@ impl Core {
         }
     }
 
-    fn on_heartbeat(&mut self, from: NodeId, term: Term, commit: Index, seq: u64) {
+    /// `from` leads `term` (the current one): follow it, and restart the
+    /// election timer.
+    fn heard_from_leader(&mut self, from: NodeId, term: Term) {
         assert!(
             !(self.role == Role::Leader && self.hard.term == term),
             "election safety: two leaders in term {term}"
@@ -1192,6 +1185,24 @@ impl Core {
         }
         self.leader_seen_ms = Some(self.now_ms);
         self.reset_election_timer();
+    }
+
+    /// Tell `leader` that this log matches its own, durably, up to `index`.
+    fn ack(&mut self, leader: NodeId, index: Index) {
+        let term = self.hard.term;
+        self.send(
+            leader,
+            Message::AppendResponse {
+                term,
+                success: true,
+                index,
+                rejected: 0,
+            },
+        );
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, term: Term, commit: Index, seq: u64) {
+        self.heard_from_leader(from, term);
         // The leader only names a commit index up to what it knows we
         // hold, so it is safe to adopt as far as our log reaches.
         let commit = commit.min(self.last_index);
@@ -1255,16 +1266,7 @@ impl Core {
         if index <= self.applied_index {
             let floor = self.commit_index.min(self.persisted_index);
             if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
-                let t = self.hard.term;
-                self.send(
-                    leader,
-                    Message::AppendResponse {
-                        term: t,
-                        success: true,
-                        index: floor,
-                        rejected: 0,
-                    },
-                );
+                self.ack(leader, floor);
             }
             return;
         }
@@ -1279,16 +1281,7 @@ impl Core {
         self.apply_requested = self.apply_requested.max(index);
         self.applied_index = index;
         if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
-            let term = self.hard.term;
-            self.send(
-                leader,
-                Message::AppendResponse {
-                    term,
-                    success: true,
-                    index,
-                    rejected: 0,
-                },
-            );
+            self.ack(leader, index);
         }
     }
 
@@ -1449,28 +1442,12 @@ impl Core {
         commit: Index,
         log: &impl LogRead,
     ) {
-        assert!(
-            !(self.role == Role::Leader && self.hard.term == term),
-            "election safety: two leaders in term {term}"
-        );
-        if self.role != Role::Follower || self.leader != Some(from) {
-            self.become_follower(term, Some(from));
-        }
-        self.leader_seen_ms = Some(self.now_ms);
-        self.reset_election_timer();
+        self.heard_from_leader(from, term);
         // Below what this node holds committed and durable (perhaps
         // compacted): it matches the leader there by leader completeness.
         let floor = self.commit_index.min(self.persisted_index);
         if prev_index < floor && self.truncated_from.is_none() {
-            self.send(
-                from,
-                Message::AppendResponse {
-                    term,
-                    success: true,
-                    index: floor,
-                    rejected: 0,
-                },
-            );
+            self.ack(from, floor);
             return;
         }
         if self.term_at(prev_index, log) != Some(prev_term) {
@@ -1530,15 +1507,7 @@ impl Core {
             self.commit_index = new_commit;
         }
         if self.persisted_index >= match_index && self.truncated_from.is_none() {
-            self.send(
-                from,
-                Message::AppendResponse {
-                    term,
-                    success: true,
-                    index: match_index,
-                    rejected: 0,
-                },
-            );
+            self.ack(from, match_index);
         } else {
             self.ack_owed = Some((from, match_index));
         }
