@@ -330,6 +330,10 @@ pub struct LogStore {
     entries: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
     map_bytes: usize,
+    /// The compacted point, shared by every clone (the core asks for the
+    /// log's first index on every append it ships); updated after each
+    /// compaction or reset commits.
+    compacted: std::sync::Arc<std::sync::Mutex<(Index, Term)>>,
 }
 
 impl LogStore {
@@ -343,12 +347,18 @@ impl LogStore {
         let entries = create_db(&env, "entries", opts)?;
         let meta = create_db(&env, "meta", opts)?;
         check_identity(&env, meta, identity, opts.map_size_bytes)?;
-        Ok(LogStore {
+        let mut log = LogStore {
             env,
             entries,
             meta,
             map_bytes: opts.map_size_bytes,
-        })
+            compacted: Default::default(),
+        };
+        let rtxn = log.env.read_txn().map_err(log.err())?;
+        let point = log.compacted_in(&rtxn)?;
+        drop(rtxn);
+        log.compacted = std::sync::Arc::new(std::sync::Mutex::new(point));
+        Ok(log)
     }
 
     /// Index and term of the last entry; for an empty log, the compacted
@@ -432,8 +442,7 @@ impl LogStore {
     /// The last compacted entry's (index, term): entries up to it are gone
     /// (their effects live in the state). `(0, 0)` if nothing is compacted.
     pub fn compacted(&self) -> Result<(Index, Term), StorageError> {
-        let rtxn = self.env.read_txn().map_err(self.err())?;
-        self.compacted_in(&rtxn)
+        Ok(*self.compacted.lock().expect("compacted point lock"))
     }
 
     fn compacted_in(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<(Index, Term), StorageError> {
@@ -473,6 +482,7 @@ impl LogStore {
             .put(&mut wtxn, "compacted", &codec::encode(&(to, term)))
             .map_err(self.err())?;
         wtxn.commit().map_err(self.err())?;
+        *self.compacted.lock().expect("compacted point lock") = (to, term);
         Ok(to)
     }
 
@@ -484,7 +494,9 @@ impl LogStore {
         self.meta
             .put(&mut wtxn, "compacted", &codec::encode(&(index, term)))
             .map_err(self.err())?;
-        wtxn.commit().map_err(self.err())
+        wtxn.commit().map_err(self.err())?;
+        *self.compacted.lock().expect("compacted point lock") = (index, term);
+        Ok(())
     }
 
     /// Index of the first entry with a timestamp at or after `ms`, searched
