@@ -43,18 +43,25 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// fdatasync of a 4 KiB append, p50 and p99.
-fn fsync_floor(dir: &std::path::Path) -> (Duration, Duration) {
-    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+/// `n` appends of 4 KiB to a new file at `path`, each followed by
+/// fdatasync; their latencies, sorted.
+fn fsync_probe(path: std::path::PathBuf, n: usize) -> Vec<Duration> {
+    let mut f = std::fs::File::create(path).unwrap();
     let block = vec![7u8; 4096];
     let mut times = Vec::new();
-    for _ in 0..500 {
+    for _ in 0..n {
         let t = Instant::now();
         f.write_all(&block).unwrap();
         f.sync_data().unwrap();
         times.push(t.elapsed());
     }
     times.sort_unstable();
+    times
+}
+
+/// fdatasync of a 4 KiB append, p50 and p99.
+fn fsync_floor(dir: &std::path::Path) -> (Duration, Duration) {
+    let times = fsync_probe(dir.join("fsync-probe"), 500);
     (pct(&times, 0.5), pct(&times, 0.99))
 }
 
@@ -64,19 +71,7 @@ fn fsync_concurrent(dir: &std::path::Path, k: usize) -> Duration {
     let handles: Vec<_> = (0..k)
         .map(|i| {
             let path = dir.join(format!("fsync-probe-{i}"));
-            std::thread::spawn(move || {
-                let mut f = std::fs::File::create(path).unwrap();
-                let block = vec![7u8; 4096];
-                let mut times = Vec::new();
-                for _ in 0..300 {
-                    let t = Instant::now();
-                    f.write_all(&block).unwrap();
-                    f.sync_data().unwrap();
-                    times.push(t.elapsed());
-                }
-                times.sort_unstable();
-                pct(&times, 0.5)
-            })
+            std::thread::spawn(move || pct(&fsync_probe(path, 300), 0.5))
         })
         .collect();
     let all: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
