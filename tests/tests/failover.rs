@@ -32,21 +32,24 @@ async fn writes(c: &Client, prefix: &str, from: u64, to: u64) -> Vec<String> {
     acked
 }
 
+/// The value of `key`, read linearizably.
+async fn read_key(c: &Client, key: &str) -> Option<String> {
+    let (out, _) = c
+        .query_at("kv", get(key), ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    let Outcome::Ok(b) = out else {
+        panic!("{out:?}")
+    };
+    decode(&b)
+}
+
 /// Every acknowledged key is there, read linearizably through the group.
 async fn assert_present(g: &Group, acked: &[String]) {
     let c = g.client().await.unwrap();
     for key in acked {
-        let (out, _) = c
-            .query_at("kv", get(key), ReadLevel::Linearizable)
-            .await
-            .unwrap();
-        let Outcome::Ok(b) = out else {
-            panic!("{out:?}")
-        };
-        assert!(
-            decode::<Option<String>>(&b).is_some(),
-            "acknowledged write {key} was lost"
-        );
+        let found = read_key(&c, key).await;
+        assert!(found.is_some(), "acknowledged write {key} was lost");
     }
 }
 
@@ -157,14 +160,8 @@ async fn frozen_leader(n: u64) {
     let c = g.client().await.unwrap();
     let mut lost = 0;
     for (key, answer) in answers {
-        let (out, _) = c
-            .query_at("kv", get(&key), ReadLevel::Linearizable)
-            .await
-            .unwrap();
-        let Outcome::Ok(b) = out else {
-            panic!("{out:?}")
-        };
-        let present = decode::<Option<String>>(&b).is_some();
+        let found = read_key(&c, &key).await;
+        let present = found.is_some();
         lost += usize::from(!present);
         match answer {
             Ok(o) => {
@@ -203,18 +200,8 @@ async fn frozen_leader(n: u64) {
         if let understudy::types::Payload::Command { command, .. } = &e.payload {
             let v: serde_json::Value = serde_cbor::from_slice(command).unwrap();
             let key = v["put"]["key"].as_str().unwrap().to_string();
-            let (out, _) = c
-                .query_at("kv", get(&key), ReadLevel::Linearizable)
-                .await
-                .unwrap();
-            let Outcome::Ok(b) = out else {
-                panic!("{out:?}")
-            };
-            assert_eq!(
-                decode::<Option<String>>(&b),
-                None,
-                "{key} committed yet quarantined"
-            );
+            let found = read_key(&c, &key).await;
+            assert_eq!(found, None, "{key} committed yet quarantined");
             quarantined += 1;
         }
     }
@@ -299,18 +286,8 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does
         new_term,
         "no new election on healing"
     );
-    let (out, _) = c
-        .query_at("kv", get("lonely"), ReadLevel::Linearizable)
-        .await
-        .unwrap();
-    let Outcome::Ok(b) = out else {
-        panic!("{out:?}")
-    };
-    assert_eq!(
-        decode::<Option<String>>(&b),
-        None,
-        "the minority write never committed"
-    );
+    let found = read_key(&c, "lonely").await;
+    assert_eq!(found, None, "the minority write never committed");
     assert_present(&g, &acked).await;
     g.assert_same_state(SETTLE).await;
 }
@@ -400,4 +377,96 @@ async fn a_forced_promotion_brings_back_writes_after_the_majority_is_lost_for_go
     g.restart(survivor).unwrap();
     assert_eq!(g.leader(SETTLE).await.unwrap(), survivor);
     assert_present(&g, &all).await;
+}
+
+/// Exactly-once client writes across a failover: a counter incremented by
+/// tagged writes, the leader killed while they run, every write retried
+/// with its own tag until acknowledged. The counter must equal the number
+/// of writes — a retry of a write that did commit before the leader died
+/// gets its first result, not a second increment.
+async fn retried_writes_across_a_failover(flags: &[&str]) {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), 3, flags).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    let w = c
+        .deploy("counter", understudy_examples::COUNTER.to_vec())
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+    const WRITES: i64 = 600;
+    // Restarted nodes listen on new ports: the writer reconnects to the
+    // current ones and retries with the same tag.
+    let addrs = std::sync::Arc::new(std::sync::Mutex::new(g.addrs()));
+    let writer = {
+        let addrs = addrs.clone();
+        let mut c = g.client().await.unwrap().retry_for(Duration::from_secs(2));
+        tokio::spawn(async move {
+            let add = understudy_tests::cbor(r#"{"add":{"name":"n","by":1}}"#);
+            for _ in 0..WRITES {
+                let tag = c.next_tag();
+                let mut tries = 0;
+                loop {
+                    match c
+                        .command_tagged("counter", add.clone(), tag, WriteConcern::Majority)
+                        .await
+                    {
+                        Ok(w) => {
+                            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+                            break;
+                        }
+                        Err(e) => {
+                            tries += 1;
+                            assert!(tries < 10, "write never acknowledged: {e}");
+                            let now = addrs.lock().unwrap().clone();
+                            if let Ok(fresh) = Client::connect_group(now).await {
+                                c = fresh.retry_for(Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+    // Three failovers while the writes run: each kill likely catches a
+    // write that committed but whose answer was lost.
+    let mut leader = leader;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        g.kill9(leader);
+        let dead = leader;
+        leader = g.leader(SETTLE).await.unwrap();
+        g.restart(dead).unwrap();
+        *addrs.lock().unwrap() = g.addrs();
+    }
+    writer.await.unwrap();
+    let c = g.client().await.unwrap();
+    let (out, _) = c
+        .query_at(
+            "counter",
+            understudy_tests::cbor(r#"{"name":"n"}"#),
+            ReadLevel::Linearizable,
+        )
+        .await
+        .unwrap();
+    let Outcome::Ok(b) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        decode::<i64>(&b),
+        WRITES,
+        "every write applied exactly once"
+    );
+    g.assert_same_state(SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_retried_across_a_failover_are_applied_once() {
+    retried_writes_across_a_failover(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_kind_writes_retried_across_a_failover_are_applied_once() {
+    retried_writes_across_a_failover(&["--log-kind", "row"]).await
 }
