@@ -16,12 +16,15 @@
 //! processes off one directory. A full LMDB map aborts the transaction and
 //! returns [`StorageError::MapFull`]: the write is refused, nothing is lost.
 
+pub mod journal;
+
 use crate::codec::{self, CodecError};
 use crate::sandbox::ModuleHash;
 use crate::sandbox::view::{KvRead, Pairs, WriteSet};
 use crate::types::{Entry, Index, NodeId, Term};
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls, byteorder::BigEndian};
+use journal::Journal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -124,12 +127,17 @@ pub struct StorageOptions {
     /// LMDB map size of each environment. It is address space, not disk:
     /// the files grow only as data is written.
     pub map_size_bytes: usize,
+    /// Size of the log's write-ahead journal, a file filled with zeros
+    /// when it is created (0: no journal; every append is an LMDB commit,
+    /// two flushes instead of one).
+    pub journal_bytes: u64,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             map_size_bytes: 64 << 30,
+            journal_bytes: 4 << 20,
         }
     }
 }
@@ -323,21 +331,49 @@ impl EnvErrors for StateStore {
     }
 }
 
-/// The replicated log and the hard state.
+/// Most entries the journal holds before they move into LMDB.
+pub const TAIL_ENTRIES_MAX: usize = 4096;
+
+/// The replicated log and the hard state: LMDB, with a write-ahead
+/// [`Journal`] in front (see [`journal`]). An append is durable once its
+/// journal write is synced (one `fdatasync`); the journaled entries (the
+/// *tail*, also kept in memory for readers) move into LMDB in one
+/// transaction when the journal fills, before a truncation, a reset or a
+/// hard-state change that comes with entries, and at every open (crash
+/// recovery). Readers see an entry once it is durable, wherever it is.
 #[derive(Clone)]
 pub struct LogStore {
     env: Env<WithoutTls>,
     entries: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
     map_bytes: usize,
-    /// The compacted point, shared by every clone (the core asks for the
-    /// log's first index on every append it ships); updated after each
-    /// compaction or reset commits.
-    compacted: std::sync::Arc<std::sync::Mutex<(Index, Term)>>,
+    shared: std::sync::Arc<LogShared>,
+}
+
+/// What every clone of a [`LogStore`] shares.
+struct LogShared {
+    /// The compacted point (the core asks for the log's first index on
+    /// every append it ships); re-read after each compaction or reset.
+    compacted: std::sync::Mutex<(Index, Term)>,
+    /// Entries durable in the journal and not yet in LMDB.
+    tail: std::sync::RwLock<Tail>,
+    /// The journal (`None`: appends commit to LMDB directly). Every write
+    /// to the log holds this lock, so there is one writer at a time.
+    writer: std::sync::Mutex<Option<Journal>>,
+}
+
+#[derive(Default)]
+struct Tail {
+    /// Contiguous entries with their encoded size.
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    /// Bumped whenever entries leave the tail, so a reader that read the
+    /// tail and then LMDB knows whether it saw one consistent log.
+    version: u64,
 }
 
 impl LogStore {
-    /// Open (or create) the log environment at `path`.
+    /// Open (or create) the log environment at `path`, and recover the
+    /// journal: its valid records move into LMDB before anything else.
     pub fn open(
         path: &Path,
         identity: &Identity,
@@ -347,26 +383,102 @@ impl LogStore {
         let entries = create_db(&env, "entries", opts)?;
         let meta = create_db(&env, "meta", opts)?;
         check_identity(&env, meta, identity, opts.map_size_bytes)?;
-        let mut log = LogStore {
+        let log = LogStore {
             env,
             entries,
             meta,
             map_bytes: opts.map_size_bytes,
-            compacted: Default::default(),
+            shared: std::sync::Arc::new(LogShared {
+                compacted: Default::default(),
+                tail: Default::default(),
+                writer: std::sync::Mutex::new(None),
+            }),
         };
-        let rtxn = log.env.read_txn().map_err(log.err())?;
-        let point = log.compacted_in(&rtxn)?;
-        drop(rtxn);
-        log.compacted = std::sync::Arc::new(std::sync::Mutex::new(point));
+        log.refresh_compacted()?;
+        let journal_path = path.join("journal");
+        if opts.journal_bytes > 0 || journal_path.exists() {
+            let io = |source| StorageError::Io {
+                path: journal_path.clone(),
+                source,
+            };
+            let mut journal = Journal::open(&journal_path, opts.journal_bytes).map_err(io)?;
+            let generation = log.recover(&journal)?;
+            journal.restart(generation);
+            if opts.journal_bytes > 0 {
+                *log.shared.writer.lock().expect("log writer lock") = Some(journal);
+            }
+        }
         Ok(log)
+    }
+
+    /// Move the valid records of the journal's current generation into
+    /// LMDB and start a new generation, in one transaction; returns it.
+    fn recover(&self, journal: &Journal) -> Result<u64, StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let generation = self.journal_generation(&wtxn)?;
+        let records = journal
+            .scan(generation)
+            .map_err(|source| StorageError::Io {
+                path: journal.path().to_path_buf(),
+                source,
+            })?;
+        let mut recovered = Vec::with_capacity(records.len());
+        for (i, bytes) in records.iter().enumerate() {
+            let entry: Entry = codec::decode("journal entry", bytes)
+                .map_err(self.corrupt(format!("journal record {i}")))?;
+            recovered.push(entry);
+        }
+        if let (Some(first), Some(last)) = (recovered.first(), recovered.last()) {
+            tracing::info!(
+                first = first.index,
+                last = last.index,
+                "recovering journaled log entries into LMDB"
+            );
+        }
+        self.put_entries(&mut wtxn, recovered.iter())?;
+        self.meta
+            .put(
+                &mut wtxn,
+                "journal_generation",
+                &codec::encode(&(generation + 1)),
+            )
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())?;
+        Ok(generation + 1)
+    }
+
+    fn journal_generation(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<u64, StorageError> {
+        match self
+            .meta
+            .get(txn, "journal_generation")
+            .map_err(self.err())?
+        {
+            None => Ok(0),
+            Some(b) => codec::decode("journal generation", b)
+                .map_err(self.corrupt("journal generation".into())),
+        }
     }
 
     /// Index and term of the last entry; for an empty log, the compacted
     /// point (`(0, 0)` for a new log).
     pub fn last(&self) -> Result<(Index, Term), StorageError> {
+        if let Some((e, _)) = self
+            .shared
+            .tail
+            .read()
+            .expect("log tail lock")
+            .entries
+            .back()
+        {
+            return Ok((e.index, e.term));
+        }
         let rtxn = self.env.read_txn().map_err(self.err())?;
-        match self.entries.last(&rtxn).map_err(self.err())? {
-            None => self.compacted_in(&rtxn),
+        self.lmdb_last(&rtxn)
+    }
+
+    fn lmdb_last(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<(Index, Term), StorageError> {
+        match self.entries.last(txn).map_err(self.err())? {
+            None => self.compacted_in(txn),
             Some((index, bytes)) => {
                 let entry: Entry = codec::decode("entry", bytes)
                     .map_err(self.corrupt(format!("entry {index}")))?;
@@ -375,14 +487,14 @@ impl LogStore {
         }
     }
 
-    /// Append `entries`, which must continue the log at `last + 1`. One
-    /// transaction, one fsync. Checks contiguity and term order first.
+    /// Append `entries`, which must continue the log at `last + 1`. Checks
+    /// contiguity and term order first; one `fdatasync`.
     pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         self.persist(None, entries)
     }
 
-    /// Persist an optional new hard state and append `entries` in one
-    /// transaction (one fsync): the unit of group commit.
+    /// Persist an optional new hard state and append `entries`, atomically:
+    /// the unit of group commit.
     pub fn persist(
         &self,
         hard_state: Option<&HardState>,
@@ -392,7 +504,9 @@ impl LogStore {
     }
 
     /// [`Self::persist`], removing a conflicting suffix from `truncate_from`
-    /// first, all in one transaction.
+    /// first, all atomically. Plain appends go to the journal (one
+    /// `fdatasync`); the rest is one LMDB transaction that also takes in the
+    /// journaled tail.
     pub fn persist_with(
         &self,
         hard_state: Option<&HardState>,
@@ -402,47 +516,125 @@ impl LogStore {
         if entries.is_empty() && hard_state.is_none() && truncate_from.is_none() {
             return Ok(());
         }
-        let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        if let Some(from) = truncate_from {
-            self.entries
-                .delete_range(&mut wtxn, &(from..))
-                .map_err(self.err())?;
+        let mut writer = self.shared.writer.lock().expect("log writer lock");
+        if entries.is_empty() && truncate_from.is_none() {
+            // A vote or a new term alone: the tail can stay where it is.
+            let mut wtxn = self.env.write_txn().map_err(self.err())?;
+            self.put_hard_state(&mut wtxn, hard_state)?;
+            return wtxn.commit().map_err(self.err());
         }
+        if hard_state.is_none()
+            && truncate_from.is_none()
+            && let Some(journal) = writer.as_mut()
+        {
+            let encoded: Vec<Vec<u8>> = entries.iter().map(codec::encode).collect();
+            let bytes = Journal::bytes_for(encoded.iter().map(Vec::as_slice));
+            let tail_len = self
+                .shared
+                .tail
+                .read()
+                .expect("log tail lock")
+                .entries
+                .len();
+            if journal.fits(bytes) && tail_len + entries.len() <= TAIL_ENTRIES_MAX {
+                check_continues(self.last()?, entries)?;
+                journal
+                    .append(encoded.iter().map(Vec::as_slice))
+                    .map_err(|source| StorageError::Io {
+                        path: journal.path().to_path_buf(),
+                        source,
+                    })?;
+                let mut tail = self.shared.tail.write().expect("log tail lock");
+                tail.entries
+                    .extend(entries.iter().cloned().zip(encoded.iter().map(Vec::len)));
+                return Ok(());
+            }
+        }
+        self.move_tail(&mut writer, |wtxn| {
+            if let Some(from) = truncate_from {
+                self.entries
+                    .delete_range(wtxn, &(from..))
+                    .map_err(self.err())?;
+            }
+            self.put_hard_state(wtxn, hard_state)?;
+            self.put_entries(wtxn, entries.iter())
+        })
+    }
+
+    /// One LMDB transaction that takes in the journaled tail, then runs
+    /// `then`, and starts a new journal generation; the tail is emptied
+    /// once it commits.
+    fn move_tail(
+        &self,
+        writer: &mut Option<Journal>,
+        then: impl FnOnce(&mut heed::RwTxn<'_>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        {
+            let tail = self.shared.tail.read().expect("log tail lock");
+            self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?;
+        }
+        then(&mut wtxn)?;
+        let generation = self.journal_generation(&wtxn)? + 1;
+        self.meta
+            .put(&mut wtxn, "journal_generation", &codec::encode(&generation))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())?;
+        let mut tail = self.shared.tail.write().expect("log tail lock");
+        tail.entries.clear();
+        tail.version += 1;
+        drop(tail);
+        if let Some(journal) = writer.as_mut() {
+            journal.restart(generation);
+        }
+        Ok(())
+    }
+
+    fn put_hard_state(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
         if let Some(hs) = hard_state {
             self.meta
-                .put(&mut wtxn, "hard_state", &codec::encode(hs))
+                .put(wtxn, "hard_state", &codec::encode(hs))
                 .map_err(self.err())?;
         }
-        let (last_index, last_term) = match self.entries.last(&wtxn).map_err(self.err())? {
-            None => self.compacted_in(&wtxn)?,
-            Some((i, bytes)) => (
-                i,
-                codec::decode::<Entry>("entry", bytes)
-                    .map_err(self.corrupt(format!("entry {i}")))?
-                    .term,
-            ),
-        };
-        let (mut prev_index, mut prev_term) = (last_index, last_term);
+        Ok(())
+    }
+
+    /// Put `entries` into LMDB after its last entry, checking that they
+    /// continue it.
+    fn put_entries<'e>(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+        entries: impl Iterator<Item = &'e Entry>,
+    ) -> Result<(), StorageError> {
+        let mut prev = self.lmdb_last(wtxn)?;
         for e in entries {
-            // Log invariant: indexes are contiguous and terms never decrease.
-            if e.index != prev_index + 1 || e.term < prev_term {
-                return Err(StorageError::Invariant(format!(
-                    "append of entry {}@{} after {}@{}",
-                    e.index, e.term, prev_index, prev_term
-                )));
-            }
+            check_continues(prev, std::slice::from_ref(e))?;
             self.entries
-                .put(&mut wtxn, &e.index, &codec::encode(e))
+                .put(wtxn, &e.index, &codec::encode(e))
                 .map_err(self.err())?;
-            (prev_index, prev_term) = (e.index, e.term);
+            prev = (e.index, e.term);
         }
-        wtxn.commit().map_err(self.err())
+        Ok(())
     }
 
     /// The last compacted entry's (index, term): entries up to it are gone
     /// (their effects live in the state). `(0, 0)` if nothing is compacted.
     pub fn compacted(&self) -> Result<(Index, Term), StorageError> {
-        Ok(*self.compacted.lock().expect("compacted point lock"))
+        Ok(*self.shared.compacted.lock().expect("compacted point lock"))
+    }
+
+    /// Re-read the compacted point after a commit. Read and store under
+    /// one lock: whichever caller stores last has read last, so the cache
+    /// never goes back to an older point.
+    fn refresh_compacted(&self) -> Result<(), StorageError> {
+        let mut cached = self.shared.compacted.lock().expect("compacted point lock");
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        *cached = self.compacted_in(&rtxn)?;
+        Ok(())
     }
 
     fn compacted_in(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<(Index, Term), StorageError> {
@@ -455,14 +647,32 @@ impl LogStore {
     /// Remove the log prefix up to `up_to` (which must be applied and
     /// durable in the state), keeping its (index, term) as the compacted
     /// point. At most `batch_max` entries go per call (one transaction), so
-    /// the log writer is never held up long; returns the new compacted index.
+    /// the log writer is never held up long; returns the new compacted
+    /// index. Entries still in the journaled tail move into LMDB first
+    /// (only when the retained log is shorter than the tail).
     pub fn compact(&self, up_to: Index, batch_max: u64) -> Result<Index, StorageError> {
-        let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        let (done, _) = self.compacted_in(&wtxn)?;
-        if up_to <= done {
+        let (done, _) = self.compacted()?;
+        let to = up_to.min(done + batch_max.max(1));
+        if to <= done {
             return Ok(done);
         }
-        let to = up_to.min(done + batch_max.max(1));
+        let tail_first = self
+            .shared
+            .tail
+            .read()
+            .expect("log tail lock")
+            .entries
+            .front()
+            .map(|(e, _)| e.index);
+        if tail_first.is_some_and(|first| first <= to) {
+            let mut writer = self.shared.writer.lock().expect("log writer lock");
+            self.move_tail(&mut writer, |_| Ok(()))?;
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let (done, _) = self.compacted_in(&wtxn)?;
+        if to <= done {
+            return Ok(done);
+        }
         let term = match self.entries.get(&wtxn, &to).map_err(self.err())? {
             Some(b) => {
                 codec::decode::<Entry>("entry", b)
@@ -482,21 +692,21 @@ impl LogStore {
             .put(&mut wtxn, "compacted", &codec::encode(&(to, term)))
             .map_err(self.err())?;
         wtxn.commit().map_err(self.err())?;
-        *self.compacted.lock().expect("compacted point lock") = (to, term);
+        self.refresh_compacted()?;
         Ok(to)
     }
 
     /// Replace the whole log by the compacted point `(index, term)` (after
     /// a snapshot of the state at `index` was installed).
     pub fn reset_to(&self, index: Index, term: Term) -> Result<(), StorageError> {
-        let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        self.entries.clear(&mut wtxn).map_err(self.err())?;
-        self.meta
-            .put(&mut wtxn, "compacted", &codec::encode(&(index, term)))
-            .map_err(self.err())?;
-        wtxn.commit().map_err(self.err())?;
-        *self.compacted.lock().expect("compacted point lock") = (index, term);
-        Ok(())
+        let mut writer = self.shared.writer.lock().expect("log writer lock");
+        self.move_tail(&mut writer, |wtxn| {
+            self.entries.clear(wtxn).map_err(self.err())?;
+            self.meta
+                .put(wtxn, "compacted", &codec::encode(&(index, term)))
+                .map_err(self.err())
+        })?;
+        self.refresh_compacted()
     }
 
     /// Index of the first entry with a timestamp at or after `ms`, searched
@@ -526,20 +736,65 @@ impl LogStore {
 
     /// Remove every entry at `from` and after (a conflicting suffix).
     pub fn truncate_from(&self, from: Index) -> Result<(), StorageError> {
-        let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        self.entries
-            .delete_range(&mut wtxn, &(from..))
-            .map_err(self.err())?;
-        wtxn.commit().map_err(self.err())
+        self.persist_with(None, Some(from), &[])
     }
 
-    /// Entries `from..=to`, at most `bytes_max` bytes (always at least one).
+    /// Entries `from..=to`, at most `bytes_max` bytes (always at least one):
+    /// from LMDB, then from the journaled tail, as one consistent log.
     pub fn read(
         &self,
         from: Index,
         to: Index,
         bytes_max: usize,
     ) -> Result<Vec<Entry>, StorageError> {
+        loop {
+            // The tail first: an entry leaves it only after it is in LMDB.
+            let (version, tail_first, mut from_tail) = {
+                let tail = self.shared.tail.read().expect("log tail lock");
+                let first = tail.entries.front().map_or(Index::MAX, |(e, _)| e.index);
+                let mut part = Vec::new();
+                let mut bytes = 0usize;
+                let skip = from.saturating_sub(first) as usize;
+                for (e, size) in tail.entries.iter().skip(skip) {
+                    if e.index > to || bytes >= bytes_max {
+                        break;
+                    }
+                    bytes += size;
+                    part.push((e.clone(), *size));
+                }
+                (tail.version, first, part)
+            };
+            let mut out = Vec::new();
+            let mut bytes_total = 0usize;
+            if from < tail_first {
+                (out, bytes_total) = self.read_lmdb(from, to.min(tail_first - 1), bytes_max)?;
+            }
+            if self.shared.tail.read().expect("log tail lock").version != version {
+                continue; // a truncation or a move happened in between
+            }
+            let reaches_tail = match out.last() {
+                None => from >= tail_first,
+                Some(e) => e.index + 1 == tail_first,
+            };
+            if reaches_tail && (out.is_empty() || bytes_total < bytes_max) {
+                for (e, size) in from_tail.drain(..) {
+                    out.push(e);
+                    bytes_total += size;
+                    if bytes_total >= bytes_max {
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
+    }
+
+    fn read_lmdb(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<(Vec<Entry>, usize), StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;
         let mut out = Vec::new();
         let mut bytes_total = 0usize;
@@ -564,7 +819,7 @@ impl LogStore {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, bytes_total))
     }
 
     /// The persisted term and vote.
@@ -580,12 +835,24 @@ impl LogStore {
 
     /// Persist term and vote (fsync) before acting on them.
     pub fn save_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
-        let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        self.meta
-            .put(&mut wtxn, "hard_state", &codec::encode(hs))
-            .map_err(self.err())?;
-        wtxn.commit().map_err(self.err())
+        self.persist_with(Some(hs), None, &[])
     }
+}
+
+/// Log invariant: `entries` continue the log after `prev` — contiguous
+/// indexes, terms that never decrease.
+fn check_continues(prev: (Index, Term), entries: &[Entry]) -> Result<(), StorageError> {
+    let (mut prev_index, mut prev_term) = prev;
+    for e in entries {
+        if e.index != prev_index + 1 || e.term < prev_term {
+            return Err(StorageError::Invariant(format!(
+                "append of entry {}@{} after {}@{}",
+                e.index, e.term, prev_index, prev_term
+            )));
+        }
+        (prev_index, prev_term) = (e.index, e.term);
+    }
+    Ok(())
 }
 
 impl crate::replication::LogRead for LogStore {

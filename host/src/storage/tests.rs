@@ -94,9 +94,18 @@ fn second_process_lock_is_refused() {
 
 #[test]
 fn full_map_refuses_the_write_and_keeps_what_was_there() {
+    // With the journal, the map fills when the journaled tail moves into
+    // LMDB; without it, at an append.
+    for journal_bytes in [0, 4 << 20] {
+        full_map_refuses(journal_bytes);
+    }
+}
+
+fn full_map_refuses(journal_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
     let opts = StorageOptions {
         map_size_bytes: 1 << 20,
+        journal_bytes,
     };
     let (_l, log, _s) = open(dir.path(), &ident(1), &opts).unwrap();
     log.append(&[entry(1, 1, 100)]).unwrap();
@@ -223,4 +232,262 @@ fn a_state_snapshot_installs_into_another_store_exactly() {
     assert_eq!(sb.dump_kv().unwrap(), sa.dump_kv().unwrap());
     assert_eq!(sb.applied().unwrap(), sa.applied().unwrap());
     assert_eq!(sb.installed_snapshot().unwrap(), Some((9, 4)));
+}
+
+fn journaled(journal_bytes: u64) -> StorageOptions {
+    StorageOptions {
+        journal_bytes,
+        ..StorageOptions::default()
+    }
+}
+
+fn whole_log(log: &LogStore) -> Vec<(Index, Term)> {
+    let first = crate::replication::LogRead::first_index(log);
+    log.read(first, Index::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect()
+}
+
+#[test]
+fn journaled_appends_survive_a_crash_and_move_into_lmdb_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+        log.append(&[entry(1, 1, 4), entry(2, 1, 4)]).unwrap();
+        log.append(&[entry(3, 2, 4)]).unwrap();
+        // Dropped without moving the tail: what a SIGKILL leaves.
+    }
+    let opts = journaled(0);
+    let (_l, log, _s) = open(dir.path(), &ident(1), &opts).unwrap();
+    assert_eq!(whole_log(&log), vec![(1, 1), (2, 1), (3, 2)]);
+    // Without a journal now, the old one is still read once, then inert.
+    log.append(&[entry(4, 2, 4)]).unwrap();
+    drop((_l, log, _s));
+    let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+    assert_eq!(whole_log(&log), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+}
+
+#[test]
+fn a_torn_journal_write_loses_only_the_batch_that_was_never_acknowledged() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+        log.append(&[entry(1, 1, 4), entry(2, 1, 4)]).unwrap();
+        log.append(&[entry(3, 1, 100)]).unwrap();
+    }
+    // Tear the last record: flip a byte in its payload.
+    let path = dir.path().join("log/journal");
+    let first_two = 2 * journal::HEADER_BYTES as usize
+        + crate::codec::encode(&entry(1, 1, 4)).len()
+        + crate::codec::encode(&entry(2, 1, 4)).len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(b"\xff", (first_two + 40) as u64).unwrap();
+    let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+    assert_eq!(whole_log(&log), vec![(1, 1), (2, 1)]);
+    log.append(&[entry(3, 2, 4)]).unwrap();
+}
+
+#[test]
+fn a_truncated_suffix_never_comes_back_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+        log.append(&(1..=5).map(|i| entry(i, 1, 4)).collect::<Vec<_>>())
+            .unwrap();
+        log.persist_with(None, Some(3), &[entry(3, 2, 4)]).unwrap();
+        assert_eq!(whole_log(&log), vec![(1, 1), (2, 1), (3, 2)]);
+        log.append(&[entry(4, 2, 4)]).unwrap();
+    }
+    let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+    assert_eq!(whole_log(&log), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+}
+
+#[test]
+fn reads_span_lmdb_and_the_journaled_tail_within_their_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+    // A hard state with entries goes through LMDB; plain appends journal.
+    let hs = HardState {
+        term: 1,
+        vote: Some(1),
+    };
+    log.persist(
+        Some(&hs),
+        &(1..=10).map(|i| entry(i, 1, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    log.append(&(11..=20).map(|i| entry(i, 1, 4)).collect::<Vec<_>>())
+        .unwrap();
+    let read = log.read(5, 15, usize::MAX).unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.index).collect::<Vec<_>>(),
+        (5..=15).collect::<Vec<_>>()
+    );
+    let one = crate::codec::encode(&entry(5, 1, 4)).len();
+    assert_eq!(
+        log.read(8, 15, 3 * one).unwrap().len(),
+        3,
+        "across the seam"
+    );
+    assert_eq!(log.read(12, 15, 1).unwrap().len(), 1, "at least one");
+    assert_eq!(log.hard_state().unwrap(), hs);
+    assert_eq!(log.last().unwrap(), (20, 1));
+}
+
+#[test]
+fn readers_always_see_one_consistent_log_while_it_is_appended_and_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, log, _s) = open(dir.path(), &ident(1), &journaled(8 << 10)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Short reads near the end: mostly the seam between LMDB
+                // and the tail, where a truncation lands.
+                let (end, _) = log.last().unwrap();
+                let got = log
+                    .read(end.saturating_sub(40).max(1), Index::MAX, usize::MAX)
+                    .unwrap();
+                for w in got.windows(2) {
+                    assert_eq!(w[1].index, w[0].index + 1, "a gap in one read");
+                    assert!(w[1].term >= w[0].term, "terms went back in one read");
+                    // Every entry's payload names its term: one log, not two.
+                    assert_eq!(w[1].context.seed, w[1].term);
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut last = 0;
+    for term in 1..=1500u64 {
+        let mut batch = Vec::new();
+        for _ in 0..7 {
+            last += 1;
+            let mut e = entry(last, term, 40);
+            e.context.seed = term;
+            batch.push(e);
+        }
+        if term % 3 == 0 && last > 40 {
+            // Back into what has moved into LMDB, often enough.
+            let from = last - 10 - term % 30;
+            let rewrite: Vec<Entry> = (from..=last)
+                .map(|i| {
+                    let mut e = entry(i, term, 40);
+                    e.context.seed = term;
+                    e
+                })
+                .collect();
+            log.persist_with(None, Some(from), &rewrite).unwrap();
+        } else {
+            log.append(&batch).unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+}
+
+mod model {
+    //! The journaled log against a plain vector, through random appends,
+    //! truncations, hard states, compactions, resets and reopenings, with a
+    //! journal small enough to start over often.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append(usize, u16),
+        Truncate(u8, usize),
+        Vote(usize),
+        Compact(u8),
+        Reset(u8),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (1..6usize, 0..300u16).prop_map(|(n, b)| Op::Append(n, b)),
+            2 => (0..255u8, 1..4usize).prop_map(|(at, n)| Op::Truncate(at, n)),
+            1 => (0..3usize).prop_map(Op::Vote),
+            1 => any::<u8>().prop_map(Op::Compact),
+            1 => any::<u8>().prop_map(Op::Reset),
+            2 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn the_log_equals_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = journaled(2048);
+            let mut store = Some(open(dir.path(), &ident(1), &opts).unwrap());
+            // Model: compacted point and the entries after it.
+            let (mut compacted, mut entries): ((Index, Term), Vec<(Index, Term)>) = ((0, 0), vec![]);
+            let mut term = 1;
+            let mut hard = HardState::default();
+            for op in ops {
+                let log = &store.as_ref().unwrap().1;
+                let last = entries.last().copied().unwrap_or(compacted);
+                match op {
+                    Op::Append(n, bytes) => {
+                        let batch: Vec<Entry> =
+                            (1..=n as u64).map(|k| entry(last.0 + k, term, bytes as usize)).collect();
+                        log.append(&batch).unwrap();
+                        entries.extend(batch.iter().map(|e| (e.index, e.term)));
+                    }
+                    Op::Truncate(at, n) => {
+                        if entries.is_empty() { continue; }
+                        let keep = at as usize % entries.len();
+                        let from = entries[keep].0;
+                        term += 1;
+                        entries.truncate(keep);
+                        let batch: Vec<Entry> =
+                            (0..n as u64).map(|k| entry(from + k, term, 8)).collect();
+                        log.persist_with(None, Some(from), &batch).unwrap();
+                        entries.extend(batch.iter().map(|e| (e.index, e.term)));
+                    }
+                    Op::Vote(n) => {
+                        term += 1;
+                        hard = HardState { term, vote: Some(1) };
+                        let batch: Vec<Entry> =
+                            (1..=n as u64).map(|k| entry(last.0 + k, term, 8)).collect();
+                        log.persist(Some(&hard), &batch).unwrap();
+                        entries.extend(batch.iter().map(|e| (e.index, e.term)));
+                    }
+                    Op::Compact(k) => {
+                        if entries.is_empty() { continue; }
+                        let upto = entries[k as usize % entries.len()].0;
+                        let done = log.compact(upto, 1_000).unwrap();
+                        prop_assert_eq!(done, upto);
+                        let pos = entries.iter().position(|e| e.0 == upto).unwrap();
+                        compacted = entries[pos];
+                        entries.drain(..=pos);
+                    }
+                    Op::Reset(k) => {
+                        let at = last.0 + k as u64;
+                        term += 1;
+                        log.reset_to(at, term).unwrap();
+                        compacted = (at, term);
+                        entries.clear();
+                    }
+                    Op::Reopen => {
+                        // Close first: one process opens an environment once.
+                        drop(store.take());
+                        store = Some(open(dir.path(), &ident(1), &opts).unwrap());
+                    }
+                }
+                let log = &store.as_ref().unwrap().1;
+                prop_assert_eq!(whole_log(log), entries.clone());
+                prop_assert_eq!(log.last().unwrap(), entries.last().copied().unwrap_or(compacted));
+                prop_assert_eq!(log.compacted().unwrap(), compacted);
+                prop_assert_eq!(log.hard_state().unwrap(), hard);
+            }
+        }
+    }
 }
