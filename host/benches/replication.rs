@@ -235,9 +235,10 @@ async fn catch_up(g: &mut Group, leader: u64, n: u64, kind: &str) -> f64 {
     rate
 }
 
-/// One durable LMDB log commit of a small entry (what a write waits for
-/// on each node), p50 and p99.
-fn lmdb_commit(dir: &std::path::Path) -> (Duration, Duration) {
+/// One durable append of a small entry to a node's log (what a write waits
+/// for on each node), p50 and p99: through the journal (`journal_bytes` >
+/// 0: one fdatasync) or as an LMDB commit (0: data and meta page flushed).
+fn log_append(dir: &std::path::Path, journal_bytes: u64) -> (Duration, Duration) {
     use understudy::storage::{FORMAT_VERSION, Identity, StorageOptions};
     use understudy::types::{Entry, EntryContext, Payload};
     let identity = Identity {
@@ -246,9 +247,12 @@ fn lmdb_commit(dir: &std::path::Path) -> (Duration, Duration) {
         node_id: 1,
     };
     let (_lock, log, _state) = understudy::storage::open(
-        &dir.join("lmdb-probe"),
+        &dir.join(format!("log-probe-{journal_bytes}")),
         &identity,
-        &StorageOptions::default(),
+        &StorageOptions {
+            journal_bytes,
+            ..StorageOptions::default()
+        },
     )
     .unwrap();
     let mut times = Vec::new();
@@ -306,11 +310,17 @@ fn main() {
             us(fs3),
             us(fs3 + rt50)
         );
-        let (lm50, lm99) = lmdb_commit(dir.path());
+        let (lm50, lm99) = log_append(dir.path(), 0);
         println!(
-            "LMDB log commit (fsync data + meta page) p50 {}  p99 {}",
+            "log append as an LMDB commit (data + meta page flushed) p50 {}  p99 {}",
             us(lm50),
             us(lm99)
+        );
+        let (j50, j99) = log_append(dir.path(), 4 << 20);
+        println!(
+            "log append through the journal (one fdatasync)          p50 {}  p99 {}",
+            us(j50),
+            us(j99)
         );
 
         let retain = (catchup + 100_000).to_string();

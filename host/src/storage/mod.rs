@@ -334,6 +334,11 @@ impl EnvErrors for StateStore {
 /// Most entries the journal holds before they move into LMDB.
 pub const TAIL_ENTRIES_MAX: usize = 4096;
 
+/// Bigger appends (a follower catching up, a module upload) go straight
+/// into LMDB: the journal saves latency on small appends, and writing a
+/// big one twice would only cost throughput.
+pub const JOURNAL_BATCH_BYTES_MAX: u64 = 256 << 10;
+
 /// The replicated log and the hard state: LMDB, with a write-ahead
 /// [`Journal`] in front (see [`journal`]). An append is durable once its
 /// journal write is synced (one `fdatasync`); the journaled entries (the
@@ -536,7 +541,10 @@ impl LogStore {
                 .expect("log tail lock")
                 .entries
                 .len();
-            if journal.fits(bytes) && tail_len + entries.len() <= TAIL_ENTRIES_MAX {
+            if bytes <= JOURNAL_BATCH_BYTES_MAX
+                && journal.fits(bytes)
+                && tail_len + entries.len() <= TAIL_ENTRIES_MAX
+            {
                 check_continues(self.last()?, entries)?;
                 journal
                     .append(encoded.iter().map(Vec::as_slice))
