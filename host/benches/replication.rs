@@ -346,10 +346,12 @@ fn main() {
             }
         }
 
-        if catchup == 0 {
-            return; // UNDERSTUDY_BENCH_CATCHUP=0: writes and reads only
-        }
-        let catchup_rate = catch_up(&mut g, leader, catchup, "statement").await;
+        // UNDERSTUDY_BENCH_CATCHUP=0: no catch-up runs.
+        let catchup_rate = if catchup > 0 {
+            Some(catch_up(&mut g, leader, catchup, "statement").await)
+        } else {
+            None
+        };
         drop(g);
 
         // The same with the row log kind: followers apply effects and run
@@ -362,6 +364,7 @@ fn main() {
         .await;
         println!("\n== majority writes, row log kind ==");
         println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
+        let mut row_results = Vec::new();
         for clients in [1usize, 16, 64] {
             let r = closed_loop(&[leader_addr], clients, secs, write_op).await;
             println!(
@@ -370,43 +373,52 @@ fn main() {
                 us(r.p50),
                 us(r.p99)
             );
+            row_results.push((clients, r));
         }
-        let row_rate = catch_up(&mut g, leader, catchup, "row").await;
+        let row_rate = if catchup > 0 {
+            Some(catch_up(&mut g, leader, catchup, "row").await)
+        } else {
+            None
+        };
 
         println!("\n== against the bar (Replication issue) ==");
-        let single = &results[0].1;
-        let sixty_four = &results[2].1;
-        println!(
-            "single-client p50 {} vs floor {}: {:.2}× (bar: ≤ 1.5×); vs the shared-disk floor {}: {:.2}×",
-            us(single.p50),
-            us(floor),
-            single.p50.as_secs_f64() / floor.as_secs_f64(),
-            us(fs3 + rt50),
-            single.p50.as_secs_f64() / (fs3 + rt50).as_secs_f64()
-        );
-        match etcd_figures() {
-            Some(etcd) => {
-                for (clients, r) in &results {
-                    if let Some((_, ops, p50, _)) = etcd.iter().find(|e| e.0 == *clients) {
-                        println!(
-                            "{clients} client(s): {:.0} writes/s, p50 {} against etcd's {ops:.0}/s, p50 {:.0} µs (same generator, this session): {:.2}× the throughput{}",
-                            r.ops_per_s,
-                            us(r.p50),
-                            p50,
-                            r.ops_per_s / ops,
-                            if *clients == 64 { " (bar: ≥ 2×)" } else { "" }
-                        );
+        let etcd = etcd_figures();
+        for (kind, results) in [("statement", &results), ("row", &row_results)] {
+            let single = &results[0].1;
+            println!(
+                "{kind}: single-client p50 {} vs floor {}: {:.2}× (bar: ≤ 1.5×); vs the shared-disk floor {}: {:.2}×",
+                us(single.p50),
+                us(floor),
+                single.p50.as_secs_f64() / floor.as_secs_f64(),
+                us(fs3 + rt50),
+                single.p50.as_secs_f64() / (fs3 + rt50).as_secs_f64()
+            );
+            match &etcd {
+                Some(etcd) => {
+                    for (clients, r) in results.iter() {
+                        if let Some((_, ops, p50, _)) = etcd.iter().find(|e| e.0 == *clients) {
+                            println!(
+                                "{kind}: {clients} client(s) {:.0} writes/s, p50 {} against etcd's {ops:.0}/s, p50 {:.0} µs (same generator, this session): {:.2}× the throughput{}",
+                                r.ops_per_s,
+                                us(r.p50),
+                                p50,
+                                r.ops_per_s / ops,
+                                if *clients == 64 { " (bar: ≥ 2×)" } else { "" }
+                            );
+                        }
                     }
                 }
+                None => println!(
+                    "{kind}: 64 clients {:.0} writes/s; for the ratio against etcd driven by this same generator, run tests/etcd-compare/run.sh (the issue's 4,084/s for etcd was driven from Python and is client-bound: {:.2}× that)",
+                    results[2].1.ops_per_s,
+                    results[2].1.ops_per_s / 4084.0
+                ),
             }
-            None => println!(
-                "64 clients {:.0} writes/s; for the ratio against etcd driven by this same generator, run tests/etcd-compare/run.sh (the issue's 4,084/s for etcd was driven from Python and is client-bound: {:.2}× that)",
-                sixty_four.ops_per_s,
-                sixty_four.ops_per_s / 4084.0
-            ),
         }
-        println!(
-            "catch-up {catchup_rate:.0} entries/s statement, {row_rate:.0} entries/s row (bar: ≥ 200,000)"
-        );
+        if let (Some(statement), Some(row)) = (catchup_rate, row_rate) {
+            println!(
+                "catch-up {statement:.0} entries/s statement, {row:.0} entries/s row (bar: ≥ 200,000)"
+            );
+        }
     });
 }

@@ -349,6 +349,12 @@ struct ResetLog {
 #[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), String>")]
 struct MakeSnapshot;
 
+/// Drive the core once every message already queued has been handled (see
+/// [`Node::drive_soon`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DriveSoon;
+
 /// Make executed entries durable in the state store (sent on every tick).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -712,8 +718,11 @@ struct RowState {
     /// Bumped whenever speculation is discarded; answers of an older epoch
     /// are dropped.
     epoch: u64,
-    /// Entries sent to the applier and not yet back.
+    /// Entries sent (or about to be sent) to the applier and not yet back.
     outstanding: u64,
+    /// Entries proposed during this turn of the actor, sent to the applier
+    /// together by [`Node::drive_soon`]'s turn.
+    to_speculate: Vec<Entry>,
     /// Their writers, in log order: (index, concern, reply).
     waiting: std::collections::VecDeque<(Index, WriteConcern, oneshot::Sender<Response>)>,
     /// Speculation may start only once the applied index reaches this (so
@@ -777,6 +786,8 @@ pub struct Node {
     snapshot_in: Option<(Index, u64, u64, u64)>,
     /// Row log kind: the speculation in flight (see [`Node::propose_row`]).
     row: RowState,
+    /// A [`DriveSoon`] is queued.
+    drive_soon: bool,
     halted: Option<String>,
     _lock: DirLock,
 }
@@ -928,6 +939,7 @@ impl Node {
             installing: false,
             snapshot_in: None,
             row: RowState::default(),
+            drive_soon: false,
             halted: None,
             _lock: lock,
         };
@@ -1335,7 +1347,7 @@ impl Node {
                     outcome: None,
                 };
                 self.waiters.insert(index, waiter);
-                self.drive(ctx);
+                self.drive_soon(ctx);
             }
             Err(ProposeError::NotLeader { .. }) => {
                 let _ = reply.send(Response::Error(
@@ -1389,11 +1401,19 @@ impl Node {
         };
         self.row.outstanding += 1;
         self.row.waiting.push_back((index, concern, reply));
-        self.applier.do_send(Speculate {
-            entries: vec![entry],
-            epoch: self.row.epoch,
-            reply_to: ctx.address().recipient(),
-        });
+        self.row.to_speculate.push(entry);
+        self.drive_soon(ctx);
+    }
+
+    /// Drive the core after the messages already in the mailbox (actix
+    /// polls a notification after the mailbox): a burst of client writes
+    /// becomes one log append, one append message per follower and, for the
+    /// row kind, one speculation, instead of one of each per write.
+    fn drive_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.drive_soon {
+            self.drive_soon = true;
+            ctx.notify(DriveSoon);
+        }
     }
 
     /// Drop every speculation (lost term, refused append, failed
@@ -1402,6 +1422,7 @@ impl Node {
     fn discard_speculation(&mut self, why: &str) {
         self.row.epoch += 1;
         self.row.outstanding = 0;
+        self.row.to_speculate.clear();
         self.row.barrier = self.core.last_index();
         self.applier.do_send(DiscardSpeculation);
         for (_, _, reply) in std::mem::take(&mut self.row.waiting) {
@@ -2003,6 +2024,21 @@ impl Handler<Persisted> for Node {
             }
             Err(e) => self.halt(format!("log write failed: {e}")),
         }
+    }
+}
+
+impl Handler<DriveSoon> for Node {
+    type Result = ();
+    fn handle(&mut self, _: DriveSoon, ctx: &mut Self::Context) {
+        self.drive_soon = false;
+        if !self.row.to_speculate.is_empty() {
+            self.applier.do_send(Speculate {
+                entries: std::mem::take(&mut self.row.to_speculate),
+                epoch: self.row.epoch,
+                reply_to: ctx.address().recipient(),
+            });
+        }
+        self.drive(ctx);
     }
 }
 
