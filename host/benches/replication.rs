@@ -10,8 +10,12 @@
 //!   the three nodes, at the `any` and `linearizable` levels;
 //! - catch-up speed of a follower that was down while N entries were
 //!   written (N = `UNDERSTUDY_BENCH_CATCHUP`, default 1,000,000), until it
-//!   has applied everything the leader committed;
-//! - the ratios the Replication issue sets as the bar.
+//!   has applied everything the leader committed: by replaying the log
+//!   (both kinds, the whole log kept) and with the default retention
+//!   (statement kind: the log is compacted, a snapshot then the tail);
+//! - the ratios the Replication issue sets as the bar, against etcd's
+//!   figures from `tests/etcd-compare` when `ETCD_FIGURES` names them
+//!   (`tests/etcd-compare/run.sh` runs both).
 //!
 //! `cargo bench -p understudy --bench replication`; `UNDERSTUDY_BENCH_SECS`
 //! sets the length of each measurement (default 3), `UNDERSTUDY_BENCH_NODES`
@@ -142,7 +146,7 @@ async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u
 /// Kill a follower, write `n` entries, restart it, and time it from the
 /// restart until it has applied everything the leader committed.
 async fn catch_up(g: &mut Group, leader: u64, n: u64, kind: &str) -> f64 {
-    println!("\n== catch-up of a follower {n} entries behind ({kind} log kind) ==");
+    println!("\n== catch-up of a follower {n} entries behind ({kind}) ==");
     let leader_addr = g.node(leader).addr;
     let victim = (1..=3).find(|&i| i != leader).unwrap();
     g.kill9(victim);
@@ -348,7 +352,7 @@ fn main() {
 
         // UNDERSTUDY_BENCH_CATCHUP=0: no catch-up runs.
         let catchup_rate = if catchup > 0 {
-            Some(catch_up(&mut g, leader, catchup, "statement").await)
+            Some(catch_up(&mut g, leader, catchup, "statement log kind, whole log kept: replay").await)
         } else {
             None
         };
@@ -376,7 +380,26 @@ fn main() {
             row_results.push((clients, r));
         }
         let row_rate = if catchup > 0 {
-            Some(catch_up(&mut g, leader, catchup, "row").await)
+            Some(catch_up(&mut g, leader, catchup, "row log kind, whole log kept: replay").await)
+        } else {
+            None
+        };
+
+        // What a follower that far behind gets by default: the log beyond
+        // the retention bound (100,000 entries) is compacted, so it is
+        // rebuilt from a snapshot and then replays the tail.
+        let snapshot_rate = if catchup > 0 {
+            drop(g);
+            let (mut g, leader, _) = start_group(&dir.path().join("snapshot"), 3, &[]).await;
+            Some(
+                catch_up(
+                    &mut g,
+                    leader,
+                    catchup,
+                    "statement log kind, default retention: snapshot + tail",
+                )
+                .await,
+            )
         } else {
             None
         };
@@ -415,9 +438,9 @@ fn main() {
                 ),
             }
         }
-        if let (Some(statement), Some(row)) = (catchup_rate, row_rate) {
+        if let (Some(statement), Some(row), Some(snapshot)) = (catchup_rate, row_rate, snapshot_rate) {
             println!(
-                "catch-up {statement:.0} entries/s statement, {row:.0} entries/s row (bar: ≥ 200,000)"
+                "catch-up {statement:.0} entries/s statement (replay), {row:.0} entries/s row (replay), {snapshot:.0} entries/s statement with the default retention (snapshot + tail) (bar: ≥ 200,000)"
             );
         }
     });
