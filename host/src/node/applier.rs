@@ -234,8 +234,11 @@ pub struct Applier {
     /// Digests at sample indexes executed since the last
     /// [`Self::take_samples`].
     samples: Vec<(Index, [u8; 32])>,
-    /// Row log kind, on the leader: entries executed before they commit.
+    /// On the leader: entries executed before they commit.
     spec: Option<Speculation>,
+    /// Commands run through their machine (not answered from a session or
+    /// taken from a speculation), for tests.
+    calls: u64,
 }
 
 /// What applying one entry changes.
@@ -339,6 +342,7 @@ impl Applier {
             pending_entries: 0,
             samples: Vec::new(),
             spec: None,
+            calls: 0,
         })
     }
 
@@ -412,16 +416,23 @@ impl Applier {
                 term: e.term,
                 entry: e.context,
             };
-            let (change, v) = match self.apply_one(e, ctx, view, &batch) {
-                Ok(x) => x,
-                Err(err) => {
-                    // A host-side failure (storage, watchdog): drop every
-                    // executed-but-not-durable effect; the durable state plus
-                    // the log is still whole, and a restart re-executes.
-                    self.pending_entries = 0;
-                    self.spec = None;
-                    return Err(err);
-                }
+            let (change, v) = match self.speculated_change(e) {
+                // Statement log kind, on the leader: executed ahead of its
+                // commit on exactly this state (the speculation continues
+                // the applied log without a gap, and this is its oldest
+                // entry, of the same index and term: the same entry).
+                Some(change) => (change, view),
+                None => match self.apply_one(e, ctx, view, &batch) {
+                    Ok(x) => x,
+                    Err(err) => {
+                        // A host-side failure (storage, watchdog): drop every
+                        // executed-but-not-durable effect; the durable state plus
+                        // the log is still whole, and a restart re-executes.
+                        self.pending_entries = 0;
+                        self.spec = None;
+                        return Err(err);
+                    }
+                },
             };
             view = v;
             digest = chain_digest(&digest, e.index, &change.writes);
@@ -557,6 +568,7 @@ impl Applier {
                         return Ok((Change::of_outcome(outcome), view));
                     }
                 }
+                self.calls += 1;
                 let (outcome, writes, view) = self.command(actor, command, ctx, view, batch)?;
                 let change = Change {
                     outcome,
@@ -651,14 +663,21 @@ impl Applier {
         Ok((change, view))
     }
 
-    /// Row log kind, on the leader: execute `entries` (commands and
-    /// deploys with their index, term and context fixed, continuing the
-    /// log after everything executed or speculated so far) against the
-    /// executed state plus earlier speculated entries, and return them as
-    /// `Effects` entries to log. Nothing becomes visible to reads or
-    /// durable until the entries commit and are applied; if the leader
-    /// loses its term, [`Self::discard_speculation`] forgets them.
-    pub fn speculate(&mut self, entries: &[Entry]) -> Result<Vec<Entry>, ApplyError> {
+    /// On the leader: execute `entries` (commands and deploys with their
+    /// index, term and context fixed, continuing the log after everything
+    /// executed or speculated so far) against the executed state plus
+    /// earlier speculated entries, and return their outcomes with them —
+    /// as `Effects` entries to log (row log kind, `as_effects`), or as
+    /// they are (statement log kind: they are in the log already, and
+    /// [`Self::execute`] takes the speculated change instead of running
+    /// them again). Nothing becomes visible to reads or durable until the
+    /// entries commit and are applied; if the leader loses its term,
+    /// [`Self::discard_speculation`] forgets them.
+    pub fn speculate(
+        &mut self,
+        entries: &[Entry],
+        as_effects: bool,
+    ) -> Result<Vec<(Entry, Outcome)>, ApplyError> {
         let applied = self.applied().index;
         let spec = self.spec.get_or_insert_with(|| Speculation {
             batch: self.pending.clone(),
@@ -700,10 +719,15 @@ impl Applier {
             change.fold_into(&mut batch, e.index);
             view.overlay
                 .extend(change.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            out.push(Entry {
-                payload: Payload::Effects(Box::new(change.to_effects())),
-                ..e.clone()
-            });
+            let logged = if as_effects {
+                Entry {
+                    payload: Payload::Effects(Box::new(change.to_effects())),
+                    ..e.clone()
+                }
+            } else {
+                e.clone()
+            };
+            out.push((logged, change.outcome.clone()));
             queue.push_back((e.index, e.term, change));
         }
         batch.kv = view.overlay;
@@ -713,6 +737,18 @@ impl Applier {
         }
         self.spec = Some(Speculation { batch, queue });
         Ok(out)
+    }
+
+    /// The speculated change of `e` if `e` is the oldest speculated entry
+    /// (row-kind `Effects` entries carry their change themselves).
+    fn speculated_change(&self, e: &Entry) -> Option<Change> {
+        if matches!(e.payload, Payload::Effects(_)) {
+            return None;
+        }
+        match self.spec.as_ref()?.queue.front()? {
+            (i, t, change) if *i == e.index && *t == e.term => Some(change.clone()),
+            _ => None,
+        }
     }
 
     /// Forget every speculated entry (the leader lost its term).
@@ -1033,7 +1069,10 @@ mod tests {
         let entries = log();
         statement.apply(&entries).unwrap();
         // Deploy and two commands speculated; the deploy commits first.
-        let first = leader.speculate(&entries[..3]).unwrap();
+        let effects_of = |out: Vec<(Entry, Outcome)>| -> Vec<Entry> {
+            out.into_iter().map(|(e, _)| e).collect()
+        };
+        let first = effects_of(leader.speculate(&entries[..3], true).unwrap());
         assert!(
             first
                 .iter()
@@ -1042,7 +1081,7 @@ mod tests {
         leader.execute(&first[..1]).unwrap();
         leader.checkpoint().unwrap();
         // More speculation on top of what is still in flight (2 and 3).
-        let rest = leader.speculate(&entries[3..]).unwrap();
+        let rest = effects_of(leader.speculate(&entries[3..], true).unwrap());
         assert_eq!(leader.speculated(), entries.len() - 1);
         let effects: Vec<Entry> = first.into_iter().chain(rest).collect();
         // Reads see only what committed.
@@ -1074,7 +1113,7 @@ mod tests {
         let entries = log();
         a.apply(&entries[..1]).unwrap();
         b.apply(&entries[..1]).unwrap();
-        a.speculate(&entries[1..4]).unwrap();
+        a.speculate(&entries[1..4], true).unwrap();
         // The term is lost: another leader's entries commit at 2..
         a.discard_speculation();
         let others: Vec<Entry> = (2..=3).map(|i| add(i, 100 + i)).collect();
@@ -1084,12 +1123,70 @@ mod tests {
         assert_eq!(a.state().dump_kv().unwrap(), b.state().dump_kv().unwrap());
         // Without the discard, an applied entry that is not the speculated
         // one drops the speculation by itself.
-        a.speculate(&[add(4, 50)]).unwrap();
+        a.speculate(&[add(4, 50)], true).unwrap();
         let other = add(4, 51);
         a.apply(std::slice::from_ref(&other)).unwrap();
         b.apply(&[other]).unwrap();
         assert_eq!(a.speculated(), 0);
         assert_eq!(a.applied(), b.applied());
+    }
+
+    /// The statement log kind on the leader: a command executed ahead of
+    /// its commit is not run again when it commits (its speculated change
+    /// is taken), and the state, digest and outcomes equal a plain apply's.
+    /// A speculation that no longer matches the log is run again.
+    #[test]
+    fn a_speculated_statement_runs_once_and_ends_in_the_same_state() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut plain = applier(dirs[0].path());
+        let mut leader = applier(dirs[1].path());
+        let entries = log();
+        let expected = plain.apply(&entries).unwrap();
+        leader.apply(&entries[..1]).unwrap();
+        let calls = leader.calls;
+        let speculated = leader.speculate(&entries[1..4], false).unwrap();
+        assert_eq!(leader.calls, calls + 3, "executed ahead of commit");
+        assert!(
+            speculated
+                .iter()
+                .zip(&entries[1..4])
+                .all(|((logged, _), e)| logged == e),
+            "statements are logged as they are"
+        );
+        let outcomes = leader.execute(&entries[1..]).unwrap();
+        assert_eq!(
+            leader.calls,
+            calls + 3 + 2,
+            "3 speculated taken as they are, 2 more run, the retry answered from its session"
+        );
+        leader.checkpoint().unwrap();
+        assert_eq!(outcomes, expected[1..].to_vec());
+        assert_eq!(
+            speculated
+                .iter()
+                .map(|(_, o)| o.clone())
+                .collect::<Vec<_>>(),
+            expected[1..4]
+                .iter()
+                .map(|(_, o)| o.clone())
+                .collect::<Vec<_>>(),
+            "the speculated outcomes are the committed ones"
+        );
+        assert_eq!(leader.applied(), plain.applied(), "same digest");
+        assert_eq!(
+            leader.state().dump_kv().unwrap(),
+            plain.state().dump_kv().unwrap()
+        );
+
+        // Speculated at term 1, but the log holds another entry of term 2
+        // at that index: run, not taken.
+        leader.speculate(&[add(8, 8)], false).unwrap();
+        let calls = leader.calls;
+        let mut other = add(8, 80);
+        other.term = 2;
+        leader.execute(&[other]).unwrap();
+        assert_eq!(leader.calls, calls + 1);
+        assert_eq!(leader.speculated(), 0);
     }
 
     #[test]

@@ -314,21 +314,24 @@ struct InstallSnapshot {
     meta: storage::SnapshotMeta,
 }
 
-/// Row log kind: execute these entries ahead of commit.
+/// On the leader: execute these entries ahead of their commit.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Speculate {
     entries: Vec<Entry>,
+    /// Row log kind: return them as `Effects` entries to log.
+    as_effects: bool,
     epoch: u64,
     reply_to: Recipient<Speculated>,
 }
 
-/// The entries of a [`Speculate`], as `Effects`.
+/// The entries of a [`Speculate`] (as `Effects` for the row kind) with
+/// their outcomes.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Speculated {
     epoch: u64,
-    result: Result<Vec<Entry>, String>,
+    result: Result<Vec<(Entry, Outcome)>, String>,
 }
 
 /// Forget every speculated entry.
@@ -587,7 +590,7 @@ impl Handler<Speculate> for ApplierActor {
             Some(why) => Err(format!("applying halted: {why}")),
             None => self
                 .applier
-                .speculate(&msg.entries)
+                .speculate(&msg.entries, msg.as_effects)
                 .map_err(|e| e.to_string()),
         };
         msg.reply_to.do_send(Speculated {
@@ -706,8 +709,9 @@ struct Waiter {
     term: Term,
     concern: WriteConcern,
     reply: oneshot::Sender<Response>,
-    /// Row log kind: the outcome is in the entry, final once it commits,
-    /// so the writer is answered at commit, not after the apply.
+    /// The outcome, once the leader executed the entry ahead of its commit
+    /// (row kind: it is in the entry): final once the entry commits in
+    /// this term, so the writer is answered at commit, not after the apply.
     outcome: Option<Outcome>,
 }
 
@@ -1002,8 +1006,8 @@ impl Node {
                 self.peers.send(to, PeerMessage::Raft(msg));
             }
         }
-        if self.config.log_kind == LogKind::Row && !self.waiters.is_empty() {
-            self.answer_committed_rows();
+        if !self.waiters.is_empty() {
+            self.answer_committed();
         }
         if let Some(up_to) = apply_up_to {
             self.applier.do_send(ApplyUpTo {
@@ -1208,9 +1212,10 @@ impl Node {
         }));
     }
 
-    /// Row log kind: answer writers whose entry (of the term they wrote in)
-    /// is committed; its outcome was fixed when the leader executed it.
-    fn answer_committed_rows(&mut self) {
+    /// Answer writers whose entry (of the term they wrote in) is committed
+    /// and whose outcome is known: fixed when the leader executed it ahead
+    /// of the commit (both log kinds).
+    fn answer_committed(&mut self) {
         let commit = self.core.commit_index();
         let term = self.core.term();
         let ready: Vec<Index> = self
@@ -1335,10 +1340,9 @@ impl Node {
         if self.config.log_kind == LogKind::Row {
             return self.propose_row(payload, concern, reply, ctx);
         }
-        match self
-            .core
-            .propose(payload, Self::now_ms(), rand::random(), &self.log)
-        {
+        let seed = rand::random();
+        let speculate = payload.clone();
+        match self.core.propose(payload, Self::now_ms(), seed, &self.log) {
             Ok(index) => {
                 let waiter = Waiter {
                     term: self.core.term(),
@@ -1347,6 +1351,19 @@ impl Node {
                     outcome: None,
                 };
                 self.waiters.insert(index, waiter);
+                // Execute it while it is replicated: its outcome is final
+                // once it commits in this term, so the writer is answered
+                // at commit (see `answer_committed`), and the applier takes
+                // the speculated change instead of running it again.
+                self.row.to_speculate.push(Entry {
+                    index,
+                    term: self.core.term(),
+                    context: crate::types::EntryContext {
+                        timestamp_ms: self.core.last_timestamp_ms(),
+                        seed,
+                    },
+                    payload: speculate,
+                });
                 self.drive_soon(ctx);
             }
             Err(ProposeError::NotLeader { .. }) => {
@@ -1437,11 +1454,9 @@ impl Node {
         }
     }
 
-    /// Notice a new or lost term (row log kind).
+    /// Notice a new or lost term: speculation of an older term is dropped
+    /// before any of the new one starts (both log kinds).
     fn track_leadership(&mut self, ctx: &mut Context<Self>) {
-        if self.config.log_kind != LogKind::Row {
-            return;
-        }
         let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
         if leading == self.row.led {
             return;
@@ -1897,19 +1912,38 @@ impl Handler<Speculated> for Node {
         if msg.epoch != self.row.epoch {
             return; // discarded meanwhile; its writers were answered
         }
+        if self.config.log_kind == LogKind::Statement {
+            // The entries are in the log already; only the outcomes are
+            // news. A speculation that could not run (a gap after a new
+            // term, a host failure) leaves them to be answered on apply.
+            match msg.result {
+                Ok(done) => {
+                    for (e, outcome) in done {
+                        if let Some(w) = self.waiters.get_mut(&e.index)
+                            && w.term == e.term
+                        {
+                            w.outcome = Some(outcome);
+                        }
+                    }
+                    self.answer_committed();
+                }
+                Err(why) => tracing::debug!(%why, "statement not executed ahead of commit"),
+            }
+            return;
+        }
         let entries = match msg.result {
             Ok(e) => e,
             Err(why) => return self.discard_speculation(&why),
         };
         self.row.outstanding -= entries.len() as u64;
         let term = self.core.term();
-        let outcomes: BTreeMap<Index, Outcome> = entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                Payload::Effects(fx) => Some((e.index, fx.outcome.clone())),
-                _ => None,
+        let (entries, outcomes): (Vec<Entry>, BTreeMap<Index, Outcome>) = entries
+            .into_iter()
+            .map(|(e, outcome)| {
+                let index = e.index;
+                (e, (index, outcome))
             })
-            .collect();
+            .unzip();
         match self.core.append_prepared(entries, &self.log) {
             Ok(last) => {
                 while let Some(&(index, _, _)) = self.row.waiting.front() {
@@ -2034,6 +2068,7 @@ impl Handler<DriveSoon> for Node {
         if !self.row.to_speculate.is_empty() {
             self.applier.do_send(Speculate {
                 entries: std::mem::take(&mut self.row.to_speculate),
+                as_effects: self.config.log_kind == LogKind::Row,
                 epoch: self.row.epoch,
                 reply_to: ctx.address().recipient(),
             });

@@ -558,7 +558,7 @@ impl LogStore {
                 return Ok(());
             }
         }
-        self.move_tail(&mut writer, |wtxn| {
+        self.move_tail(&mut writer, truncate_from.is_some(), |wtxn| {
             if let Some(from) = truncate_from {
                 self.entries
                     .delete_range(wtxn, &(from..))
@@ -571,16 +571,25 @@ impl LogStore {
 
     /// One LMDB transaction that takes in the journaled tail, then runs
     /// `then`, and starts a new journal generation; the tail is emptied
-    /// once it commits.
+    /// once it commits. A move that removes entries (`removes`: a
+    /// truncation, a reset) keeps readers out of the tail from before its
+    /// commit until the tail is empty, so that no reader combines the old
+    /// tail with the new LMDB log; a plain move leaves the same entries in
+    /// both places for a moment, which readers may mix freely.
     fn move_tail(
         &self,
         writer: &mut Option<Journal>,
+        removes: bool,
         then: impl FnOnce(&mut heed::RwTxn<'_>) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
+        let mut held = removes.then(|| self.shared.tail.write().expect("log tail lock"));
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
-        {
-            let tail = self.shared.tail.read().expect("log tail lock");
-            self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?;
+        match &held {
+            Some(tail) => self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?,
+            None => {
+                let tail = self.shared.tail.read().expect("log tail lock");
+                self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?;
+            }
         }
         then(&mut wtxn)?;
         let generation = self.journal_generation(&wtxn)? + 1;
@@ -588,7 +597,12 @@ impl LogStore {
             .put(&mut wtxn, "journal_generation", &codec::encode(&generation))
             .map_err(self.err())?;
         wtxn.commit().map_err(self.err())?;
-        let mut tail = self.shared.tail.write().expect("log tail lock");
+        #[cfg(test)]
+        tests::pause_after_move_commit();
+        let mut tail = match held.take() {
+            Some(tail) => tail,
+            None => self.shared.tail.write().expect("log tail lock"),
+        };
         tail.entries.clear();
         tail.version += 1;
         drop(tail);
@@ -674,7 +688,7 @@ impl LogStore {
             .map(|(e, _)| e.index);
         if tail_first.is_some_and(|first| first <= to) {
             let mut writer = self.shared.writer.lock().expect("log writer lock");
-            self.move_tail(&mut writer, |_| Ok(()))?;
+            self.move_tail(&mut writer, false, |_| Ok(()))?;
         }
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
         let (done, _) = self.compacted_in(&wtxn)?;
@@ -708,7 +722,7 @@ impl LogStore {
     /// a snapshot of the state at `index` was installed).
     pub fn reset_to(&self, index: Index, term: Term) -> Result<(), StorageError> {
         let mut writer = self.shared.writer.lock().expect("log writer lock");
-        self.move_tail(&mut writer, |wtxn| {
+        self.move_tail(&mut writer, true, |wtxn| {
             self.entries.clear(wtxn).map_err(self.err())?;
             self.meta
                 .put(wtxn, "compacted", &codec::encode(&(index, term)))
@@ -772,6 +786,8 @@ impl LogStore {
                 }
                 (tail.version, first, part)
             };
+            #[cfg(test)]
+            tests::pause_between_tail_and_lmdb();
             let mut out = Vec::new();
             let mut bytes_total = 0usize;
             if from < tail_first {

@@ -337,35 +337,68 @@ fn reads_span_lmdb_and_the_journaled_tail_within_their_byte_budget() {
     assert_eq!(log.last().unwrap(), (20, 1));
 }
 
+/// Microseconds a move of the journaled tail waits between its LMDB commit
+/// and emptying the tail (all threads), and a read between reading the
+/// tail and reading LMDB (this thread): a test widens those windows to
+/// catch a reader and a truncation in them.
+static MOVE_COMMITTED_PAUSE_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+thread_local! {
+    static READ_PAUSE_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn sleep_us(us: u64) {
+    if us > 0 {
+        std::thread::sleep(std::time::Duration::from_micros(us));
+    }
+}
+
+pub(super) fn pause_after_move_commit() {
+    sleep_us(MOVE_COMMITTED_PAUSE_US.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+pub(super) fn pause_between_tail_and_lmdb() {
+    sleep_us(READ_PAUSE_US.with(|p| p.get()));
+}
+
+/// Readers racing appends and truncations never see two logs mixed: one
+/// reader reads back to back (it lands inside a truncating move: caught
+/// without the move keeping readers out), one pauses between the tail and
+/// LMDB (a truncation lands in between: caught without the version check).
 #[test]
 fn readers_always_see_one_consistent_log_while_it_is_appended_and_truncated() {
+    // Other tests' moves get slower meanwhile, nothing else.
+    MOVE_COMMITTED_PAUSE_US.store(300, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let (_l, log, _s) = open(dir.path(), &ident(1), &journaled(8 << 10)).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (log, stop) = (log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Short reads near the end: mostly the seam between LMDB
-                // and the tail, where a truncation lands.
-                let (end, _) = log.last().unwrap();
-                let got = log
-                    .read(end.saturating_sub(40).max(1), Index::MAX, usize::MAX)
-                    .unwrap();
-                for w in got.windows(2) {
-                    assert_eq!(w[1].index, w[0].index + 1, "a gap in one read");
-                    assert!(w[1].term >= w[0].term, "terms went back in one read");
-                    // Every entry's payload names its term: one log, not two.
-                    assert_eq!(w[1].context.seed, w[1].term);
+    let readers: Vec<_> = [0u64, 2_000]
+        .into_iter()
+        .map(|pause_us| {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                READ_PAUSE_US.with(|p| p.set(pause_us));
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Short reads near the end: mostly the seam between
+                    // LMDB and the tail, where a truncation lands.
+                    let (end, _) = log.last().unwrap();
+                    let got = log
+                        .read(end.saturating_sub(40).max(1), Index::MAX, usize::MAX)
+                        .unwrap();
+                    for w in got.windows(2) {
+                        assert_eq!(w[1].index, w[0].index + 1, "a gap in one read");
+                        assert!(w[1].term >= w[0].term, "terms went back in one read");
+                        // Every entry's seed names its term: one log, not two.
+                        assert_eq!(w[1].context.seed, w[1].term);
+                    }
+                    reads += 1;
                 }
-                reads += 1;
-            }
-            reads
+                reads
+            })
         })
-    };
+        .collect();
     let mut last = 0;
-    for term in 1..=1500u64 {
+    for term in 1..=1200u64 {
         let mut batch = Vec::new();
         for _ in 0..7 {
             last += 1;
@@ -389,7 +422,10 @@ fn readers_always_see_one_consistent_log_while_it_is_appended_and_truncated() {
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    MOVE_COMMITTED_PAUSE_US.store(0, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
 }
 
 mod model {
