@@ -20,7 +20,8 @@
 //! `cargo bench -p understudy --bench replication`; `UNDERSTUDY_BENCH_SECS`
 //! sets the length of each measurement (default 3), `UNDERSTUDY_BENCH_NODES`
 //! the group size of the first part (default 3; 1 shows what replication
-//! adds), `UNDERSTUDY_BENCH_CATCHUP=0` skips the catch-up part.
+//! adds), `UNDERSTUDY_BENCH_CATCHUP=0` skips the catch-up part and
+//! `UNDERSTUDY_BENCH_READS=0` the reads.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -331,10 +332,16 @@ fn main() {
             results.push((clients, r));
         }
 
-        println!("\n== reads, 64 clients ==");
-        println!("{:>14} {:>14} {:>12} {:>10} {:>10}", "level", "nodes", "reads/s", "p50", "p99");
+        // UNDERSTUDY_BENCH_READS=0: writes only (repeated comparison rounds).
+        let reads = if env_or("UNDERSTUDY_BENCH_READS", 1u8) == 0 {
+            Vec::new()
+        } else {
+            println!("\n== reads, 64 clients ==");
+            println!("{:>14} {:>14} {:>12} {:>10} {:>10}", "level", "nodes", "reads/s", "p50", "p99");
+            vec![("any", ReadLevel::Any), ("linearizable", ReadLevel::Linearizable)]
+        };
         let all = g.addrs();
-        for (name, level) in [("any", ReadLevel::Any), ("linearizable", ReadLevel::Linearizable)] {
+        for (name, level) in reads {
             for (where_, targets) in [("leader only", vec![leader_addr]), ("all 3", all.clone())] {
                 let r = closed_loop(&targets, 64, secs, move |c, i| async move {
                     let q = cbor(&format!(r#"{{"get":{{"key":"k{}"}}}}"#, i % 10_000));
