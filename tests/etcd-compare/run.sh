@@ -23,12 +23,16 @@ if [ "$rounds" -le 1 ]; then
     ETCD_FIGURES="$figures" cargo bench --manifest-path ../../Cargo.toml -p understudy --bench replication
     exit 0
 fi
+round_log=$(mktemp)
+trap 'rm -f "$figures" "$ratios" "$round_log"' EXIT
 for round in $(seq 1 "$rounds"); do
     echo "== round $round of $rounds"
     ETCD_FIGURES="$figures" cargo run --release --quiet
     ETCD_FIGURES="$figures" UNDERSTUDY_BENCH_CATCHUP=0 UNDERSTUDY_BENCH_READS=0 \
-        cargo bench --manifest-path ../../Cargo.toml -p understudy --bench replication 2>/dev/null |
-        tee /dev/stderr | grep -E '× the throughput|single-client p50' >>"$ratios" || true
+        cargo bench --manifest-path ../../Cargo.toml -p understudy --bench replication \
+        >"$round_log" 2>/dev/null
+    cat "$round_log"
+    grep -E '× the throughput|single-client p50' "$round_log" >>"$ratios" || true
 done
 echo
 echo "== medians over $rounds rounds"

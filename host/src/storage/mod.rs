@@ -582,8 +582,10 @@ impl LogStore {
         removes: bool,
         then: impl FnOnce(&mut heed::RwTxn<'_>) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut held = removes.then(|| self.shared.tail.write().expect("log tail lock"));
+        // LMDB's writer lock first: readers wait for this move's own work,
+        // never for another writer (a compaction) ahead of it.
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        let mut held = removes.then(|| self.shared.tail.write().expect("log tail lock"));
         match &held {
             Some(tail) => self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?,
             None => {
