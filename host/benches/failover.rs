@@ -21,23 +21,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir =
-        tempfile::tempdir_in(std::env::var("UNDERSTUDY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-            .unwrap();
+    let (rt, dir) = understudy_tests::bench_setup();
     rt.block_on(async move {
-        let mut g = Group::start_direct(dir.path(), 3, &[]).unwrap();
-        g.leader(Duration::from_secs(20)).await.unwrap();
-        let c = g.client().await.unwrap();
-        let w = c
-            .deploy("kv", understudy_examples::KV.to_vec())
-            .await
-            .unwrap();
-        assert!(w.outcome.is_ok());
+        let (mut g, _, _) =
+            understudy_tests::with_kv(Group::start_direct(dir.path(), 3, &[]).unwrap()).await;
         let put = |i: u64| cbor(&format!(r#"{{"put":{{"key":"k{}","value":"{i}"}}}}"#, i % 100));
         let mut times = Vec::new();
         for round in 0..rounds {

@@ -135,11 +135,31 @@ async fn write_op(c: std::sync::Arc<Client>, i: u64) {
     assert!(w.outcome.is_ok());
 }
 
+/// Majority writes through the leader at `leader` with 1, 16 and 64
+/// clients, printed as a table: (clients, run) each.
+async fn write_table(leader: SocketAddr, secs: f64) -> Vec<(usize, Run)> {
+    println!(
+        "{:>8} {:>12} {:>10} {:>10}",
+        "clients", "writes/s", "p50", "p99"
+    );
+    let mut results = Vec::new();
+    for clients in [1usize, 16, 64] {
+        let r = closed_loop(&[leader], clients, secs, write_op).await;
+        println!(
+            "{clients:>8} {:>12.0} {:>10} {:>10}",
+            r.ops_per_s,
+            us(r.p50),
+            us(r.p99)
+        );
+        results.push((clients, r));
+    }
+    results
+}
+
 /// A group of `n` with the kv example deployed: (group, leader, its address).
 async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u64, SocketAddr) {
-    let g = Group::start_direct(dir, n, flags).unwrap();
-    let leader = g.leader(Duration::from_secs(20)).await.unwrap();
-    understudy_tests::deploy_kv(&g.client().await.unwrap()).await;
+    let (g, leader, _) =
+        understudy_tests::with_kv(Group::start_direct(dir, n, flags).unwrap()).await;
     let addr = g.node(leader).addr;
     (g, leader, addr)
 }
@@ -273,14 +293,7 @@ fn main() {
     understudy_tests::use_binary(env!("CARGO_BIN_EXE_understudy"));
     let secs: f64 = env_or("UNDERSTUDY_BENCH_SECS", 3.0);
     let catchup: u64 = env_or("UNDERSTUDY_BENCH_CATCHUP", 1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir =
-        tempfile::tempdir_in(std::env::var("UNDERSTUDY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-            .unwrap();
+    let (rt, dir) = understudy_tests::bench_setup();
     rt.block_on(async move {
         println!("== floor (this machine) ==");
         let (fs50, fs99) = fsync_floor(dir.path());
@@ -319,18 +332,7 @@ fn main() {
         .await;
 
         println!("\n== majority writes (kv put through the leader, fsync on every node) ==");
-        println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
-        let mut results = Vec::new();
-        for clients in [1usize, 16, 64] {
-            let r = closed_loop(&[leader_addr], clients, secs, write_op).await;
-            println!(
-                "{clients:>8} {:>12.0} {:>10} {:>10}",
-                r.ops_per_s,
-                us(r.p50),
-                us(r.p99)
-            );
-            results.push((clients, r));
-        }
+        let results = write_table(leader_addr, secs).await;
 
         // UNDERSTUDY_BENCH_READS=0: writes only (repeated comparison rounds).
         let reads = if env_or("UNDERSTUDY_BENCH_READS", 1u8) == 0 {
@@ -374,18 +376,7 @@ fn main() {
         )
         .await;
         println!("\n== majority writes, row log kind ==");
-        println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50", "p99");
-        let mut row_results = Vec::new();
-        for clients in [1usize, 16, 64] {
-            let r = closed_loop(&[leader_addr], clients, secs, write_op).await;
-            println!(
-                "{clients:>8} {:>12.0} {:>10} {:>10}",
-                r.ops_per_s,
-                us(r.p50),
-                us(r.p99)
-            );
-            row_results.push((clients, r));
-        }
+        let row_results = write_table(leader_addr, secs).await;
         let row_rate = if catchup > 0 {
             Some(catch_up(&mut g, leader, catchup, "row log kind, whole log kept: replay").await)
         } else {

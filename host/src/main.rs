@@ -256,7 +256,7 @@ fn dispatch(command: Command) -> Result<()> {
                     .to_vec(),
                 (None, None) => bail!("give a wasm file or --example"),
             };
-            client_call(addr, |c| async move {
+            client_call(addr, Reach::Leader, |c| async move {
                 let w = c.deploy(&actor, wasm).await?;
                 match w.outcome {
                     Outcome::Ok(hash) => {
@@ -275,7 +275,7 @@ fn dispatch(command: Command) -> Result<()> {
             json,
         } => {
             let command = json_to_cbor(&json)?;
-            client_call(addr, |c| async move {
+            client_call(addr, Reach::Leader, |c| async move {
                 let tag = c.next_tag();
                 match concern {
                     WriteConcern::Majority => {
@@ -306,7 +306,7 @@ fn dispatch(command: Command) -> Result<()> {
             json,
         } => {
             let request = json_to_cbor(&json)?;
-            client_call_one(addr, |c| async move {
+            client_call(addr, Reach::Node, |c| async move {
                 let (outcome, applied) = c.query_at(&actor, request, level).await?;
                 print_outcome(&outcome)?;
                 eprintln!("(as of applied index {applied})");
@@ -317,7 +317,7 @@ fn dispatch(command: Command) -> Result<()> {
             addr,
             node,
             force: true,
-        } => client_call_one(addr, |c| async move {
+        } => client_call(addr, Reach::Node, |c| async move {
             let term = c.force_promote(node).await?;
             println!(
                 "node {node} was promoted by force and leads alone (term {term}); writes it lacked are lost. Rebuild the other members, then remove FORCED-ALONE from its data directory and restart it with the full group config."
@@ -328,15 +328,15 @@ fn dispatch(command: Command) -> Result<()> {
             addr,
             node,
             force: false,
-        } => client_call(addr, |c| async move {
+        } => client_call(addr, Reach::Leader, |c| async move {
             let term = c.promote(node).await?;
             println!("node {node} leads (term {term})");
             Ok(())
         }),
-        Command::CatchUp { addr, timeout_s } => client_call_one(addr, |c| async move {
+        Command::CatchUp { addr, timeout_s } => client_call(addr, Reach::Node, |c| async move {
             catch_up(&c, std::time::Duration::from_secs(timeout_s)).await
         }),
-        Command::Status { addr } => client_call_one(addr, |c| async move {
+        Command::Status { addr } => client_call(addr, Reach::Node, |c| async move {
             let first = c.status().await?;
             let mut all = vec![first.clone()];
             for (&id, a) in &first.client_addresses {
@@ -608,25 +608,18 @@ fn print_status(all: &[Status]) {
     }
 }
 
-/// Run `f` with a client that follows the leader of the group at `addr`.
-fn client_call<F, Fut>(addr: SocketAddr, f: F) -> Result<()>
-where
-    F: FnOnce(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let client = Client::connect_group(vec![addr]).await.with_context(|| {
-            format!("is a node running at {addr}? (start a group with `understudy dev`)")
-        })?;
-        f(client).await
-    })
+/// Which node a CLI command talks to.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Whichever node leads the group of the one at the address (the
+    /// client follows leader hints).
+    Leader,
+    /// Exactly the node at the address.
+    Node,
 }
 
-/// Run `f` with a client of exactly the node at `addr`.
-fn client_call_one<F, Fut>(addr: SocketAddr, f: F) -> Result<()>
+/// Run `f` with a client of the group at `addr`, as `reach` says.
+fn client_call<F, Fut>(addr: SocketAddr, reach: Reach, f: F) -> Result<()>
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -635,7 +628,11 @@ where
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = Client::connect(addr).await.with_context(|| {
+        let client = match reach {
+            Reach::Leader => Client::connect_group(vec![addr]).await,
+            Reach::Node => Client::connect(addr).await,
+        }
+        .with_context(|| {
             format!("is a node running at {addr}? (start a group with `understudy dev`)")
         })?;
         f(client).await

@@ -66,16 +66,20 @@ impl NodeProc {
     /// own error output if it exits instead of listening.
     pub fn start_in_cluster(data_dir: &Path, id: u64, cluster: &str) -> Result<NodeProc> {
         let id_arg = id.to_string();
-        let args = [
+        Self::spawn(&Self::node_args(&id_arg, cluster), data_dir, id)
+    }
+
+    /// `understudy node` for node `id_arg` of `cluster` on a free client port.
+    fn node_args<'a>(id_arg: &'a str, cluster: &'a str) -> Vec<&'a str> {
+        vec![
             "node",
             "--id",
-            &id_arg,
+            id_arg,
             "--cluster",
             cluster,
             "--listen",
             "127.0.0.1:0",
-        ];
-        Self::spawn(&args, data_dir, id)
+        ]
     }
 
     /// Start `understudy dev` (the README's first command) on `data_dir`.
@@ -86,15 +90,7 @@ impl NodeProc {
     /// Start node `id` of a group with extra flags (peers, timing).
     pub fn start_member(data_dir: &Path, id: u64, cluster: &str, extra: &[String]) -> Result<Self> {
         let id_arg = id.to_string();
-        let mut args: Vec<&str> = vec![
-            "node",
-            "--id",
-            &id_arg,
-            "--cluster",
-            cluster,
-            "--listen",
-            "127.0.0.1:0",
-        ];
+        let mut args = Self::node_args(&id_arg, cluster);
         if !extra.iter().any(|a| a == "--peer-listen") {
             args.extend(["--peer-listen", "127.0.0.1:0"]);
         }
@@ -236,6 +232,33 @@ pub fn kv_put(key: &str, value: &str) -> Vec<u8> {
 /// The kv example's `get` query.
 pub fn kv_get(key: &str) -> Vec<u8> {
     cbor(&format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
+
+/// What a multi-process benchmark runs in: a 2-worker runtime (the load
+/// generator) and a data directory under `UNDERSTUDY_BENCH_DIR` (default:
+/// the current directory, which is on a real disk; the system temp folder
+/// may not be).
+pub fn bench_setup() -> (tokio::runtime::Runtime, tempfile::TempDir) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let root = std::env::var("UNDERSTUDY_BENCH_DIR").unwrap_or_else(|_| ".".into());
+    let dir = tempfile::tempdir_in(&root).expect("a benchmark directory");
+    (rt, dir)
+}
+
+/// Wait (up to 20 s) for `g` to elect a leader, connect a leader-following
+/// client and deploy the kv example: (group, leader, client).
+pub async fn with_kv(g: Group) -> (Group, u64, Client) {
+    let leader = g
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader within 20 s");
+    let c = g.client().await.expect("a client of the group");
+    deploy_kv(&c).await;
+    (g, leader, c)
 }
 
 /// Deploy the kv example as actor `kv`.

@@ -9,7 +9,7 @@ use understudy::api::client::Client;
 use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
 use understudy::replication::Role;
 use understudy::types::Outcome;
-use understudy_tests::{Group, decode, deploy_kv, kv_get as get, kv_put as put};
+use understudy_tests::{Group, decode, kv_get as get, kv_put as put, with_kv};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -61,10 +61,7 @@ async fn term_of(g: &Group, id: u64) -> (Role, u64) {
 async fn sigkill_the_leader(n: u64) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Group::start(dir.path(), n, &[]).unwrap();
-    let old = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (mut g, old, _) = with_kv(Group::start(dir.path(), n, &[]).unwrap()).await;
     let writer = {
         let c = g.client().await.unwrap();
         tokio::spawn(async move { writes(&c, "w", 0, 300).await })
@@ -110,10 +107,7 @@ async fn a_frozen_leader_of_five_is_replaced_and_steps_down_when_it_thaws() {
 async fn frozen_leader(n: u64) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), n, &[]).unwrap();
-    let old = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (g, old, _) = with_kv(Group::start(dir.path(), n, &[]).unwrap()).await;
     let (_, old_term) = term_of(&g, old).await;
     let direct = g.client_of(old).await.unwrap().retry_for(Duration::ZERO);
     g.node(old).pause();
@@ -212,10 +206,8 @@ async fn frozen_leader(n: u64) {
 async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does_not_disturb() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap();
-    let old = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (g, old, c) =
+        with_kv(Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap()).await;
     let direct = g.client_of(old).await.unwrap();
     // A lease read on the leader is served from its own state; a follower
     // refuses one and names the leader.
@@ -296,10 +288,7 @@ async fn a_leader_cut_off_from_the_majority_cannot_commit_and_a_healed_node_does
 async fn repeated_failovers_and_a_whole_group_restart_lose_no_acknowledged_write() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
-    g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (mut g, _, _) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
     let mut acked = Vec::new();
     let mut leaders = BTreeSet::new();
     for round in 0..4u64 {
@@ -334,10 +323,7 @@ async fn repeated_failovers_and_a_whole_group_restart_lose_no_acknowledged_write
 async fn a_forced_promotion_brings_back_writes_after_the_majority_is_lost_for_good() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (mut g, leader, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
     let acked = writes(&c, "before", 0, 20).await;
     let survivor = (1..=3).find(|&i| i != leader).unwrap();
     let index = c.status().await.unwrap().commit_index;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use understudy::api::client::{Client, ClientError};
 use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
 use understudy::types::Outcome;
-use understudy_tests::{Group, cbor, decode, deploy_kv, kv_get as get, kv_put as put};
+use understudy_tests::{Group, cbor, decode, deploy_kv, kv_get as get, kv_put as put, with_kv};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -34,10 +34,7 @@ async fn row_kind_writes_acknowledged_at_commit_are_seen_by_every_read_level() {
 async fn every_read_level(flags: &[&str]) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, flags).unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (g, leader, c) = with_kv(Group::start(dir.path(), 3, flags).unwrap()).await;
 
     // A follower refuses writes and names the leader and its address.
     let follower = (1..=3).find(|&i| i != leader).unwrap();
@@ -163,10 +160,7 @@ async fn assert_all_readable(g: &Group, acked: &[u64]) {
 async fn a_follower_killed_during_writes_restarts_and_catches_up() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Group::start(dir.path(), 3, &[]).unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (mut g, leader, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
     let victim = (1..=3).find(|&i| i != leader).unwrap();
 
     // Kill the follower while writes are in flight.
@@ -189,10 +183,8 @@ async fn a_follower_killed_during_writes_restarts_and_catches_up() {
 async fn a_follower_cut_off_serves_stale_reads_only_as_allowed_and_catches_up_after_healing() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (g, leader, c) =
+        with_kv(Group::start(dir.path(), 3, &["--read-timeout-ms", "1000"]).unwrap()).await;
     let mut acked = write_range(&c, 0, 50).await;
     let cut = (1..=3).find(|&i| i != leader).unwrap();
     g.converged(acked.len() as u64, SETTLE).await.unwrap();
@@ -273,10 +265,7 @@ async fn manual_switchover_of_a_row_kind_group_loses_no_acknowledged_write() {
 async fn switchover(flags: &[&str]) {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, flags).unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    let (g, leader, c) = with_kv(Group::start(dir.path(), 3, flags).unwrap()).await;
     let term = c.status().await.unwrap().term;
     let target = (1..=3).find(|&i| i != leader).unwrap();
 
@@ -317,20 +306,20 @@ async fn switchover(flags: &[&str]) {
 async fn a_follower_behind_the_compacted_log_is_rebuilt_from_a_snapshot() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Group::start(
-        dir.path(),
-        3,
-        &[
-            "--log-retain-entries",
-            "20",
-            "--snapshot-chunk-bytes",
-            "4096",
-        ],
+    let (mut g, leader, c) = with_kv(
+        Group::start(
+            dir.path(),
+            3,
+            &[
+                "--log-retain-entries",
+                "20",
+                "--snapshot-chunk-bytes",
+                "4096",
+            ],
+        )
+        .unwrap(),
     )
-    .unwrap();
-    let leader = g.leader(SETTLE).await.unwrap();
-    let c = g.client().await.unwrap();
-    deploy_kv(&c).await;
+    .await;
     let victim = (1..=3).find(|&i| i != leader).unwrap();
     let mut acked = write_range(&c, 0, 20).await;
     g.converged(20, SETTLE).await.unwrap();

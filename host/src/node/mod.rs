@@ -715,29 +715,33 @@ struct Waiter {
     outcome: Option<Outcome>,
 }
 
-/// Row log kind: proposals go to the applier to be executed before they
-/// are logged; this tracks them.
+/// The leader's speculation: proposals the applier executes ahead of their
+/// commit. Statement kind: alongside replication (the entries are logged
+/// at once); row kind: before they are logged (the log takes the `Effects`
+/// they produce), which the row-only fields below track.
 #[derive(Default)]
-struct RowState {
+struct Speculation {
     /// Bumped whenever speculation is discarded; answers of an older epoch
     /// are dropped.
     epoch: u64,
-    /// Entries sent (or about to be sent) to the applier and not yet back.
-    outstanding: u64,
     /// Entries proposed during this turn of the actor, sent to the applier
     /// together by [`Node::drive_soon`]'s turn.
     to_speculate: Vec<Entry>,
-    /// Their writers, in log order: (index, concern, reply).
-    waiting: std::collections::VecDeque<(Index, WriteConcern, oneshot::Sender<Response>)>,
-    /// Speculation may start only once the applied index reaches this (so
-    /// it builds on every entry already in the log).
-    barrier: Index,
-    /// Proposals held until the barrier is reached.
-    held: Vec<(Payload, WriteConcern, oneshot::Sender<Response>, u64)>,
-    /// Newest timestamp handed out.
-    last_ts: u64,
     /// The term this node last led in (to notice a new or lost term).
     led: Option<Term>,
+    /// Row kind: entries sent (or about to be sent) to the applier and not
+    /// yet back.
+    outstanding: u64,
+    /// Row kind: their writers, in log order: (index, concern, reply).
+    waiting: std::collections::VecDeque<(Index, WriteConcern, oneshot::Sender<Response>)>,
+    /// Row kind: speculation may start only once the applied index reaches
+    /// this (so it builds on every entry already in the log; the statement
+    /// kind's applier refuses a gap by itself).
+    barrier: Index,
+    /// Row kind: proposals held until the barrier is reached.
+    held: Vec<(Payload, WriteConcern, oneshot::Sender<Response>, u64)>,
+    /// Row kind: newest timestamp handed out.
+    last_ts: u64,
 }
 
 /// The node actor.
@@ -788,8 +792,8 @@ pub struct Node {
     installing: bool,
     /// Incoming snapshot: (index, chunks staged, chunks, bytes).
     snapshot_in: Option<(Index, u64, u64, u64)>,
-    /// Row log kind: the speculation in flight (see [`Node::propose_row`]).
-    row: RowState,
+    /// The speculation in flight (see [`Speculation`]).
+    spec: Speculation,
     /// A [`DriveSoon`] is queued.
     drive_soon: bool,
     halted: Option<String>,
@@ -942,7 +946,7 @@ impl Node {
             snapshots_out: Default::default(),
             installing: false,
             snapshot_in: None,
-            row: RowState::default(),
+            spec: Speculation::default(),
             drive_soon: false,
             halted: None,
             _lock: lock,
@@ -1330,7 +1334,7 @@ impl Node {
             )));
             return;
         }
-        if self.waiters.len() + self.row.waiting.len() >= self.config.pending_writes_max {
+        if self.waiters.len() + self.spec.waiting.len() >= self.config.pending_writes_max {
             let _ = reply.send(Response::Error(ApiError::new(
                 ErrorCode::Overloaded,
                 format!("{} writes already waiting; retry later", self.waiters.len()),
@@ -1355,7 +1359,7 @@ impl Node {
                 // once it commits in this term, so the writer is answered
                 // at commit (see `answer_committed`), and the applier takes
                 // the speculated change instead of running it again.
-                self.row.to_speculate.push(Entry {
+                self.spec.to_speculate.push(Entry {
                     index,
                     term: self.core.term(),
                     context: crate::types::EntryContext {
@@ -1397,16 +1401,16 @@ impl Node {
             let _ = reply.send(Response::Error(self.handing_over_to(to)));
             return;
         }
-        if self.core.applied_index() < self.row.barrier {
+        if self.core.applied_index() < self.spec.barrier {
             let deadline = Self::now_ms() + self.config.read_timeout_ms;
-            self.row.held.push((payload, concern, reply, deadline));
+            self.spec.held.push((payload, concern, reply, deadline));
             return;
         }
-        let index = self.core.last_index() + 1 + self.row.outstanding;
+        let index = self.core.last_index() + 1 + self.spec.outstanding;
         let ts = Self::now_ms()
-            .max(self.row.last_ts)
+            .max(self.spec.last_ts)
             .max(self.core.last_timestamp_ms());
-        self.row.last_ts = ts;
+        self.spec.last_ts = ts;
         let entry = Entry {
             index,
             term: self.core.term(),
@@ -1416,9 +1420,9 @@ impl Node {
             },
             payload,
         };
-        self.row.outstanding += 1;
-        self.row.waiting.push_back((index, concern, reply));
-        self.row.to_speculate.push(entry);
+        self.spec.outstanding += 1;
+        self.spec.waiting.push_back((index, concern, reply));
+        self.spec.to_speculate.push(entry);
         self.drive_soon(ctx);
     }
 
@@ -1437,12 +1441,12 @@ impl Node {
     /// execution): writers waiting for one are told to retry, and new
     /// speculation waits until everything now in the log is applied.
     fn discard_speculation(&mut self, why: &str) {
-        self.row.epoch += 1;
-        self.row.outstanding = 0;
-        self.row.to_speculate.clear();
-        self.row.barrier = self.core.last_index();
+        self.spec.epoch += 1;
+        self.spec.outstanding = 0;
+        self.spec.to_speculate.clear();
+        self.spec.barrier = self.core.last_index();
         self.applier.do_send(DiscardSpeculation);
-        for (_, _, reply) in std::mem::take(&mut self.row.waiting) {
+        for (_, _, reply) in std::mem::take(&mut self.spec.waiting) {
             let _ = reply.send(Response::Error(ApiError {
                 code: if self.core.role() == Role::Leader {
                     ErrorCode::Unavailable
@@ -1458,18 +1462,18 @@ impl Node {
     /// before any of the new one starts (both log kinds).
     fn track_leadership(&mut self, ctx: &mut Context<Self>) {
         let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
-        if leading == self.row.led {
+        if leading == self.spec.led {
             return;
         }
-        if self.row.led.is_some() {
+        if self.spec.led.is_some() {
             self.discard_speculation("leadership changed");
         }
-        self.row.led = leading;
+        self.spec.led = leading;
         if leading.is_some() {
             // Build on everything before this term's no-op.
-            self.row.barrier = self.row.barrier.max(self.core.term_start_index());
+            self.spec.barrier = self.spec.barrier.max(self.core.term_start_index());
         } else {
-            for (_, _, reply, _) in std::mem::take(&mut self.row.held) {
+            for (_, _, reply, _) in std::mem::take(&mut self.spec.held) {
                 let _ = reply.send(Response::Error(
                     self.not_leader("leadership changed; retry"),
                 ));
@@ -1480,19 +1484,19 @@ impl Node {
 
     /// Release writes held for the barrier, or expire them.
     fn release_held_rows(&mut self, ctx: &mut Context<Self>) {
-        if self.row.held.is_empty() {
+        if self.spec.held.is_empty() {
             return;
         }
         let now = Self::now_ms();
-        if self.core.applied_index() >= self.row.barrier {
-            for (payload, concern, reply, _) in std::mem::take(&mut self.row.held) {
+        if self.core.applied_index() >= self.spec.barrier {
+            for (payload, concern, reply, _) in std::mem::take(&mut self.spec.held) {
                 self.propose_row(payload, concern, reply, ctx);
             }
         } else {
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.row.held)
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spec.held)
                 .into_iter()
                 .partition(|h| h.3 <= now);
-            self.row.held = keep;
+            self.spec.held = keep;
             for (_, _, reply, _) in gone {
                 let _ = reply.send(Response::Error(ApiError::new(
                     ErrorCode::Timeout,
@@ -1909,7 +1913,7 @@ impl Handler<ClientCall> for Node {
 impl Handler<Speculated> for Node {
     type Result = ();
     fn handle(&mut self, msg: Speculated, ctx: &mut Self::Context) {
-        if msg.epoch != self.row.epoch {
+        if msg.epoch != self.spec.epoch {
             return; // discarded meanwhile; its writers were answered
         }
         if self.config.log_kind == LogKind::Statement {
@@ -1935,7 +1939,7 @@ impl Handler<Speculated> for Node {
             Ok(e) => e,
             Err(why) => return self.discard_speculation(&why),
         };
-        self.row.outstanding -= entries.len() as u64;
+        self.spec.outstanding -= entries.len() as u64;
         let term = self.core.term();
         let (entries, outcomes): (Vec<Entry>, BTreeMap<Index, Outcome>) = entries
             .into_iter()
@@ -1946,11 +1950,11 @@ impl Handler<Speculated> for Node {
             .unzip();
         match self.core.append_prepared(entries, &self.log) {
             Ok(last) => {
-                while let Some(&(index, _, _)) = self.row.waiting.front() {
+                while let Some(&(index, _, _)) = self.spec.waiting.front() {
                     if index > last {
                         break;
                     }
-                    let (index, concern, reply) = self.row.waiting.pop_front().expect("front");
+                    let (index, concern, reply) = self.spec.waiting.pop_front().expect("front");
                     self.waiters.insert(
                         index,
                         Waiter {
@@ -2065,11 +2069,11 @@ impl Handler<DriveSoon> for Node {
     type Result = ();
     fn handle(&mut self, _: DriveSoon, ctx: &mut Self::Context) {
         self.drive_soon = false;
-        if !self.row.to_speculate.is_empty() {
+        if !self.spec.to_speculate.is_empty() {
             self.applier.do_send(Speculate {
-                entries: std::mem::take(&mut self.row.to_speculate),
+                entries: std::mem::take(&mut self.spec.to_speculate),
                 as_effects: self.config.log_kind == LogKind::Row,
-                epoch: self.row.epoch,
+                epoch: self.spec.epoch,
                 reply_to: ctx.address().recipient(),
             });
         }
