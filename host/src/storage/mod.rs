@@ -26,6 +26,7 @@ use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls, byteorder::BigEndian};
 use journal::Journal;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Bound;
@@ -369,8 +370,9 @@ struct LogShared {
 
 #[derive(Default)]
 struct Tail {
-    /// Contiguous entries with their encoded size.
-    entries: std::collections::VecDeque<(Entry, usize)>,
+    /// Contiguous entries with their encoding (written as is into LMDB
+    /// when they move).
+    entries: std::collections::VecDeque<(Entry, Vec<u8>)>,
     /// Bumped whenever entries leave the tail, so a reader that read the
     /// tail and then LMDB knows whether it saw one consistent log.
     version: u64,
@@ -431,16 +433,19 @@ impl LogStore {
         for (i, bytes) in records.iter().enumerate() {
             let entry: Entry = codec::decode("journal entry", bytes)
                 .map_err(self.corrupt(format!("journal record {i}")))?;
-            recovered.push(entry);
+            recovered.push((entry, bytes.as_slice()));
         }
-        if let (Some(first), Some(last)) = (recovered.first(), recovered.last()) {
+        if let (Some((first, _)), Some((last, _))) = (recovered.first(), recovered.last()) {
             tracing::info!(
                 first = first.index,
                 last = last.index,
                 "recovering journaled log entries into LMDB"
             );
         }
-        self.put_entries(&mut wtxn, recovered.iter())?;
+        self.put_entries(
+            &mut wtxn,
+            recovered.iter().map(|(e, b)| (e, Cow::Borrowed(*b))),
+        )?;
         self.meta
             .put(
                 &mut wtxn,
@@ -553,8 +558,7 @@ impl LogStore {
                         source,
                     })?;
                 let mut tail = self.shared.tail.write().expect("log tail lock");
-                tail.entries
-                    .extend(entries.iter().cloned().zip(encoded.iter().map(Vec::len)));
+                tail.entries.extend(entries.iter().cloned().zip(encoded));
                 return Ok(());
             }
         }
@@ -565,7 +569,10 @@ impl LogStore {
                     .map_err(self.err())?;
             }
             self.put_hard_state(wtxn, hard_state)?;
-            self.put_entries(wtxn, entries.iter())
+            self.put_entries(
+                wtxn,
+                entries.iter().map(|e| (e, Cow::Owned(codec::encode(e)))),
+            )
         })
     }
 
@@ -587,10 +594,10 @@ impl LogStore {
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
         let mut held = removes.then(|| self.shared.tail.write().expect("log tail lock"));
         match &held {
-            Some(tail) => self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?,
+            Some(tail) => self.put_entries(&mut wtxn, Self::encoded(tail))?,
             None => {
                 let tail = self.shared.tail.read().expect("log tail lock");
-                self.put_entries(&mut wtxn, tail.entries.iter().map(|(e, _)| e))?;
+                self.put_entries(&mut wtxn, Self::encoded(&tail))?;
             }
         }
         then(&mut wtxn)?;
@@ -627,18 +634,25 @@ impl LogStore {
         Ok(())
     }
 
-    /// Put `entries` into LMDB after its last entry, checking that they
-    /// continue it.
+    /// The tail's entries with their encoding.
+    fn encoded(tail: &Tail) -> impl Iterator<Item = (&Entry, Cow<'_, [u8]>)> {
+        tail.entries
+            .iter()
+            .map(|(e, b)| (e, Cow::Borrowed(b.as_slice())))
+    }
+
+    /// Put `entries` (each with its encoding) into LMDB after its last
+    /// entry, checking that they continue it.
     fn put_entries<'e>(
         &self,
         wtxn: &mut heed::RwTxn<'_>,
-        entries: impl Iterator<Item = &'e Entry>,
+        entries: impl Iterator<Item = (&'e Entry, Cow<'e, [u8]>)>,
     ) -> Result<(), StorageError> {
         let mut prev = self.lmdb_last(wtxn)?;
-        for e in entries {
+        for (e, bytes) in entries {
             check_continues(prev, std::slice::from_ref(e))?;
             self.entries
-                .put(wtxn, &e.index, &codec::encode(e))
+                .put(wtxn, &e.index, &bytes)
                 .map_err(self.err())?;
             prev = (e.index, e.term);
         }
@@ -779,12 +793,12 @@ impl LogStore {
                 let mut part = Vec::new();
                 let mut bytes = 0usize;
                 let skip = from.saturating_sub(first) as usize;
-                for (e, size) in tail.entries.iter().skip(skip) {
+                for (e, encoded) in tail.entries.iter().skip(skip) {
                     if e.index > to || bytes >= bytes_max {
                         break;
                     }
-                    bytes += size;
-                    part.push((e.clone(), *size));
+                    bytes += encoded.len();
+                    part.push((e.clone(), encoded.len()));
                 }
                 (tail.version, first, part)
             };
