@@ -1344,9 +1344,10 @@ impl Node {
         if self.config.log_kind == LogKind::Row {
             return self.propose_row(payload, concern, reply, ctx);
         }
-        let seed = rand::random();
-        let speculate = payload.clone();
-        match self.core.propose(payload, Self::now_ms(), seed, &self.log) {
+        match self
+            .core
+            .propose(payload, Self::now_ms(), rand::random(), &self.log)
+        {
             Ok(index) => {
                 let waiter = Waiter {
                     term: self.core.term(),
@@ -1359,15 +1360,8 @@ impl Node {
                 // once it commits in this term, so the writer is answered
                 // at commit (see `answer_committed`), and the applier takes
                 // the speculated change instead of running it again.
-                self.spec.to_speculate.push(Entry {
-                    index,
-                    term: self.core.term(),
-                    context: crate::types::EntryContext {
-                        timestamp_ms: self.core.last_timestamp_ms(),
-                        seed,
-                    },
-                    payload: speculate,
-                });
+                let entry = self.core.unstable_entry(index).expect("just proposed");
+                self.spec.to_speculate.push(entry.clone());
                 self.drive_soon(ctx);
             }
             Err(ProposeError::NotLeader { .. }) => {

@@ -557,6 +557,14 @@ impl Core {
         self.election_deadline_ms = self.now_ms + timeout;
     }
 
+    /// The entry at `index` if it is not durable yet — as just proposed,
+    /// so the shell can execute exactly the entry that is being logged.
+    pub fn unstable_entry(&self, index: Index) -> Option<&Entry> {
+        let first = self.unstable.first()?.index;
+        self.unstable
+            .get(usize::try_from(index.checked_sub(first)?).ok()?)
+    }
+
     /// Term of the entry at `index` as this node currently sees its log.
     fn term_at(&self, index: Index, log: &impl LogRead) -> Option<Term> {
         if index == 0 {
@@ -1758,6 +1766,17 @@ mod tests {
         assert_eq!(r.apply_up_to, None, "nothing commits before it is durable");
         persist(&mut c, &log, &r);
         assert_eq!(c.ready().apply_up_to, Some(1));
+        // A proposal is readable as it was logged until it is durable.
+        let index = c.propose(cmd(), 5, 9, &log).unwrap();
+        let e = c.unstable_entry(index).expect("just proposed").clone();
+        assert_eq!((e.index, e.term, e.payload), (2, 1, cmd()));
+        // The core fixed the context: timestamps never go back along the
+        // log, so the no-op's 10,000 stands over the shell's 5.
+        assert_eq!((e.context.timestamp_ms, e.context.seed), (10_000, 9));
+        assert!(c.unstable_entry(1).is_none(), "durable already");
+        let r = c.ready();
+        persist(&mut c, &log, &r);
+        assert!(c.unstable_entry(index).is_none());
     }
 
     #[test]
