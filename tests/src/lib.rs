@@ -187,11 +187,6 @@ impl NodeProc {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
     }
 
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// The node's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

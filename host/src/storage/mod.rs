@@ -872,11 +872,6 @@ impl LogStore {
             }
         }
     }
-
-    /// Persist term and vote (fsync) before acting on them.
-    pub fn save_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
-        self.persist_with(Some(hs), None, &[])
-    }
 }
 
 /// Log invariant: `entries` continue the log after `prev` — contiguous
