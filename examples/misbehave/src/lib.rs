@@ -21,7 +21,14 @@ pub enum Command {
     Write { key: String },
     /// Return the entry's time and one random number.
     Entropy,
+    /// Return how many commands this instance has applied, itself
+    /// included: memory a machine must not rely on, which shows whether
+    /// calls shared an instance.
+    Remember,
 }
+
+/// Commands this instance has applied.
+static APPLIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +50,7 @@ impl Machine for Misbehave {
     type QueryResponse = Option<String>;
 
     fn apply(ctx: &Context, command: Command) -> Result<(u64, u64), MachineError> {
+        let applied = APPLIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match command {
             Command::Loop { key } => {
                 kv::put(&key, &"looping")?;
@@ -72,6 +80,7 @@ impl Machine for Misbehave {
                 Ok((0, 0))
             }
             Command::Entropy => Ok((ctx.now_ms(), understudy_guest::random())),
+            Command::Remember => Ok((applied, 0)),
         }
     }
 

@@ -321,6 +321,8 @@ struct Speculate {
     entries: Vec<Entry>,
     /// Row log kind: return them as `Effects` entries to log.
     as_effects: bool,
+    /// The first index of the leader's term.
+    term_start: Index,
     epoch: u64,
     reply_to: Recipient<Speculated>,
 }
@@ -511,6 +513,9 @@ pub struct ApplierActor {
     log: LogStore,
     batch_max: usize,
     checkpoint_entries: usize,
+    /// A tick asked for a checkpoint while the applied index was inside a
+    /// window: take it at the next window end.
+    checkpoint_due: bool,
     compaction: Compaction,
     ticks: u64,
     halted: Option<String>,
@@ -528,7 +533,17 @@ impl Handler<ApplyUpTo> for ApplierActor {
         }
         while self.applier.applied().index < msg.up_to {
             let from = self.applier.applied().index + 1;
-            let to = msg.up_to.min(from + self.batch_max as u64 - 1);
+            let mut to = msg.up_to.min(from + self.batch_max as u64 - 1);
+            // State becomes durable only at a window end (see
+            // `applier::RUN_WINDOW`): when a checkpoint is due, stop at the
+            // last one in reach.
+            let due = self.checkpoint_due
+                || self.applier.pending_entries() + (to - from + 1) as usize
+                    >= self.checkpoint_entries;
+            let window_end = to - to % applier::RUN_WINDOW;
+            if due && window_end >= from {
+                to = window_end;
+            }
             let executed = self
                 .log
                 .read(from, to, 16 << 20)
@@ -557,10 +572,12 @@ impl Handler<ApplyUpTo> for ApplierActor {
             let samples = self.applier.take_samples();
             msg.reply_to
                 .do_send(Applied(Ok((outcomes, self.applier.applied(), samples))));
-            if self.applier.pending_entries() >= self.checkpoint_entries
-                && let Err(e) = self.applier.checkpoint()
-            {
-                return self.halt(e.to_string(), from, &msg.reply_to);
+            if self.checkpoint_due || self.applier.pending_entries() >= self.checkpoint_entries {
+                match self.applier.checkpoint() {
+                    Ok(true) => self.checkpoint_due = false,
+                    Ok(false) => {}
+                    Err(e) => return self.halt(e.to_string(), from, &msg.reply_to),
+                }
             }
         }
     }
@@ -572,9 +589,12 @@ impl Handler<Checkpoint> for ApplierActor {
         if self.halted.is_some() {
             return;
         }
-        if let Err(e) = self.applier.checkpoint() {
-            let index = self.applier.durable().index + 1;
-            return self.halt(e.to_string(), index, &msg.reply_to);
+        match self.applier.checkpoint() {
+            Ok(done) => self.checkpoint_due = !done && self.applier.pending_entries() > 0,
+            Err(e) => {
+                let index = self.applier.durable().index + 1;
+                return self.halt(e.to_string(), index, &msg.reply_to);
+            }
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(50) {
@@ -590,7 +610,7 @@ impl Handler<Speculate> for ApplierActor {
             Some(why) => Err(format!("applying halted: {why}")),
             None => self
                 .applier
-                .speculate(&msg.entries, msg.as_effects)
+                .speculate(&msg.entries, msg.as_effects, msg.term_start)
                 .map_err(|e| e.to_string()),
         };
         msg.reply_to.do_send(Speculated {
@@ -898,6 +918,7 @@ impl Node {
             log: applier_log.clone(),
             batch_max,
             checkpoint_entries,
+            checkpoint_due: false,
             compaction,
             ticks: 0,
             halted: None,
@@ -2067,6 +2088,7 @@ impl Handler<DriveSoon> for Node {
             self.applier.do_send(Speculate {
                 entries: std::mem::take(&mut self.spec.to_speculate),
                 as_effects: self.config.log_kind == LogKind::Row,
+                term_start: self.core.term_start_index(),
                 epoch: self.spec.epoch,
                 reply_to: ctx.address().recipient(),
             });

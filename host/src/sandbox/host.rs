@@ -108,6 +108,20 @@ impl HostState {
         }
     }
 
+    /// Ready the store of a kept instance for its next call: the call's
+    /// view in, the previous call's writes and budgets gone. Returns the
+    /// view the store held.
+    pub(super) fn next_call(
+        &mut self,
+        view: Box<dyn StateView>,
+        limits: &SandboxLimits,
+    ) -> Box<dyn StateView> {
+        self.writes = WriteSet::new();
+        self.host_units_left = limits.host_units_per_call;
+        self.limiter.memory_limit_hit = false;
+        std::mem::replace(&mut self.view, view)
+    }
+
     fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
         let units = KV_CALL_UNITS + bytes as u64;
         match self.host_units_left.checked_sub(units) {

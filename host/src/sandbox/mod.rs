@@ -457,6 +457,86 @@ impl Sandbox {
         self.finish(store, result)
     }
 
+    /// An instance of `machine` for `actor` to keep for several
+    /// [`Self::apply_warm`] calls.
+    pub fn warm(&self, machine: &LoadedMachine, actor: &str) -> Result<Warm, SandboxError> {
+        let mut store = self.store(actor, Box::new(NoView), true);
+        let instance = match &machine.code {
+            Code::Native(m) => WarmCode::Native(m.clone()),
+            Code::Wasm(pre) => match pre.instantiate(&mut store) {
+                Ok(instance) => WarmCode::Wasm(instance),
+                Err(e) => return Err(SandboxError::Instantiate(format!("{e:#}"))),
+            },
+        };
+        Ok(Warm {
+            store,
+            hash: machine.hash,
+            code: instance,
+            spent: false,
+        })
+    }
+
+    /// Run `apply(ctx, command)` on a kept instance: like [`Self::apply`]
+    /// (fresh fuel, host budget and write-set), except that the guest's
+    /// memory is what the instance's earlier calls left. A call that does
+    /// not end normally (any outcome but `Ok` or `Refused`, or a failure)
+    /// spends the instance: [`Warm::spent`].
+    pub fn apply_warm<V: StateView>(
+        &self,
+        warm: &mut Warm,
+        view: V,
+        ctx: CallContext,
+        command: &[u8],
+    ) -> Result<Call<V>, SandboxFailure<V>> {
+        assert!(!warm.spent, "a spent instance is never called again");
+        let store = &mut warm.store;
+        store.data_mut().next_call(Box::new(view), &self.limits);
+        store
+            .set_fuel(self.limits.fuel_per_call)
+            .expect("fuel is enabled in the engine config");
+        store.set_epoch_deadline(self.limits.watchdog_ms.div_ceil(EPOCH_TICK_MS).max(1));
+        let result = match &warm.code {
+            WarmCode::Native(m) => native_result(m.apply(
+                &mut NativeKv {
+                    state: store.data_mut(),
+                },
+                ctx,
+                command,
+            )),
+            WarmCode::Wasm(instance) => instance.call_apply(&mut *store, ctx.into(), command),
+        };
+        let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
+        let outcome = match result {
+            Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
+            Ok(Err(e)) => Ok(Outcome::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            Err(err) => {
+                warm.spent = true;
+                classify(&err, store.data())
+            }
+        };
+        let state = store.data_mut();
+        let writes = std::mem::take(&mut state.writes);
+        let view = take_view::<V>(state.next_call(Box::new(NoView), &self.limits));
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(error) => return Err(SandboxFailure { error, view }),
+        };
+        let writes = if outcome.is_ok() {
+            writes
+        } else {
+            WriteSet::new()
+        };
+        Ok(Call {
+            view,
+            outcome,
+            writes,
+            fuel_used,
+        })
+    }
+
     /// Run `init(ctx)` of `machine` for `actor` over `view`.
     pub fn init<V: StateView>(
         &self,
@@ -500,6 +580,48 @@ impl Sandbox {
             },
         };
         self.finish(store, result)
+    }
+}
+
+/// An instance kept across calls (see [`Sandbox::warm`]). Whoever keeps
+/// one decides which calls share it, and must decide it the same way on
+/// every replica: the guest's memory carries over, and with it anything a
+/// guest remembers outside its kv state (allocator state, caches, which
+/// also change the fuel a call burns).
+pub struct Warm {
+    store: Store<host::HostState>,
+    hash: ModuleHash,
+    code: WarmCode,
+    spent: bool,
+}
+
+enum WarmCode {
+    Wasm(bindings::Machine),
+    Native(Arc<dyn NativeMachine>),
+}
+
+impl Warm {
+    /// The hash of the machine it is an instance of.
+    pub fn machine(&self) -> &ModuleHash {
+        &self.hash
+    }
+
+    /// A call on it trapped, ran out of fuel or memory, or failed: it is
+    /// not called again.
+    pub fn spent(&self) -> bool {
+        self.spent
+    }
+}
+
+/// The view a kept instance holds between calls: empty.
+struct NoView;
+
+impl KvRead for NoView {
+    fn get(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn range(&self, _: &[u8], _: Option<&[u8]>, _: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Vec::new()
     }
 }
 

@@ -229,3 +229,83 @@ fn watchdog_interrupts_without_an_outcome_and_hands_the_view_back() {
     );
     assert_eq!(failure.view.len(), 1, "the view comes back untouched");
 }
+
+fn warm_apply(sb: &Sandbox, w: &mut Warm, state: &mut Mem, index: u64, json: &str) -> Call<Mem> {
+    let call = sb
+        .apply_warm(w, std::mem::take(state), ctx(index), &cbor(json))
+        .unwrap();
+    *state = call.view.clone();
+    for (k, v) in &call.writes {
+        match v {
+            Some(v) => state.insert(k.clone(), v.clone()),
+            None => state.remove(k),
+        };
+    }
+    call
+}
+
+fn remembered(out: &Outcome) -> u64 {
+    match out {
+        Outcome::Ok(bytes) => serde_cbor::from_slice::<(u64, u64)>(bytes).unwrap().0,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_kept_instance_remembers_and_a_fresh_one_does_not() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    for i in 1..=3 {
+        let out = apply(&sb, &m, &mut state, i, r#"{"remember":null}"#);
+        assert_eq!(remembered(&out), 1);
+    }
+    let mut w = sb.warm(&m, "t").unwrap();
+    assert_eq!(w.machine(), &m.hash);
+    for i in 1..=3 {
+        let call = warm_apply(&sb, &mut w, &mut state, i, r#"{"remember":null}"#);
+        assert_eq!(remembered(&call.outcome), i);
+    }
+}
+
+#[test]
+fn each_call_on_a_kept_instance_has_its_own_writes_and_fuel() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    let mut state = Mem::new();
+    let mut w = sb.warm(&m, "t").unwrap();
+    let first = warm_apply(&sb, &mut w, &mut state, 1, r#"{"write":{"key":"a"}}"#);
+    let second = warm_apply(&sb, &mut w, &mut state, 2, r#"{"write":{"key":"b"}}"#);
+    assert_eq!(first.writes.keys().collect::<Vec<_>>(), vec![b"a"]);
+    assert_eq!(second.writes.keys().collect::<Vec<_>>(), vec![b"b"]);
+    assert!(second.fuel_used > 0 && second.fuel_used < sb.limits().fuel_per_call / 2);
+    // The view went in and came back: the second call read through it.
+    assert_eq!(state.len(), 2);
+    // A refusal leaves the instance usable and writes nothing.
+    let refused = warm_apply(&sb, &mut w, &mut state, 3, r#"{"refuse":{"key":"c"}}"#);
+    assert!(matches!(refused.outcome, Outcome::Refused { .. }));
+    assert!(refused.writes.is_empty() && !w.spent());
+    let call = warm_apply(&sb, &mut w, &mut state, 4, r#"{"remember":null}"#);
+    assert_eq!(remembered(&call.outcome), 4);
+}
+
+#[test]
+fn a_trap_or_fuel_exhaustion_spends_a_kept_instance() {
+    let sb = sandbox();
+    let m = load(&sb, understudy_examples::MISBEHAVE);
+    for (cmd, expect_trap) in [
+        (r#"{"panic":{"key":"x"}}"#, true),
+        (r#"{"loop":{"key":"x"}}"#, false),
+    ] {
+        let mut state = Mem::new();
+        let mut w = sb.warm(&m, "t").unwrap();
+        let call = warm_apply(&sb, &mut w, &mut state, 1, cmd);
+        match call.outcome {
+            Outcome::Trapped { .. } => assert!(expect_trap),
+            Outcome::OutOfFuel => assert!(!expect_trap),
+            other => panic!("{other:?}"),
+        }
+        assert!(call.writes.is_empty() && state.is_empty());
+        assert!(w.spent());
+    }
+}
