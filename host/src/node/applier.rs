@@ -69,6 +69,12 @@ pub enum ApplyError {
 /// instance) to ≈ 1.2 µs.
 pub const RUN_WINDOW: Index = 64;
 
+/// Most instances one chain of runs keeps: a command for one more actor
+/// first drops the one used longest ago (by log index, so every replica
+/// drops the same). Two chains (applier and speculation) plus a query
+/// stay well inside the sandbox's pool of 64 instances.
+pub const RUN_ACTORS_MAX: usize = 16;
+
 /// Whether `index` opens a window of [`RUN_WINDOW`] entries.
 pub fn opens_window(index: Index) -> bool {
     index >= 1 && (index - 1).is_multiple_of(RUN_WINDOW)
@@ -82,7 +88,8 @@ struct Run {
     next: Index,
     /// The term of the entry before `next`, if this chain ran it.
     term: Option<Term>,
-    warm: HashMap<String, crate::sandbox::Warm>,
+    /// Kept instances by actor, with the index of their last call.
+    warm: HashMap<String, (crate::sandbox::Warm, Index)>,
 }
 
 /// Which chain of runs executes an entry.
@@ -755,23 +762,29 @@ impl Applier {
             Chain::Applied => &mut self.run,
             Chain::Speculated => &mut self.spec_run,
         };
-        let warm = match run.warm.entry(actor.to_string()) {
-            std::collections::hash_map::Entry::Occupied(o)
-                if *o.get().machine() == machine.hash =>
-            {
-                o.into_mut()
-            }
-            slot => {
-                let w = self.sandbox.warm(&machine, actor)?;
-                match slot {
-                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                        o.insert(w);
-                        o.into_mut()
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(w),
-                }
+        if run
+            .warm
+            .get(actor)
+            .is_some_and(|(w, _)| *w.machine() != machine.hash)
+        {
+            run.warm.remove(actor);
+        }
+        if !run.warm.contains_key(actor) && run.warm.len() >= RUN_ACTORS_MAX {
+            let oldest = run
+                .warm
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(a, _)| a.clone())
+                .expect("full");
+            run.warm.remove(&oldest);
+        }
+        let (warm, used) = match run.warm.entry(actor.to_string()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((self.sandbox.warm(&machine, actor)?, 0))
             }
         };
+        *used = ctx.index;
         let result = self
             .sandbox
             .apply_warm(warm, ActorView::new(actor, view), ctx, command);
@@ -1538,6 +1551,46 @@ mod tests {
             assert_eq!((e.index, o), (*i, x));
         }
         leader.execute(&log[192..]).unwrap();
+        assert_eq!(leader.applied(), plain.applied());
+    }
+
+    /// A run over more actors than [`RUN_ACTORS_MAX`], on both chains at
+    /// once: instances are dropped oldest first, the same way on both (no
+    /// divergence), and the sandbox's pool is never exhausted.
+    #[test]
+    fn a_run_over_many_actors_keeps_a_bounded_number_of_instances() {
+        let actors = 40;
+        let mut log: Vec<Entry> = (1..=actors)
+            .map(|i| {
+                entry(
+                    i,
+                    Payload::Deploy {
+                        actor: format!("m{i}"),
+                        wasm: understudy_examples::MISBEHAVE.to_vec().into(),
+                    },
+                )
+            })
+            .collect();
+        log.extend((actors + 1..=RUN_WINDOW).map(|i| entry(i, Payload::Noop)));
+        for i in RUN_WINDOW + 1..=3 * RUN_WINDOW {
+            let mut e = misbehave(i, 1, r#"{"remember":null}"#);
+            if let Payload::Command { actor, .. } = &mut e.payload {
+                *actor = format!("m{}", (i - RUN_WINDOW - 1) % actors + 1);
+            }
+            log.push(e);
+        }
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut plain = applier(dirs[0].path());
+        let expected = plain.apply(&log).unwrap();
+        let mut leader = applier(dirs[1].path());
+        let w = RUN_WINDOW as usize;
+        leader.apply(&log[..w]).unwrap();
+        let ahead = leader.speculate(&log[w..], false, 1).unwrap();
+        assert_eq!(ahead.len(), log.len() - w);
+        assert_eq!(leader.spec_run.warm.len(), RUN_ACTORS_MAX);
+        let outcomes = leader.execute(&log[w..]).unwrap();
+        assert_eq!(outcomes, expected[w..]);
+        assert_eq!(leader.run.warm.len(), RUN_ACTORS_MAX);
         assert_eq!(leader.applied(), plain.applied());
     }
 
