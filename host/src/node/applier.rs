@@ -934,7 +934,9 @@ impl Applier {
             self.spec = None;
             return Err(err);
         }
-        self.spec = Some(Speculation { batch, queue });
+        // Nothing outstanding (statements stopped at once): no speculation,
+        // so the next applied entry is not taken for a divergence.
+        self.spec = (!queue.is_empty()).then_some(Speculation { batch, queue });
         Ok(out)
     }
 
@@ -1544,6 +1546,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        assert!(leader.spec.is_none(), "nothing outstanding");
         leader.execute(&log[165..192]).unwrap();
         let ahead = leader.speculate(&log[192..], false, 150).unwrap();
         assert_eq!(ahead.len(), log.len() - 192, "from the window at 193");
