@@ -232,10 +232,25 @@ async fn drive(path: Path, clients: usize, secs: f64) -> Figures {
     }
 }
 
+/// The `i`-th command of the apply-cost loops and its entry facts.
+fn put_call(i: u64) -> (Vec<u8>, CallContext) {
+    let cmd = understudy::codec::to_cbor(
+        &serde_json::json!({"put": {"key": format!("k{}", i % 1000), "value": "v"}}),
+    );
+    let ctx = CallContext {
+        index: i + 1,
+        term: 1,
+        entry: understudy::types::EntryContext {
+            timestamp_ms: 0,
+            seed: i,
+        },
+    };
+    (cmd, ctx)
+}
+
 /// Cost of one `apply` (one kv get + put) in the sandbox over an in-memory
 /// view, with no storage: what Wasm itself adds per command.
 fn apply_cost(kv_hash: understudy::sandbox::ModuleHash) {
-    use understudy::types::EntryContext;
     let n: u64 = env_or("UNDERSTUDY_BENCH_APPLY_CALLS", 20_000);
     let mut sandbox = Sandbox::new(Default::default()).unwrap();
     let component = Sandbox::normalize(understudy_examples::KV).unwrap();
@@ -247,17 +262,7 @@ fn apply_cost(kv_hash: understudy::sandbox::ModuleHash) {
         let mut view = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
         let start = Instant::now();
         for i in 0..n {
-            let cmd = understudy::codec::to_cbor(
-                &serde_json::json!({"put": {"key": format!("k{}", i % 1000), "value": "v"}}),
-            );
-            let ctx = CallContext {
-                index: i + 1,
-                term: 1,
-                entry: EntryContext {
-                    timestamp_ms: 0,
-                    seed: i,
-                },
-            };
+            let (cmd, ctx) = put_call(i);
             let call = sandbox.apply(machine, "kv", view, ctx, &cmd).unwrap();
             assert!(call.outcome.is_ok());
             view = call.view;
@@ -276,17 +281,7 @@ fn apply_cost(kv_hash: understudy::sandbox::ModuleHash) {
         if i % 64 == 0 {
             warm = sandbox.warm(&wasm, "kv").unwrap();
         }
-        let cmd = understudy::codec::to_cbor(
-            &serde_json::json!({"put": {"key": format!("k{}", i % 1000), "value": "v"}}),
-        );
-        let ctx = CallContext {
-            index: i + 1,
-            term: 1,
-            entry: EntryContext {
-                timestamp_ms: 0,
-                seed: i,
-            },
-        };
+        let (cmd, ctx) = put_call(i);
         let call = sandbox.apply_warm(&mut warm, view, ctx, &cmd).unwrap();
         assert!(call.outcome.is_ok());
         view = call.view;

@@ -404,31 +404,9 @@ impl Sandbox {
         result: CallResult,
     ) -> Result<Call<V>, SandboxFailure<V>> {
         let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
-        let outcome = match result {
-            Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
-            Ok(Err(e)) => Ok(Outcome::Refused {
-                code: e.code,
-                message: e.message,
-            }),
-            Err(err) => classify(&err, store.data()),
-        };
+        let outcome = outcome_of(result, store.data());
         let state = store.into_data();
-        let view = take_view::<V>(state.view);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(error) => return Err(SandboxFailure { error, view }),
-        };
-        let writes = if outcome.is_ok() {
-            state.writes
-        } else {
-            WriteSet::new()
-        };
-        Ok(Call {
-            view,
-            outcome,
-            writes,
-            fuel_used,
-        })
+        conclude(outcome, state.view, state.writes, fuel_used)
     }
 
     /// Run `apply(ctx, command)` of `machine` for `actor` over `view`.
@@ -506,35 +484,12 @@ impl Sandbox {
             WarmCode::Wasm(instance) => instance.call_apply(&mut *store, ctx.into(), command),
         };
         let fuel_used = self.limits.fuel_per_call - store.get_fuel().unwrap_or(0);
-        let outcome = match result {
-            Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
-            Ok(Err(e)) => Ok(Outcome::Refused {
-                code: e.code,
-                message: e.message,
-            }),
-            Err(err) => {
-                warm.spent = true;
-                classify(&err, store.data())
-            }
-        };
+        warm.spent = result.is_err();
+        let outcome = outcome_of(result, store.data());
         let state = store.data_mut();
         let writes = std::mem::take(&mut state.writes);
-        let view = take_view::<V>(state.next_call(Box::new(NoView), &self.limits));
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(error) => return Err(SandboxFailure { error, view }),
-        };
-        let writes = if outcome.is_ok() {
-            writes
-        } else {
-            WriteSet::new()
-        };
-        Ok(Call {
-            view,
-            outcome,
-            writes,
-            fuel_used,
-        })
+        let view = state.next_call(Box::new(NoView), &self.limits);
+        conclude(outcome, view, writes, fuel_used)
     }
 
     /// Run `init(ctx)` of `machine` for `actor` over `view`.
@@ -654,6 +609,43 @@ fn native_result(r: Result<Vec<u8>, (String, String)>) -> CallResult {
     Ok(r.map_err(
         |(code, message)| bindings::understudy::machine::types::MachineError { code, message },
     ))
+}
+
+/// The outcome of a call that returned `result`, or a host failure.
+fn outcome_of(result: CallResult, state: &host::HostState) -> Result<Outcome, SandboxError> {
+    match result {
+        Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
+        Ok(Err(e)) => Ok(Outcome::Refused {
+            code: e.code,
+            message: e.message,
+        }),
+        Err(err) => classify(&err, state),
+    }
+}
+
+/// A finished call: the view handed back, and the writes only if `Ok`.
+fn conclude<V: StateView>(
+    outcome: Result<Outcome, SandboxError>,
+    view: Box<dyn StateView>,
+    writes: WriteSet,
+    fuel_used: u64,
+) -> Result<Call<V>, SandboxFailure<V>> {
+    let view = take_view::<V>(view);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(error) => return Err(SandboxFailure { error, view }),
+    };
+    let writes = if outcome.is_ok() {
+        writes
+    } else {
+        WriteSet::new()
+    };
+    Ok(Call {
+        view,
+        outcome,
+        writes,
+        fuel_used,
+    })
 }
 
 fn take_view<V: StateView>(view: Box<dyn StateView>) -> V {
