@@ -404,3 +404,97 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
         .unwrap();
     assert!(w.outcome.is_ok());
 }
+
+/// A client that pipelines requests and never reads its answers is paused
+/// (the node stops reading its connection once
+/// `server::IN_FLIGHT_MAX` answers are pending) instead of making the
+/// node buffer answers without bound; once it reads, every request it sent
+/// is answered, and the node served others all along.
+#[tokio::test]
+async fn a_client_that_does_not_read_its_answers_is_paused_and_loses_nothing() {
+    understudy_tests::setup!();
+    let (_d, node) = node_with(&[("kv", understudy_examples::KV)]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(16 << 10).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    // Each answer is a 64 KiB value, so the node's socket buffers fill
+    // after a few dozen; each request carries 16 KiB of padding, so the
+    // node's receive buffer holds only a few thousand.
+    let value = "v".repeat(64 << 10);
+    let c = node.client().await.unwrap();
+    let put = format!(r#"{{"put":{{"key":"big","value":"{value}"}}}}"#);
+    assert!(c.command("kv", cbor(&put)).await.unwrap().outcome.is_ok());
+    let get = cbor(&format!(
+        r#"{{"get":{{"key":"big","pad":"{}"}}}}"#,
+        "p".repeat(16 << 10)
+    ));
+    let request = |id: u64| {
+        let body = understudy::net::encode(&Frame {
+            v: PROTOCOL_VERSION,
+            id,
+            body: Request::Query {
+                actor: "kv".into(),
+                request: serde_bytes::ByteBuf::from(get.clone()),
+                level: understudy::api::ReadLevel::Any,
+            },
+        });
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    };
+    // Far more than the node may hold in flight plus what the sockets buffer.
+    let limit = 10_000u64;
+    let mut sent = 0u64;
+    let mut rest: Vec<u8> = Vec::new();
+    while sent < limit {
+        let frame = request(sent);
+        let mut done = 0;
+        while done < frame.len() {
+            let wrote =
+                tokio::time::timeout(std::time::Duration::from_secs(2), w.write(&frame[done..]))
+                    .await;
+            match wrote {
+                Ok(n) => done += n.unwrap(),
+                Err(_) => break, // stalled: the node stopped reading
+            }
+        }
+        if done < frame.len() {
+            rest = frame[done..].to_vec();
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        sent < limit,
+        "the node read {sent} requests from a client that reads no answers"
+    );
+    assert!(
+        sent >= understudy::node::server::IN_FLIGHT_MAX as u64,
+        "paused after {sent} requests, before its in-flight limit"
+    );
+    // Others are served meanwhile.
+    assert_still_serving(&node).await;
+    // Read every answer while finishing the last request.
+    let reader = tokio::spawn(async move {
+        let mut f = tokio_util::codec::FramedRead::new(&mut r, understudy::net::codec());
+        let mut ids = std::collections::BTreeSet::new();
+        while ids.len() as u64 <= sent {
+            let bytes = f.next().await.expect("an answer").unwrap();
+            let frame: Frame<Response> = understudy::net::decode(&bytes).unwrap();
+            match frame.body {
+                Response::Read { outcome, .. } => assert!(outcome.is_ok(), "{outcome:?}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(ids.insert(frame.id), "answered twice: {}", frame.id);
+        }
+        ids
+    });
+    w.write_all(&rest).await.unwrap();
+    let ids = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+        .await
+        .expect("every answer arrives")
+        .unwrap();
+    assert_eq!(ids, (0..=sent).collect());
+}
