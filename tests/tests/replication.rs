@@ -456,3 +456,72 @@ async fn statement_and_row_kinds_end_with_equal_digests_on_every_node() {
         );
     }
 }
+
+/// `count` `remember` commands from `writers` concurrent clients; the
+/// counts the machine answered.
+async fn remember(g: &Group, writers: usize, count: usize) -> Vec<u64> {
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let c = g.client().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut counts = Vec::new();
+            for _ in 0..count / writers {
+                let w = c.command("m", cbor(r#"{"remember":null}"#)).await.unwrap();
+                let Outcome::Ok(b) = &w.outcome else {
+                    panic!("{:?}", w.outcome)
+                };
+                counts.push(decode::<(u64, u64)>(b).0);
+            }
+            counts
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// A machine whose answers depend on its instance's memory (it counts the
+/// commands its instance ran, and writes the count): every node runs the
+/// same commands in the same instances — across a follower's SIGKILL and
+/// its rebuild from a snapshot, and a switchover to a new term — so the
+/// state is the same everywhere and no node is quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sharing_instances_leave_the_same_state_on_every_node() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::start(dir.path(), 3, &["--log-retain-entries", "20"]).unwrap();
+    let leader = g.leader(SETTLE).await.unwrap();
+    let c = g.client().await.unwrap();
+    let w = c
+        .deploy("m", understudy_examples::MISBEHAVE.to_vec())
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+    let mut counts = remember(&g, 4, 100).await;
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+    let behind = g.client_of(victim).await.unwrap().status().await.unwrap();
+    g.kill9(victim);
+    counts.extend(remember(&g, 4, 200).await);
+    // The leader compacts past the victim's log: it comes back through a
+    // snapshot, which must resume at a run's start.
+    let deadline = std::time::Instant::now() + SETTLE;
+    while c.status().await.unwrap().log_first_index <= behind.last_index + 1 {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.restart(victim).unwrap();
+    g.assert_same_state(SETTLE).await;
+    let term = c.status().await.unwrap().term;
+    c.promote(victim).await.unwrap();
+    assert_eq!(g.leader(SETTLE).await.unwrap(), victim);
+    counts.extend(remember(&g, 4, 100).await);
+    assert!(
+        counts.iter().any(|&n| n > 1),
+        "commands shared instances: {counts:?}"
+    );
+    let s = g.client_of(victim).await.unwrap().status().await.unwrap();
+    assert!(s.term > term);
+    g.assert_same_state(SETTLE).await;
+}

@@ -21,9 +21,9 @@ pub enum Command {
     Write { key: String },
     /// Return the entry's time and one random number.
     Entropy,
-    /// Return how many commands this instance has applied, itself
-    /// included: memory a machine must not rely on, which shows whether
-    /// calls shared an instance.
+    /// Return (and write under `remembered`) how many commands this
+    /// instance has applied, itself included: memory a machine must not
+    /// rely on, which shows whether calls shared an instance.
     Remember,
 }
 
@@ -80,7 +80,10 @@ impl Machine for Misbehave {
                 Ok((0, 0))
             }
             Command::Entropy => Ok((ctx.now_ms(), understudy_guest::random())),
-            Command::Remember => Ok((applied, 0)),
+            Command::Remember => {
+                kv::put("remembered", &applied)?;
+                Ok((applied, 0))
+            }
         }
     }
 
