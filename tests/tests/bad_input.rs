@@ -242,22 +242,27 @@ fn data_directory_of_another_node_is_refused_at_start() {
 }
 
 #[test]
-fn data_directory_of_a_newer_format_is_refused_at_start() {
+fn data_directory_of_another_format_is_refused_at_start() {
     understudy_tests::setup!();
     use understudy::storage::{FORMAT_VERSION, Identity, StorageOptions, open};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("n1");
-    let newer = Identity {
-        format_version: FORMAT_VERSION + 1,
-        cluster_id: "test".into(),
-        node_id: 1,
-    };
-    drop(open(&path, &newer, &StorageOptions::default()).unwrap());
-    let err = NodeProc::start(&path, 1)
-        .err()
-        .expect("must refuse")
-        .to_string();
-    assert!(err.contains("upgrade Understudy"), "{err}");
+    for (version, reason) in [
+        (FORMAT_VERSION + 1, "upgrade Understudy"),
+        (FORMAT_VERSION - 1, "older than this build's"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1");
+        let other = Identity {
+            format_version: version,
+            cluster_id: "test".into(),
+            node_id: 1,
+        };
+        drop(open(&path, &other, &StorageOptions::default()).unwrap());
+        let err = NodeProc::start(&path, 1)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains(reason), "{err}");
+    }
 }
 
 /// Send one hello to a peer port; returns the reply.

@@ -32,8 +32,10 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-/// On-disk format version of a data directory.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format version of a data directory. 2: commands share their
+/// actor's instance within a run of the log (`node::applier::RUN_WINDOW`),
+/// and state is durable only at window ends.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,20 @@ pub enum StorageError {
         "data directory {path} has format version {found}; this build supports up to {FORMAT_VERSION}; upgrade Understudy"
     )]
     NewerFormat {
+        /// Directory.
+        path: PathBuf,
+        /// Found version.
+        found: u32,
+    },
+    /// Written by an older Understudy, whose log this build would apply
+    /// differently.
+    #[error(
+        "data directory {path} has format version {found}, older than this build's \
+         {FORMAT_VERSION}: its commands ran each in a fresh instance, and this build runs \
+         them in shared ones, which may compute other results; keep the older build for \
+         it, or start this node on an empty data directory to copy its group's state"
+    )]
+    OlderFormat {
         /// Directory.
         path: PathBuf,
         /// Found version.
@@ -239,6 +255,12 @@ fn check_identity(
                 })?;
             if found.format_version > FORMAT_VERSION {
                 return Err(StorageError::NewerFormat {
+                    path: env.path().to_path_buf(),
+                    found: found.format_version,
+                });
+            }
+            if found.format_version < FORMAT_VERSION {
+                return Err(StorageError::OlderFormat {
                     path: env.path().to_path_buf(),
                     found: found.format_version,
                 });
