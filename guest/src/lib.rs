@@ -33,7 +33,9 @@
 //! Determinism: a machine runs on every replica and must give the same result
 //! everywhere. Use [`Context::now_ms`] and [`Context::rng`] (or [`now`] and
 //! [`random`]) for time and randomness; they come from the log entry. Do not
-//! keep state in statics: every call runs in a fresh instance.
+//! keep state in statics: the commands of one log window (64 entries) share
+//! an instance, on every replica alike, but queries, deploys and the next
+//! window start from a fresh one, so only `kv` state lasts.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
