@@ -743,47 +743,41 @@ impl Applier {
         batch: &StateBatch,
         chain: Chain,
     ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
-        let loaded = self
-            .machines
-            .of_actor(&self.sandbox, &self.state, actor, &view, batch);
-        let machine = match loaded {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok((Outcome::NoSuchActor, WriteSet::new(), view)),
-            Err(QueryError::Storage(e)) => return Err(e.into()),
-            Err(QueryError::Sandbox(e)) => return Err(e.into()),
-            // The module was validated when deployed; if it no longer loads,
-            // the engine changed under a running group. Fail loudly.
-            Err(e) => {
-                let why = format!("machine of actor {actor} no longer loads: {e}");
-                return Err(StorageError::Invariant(why).into());
-            }
-        };
         let run = match chain {
             Chain::Applied => &mut self.run,
             Chain::Speculated => &mut self.spec_run,
         };
-        if run
-            .warm
-            .get(actor)
-            .is_some_and(|(w, _)| *w.machine() != machine.hash)
-        {
-            run.warm.remove(actor);
-        }
-        if !run.warm.contains_key(actor) && run.warm.len() >= RUN_ACTORS_MAX {
-            let oldest = run
-                .warm
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(a, _)| a.clone())
-                .expect("full");
-            run.warm.remove(&oldest);
-        }
-        let (warm, used) = match run.warm.entry(actor.to_string()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((self.sandbox.warm(&machine, actor)?, 0))
+        // An instance of this run is of the actor's machine: only a deploy
+        // changes that, and it ends the actor's instance in every chain.
+        if !run.warm.contains_key(actor) {
+            let loaded = self
+                .machines
+                .of_actor(&self.sandbox, &self.state, actor, &view, batch);
+            let machine = match loaded {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok((Outcome::NoSuchActor, WriteSet::new(), view)),
+                Err(QueryError::Storage(e)) => return Err(e.into()),
+                Err(QueryError::Sandbox(e)) => return Err(e.into()),
+                // The module was validated when deployed; if it no longer
+                // loads, the engine changed under a running group. Fail loudly.
+                Err(e) => {
+                    let why = format!("machine of actor {actor} no longer loads: {e}");
+                    return Err(StorageError::Invariant(why).into());
+                }
+            };
+            if run.warm.len() >= RUN_ACTORS_MAX {
+                let oldest = run
+                    .warm
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(a, _)| a.clone())
+                    .expect("full");
+                run.warm.remove(&oldest);
             }
-        };
+            let warm = self.sandbox.warm(&machine, actor)?;
+            run.warm.insert(actor.to_string(), (warm, 0));
+        }
+        let (warm, used) = run.warm.get_mut(actor).expect("kept above");
         *used = ctx.index;
         let result = self
             .sandbox
@@ -1555,6 +1549,36 @@ mod tests {
         }
         leader.execute(&log[192..]).unwrap();
         assert_eq!(leader.applied(), plain.applied());
+    }
+
+    /// A deploy ends its actor's instance within a run: the next command
+    /// runs the new machine, in a fresh instance.
+    #[test]
+    fn a_deploy_ends_its_actors_instance() {
+        let deploy = |index, wasm: &[u8]| {
+            entry(
+                index,
+                Payload::Deploy {
+                    actor: "m".into(),
+                    wasm: wasm.to_vec().into(),
+                },
+            )
+        };
+        let remember = |index| misbehave(index, 1, r#"{"remember":null}"#);
+        let log = vec![
+            deploy(1, understudy_examples::MISBEHAVE),
+            remember(2),
+            remember(3),
+            deploy(4, understudy_examples::MISBEHAVE),
+            remember(5),
+            deploy(6, understudy_examples::COUNTER),
+            misbehave(7, 1, r#"{"add":{"name":"n","by":3}}"#),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let out = applier(dir.path()).apply(&log).unwrap();
+        let counts: Vec<Option<u64>> = out[1..5].iter().map(|(_, o)| remembered(o)).collect();
+        assert_eq!(counts, vec![Some(1), Some(2), None, Some(1)]);
+        assert_eq!(out[6].1, Outcome::Ok(codec::to_cbor(&3i64).into()));
     }
 
     /// A run over more actors than [`RUN_ACTORS_MAX`], on both chains at
