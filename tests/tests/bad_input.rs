@@ -278,7 +278,7 @@ async fn hello(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_are_refused() {
+async fn peers_of_another_cluster_unknown_nodes_other_protocols_and_stale_terms_are_refused() {
     use understudy::peer::{Hello, HelloReply, Lane, PEER_PROTOCOL_VERSION};
     use understudy::replication::Message;
     understudy_tests::setup!();
@@ -331,6 +331,13 @@ async fn peers_of_another_cluster_unknown_nodes_newer_protocols_and_stale_terms_
                 ..good.clone()
             },
             "newer",
+        ),
+        (
+            Hello {
+                v: PEER_PROTOCOL_VERSION - 1,
+                ..good.clone()
+            },
+            "older",
         ),
         (
             Hello {

@@ -32,8 +32,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-/// Version of the peer protocol spoken by this build.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// Version of the peer protocol spoken by this build. 2: commands share
+/// instances within runs (`node::applier::RUN_WINDOW`), which may compute
+/// other results than version 1's fresh instances, so the two never mix in
+/// a group.
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 
 /// Messages queued per control lane before new ones are dropped.
 const CONTROL_QUEUE: usize = 4096;
@@ -144,6 +147,13 @@ impl LocalIdentity {
         if hello.v > PEER_PROTOCOL_VERSION {
             return Err(format!(
                 "peer protocol version {} is newer than this node's {PEER_PROTOCOL_VERSION}",
+                hello.v
+            ));
+        }
+        if hello.v < PEER_PROTOCOL_VERSION {
+            return Err(format!(
+                "peer protocol version {} is older than this node's {PEER_PROTOCOL_VERSION}: \
+                 every node of a group must run the same version",
                 hello.v
             ));
         }
@@ -504,6 +514,13 @@ mod tests {
                     ..hello()
                 },
                 "newer",
+            ),
+            (
+                Hello {
+                    v: PEER_PROTOCOL_VERSION - 1,
+                    ..hello()
+                },
+                "older",
             ),
         ];
         for (h, why) in cases {
