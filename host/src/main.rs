@@ -470,7 +470,7 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
             "  cargo run -q -- send --addr {first} kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
         );
         println!(
-            "  cargo run -q -- query --addr {} --level any kv '{{\"get\":{{\"key\":\"hello\"}}}}'",
+            "  cargo run -q -- query --addr {} --level linearizable kv '{{\"get\":{{\"key\":\"hello\"}}}}'",
             clients[clients.len() - 1]
         );
         println!("  cargo run -q -- status --addr {first}");
