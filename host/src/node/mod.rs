@@ -485,9 +485,24 @@ impl Handler<MakeSnapshot> for SnapshotMaker {
     }
 }
 
+/// Tests only: log writers under these directories take this long more
+/// per persist (a slow disk on one node).
+#[cfg(test)]
+pub(crate) static SLOW_PERSISTS: std::sync::Mutex<Vec<(PathBuf, Duration)>> =
+    std::sync::Mutex::new(Vec::new());
+
 impl Handler<Persist> for LogWriter {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
+        #[cfg(test)]
+        {
+            let slow = SLOW_PERSISTS.lock().expect("test hook lock").clone();
+            for (dir, delay) in slow {
+                if self.quarantine.starts_with(&dir) {
+                    std::thread::sleep(delay);
+                }
+            }
+        }
         let last = msg.entries.last().map(|e| (e.index, e.term));
         let hard_state = msg.hard_state.map(|(hs, _)| hs);
         let quarantined = match msg.truncate_from {

@@ -38,51 +38,68 @@ async fn status(addr: SocketAddr) -> Status {
     Client::connect(addr).await.unwrap().status().await.unwrap()
 }
 
+/// Three nodes in this process, with `natives(id)` registered on node
+/// `id`; their client addresses once one of them leads.
+async fn group(
+    dir: &std::path::Path,
+    kind: LogKind,
+    natives: impl Fn(u64) -> Natives,
+) -> Vec<SocketAddr> {
+    let mut bound = Vec::new();
+    for id in 1..=3u64 {
+        let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bound.push((id, c, p));
+    }
+    let peers: Vec<(u64, SocketAddr)> = bound
+        .iter()
+        .map(|(id, _, p)| (*id, p.local_addr().unwrap()))
+        .collect();
+    let mut addrs = Vec::new();
+    for (id, c, p) in bound {
+        let mut config = NodeConfig::new(
+            id,
+            "test",
+            c.local_addr().unwrap(),
+            dir.join(format!("n{id}")),
+        );
+        config.log_kind = kind;
+        config.peer_listen = Some(p.local_addr().unwrap());
+        config.peers = peers
+            .iter()
+            .filter(|(o, _)| *o != id)
+            .map(|(o, a)| PeerConfig {
+                id: *o,
+                address: a.to_string(),
+            })
+            .collect();
+        // Equal on every member (peers with other timing are refused).
+        config.timing = Timing {
+            heartbeat_interval_ms: 25,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        };
+        let running = run_bound(config, natives(id), c, Some(p)).unwrap();
+        addrs.push(running.client);
+    }
+    let c = Client::connect_group(addrs.clone()).await.unwrap();
+    while c.status().await.unwrap().leader.is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    addrs
+}
+
 /// Three nodes in this process; node 3 (not the leader) runs a machine
 /// that writes something else than the others' for the same command.
 async fn skewed_group(dir: &std::path::Path, kind: LogKind) -> Vec<SocketAddr> {
     let component = Sandbox::normalize(understudy_examples::COUNTER).unwrap();
     let hash = Sandbox::hash(&component);
     {
-        let mut bound = Vec::new();
-        for id in 1..=3u64 {
-            let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            bound.push((id, c, p));
-        }
-        let peers: Vec<(u64, SocketAddr)> = bound
-            .iter()
-            .map(|(id, _, p)| (*id, p.local_addr().unwrap()))
-            .collect();
-        let mut addrs = Vec::new();
-        for (id, c, p) in bound {
-            let mut config = NodeConfig::new(
-                id,
-                "test",
-                c.local_addr().unwrap(),
-                dir.join(format!("n{id}")),
-            );
-            config.log_kind = kind;
-            config.peer_listen = Some(p.local_addr().unwrap());
-            config.peers = peers
-                .iter()
-                .filter(|(o, _)| *o != id)
-                .map(|(o, a)| PeerConfig {
-                    id: *o,
-                    address: a.to_string(),
-                })
-                .collect();
-            // Equal on every member (peers with other timing are refused).
-            config.timing = Timing {
-                heartbeat_interval_ms: 25,
-                election_timeout_min_ms: 150,
-                election_timeout_max_ms: 300,
-            };
+        let addrs = group(dir, kind, |id| {
             let bias = u8::from(id == 3);
-            let natives: Natives = vec![(hash, Arc::new(Skewed { bias }))];
-            let running = run_bound(config, natives, c, Some(p)).unwrap();
-            addrs.push(running.client);
-        }
+            vec![(hash, Arc::new(Skewed { bias }) as Arc<dyn NativeMachine>)]
+        })
+        .await;
         let c = Client::connect_group(addrs.clone()).await.unwrap();
         // Node 3, the odd one, must not lead: hand over if it won.
         let leader = loop {
@@ -180,5 +197,55 @@ fn row_kind_followers_apply_effects_without_running_the_machine() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the group did not settle");
+    });
+}
+
+/// A lease read on the leader sees every write acknowledged before it,
+/// even when the leader's own disk is slower than its followers': a write
+/// is answered once the followers hold it (a majority), before the leader
+/// has logged — and so applied — it, and the lease read must then wait
+/// (the guard `applied ≥ commit` in `Node::read`) instead of reading the
+/// state without it.
+#[test]
+fn a_lease_read_sees_a_write_the_slow_leader_has_not_applied_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async move {
+        let addrs = group(dir.path(), LogKind::Statement, |_| Vec::new()).await;
+        let c = Client::connect_group(addrs.clone()).await.unwrap();
+        let w = c
+            .deploy("kv", understudy_examples::KV.to_vec())
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+        let leader = c.status().await.unwrap().leader.expect("a leader");
+        let on_leader = Client::connect(addrs[leader as usize - 1]).await.unwrap();
+        let slow = (
+            dir.path().join(format!("n{leader}")),
+            Duration::from_millis(300),
+        );
+        SLOW_PERSISTS.lock().unwrap().push(slow);
+        let cbor = |v: serde_json::Value| crate::codec::to_cbor(&v);
+        for i in 0..2 {
+            let put = serde_json::json!({"put": {"key": "k", "value": format!("v{i}")}});
+            let w = on_leader.command("kv", cbor(put)).await.unwrap();
+            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+            let s = status(addrs[leader as usize - 1]).await;
+            assert!(
+                s.applied_index < w.index,
+                "the leader has not applied the write it acknowledged yet: {s:?}"
+            );
+            let get = cbor(serde_json::json!({"get": {"key": "k"}}));
+            let (out, at) = on_leader
+                .query_at("kv", get, ReadLevel::Lease)
+                .await
+                .unwrap();
+            let Outcome::Ok(bytes) = out else {
+                panic!("{out:?}")
+            };
+            let value: Option<String> = serde_cbor::from_slice(&bytes).unwrap();
+            assert_eq!(value, Some(format!("v{i}")), "read at applied index {at}");
+        }
+        SLOW_PERSISTS.lock().unwrap().clear();
+        actix::System::current().stop();
     });
 }
