@@ -426,14 +426,7 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
                 data_dir.join(format!("node{id}")),
             );
             config.peer_listen = Some(p.local_addr()?);
-            config.peers = peer_addrs
-                .iter()
-                .filter(|(other, _)| *other != id)
-                .map(|(other, a)| PeerConfig {
-                    id: *other,
-                    address: a.to_string(),
-                })
-                .collect();
+            config.peers = PeerConfig::others(id, &peer_addrs);
             let addr = understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?.client;
             // Tests and scripts read these lines to learn the bound ports.
             println!(

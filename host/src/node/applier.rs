@@ -101,6 +101,16 @@ enum Chain {
     Speculated,
 }
 
+impl Chain {
+    /// This chain's runs, of the applier's two.
+    fn of<'a>(self, applied: &'a mut Run, speculated: &'a mut Run) -> &'a mut Run {
+        match self {
+            Chain::Applied => applied,
+            Chain::Speculated => speculated,
+        }
+    }
+}
+
 impl Run {
     /// A chain that continues after `index`, a window end (or 0).
     fn after(index: Index) -> Run {
@@ -686,7 +696,10 @@ impl Applier {
             Payload::Effects(fx) => Ok((Change::from_effects(fx), view)),
             Payload::Deploy { actor, wasm } => {
                 // A new machine for the actor: its instance ends here.
-                self.chain(chain).warm.remove(actor.as_str());
+                chain
+                    .of(&mut self.run, &mut self.spec_run)
+                    .warm
+                    .remove(actor.as_str());
                 self.deploy(actor, wasm, ctx, view, batch)
             }
             Payload::Command {
@@ -727,13 +740,6 @@ impl Applier {
         }
     }
 
-    fn chain(&mut self, chain: Chain) -> &mut Run {
-        match chain {
-            Chain::Applied => &mut self.run,
-            Chain::Speculated => &mut self.spec_run,
-        }
-    }
-
     fn command(
         &mut self,
         actor: &str,
@@ -743,10 +749,7 @@ impl Applier {
         batch: &StateBatch,
         chain: Chain,
     ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
-        let run = match chain {
-            Chain::Applied => &mut self.run,
-            Chain::Speculated => &mut self.spec_run,
-        };
+        let run = chain.of(&mut self.run, &mut self.spec_run);
         // An instance of this run is of the actor's machine: only a deploy
         // changes that, and it ends the actor's instance in every chain.
         if !run.warm.contains_key(actor) {

@@ -131,6 +131,21 @@ pub struct PeerConfig {
     pub address: String,
 }
 
+impl PeerConfig {
+    /// The peers of node `id` in a group whose members listen for peers
+    /// at `members` (id, address), `id` among them.
+    pub fn others(id: NodeId, members: &[(NodeId, SocketAddr)]) -> Vec<PeerConfig> {
+        members
+            .iter()
+            .filter(|(other, _)| *other != id)
+            .map(|(other, address)| PeerConfig {
+                id: *other,
+                address: address.to_string(),
+            })
+            .collect()
+    }
+}
+
 /// Failure-detection timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -65,14 +65,7 @@ async fn group(
         );
         config.log_kind = kind;
         config.peer_listen = Some(p.local_addr().unwrap());
-        config.peers = peers
-            .iter()
-            .filter(|(o, _)| *o != id)
-            .map(|(o, a)| PeerConfig {
-                id: *o,
-                address: a.to_string(),
-            })
-            .collect();
+        config.peers = PeerConfig::others(id, &peers);
         // Equal on every member (peers with other timing are refused).
         config.timing = Timing {
             heartbeat_interval_ms: 25,

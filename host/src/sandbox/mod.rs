@@ -409,7 +409,8 @@ impl Sandbox {
         conclude(outcome, state.view, state.writes, fuel_used)
     }
 
-    /// Run `apply(ctx, command)` of `machine` for `actor` over `view`.
+    /// Run `apply(ctx, command)` of `machine` for `actor` over `view`, on
+    /// a fresh instance.
     pub fn apply<V: StateView>(
         &self,
         machine: &LoadedMachine,
@@ -418,21 +419,10 @@ impl Sandbox {
         ctx: CallContext,
         command: &[u8],
     ) -> Result<Call<V>, SandboxFailure<V>> {
-        let mut store = self.store(actor, Box::new(view), true);
-        let result = match &machine.code {
-            Code::Native(m) => native_result(m.apply(
-                &mut NativeKv {
-                    state: store.data_mut(),
-                },
-                ctx,
-                command,
-            )),
-            Code::Wasm(pre) => match pre.instantiate(&mut store) {
-                Ok(instance) => instance.call_apply(&mut store, ctx.into(), command),
-                Err(e) => return Err(instantiate_error(e, store)),
-            },
-        };
-        self.finish(store, result)
+        match self.warm(machine, actor) {
+            Ok(mut fresh) => self.apply_warm(&mut fresh, view, ctx, command),
+            Err(error) => Err(SandboxFailure { error, view }),
+        }
     }
 
     /// An instance of `machine` for `actor` to keep for several
@@ -448,7 +438,6 @@ impl Sandbox {
         };
         Ok(Warm {
             store,
-            hash: machine.hash,
             code: instance,
             spent: false,
         })
@@ -545,7 +534,6 @@ impl Sandbox {
 /// also change the fuel a call burns).
 pub struct Warm {
     store: Store<host::HostState>,
-    hash: ModuleHash,
     code: WarmCode,
     spent: bool,
 }
@@ -556,11 +544,6 @@ enum WarmCode {
 }
 
 impl Warm {
-    /// The hash of the machine it is an instance of.
-    pub fn machine(&self) -> &ModuleHash {
-        &self.hash
-    }
-
     /// A call on it trapped, ran out of fuel or memory, or failed: it is
     /// not called again.
     pub fn spent(&self) -> bool {
