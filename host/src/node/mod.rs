@@ -1409,8 +1409,8 @@ impl Node {
                 self.waiters.insert(index, waiter);
                 // Execute it while it is replicated: its outcome is final
                 // once it commits in this term, so the writer is answered
-                // at commit (see `answer_committed`), and the applier takes
-                // the speculated change instead of running it again.
+                // at commit (see `answer_committed`); the applier runs it
+                // again on apply and checks that it gets the same.
                 let entry = self.core.unstable_entry(index).expect("just proposed");
                 self.spec.to_speculate.push(entry.clone());
                 self.drive_soon(ctx);

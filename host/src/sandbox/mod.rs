@@ -10,8 +10,11 @@
 //! * Calls ([`Sandbox::apply`], [`Sandbox::init`], [`Sandbox::query`]) run in a
 //!   fresh instance each time, so no state survives in guest memory and the
 //!   fuel a command uses depends only on the state and the command — the same
-//!   on every replica. Writes collect in a [`view::WriteSet`] over a read
-//!   view; the caller keeps or drops them.
+//!   on every replica. [`Sandbox::apply_warm`] runs a command on an instance
+//!   kept from earlier calls ([`Warm`]); its caller decides which calls share
+//!   one, and must decide it alike on every replica (the applier's runs).
+//!   Writes collect in a [`view::WriteSet`] over a read view; the caller
+//!   keeps or drops them.
 //!
 //! Deterministic failures (refusal, trap, fuel, memory limit) become an
 //! [`Outcome`]; only host-side failures (watchdog, allocator exhausted) are a
@@ -254,9 +257,10 @@ impl Sandbox {
             .total_memories(64)
             .total_tables(256)
             .max_memory_size(limits.memory_bytes_max)
-            // Every call instantiates afresh, so slot reuse is the hot path:
-            // reset small memories and tables with memset instead of
-            // madvise, and batch the decommits of the rest.
+            // Queries, deploys and each run's first command instantiate
+            // afresh, so slot reuse is a hot path: reset small memories and
+            // tables with memset instead of madvise, and batch the decommits
+            // of the rest.
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(1 << 16)
             .decommit_batch_size(32)
