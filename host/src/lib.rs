@@ -1,6 +1,7 @@
 //! Understudy: a replication host for sandboxed WebAssembly state machines.
 //!
 //! Read the modules in this order: [`types`] (log entries and outcomes),
+//! [`limits`] (every bound on what a request or a machine can make a node hold),
 //! [`codec`] (bytes), [`sandbox`] (running machines), [`storage`] (LMDB),
 //! [`replication`] (the sans-IO core), [`node`] (the actix shell that
 //! executes the core's decisions), [`net`] (framing), [`peer`] (the transport between members), [`api`] (the actor
@@ -10,6 +11,7 @@ pub use understudy_core::{replication, types};
 
 pub mod api;
 pub mod codec;
+pub mod limits;
 pub mod net;
 pub mod node;
 pub mod peer;

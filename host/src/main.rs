@@ -20,6 +20,40 @@ const DEFAULT_ADDR: &str = "127.0.0.1:7600";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How long a client command waits for one answer from a node (ms);
+    /// past it the command fails with a timeout error. `send` and
+    /// `promote` may try several nodes within this bound to find the
+    /// leader. `status` waits this long for each member, in parallel.
+    #[arg(long, global = true, default_value_t = 15_000)]
+    timeout_ms: u64,
+    /// How long a client command waits to connect to a node (ms).
+    #[arg(long, global = true, default_value_t = 3_000)]
+    connect_timeout_ms: u64,
+}
+
+/// The client time limits of this CLI run (`--timeout-ms`,
+/// `--connect-timeout-ms`).
+#[derive(Clone, Copy)]
+struct Timeouts {
+    request: std::time::Duration,
+    connect: std::time::Duration,
+}
+
+static TIMEOUTS: std::sync::OnceLock<Timeouts> = std::sync::OnceLock::new();
+
+fn timeouts() -> Timeouts {
+    *TIMEOUTS.get_or_init(|| Timeouts {
+        request: std::time::Duration::from_millis(15_000),
+        connect: std::time::Duration::from_millis(3_000),
+    })
+}
+
+/// A client of exactly the node at `addr`, with this run's time limits.
+async fn connect_node(addr: SocketAddr) -> Result<Client, understudy::api::client::ClientError> {
+    let t = timeouts();
+    Ok(Client::connect_with(addr, t.connect)
+        .await?
+        .request_timeout(t.request))
 }
 
 #[derive(Subcommand)]
@@ -40,7 +74,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -69,6 +103,10 @@ enum Command {
         /// How long a read may wait for a leader or to catch up (ms).
         #[arg(long)]
         read_timeout_ms: Option<u64>,
+        /// How long a write may wait for its outcome before it is answered
+        /// `Timeout` (ms).
+        #[arg(long)]
+        write_timeout_ms: Option<u64>,
         /// Applied entries kept in the log before the prefix is compacted.
         #[arg(long)]
         log_retain_entries: Option<u64>,
@@ -174,6 +212,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let _ = TIMEOUTS.set(Timeouts {
+        request: std::time::Duration::from_millis(cli.timeout_ms),
+        connect: std::time::Duration::from_millis(cli.connect_timeout_ms),
+    });
     if let Err(e) = dispatch(cli.command) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -198,6 +240,7 @@ fn dispatch(command: Command) -> Result<()> {
             heartbeat_ms,
             election_timeout_ms,
             read_timeout_ms,
+            write_timeout_ms,
             log_retain_entries,
             snapshot_chunk_bytes,
             log_kind,
@@ -219,6 +262,9 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(ms) = read_timeout_ms {
                         config.read_timeout_ms = ms;
+                    }
+                    if let Some(ms) = write_timeout_ms {
+                        config.write_timeout_ms = ms;
                     }
                     if let Some(n) = log_retain_entries {
                         config.compaction.retain_entries = n;
@@ -338,24 +384,32 @@ fn dispatch(command: Command) -> Result<()> {
         }),
         Command::Status { addr } => client_call(addr, Reach::Node, |c| async move {
             let first = c.status().await?;
+            // Every other member at once, each within the time limits: a
+            // frozen or unreachable member is a row that says so, and
+            // never holds up the others.
+            let others = first
+                .client_addresses
+                .iter()
+                .filter(|(id, _)| **id != first.node_id)
+                .map(|(&id, a)| async move {
+                    let status = match a.parse() {
+                        Ok(a) => match connect_node(a).await {
+                            Ok(c) => c.status().await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(format!("bad address {a}: {e}")),
+                    };
+                    (id, a.clone(), status)
+                });
             let mut all = vec![first.clone()];
-            for (&id, a) in &first.client_addresses {
-                if id == first.node_id {
-                    continue;
-                }
-                let status = match a.parse() {
-                    Ok(a) => match Client::connect(a).await {
-                        Ok(c) => c.status().await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    Err(e) => Err(format!("bad address {a}: {e}")),
-                };
+            let mut unreachable = Vec::new();
+            for (id, a, status) in futures::future::join_all(others).await {
                 match status {
                     Ok(s) => all.push(s),
-                    Err(e) => println!("node {id} at {a}: unreachable ({e})"),
+                    Err(e) => unreachable.push((id, a, e)),
                 }
             }
-            print_status(&all);
+            print_status(&all, &unreachable);
             Ok(())
         }),
         Command::Verify {
@@ -490,7 +544,7 @@ async fn catch_up(c: &Client, timeout: std::time::Duration) -> Result<()> {
         let leader_commit = match (&s.leader_address, s.role) {
             (_, understudy::replication::Role::Leader) => Some(s.commit_index),
             (Some(a), _) => match a.parse() {
-                Ok(a) => match Client::connect(a).await {
+                Ok(a) => match connect_node(a).await {
                     Ok(l) => l.status().await.ok().map(|l| l.commit_index),
                     Err(_) => None,
                 },
@@ -540,7 +594,7 @@ async fn catch_up(c: &Client, timeout: std::time::Duration) -> Result<()> {
     }
 }
 
-fn print_status(all: &[Status]) {
+fn print_status(all: &[Status], unreachable: &[(u64, String, String)]) {
     let leader = all
         .iter()
         .find(|s| s.role == understudy::replication::Role::Leader);
@@ -579,6 +633,9 @@ fn print_status(all: &[Status]) {
             heard,
             &s.digest[..s.digest.len().min(16)]
         );
+    }
+    for (id, a, why) in unreachable {
+        println!("{id:<5} {:<12} at {a}: {why}", "UNREACHABLE");
     }
     if let Some(s) = all.first() {
         println!(
@@ -621,9 +678,12 @@ where
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let t = timeouts();
         let client = match reach {
-            Reach::Leader => Client::connect_group(vec![addr]).await,
-            Reach::Node => Client::connect(addr).await,
+            Reach::Leader => Client::connect_group_with(vec![addr], t.connect)
+                .await
+                .map(|c| c.request_timeout(t.request).retry_for(t.request)),
+            Reach::Node => connect_node(addr).await,
         }
         .with_context(|| {
             format!("is a node running at {addr}? (start a group with `understudy dev`)")

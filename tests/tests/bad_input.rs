@@ -39,14 +39,12 @@ async fn assert_still_serving(node: &NodeProc) {
     assert_eq!(decode::<Option<String>>(&b).as_deref(), Some("yes"));
 }
 
-async fn raw(node: &NodeProc) -> Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec> {
+async fn raw(node: &NodeProc) -> Framed<TcpStream, understudy::net::FrameCodec> {
     let s = TcpStream::connect(node.addr).await.unwrap();
     Framed::new(s, understudy::net::codec())
 }
 
-async fn read_error(
-    f: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
-) -> ErrorCode {
+async fn read_error(f: &mut Framed<TcpStream, understudy::net::FrameCodec>) -> ErrorCode {
     let bytes = f.next().await.expect("an error frame").unwrap();
     let frame: Frame<Response> = understudy::net::decode(&bytes).unwrap();
     match frame.body {

@@ -21,6 +21,12 @@ pub enum Command {
     Write { key: String },
     /// Return the entry's time and one random number.
     Entropy,
+    /// Write a value of each size (bytes of `x`) under keys `f0`, `f1`, …
+    /// (raw bytes, no CBOR): a write-set of exactly
+    /// `sum(len(key) + size)` bytes.
+    Fill { sizes: Vec<u32> },
+    /// Refuse with code `loud` and a message of `bytes` bytes.
+    Shout { bytes: u32 },
     /// Return (and write under `remembered`) how many commands this
     /// instance has applied, itself included: memory a machine must not
     /// rely on, which shows whether calls shared an instance.
@@ -79,6 +85,13 @@ impl Machine for Misbehave {
                 kv::put(&key, &"written")?;
                 Ok((0, 0))
             }
+            Command::Fill { sizes } => {
+                for (i, size) in sizes.iter().enumerate() {
+                    kv::put_raw(format!("f{i}"), &vec![b'x'; *size as usize]);
+                }
+                Ok((sizes.len() as u64, 0))
+            }
+            Command::Shout { bytes } => Err(MachineError::new("loud", "x".repeat(bytes as usize))),
             Command::Entropy => Ok((ctx.now_ms(), understudy_guest::random())),
             Command::Remember => {
                 kv::put("remembered", &applied)?;

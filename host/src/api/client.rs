@@ -15,6 +15,7 @@ use serde_bytes::ByteBuf;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -36,7 +37,25 @@ pub enum ClientError {
     /// The node answered with something else than expected.
     #[error("unexpected response: {0:?}")]
     Unexpected(Box<Response>),
+    /// No answer (or no connection) within the client's time limit. For a
+    /// write the outcome is unknown: retry it with the same tag.
+    #[error("no answer from {addr} within {after_ms} ms ({what})")]
+    Timeout {
+        /// Server address.
+        addr: SocketAddr,
+        /// The limit that passed.
+        after_ms: u64,
+        /// `connect` or `request`.
+        what: &'static str,
+    },
 }
+
+/// How long a client waits to connect to a node, by default.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long a client waits for the answer to one request, by default
+/// (longer than a node's own read and write timeouts, so a node's
+/// `Timeout` answer comes first when the node is alive).
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 /// A committed write's result and its position (the session token).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,9 +81,14 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr)
+    async fn open(addr: SocketAddr, timeout: std::time::Duration) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
+            .map_err(|_| ClientError::Timeout {
+                addr,
+                after_ms: timeout.as_millis() as u64,
+                what: "connect",
+            })?
             .map_err(|e| ClientError::Connection {
                 addr,
                 message: e.to_string(),
@@ -118,7 +142,15 @@ impl Conn {
         self.pending.lock().expect("pending lock").is_none()
     }
 
-    async fn call(&self, body: Request) -> Result<Response, ClientError> {
+    async fn call(
+        &self,
+        body: Request,
+        timeout: std::time::Duration,
+    ) -> Result<Response, ClientError> {
+        // What a node would refuse at its door is refused here, at once,
+        // with the same error (and a frame the node could not read is
+        // never sent: it would close the connection).
+        body.admit().map_err(ClientError::Api)?;
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -142,7 +174,20 @@ impl Conn {
             }
             return Err(broken("connection closed"));
         }
-        match rx.await {
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                if let Some(pending) = self.pending.lock().expect("pending lock").as_mut() {
+                    pending.remove(&id);
+                }
+                return Err(ClientError::Timeout {
+                    addr: self.addr,
+                    after_ms: timeout.as_millis() as u64,
+                    what: "request",
+                });
+            }
+        };
+        match answer {
             Ok(Response::Error(e)) => Err(ClientError::Api(e)),
             Ok(r) => Ok(r),
             Err(_) => Err(broken("connection closed before the answer")),
@@ -166,25 +211,45 @@ pub struct Client {
     /// Index into `nodes` of the last node tried.
     cursor: std::sync::atomic::AtomicUsize,
     retry_for: std::time::Duration,
+    connect_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
     client_id: u64,
     next_seq: std::sync::atomic::AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
 }
 
 impl Client {
-    /// Connect to one node.
+    /// Connect to one node (within [`CONNECT_TIMEOUT_MS`]).
     pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
-        let conn = Conn::open(addr).await?;
-        Ok(Self::new(vec![addr], false, Some(conn)))
+        Self::connect_with(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)).await
+    }
+
+    /// Connect to one node within `connect_timeout` (also used for its
+    /// reconnects).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let conn = Conn::open(addr, connect_timeout).await?;
+        Ok(Self::new(vec![addr], false, Some(conn)).connect_timeout(connect_timeout))
     }
 
     /// Connect to a group through any of its nodes; follows the leader.
     pub async fn connect_group(nodes: Vec<SocketAddr>) -> Result<Self, ClientError> {
+        Self::connect_group_with(nodes, Duration::from_millis(CONNECT_TIMEOUT_MS)).await
+    }
+
+    /// [`Client::connect_group`] with a connect timeout per node.
+    pub async fn connect_group_with(
+        nodes: Vec<SocketAddr>,
+        connect_timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let mut last = None;
         for (i, &addr) in nodes.iter().enumerate() {
-            match Conn::open(addr).await {
+            match Conn::open(addr, connect_timeout).await {
                 Ok(conn) => {
-                    let c = Self::new(nodes.clone(), true, Some(conn));
+                    let c =
+                        Self::new(nodes.clone(), true, Some(conn)).connect_timeout(connect_timeout);
                     c.cursor.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(c);
                 }
@@ -204,6 +269,8 @@ impl Client {
             conn: Mutex::new(conn.map(Arc::new)),
             cursor: 0.into(),
             retry_for: std::time::Duration::from_secs(10),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             client_id: rand::random::<u64>() | 1,
             next_seq: 1.into(),
             in_flight: Mutex::default(),
@@ -213,6 +280,22 @@ impl Client {
     /// How long a group client keeps retrying one request.
     pub fn retry_for(mut self, d: std::time::Duration) -> Self {
         self.retry_for = d;
+        self
+    }
+
+    /// How long to wait for a connection to a node (default
+    /// [`CONNECT_TIMEOUT_MS`]).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long to wait for the answer to one request (default
+    /// [`REQUEST_TIMEOUT_MS`]); past it the call fails with
+    /// [`ClientError::Timeout`]. A group client may try several times
+    /// within [`Client::retry_for`].
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
         self
     }
 
@@ -233,7 +316,7 @@ impl Client {
         }
         if !self.follow {
             // A single-node client reconnects to its node, once per call.
-            let conn = Arc::new(Conn::open(self.nodes[0]).await?);
+            let conn = Arc::new(Conn::open(self.nodes[0], self.connect_timeout).await?);
             *self.conn.lock().expect("conn lock") = Some(conn.clone());
             return Ok(conn);
         }
@@ -250,7 +333,7 @@ impl Client {
                 self.nodes[i]
             }
         };
-        let conn = Arc::new(Conn::open(addr).await?);
+        let conn = Arc::new(Conn::open(addr, self.connect_timeout).await?);
         *self.conn.lock().expect("conn lock") = Some(conn.clone());
         Ok(conn)
     }
@@ -258,7 +341,7 @@ impl Client {
     /// Send one request to the current node and wait for its response (no
     /// retries).
     pub async fn call(&self, body: Request) -> Result<Response, ClientError> {
-        self.conn().await?.call(body).await
+        self.conn().await?.call(body, self.request_timeout).await
     }
 
     /// [`Client::call`], and for a group client: follow leader hints and
@@ -272,7 +355,7 @@ impl Client {
         let mut pause = std::time::Duration::from_millis(10);
         loop {
             let result = match self.conn().await {
-                Ok(c) => c.call(body.clone()).await,
+                Ok(c) => c.call(body.clone(), self.request_timeout).await,
                 Err(e) => Err(e),
             };
             let hint = match &result {
@@ -283,7 +366,7 @@ impl Client {
                     }
                     _ => return result,
                 },
-                Err(ClientError::Connection { .. }) => None,
+                Err(ClientError::Connection { .. } | ClientError::Timeout { .. }) => None,
                 Err(_) => return result,
             };
             if tokio::time::Instant::now() >= deadline {
@@ -299,7 +382,11 @@ impl Client {
                     // node is the one we are on): wait a little, move on.
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(200));
-                    if matches!(result, Err(ClientError::Connection { .. })) || hint.is_none() {
+                    if matches!(
+                        result,
+                        Err(ClientError::Connection { .. } | ClientError::Timeout { .. })
+                    ) || hint.is_none()
+                    {
                         let _ = self.switch(None).await;
                     }
                 }

@@ -120,6 +120,50 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The door check every request passes before it reaches the log or a
+    /// machine: names and sizes within [`crate::limits`]. What it refuses
+    /// never costs the group anything.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        use crate::limits::{COMMAND_BYTES_MAX, MODULE_BYTES_MAX, QUERY_BYTES_MAX, check};
+        let too_large = |m: String| ApiError::new(ErrorCode::TooLarge, m);
+        let bad_name = |m: String| ApiError::new(ErrorCode::BadRequest, m);
+        match self {
+            Request::Command { actor, command, .. } => {
+                crate::types::validate_actor_name(actor).map_err(bad_name)?;
+                check(
+                    "the command",
+                    command.len(),
+                    "COMMAND_BYTES_MAX",
+                    COMMAND_BYTES_MAX,
+                )
+                .map_err(too_large)
+            }
+            Request::Query { actor, request, .. } => {
+                crate::types::validate_actor_name(actor).map_err(bad_name)?;
+                check(
+                    "the query",
+                    request.len(),
+                    "QUERY_BYTES_MAX",
+                    QUERY_BYTES_MAX,
+                )
+                .map_err(too_large)
+            }
+            Request::Deploy { actor, wasm } => {
+                crate::types::validate_actor_name(actor).map_err(bad_name)?;
+                check(
+                    "the module",
+                    wasm.len(),
+                    "MODULE_BYTES_MAX",
+                    MODULE_BYTES_MAX,
+                )
+                .map_err(too_large)
+            }
+            Request::Status | Request::Promote { .. } => Ok(()),
+        }
+    }
+}
+
 /// Machine-readable error class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
@@ -147,6 +191,9 @@ pub enum ErrorCode {
     /// This node's state digest differs from the leader's at the same
     /// index (a determinism alarm): it serves no reads.
     Quarantined,
+    /// The request (or a part of it) is over a limit; the message names
+    /// the limit and its value (see [`crate::limits`]).
+    TooLarge,
 }
 
 /// An error answer.

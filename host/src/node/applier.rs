@@ -414,7 +414,21 @@ impl Change {
         }
     }
 
+    /// The change an Effects entry describes. Effects are made by a
+    /// leader's sandbox, which keeps every limit; if an entry breaks one
+    /// anyway (a host bug, a foreign leader), it is committed everywhere as
+    /// the same refusal, never written into LMDB where it would halt the
+    /// node (BRIEF invariant 9).
     fn from_effects(fx: &Effects) -> Change {
+        if let Err(why) = check_effects(fx) {
+            tracing::error!(reason = %why, "an effects entry breaks a limit; committed as refused");
+            return Change {
+                session: fx.session,
+                ..Change::of_outcome(Outcome::Trapped {
+                    trap: INVALID_EFFECTS.to_string(),
+                })
+            };
+        }
         Change {
             outcome: fx.outcome.clone(),
             writes: fx
@@ -429,6 +443,36 @@ impl Change {
                 .map(|(a, c)| (a.clone(), Sandbox::hash(c), c.to_vec())),
         }
     }
+}
+
+/// The trap kind of an Effects entry that breaks a limit.
+pub const INVALID_EFFECTS: &str = "invalid-effects";
+
+/// Whether an Effects entry keeps the limits its leader's sandbox keeps.
+fn check_effects(fx: &Effects) -> Result<(), String> {
+    use crate::limits::{LMDB_KEY_BYTES_MAX, MODULE_BYTES_MAX, VALUE_BYTES_MAX};
+    for (k, v) in &fx.writes {
+        // A prefixed key: length byte, a valid actor name, then the key.
+        let name_len = *k.first().ok_or("an empty key")? as usize;
+        let name = k
+            .get(1..1 + name_len)
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .ok_or("a key without an actor prefix")?;
+        validate_actor_name(name)?;
+        if k.len() > LMDB_KEY_BYTES_MAX {
+            return Err(format!("a key of {} bytes", k.len()));
+        }
+        if v.as_ref().is_some_and(|v| v.len() > VALUE_BYTES_MAX) {
+            return Err("a value over VALUE_BYTES_MAX".into());
+        }
+    }
+    if let Some((actor, component)) = &fx.deploy {
+        validate_actor_name(actor)?;
+        if component.len() > MODULE_BYTES_MAX {
+            return Err("a module over MODULE_BYTES_MAX".into());
+        }
+    }
+    Ok(())
 }
 
 /// Entries the leader executed ahead of their commit (row log kind): the
@@ -749,6 +793,12 @@ impl Applier {
         batch: &StateBatch,
         chain: Chain,
     ) -> Result<(Outcome, WriteSet, BatchView), ApplyError> {
+        // No actor has an invalid name (deploys refuse them), and looking
+        // one up could fail in LMDB (an empty or over-long key): answered
+        // as what it is, deterministically.
+        if validate_actor_name(actor).is_err() {
+            return Ok((Outcome::NoSuchActor, WriteSet::new(), view));
+        }
         let run = chain.of(&mut self.run, &mut self.spec_run);
         // An instance of this run is of the actor's machine: only a deploy
         // changes that, and it ends the actor's instance in every chain.
@@ -806,10 +856,21 @@ impl Applier {
         if let Err(reason) = validate_actor_name(actor) {
             return Ok((refused(reason), view));
         }
+        let limit = crate::limits::MODULE_BYTES_MAX;
+        if let Err(reason) =
+            crate::limits::check("the module", wasm.len(), "MODULE_BYTES_MAX", limit)
+        {
+            return Ok((refused(reason), view));
+        }
         let component = match Sandbox::normalize(wasm) {
             Ok(c) => c,
             Err(e) => return Ok((refused(e.to_string()), view)),
         };
+        let what = "the module as a component";
+        if let Err(reason) = crate::limits::check(what, component.len(), "MODULE_BYTES_MAX", limit)
+        {
+            return Ok((refused(reason), view));
+        }
         let hash = Sandbox::hash(&component);
         let bytes = component.clone();
         let loaded = self
@@ -1025,6 +1086,9 @@ impl Applier {
         request: &[u8],
         view: BatchView,
     ) -> (Result<Outcome, QueryError>, BatchView) {
+        if validate_actor_name(actor).is_err() {
+            return (Err(QueryError::NoSuchActor(actor.to_string())), view);
+        }
         let loaded =
             self.machines
                 .of_actor(&self.sandbox, &self.state, actor, &view, &self.pending);
@@ -1637,6 +1701,170 @@ mod tests {
         assert_eq!(remembered(&ahead[0].1), Some(1));
         let err = leader.execute(&log[9..10]).unwrap_err();
         assert!(matches!(err, ApplyError::Diverged { index: 10 }), "{err}");
+    }
+
+    /// Every content limit at, and one past, its value: a committed
+    /// outcome either way, never an error, and the state checkpoints
+    /// (an over-long key used to reach LMDB and halt every node there).
+    #[test]
+    fn content_at_and_past_every_limit_is_an_outcome_and_the_state_checkpoints() {
+        use crate::limits::{
+            KEY_BYTES_MAX, MODULE_BYTES_MAX, RESPONSE_BYTES_MAX, WRITE_SET_BYTES_MAX,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path());
+        let deploy = |index, actor: &str, wasm: Vec<u8>| {
+            entry(
+                index,
+                Payload::Deploy {
+                    actor: actor.into(),
+                    wasm: wasm.into(),
+                },
+            )
+        };
+        let kv = |index, actor: &str, json: serde_json::Value| {
+            entry(
+                index,
+                Payload::Command {
+                    actor: actor.into(),
+                    client: None,
+                    command: codec::to_cbor(&json).into(),
+                },
+            )
+        };
+        let put = |index, key: String| {
+            kv(
+                index,
+                "kv",
+                serde_json::json!({"put": {"key": key, "value": "v"}}),
+            )
+        };
+        let trapped = |kind: &str| Outcome::Trapped { trap: kind.into() };
+        // A write-set of exactly the limit: keys `f0`..`f7` (2 bytes each).
+        let each = WRITE_SET_BYTES_MAX / 8 - 2;
+        let mut sizes = vec![each; 8];
+        let fill = |index, sizes: &[usize]| {
+            misbehave(
+                index,
+                1,
+                &serde_json::json!({"fill": {"sizes": sizes}}).to_string(),
+            )
+        };
+        let shout = |index, bytes: usize| {
+            misbehave(
+                index,
+                1,
+                &serde_json::json!({"shout": {"bytes": bytes}}).to_string(),
+            )
+        };
+        let mut log = vec![
+            deploy(1, "kv", understudy_examples::KV.to_vec()),
+            deploy(2, "m", understudy_examples::MISBEHAVE.to_vec()),
+            put(3, "k".repeat(KEY_BYTES_MAX)),
+            put(4, "k".repeat(KEY_BYTES_MAX + 1)),
+            put(5, "k".repeat(600)),
+            kv(
+                6,
+                "",
+                serde_json::json!({"put": {"key": "a", "value": "v"}}),
+            ),
+            kv(
+                7,
+                &"a".repeat(600),
+                serde_json::json!({"put": {"key": "a", "value": "v"}}),
+            ),
+            deploy(8, "", understudy_examples::KV.to_vec()),
+            deploy(9, "big", vec![0u8; MODULE_BYTES_MAX + 1]),
+            fill(10, &sizes),
+        ];
+        sizes[7] += 1;
+        log.push(fill(11, &sizes));
+        log.push(shout(12, RESPONSE_BYTES_MAX - "loud".len()));
+        log.push(shout(13, RESPONSE_BYTES_MAX - "loud".len() + 1));
+        let outcomes: Vec<Outcome> = a
+            .execute(&log)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert!(
+            outcomes[..2].iter().all(Outcome::is_ok),
+            "{:?}",
+            &outcomes[..2]
+        );
+        assert!(
+            outcomes[2].is_ok(),
+            "a key of KEY_BYTES_MAX: {:?}",
+            outcomes[2]
+        );
+        assert_eq!(outcomes[3], trapped("kv-too-large"));
+        assert_eq!(outcomes[4], trapped("kv-too-large"));
+        assert_eq!(outcomes[5], Outcome::NoSuchActor);
+        assert_eq!(outcomes[6], Outcome::NoSuchActor);
+        assert!(
+            matches!(&outcomes[7], Outcome::DeployRefused { reason } if reason.contains("actor name"))
+        );
+        assert!(
+            matches!(&outcomes[8], Outcome::DeployRefused { reason } if reason.contains("MODULE_BYTES_MAX"))
+        );
+        assert!(
+            outcomes[9].is_ok(),
+            "a write-set of WRITE_SET_BYTES_MAX: {:?}",
+            outcomes[9]
+        );
+        assert_eq!(outcomes[10], trapped("write-set-too-large"));
+        assert!(matches!(&outcomes[11], Outcome::Refused { code, .. } if code == "loud"));
+        assert_eq!(outcomes[12], trapped(crate::sandbox::RESPONSE_TOO_LARGE));
+        // Two values of 600 kB: a scan of both answers over the limit.
+        let big = |index, key: &str| {
+            kv(
+                index,
+                "kv",
+                serde_json::json!({"put": {"key": key, "value": "v".repeat(600_000)}}),
+            )
+        };
+        a.execute(&[big(14, "big1"), big(15, "big2")]).unwrap();
+        // The state holding the longest key becomes durable.
+        a.execute(&adds_for_kv(16, RUN_WINDOW)).unwrap();
+        assert!(a.checkpoint().unwrap());
+        assert_eq!(a.durable().index, RUN_WINDOW);
+        let get = codec::to_cbor(&serde_json::json!({"get": {"key": "k".repeat(KEY_BYTES_MAX)}}));
+        assert_eq!(
+            a.query("kv", &get).unwrap().0,
+            Outcome::Ok(codec::to_cbor(&Some("v")).into())
+        );
+        let get =
+            codec::to_cbor(&serde_json::json!({"get": {"key": "k".repeat(KEY_BYTES_MAX + 1)}}));
+        assert_eq!(a.query("kv", &get).unwrap().0, trapped("kv-too-large"));
+        assert!(matches!(a.query("", &get), Err(QueryError::NoSuchActor(_))));
+        let scan = codec::to_cbor(&serde_json::json!({"scan": {"prefix": "big", "limit": 1}}));
+        assert!(
+            a.query("kv", &scan).unwrap().0.is_ok(),
+            "one value: under the limit"
+        );
+        let scan = codec::to_cbor(&serde_json::json!({"scan": {"prefix": "big", "limit": 2}}));
+        assert_eq!(
+            a.query("kv", &scan).unwrap().0,
+            trapped(crate::sandbox::RESPONSE_TOO_LARGE)
+        );
+    }
+
+    fn adds_for_kv(from: Index, to: Index) -> Vec<Entry> {
+        (from..=to)
+            .map(|i| {
+                entry(
+                    i,
+                    Payload::Command {
+                        actor: "kv".into(),
+                        client: None,
+                        command: codec::to_cbor(
+                            &serde_json::json!({"put": {"key": "n", "value": i.to_string()}}),
+                        )
+                        .into(),
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::peer::{PeerMessage, Peers};
 use crate::replication::{Core, GroupConfig, Message, ProposeError, Ready, Role};
 use crate::sandbox::{Sandbox, SandboxLimits};
 use crate::storage::{self, AppliedState, DirLock, HardState, Identity, LogStore, StorageOptions};
-use crate::types::{Entry, Index, NodeId, Outcome, Payload, Term, validate_actor_name};
+use crate::types::{Entry, Index, NodeId, Outcome, Payload, Term};
 use actix::prelude::*;
 use applier::Applier;
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,11 @@ pub struct NodeConfig {
     /// fails with `Timeout`.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// How long a write may wait for its outcome (the log, a majority,
+    /// the apply) before it is answered `Timeout` ("outcome unknown":
+    /// retried with the same client tag it is applied at most once).
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
     /// When the applied prefix of the log is compacted.
     #[serde(default)]
     pub compaction: Compaction,
@@ -174,6 +179,10 @@ fn default_read_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+
 fn default_checkpoint_entries_max() -> usize {
     8192
 }
@@ -192,6 +201,10 @@ const TICK_MS: u64 = 20;
 /// Most entries written in one log transaction.
 const APPEND_BATCH_ENTRIES_MAX: usize = 4096;
 
+/// A peer heard from within this many maximum election timeouts counts as
+/// alive when a forced promotion is asked for.
+pub const PEER_ALIVE_ELECTION_TIMEOUTS: u64 = 3;
+
 impl NodeConfig {
     /// A config with defaults for everything but the essentials.
     pub fn new(node_id: NodeId, cluster_id: &str, listen: SocketAddr, data_dir: PathBuf) -> Self {
@@ -209,6 +222,7 @@ impl NodeConfig {
             peers: Vec::new(),
             timing: Timing::default(),
             read_timeout_ms: default_read_timeout_ms(),
+            write_timeout_ms: default_write_timeout_ms(),
             compaction: Compaction::default(),
             log_kind: LogKind::default(),
         }
@@ -763,6 +777,8 @@ struct Waiter {
     /// (row kind: it is in the entry): final once the entry commits in
     /// this term, so the writer is answered at commit, not after the apply.
     outcome: Option<Outcome>,
+    /// When the writer is answered `Timeout` if nothing else came first.
+    deadline_ms: u64,
 }
 
 /// The leader's speculation: proposals the applier executes ahead of their
@@ -803,6 +819,10 @@ pub struct Node {
     peers: Peers,
     /// Client addresses of members (ours, and as peers announced them).
     client_addresses: BTreeMap<NodeId, String>,
+    /// When each peer was last heard from (any connection or message), by
+    /// this node's clock: a forced promotion is refused while a majority
+    /// may still be alive.
+    peer_heard_ms: BTreeMap<NodeId, u64>,
     /// Clients waiting for their entry, by index.
     waiters: BTreeMap<Index, Waiter>,
     /// Linearizable reads waiting for their read index, by request id,
@@ -971,6 +991,7 @@ impl Node {
         let peers = Peers::start(&me, &peer_addresses);
         let node = Node {
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
+            peer_heard_ms: BTreeMap::new(),
             config,
             core,
             writer,
@@ -1089,6 +1110,52 @@ impl Node {
     /// majority acknowledged and this node lacks is lost — that is the
     /// decision being made, and it is logged as such. Recorded in a file of
     /// the data directory so that a restart keeps it.
+    /// `Err` with the reason while this node has signs that its group can
+    /// still elect a leader without it being forced: it leads a group of
+    /// more than one, it heard from a leader, or it heard from enough
+    /// peers to make a majority with itself, within
+    /// [`PEER_ALIVE_ELECTION_TIMEOUTS`] maximum election timeouts. Forcing
+    /// it then would make two groups that both take writes.
+    fn majority_may_be_alive(&self) -> Result<(), String> {
+        let members = self.core.members().len();
+        if members <= 1 {
+            return Ok(());
+        }
+        if self.core.role() == Role::Leader {
+            return Err(format!(
+                "this node leads its group of {members} (term {})",
+                self.core.term()
+            ));
+        }
+        let window_ms = PEER_ALIVE_ELECTION_TIMEOUTS * self.config.timing.election_timeout_max_ms;
+        let now = Self::now_ms();
+        let recent = |id: &NodeId| {
+            self.peer_heard_ms
+                .get(id)
+                .is_some_and(|t| now.saturating_sub(*t) <= window_ms)
+        };
+        if let Some(leader) = self.core.leader().filter(recent) {
+            return Err(format!(
+                "this node heard from leader {leader} (term {}) within the last {window_ms} ms",
+                self.core.term()
+            ));
+        }
+        let alive: Vec<NodeId> = self
+            .core
+            .members()
+            .iter()
+            .copied()
+            .filter(|id| *id != self.config.node_id && recent(id))
+            .collect();
+        if alive.len() + 1 > members / 2 {
+            return Err(format!(
+                "members {alive:?} were heard from within the last {window_ms} ms: with this \
+                 node they are a majority of {members}, which can elect a leader"
+            ));
+        }
+        Ok(())
+    }
+
     fn force_alone(&mut self, node: NodeId) -> Response {
         if node != self.config.node_id {
             return Response::Error(ApiError::new(
@@ -1096,6 +1163,14 @@ impl Node {
                 format!(
                     "a forced promotion is sent to the node to promote (this is node {}, not {node})",
                     self.config.node_id
+                ),
+            ));
+        }
+        if let Err(why) = self.majority_may_be_alive() {
+            return Response::Error(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "forced promotion refused: {why}; a forced promotion is only for a group that lost its majority for good (use `promote` without --force to switch over)"
                 ),
             ));
         }
@@ -1405,6 +1480,7 @@ impl Node {
                     concern,
                     reply,
                     outcome: None,
+                    deadline_ms: Self::now_ms() + self.config.write_timeout_ms,
                 };
                 self.waiters.insert(index, waiter);
                 // Execute it while it is replicated: its outcome is final
@@ -1512,6 +1588,9 @@ impl Node {
         }
         if self.spec.led.is_some() {
             self.discard_speculation("leadership changed");
+            if leading.is_none() {
+                self.release_uncommitted_writers();
+            }
         }
         self.spec.led = leading;
         if leading.is_some() {
@@ -1525,6 +1604,57 @@ impl Node {
             }
         }
         let _ = ctx;
+    }
+
+    /// A leader that lost its term answers every writer whose entry has
+    /// not committed (BRIEF invariant 10): it will not learn their outcome
+    /// as leader, and as a follower it may never hear of their entry again
+    /// (a cut-off old leader keeps it until it rejoins). The entry may
+    /// still commit under the next leader, so the answer says the outcome
+    /// is unknown; a retry with the same client tag (the Rust client
+    /// retries `NotLeader`) is applied at most once and gets the first
+    /// outcome. Writers of committed entries are answered at apply.
+    fn release_uncommitted_writers(&mut self) {
+        let commit = self.core.commit_index();
+        let gone = self.waiters.split_off(&(commit + 1));
+        for (index, w) in gone {
+            let _ = w.reply.send(Response::Error(self.not_leader(&format!(
+                "this node lost its leadership (term {}) before entry {index} committed; \
+                 its outcome is unknown: retry with the same client tag",
+                w.term
+            ))));
+        }
+    }
+
+    /// Writers whose deadline passed are answered `Timeout` (outcome
+    /// unknown; see [`NodeConfig::write_timeout_ms`]).
+    fn expire_writes(&mut self) {
+        let now = Self::now_ms();
+        let expired: Vec<Index> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline_ms <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in expired {
+            let w = self.waiters.remove(&index).expect("listed");
+            let _ = w.reply.send(Response::Error(ApiError {
+                leader: self.core.leader(),
+                leader_address: self.leader_address(),
+                ..ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "entry {index} (term {}) got no outcome within write_timeout_ms = {} ms \
+                         (commit {}, applied {}); its outcome is unknown: retry with the same \
+                         client tag",
+                        w.term,
+                        self.config.write_timeout_ms,
+                        self.core.commit_index(),
+                        self.core.applied_index()
+                    ),
+                )
+            }));
+        }
     }
 
     /// Release writes held for the barrier, or expire them.
@@ -1863,6 +1993,7 @@ impl Actor for Node {
             node.reask_reads();
             node.drive(ctx);
             node.expire_reads();
+            node.expire_writes();
             node.release_held_rows(ctx);
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
@@ -1875,6 +2006,10 @@ impl Handler<ClientCall> for Node {
     type Result = ();
     fn handle(&mut self, msg: ClientCall, ctx: &mut Self::Context) {
         let ClientCall { request, reply } = msg;
+        if let Err(e) = request.admit() {
+            let _ = reply.send(Response::Error(e));
+            return;
+        }
         match request {
             Request::Command {
                 actor,
@@ -1894,8 +2029,15 @@ impl Handler<ClientCall> for Node {
             Request::Deploy { actor, wasm } => {
                 // Refuse bad modules before they reach the log; the applier
                 // checks again, deterministically, when it applies.
-                let checked = validate_actor_name(&actor)
-                    .and_then(|()| Sandbox::normalize(&wasm).map_err(|e| e.to_string()));
+                let limit = crate::limits::MODULE_BYTES_MAX;
+                let checked = Sandbox::normalize(&wasm)
+                    .map_err(|e| (ErrorCode::BadRequest, e.to_string()))
+                    .and_then(|c| {
+                        let what = "the module as a component";
+                        crate::limits::check(what, c.len(), "MODULE_BYTES_MAX", limit)
+                            .map(|()| c)
+                            .map_err(|m| (ErrorCode::TooLarge, m))
+                    });
                 match checked {
                     Ok(component) => self.propose(
                         Payload::Deploy {
@@ -1906,11 +2048,8 @@ impl Handler<ClientCall> for Node {
                         reply,
                         ctx,
                     ),
-                    Err(message) => {
-                        let _ = reply.send(Response::Error(ApiError::new(
-                            ErrorCode::BadRequest,
-                            message,
-                        )));
+                    Err((code, message)) => {
+                        let _ = reply.send(Response::Error(ApiError::new(code, message)));
                     }
                 }
             }
@@ -2007,6 +2146,7 @@ impl Handler<Speculated> for Node {
                             concern,
                             reply,
                             outcome: outcomes.get(&index).cloned(),
+                            deadline_ms: Self::now_ms() + self.config.write_timeout_ms,
                         },
                     );
                 }
@@ -2020,6 +2160,12 @@ impl Handler<Speculated> for Node {
 impl Handler<FromPeer> for Node {
     type Result = ();
     fn handle(&mut self, msg: FromPeer, ctx: &mut Self::Context) {
+        let from = match &msg.0 {
+            crate::peer::Inbound::Connected { from, .. }
+            | crate::peer::Inbound::Snapshot { from, .. }
+            | crate::peer::Inbound::Message { from, .. } => *from,
+        };
+        self.peer_heard_ms.insert(from, Self::now_ms());
         match msg.0 {
             crate::peer::Inbound::Connected {
                 from,

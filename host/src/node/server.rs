@@ -11,6 +11,13 @@
 //! read and having their answer written: a client that pipelines without
 //! reading its answers stops being read (TCP pushes back on it) instead of
 //! making the node buffer answers without bound.
+//!
+//! At most [`CLIENT_CONNECTIONS_MAX`] connections are served at once; one
+//! more gets an `Overloaded` error frame naming the limit and is closed.
+//! A frame must arrive whole within [`FRAME_READ_TIMEOUT_MS`] of its first
+//! byte, and a connection with no request in flight that sends nothing for
+//! [`IDLE_TIMEOUT_MS`] is closed: slow or idle clients cannot pin the
+//! node's memory or file descriptors.
 
 use super::{ClientCall, Node};
 use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
@@ -27,15 +34,37 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 /// Requests of one connection read and not yet answered on the wire.
 pub const IN_FLIGHT_MAX: usize = 1024;
 
+/// Client connections one node serves at once.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
+
+/// How long a frame may take to arrive, from its first byte to its last.
+pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// How long a connection with nothing in flight may stay silent.
+pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+
+/// How often a connection checks its two timeouts.
+const TIMEOUT_CHECK_MS: u64 = 1_000;
+
 /// Accept connections forever on the current arbiter.
 pub fn serve(listener: TcpListener, node: Addr<Node>) {
+    let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(held) = connections.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "client connection refused: CLIENT_CONNECTIONS_MAX = {CLIENT_CONNECTIONS_MAX} held");
+                        actix::spawn(refuse_connection(stream));
+                        continue;
+                    };
                     tracing::debug!(%peer, "client connected");
-                    actix::spawn(connection(stream, node.clone()));
+                    let node = node.clone();
+                    actix::spawn(async move {
+                        connection(stream, node).await;
+                        drop(held);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -44,6 +73,19 @@ pub fn serve(listener: TcpListener, node: Addr<Node>) {
             }
         }
     });
+}
+
+/// Tell a client over the connection limit why, and close (bounded: a
+/// client that does not read gets its socket closed anyway).
+async fn refuse_connection(stream: tokio::net::TcpStream) {
+    let message = format!(
+        "this node serves at most CLIENT_CONNECTIONS_MAX = {CLIENT_CONNECTIONS_MAX} client \
+         connections; retry later or close idle ones"
+    );
+    let body = Response::Error(ApiError::new(ErrorCode::Overloaded, message));
+    let mut sink = FramedWrite::new(stream, net::codec());
+    let send = sink.send(frame(0, body));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
 }
 
 /// An answer on its way to the wire, holding its request's slot.
@@ -70,11 +112,51 @@ async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>) {
         let _ = SinkExt::<Bytes>::close(&mut sink).await;
     });
     let mut frames = FramedRead::new(r, net::codec());
+    let check = std::time::Duration::from_millis(TIMEOUT_CHECK_MS);
+    // When the frame being read had its first byte (seen at a check), and
+    // since when nothing was read or in flight.
+    let mut frame_started: Option<std::time::Instant> = None;
+    let mut idle_since = std::time::Instant::now();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(item) = frames.next().await else {
+        let item = loop {
+            match tokio::time::timeout(check, frames.next()).await {
+                Ok(item) => break item,
+                Err(_) => {
+                    let now = std::time::Instant::now();
+                    if frames.read_buffer().is_empty() {
+                        frame_started = None;
+                        let busy = slots.available_permits() < IN_FLIGHT_MAX - 1;
+                        if busy {
+                            idle_since = now;
+                        } else if now.duration_since(idle_since).as_millis() as u64
+                            >= IDLE_TIMEOUT_MS
+                        {
+                            tracing::debug!("closing a client connection idle for IDLE_TIMEOUT_MS");
+                            return;
+                        }
+                        continue;
+                    }
+                    let started = *frame_started.get_or_insert(now);
+                    if now.duration_since(started).as_millis() as u64 >= FRAME_READ_TIMEOUT_MS {
+                        let message = format!(
+                            "a frame did not arrive whole within FRAME_READ_TIMEOUT_MS = \
+                             {FRAME_READ_TIMEOUT_MS} ms ({} bytes of it came)",
+                            frames.read_buffer().len()
+                        );
+                        tracing::warn!(%message, "refusing client frame; closing connection");
+                        let body = Response::Error(ApiError::new(ErrorCode::BadFrame, message));
+                        let _ = tx.send((frame(0, body), slot)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        frame_started = None;
+        idle_since = std::time::Instant::now();
+        let Some(item) = item else {
             return; // the client closed
         };
         match request(item) {

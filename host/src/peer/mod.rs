@@ -35,8 +35,9 @@ use tokio_util::codec::Framed;
 /// Version of the peer protocol spoken by this build. 2: commands share
 /// instances within runs (`node::applier::RUN_WINDOW`), which may compute
 /// other results than version 1's fresh instances, so the two never mix in
-/// a group.
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// a group. 3: the content limits of [`crate::limits`] refuse some
+/// commands that version 2 applied.
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 
 /// Messages queued per control lane before new ones are dropped.
 const CONTROL_QUEUE: usize = 4096;
@@ -45,6 +46,12 @@ const CONTROL_QUEUE: usize = 4096;
 const DATA_QUEUE: usize = 64;
 /// How long a hello (or its reply) may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest hello frame accepted before the peer is known.
+pub const HELLO_BYTES_MAX: usize = 4 << 10;
+/// Most inbound peer connections a node holds at once (each member dials
+/// three lanes; the rest is room for reconnects). Past it a new connection
+/// is closed at once and logged.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
 
 /// Which connection a message travels on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,16 +225,26 @@ pub enum Inbound {
 
 /// Accept peer connections forever; every accepted message goes to `sink`.
 pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + Clone + 'static) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
     actix::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            %addr,
+                            "peer connection refused: PEER_CONNECTIONS_MAX = {PEER_CONNECTIONS_MAX} held"
+                        );
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (me, sink) = (me.clone(), sink.clone());
                     actix::spawn(async move {
                         if let Err(e) = receive(stream, &me, sink).await {
                             tracing::debug!(%addr, error = %e, "peer connection ended");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -245,7 +262,8 @@ async fn receive(
     sink: impl Fn(Inbound),
 ) -> Result<(), String> {
     let addr = stream.peer_addr().map_err(|e| e.to_string())?;
-    let mut framed = Framed::new(stream, net::codec());
+    // Until it has said who it is, a connection may send only a small hello.
+    let mut framed = Framed::new(stream, net::FrameCodec::with_max(HELLO_BYTES_MAX));
     let first = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
         .await
         .map_err(|_| "no hello in time".to_string())?
@@ -258,6 +276,7 @@ async fn receive(
     if let Err(reason) = me.check(&hello) {
         return Err(refuse(&mut framed, addr, reason).await);
     }
+    framed.codec_mut().set_max_frame_bytes(net::FRAME_BYTES_MAX);
     framed
         .send(net::encode(&HelloReply::Welcome))
         .await
@@ -307,7 +326,7 @@ fn read_hello(frame: &BytesMut) -> Result<Hello, String> {
 }
 
 async fn refuse(
-    framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: &mut Framed<TcpStream, crate::net::FrameCodec>,
     addr: std::net::SocketAddr,
     reason: String,
 ) -> String {
@@ -427,7 +446,7 @@ enum DialError {
 async fn connect(
     address: &str,
     hello: &Hello,
-) -> Result<Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>, DialError> {
+) -> Result<Framed<TcpStream, crate::net::FrameCodec>, DialError> {
     let io = |e: std::io::Error| DialError::Io(e.to_string());
     let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(address))
         .await

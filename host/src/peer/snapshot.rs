@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 /// How long one step of the dialogue may take (installing a large snapshot
 /// gets [`INSTALL_TIMEOUT`]).
@@ -73,7 +73,7 @@ pub enum Answer {
     Failed(String),
 }
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+type Conn = Framed<TcpStream, net::FrameCodec>;
 
 async fn recv<T: serde::de::DeserializeOwned>(c: &mut Conn, within: Duration) -> Result<T, String> {
     let frame = tokio::time::timeout(within, c.next())

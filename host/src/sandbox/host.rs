@@ -9,12 +9,8 @@
 use super::bindings::understudy::machine::{kv, log, types};
 use super::view::{self, RANGE_LIMIT_MAX, WriteSet};
 use super::{SandboxLimits, StateView};
+use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_SET_BYTES_MAX};
 use std::sync::Arc;
-
-/// Largest key a machine may write.
-pub const KEY_BYTES_MAX: usize = 4 << 10;
-/// Largest value a machine may write.
-pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// Longest log message kept.
 const LOG_MESSAGE_BYTES_MAX: usize = 4 << 10;
 /// Fixed host-unit cost of one kv call.
@@ -30,8 +26,14 @@ pub enum HostTrap {
     #[error("host work budget of the call exhausted")]
     HostBudget,
     /// Key or value over the size limit.
-    #[error("kv key or value too large (key max {KEY_BYTES_MAX} B, value max {VALUE_BYTES_MAX} B)")]
+    #[error(
+        "kv key or value too large (KEY_BYTES_MAX = {KEY_BYTES_MAX} bytes, \
+         VALUE_BYTES_MAX = {VALUE_BYTES_MAX} bytes)"
+    )]
     TooLarge,
+    /// The call's writes would hold more than the write-set limit.
+    #[error("the call's writes exceed WRITE_SET_BYTES_MAX = {WRITE_SET_BYTES_MAX} bytes")]
+    WriteSetTooLarge,
 }
 
 impl HostTrap {
@@ -41,6 +43,7 @@ impl HostTrap {
             HostTrap::WriteInQuery => "write-in-query",
             HostTrap::HostBudget => "host-budget",
             HostTrap::TooLarge => "kv-too-large",
+            HostTrap::WriteSetTooLarge => "write-set-too-large",
         }
     }
 }
@@ -80,6 +83,8 @@ impl wasmtime::ResourceLimiter for Limiter {
 pub struct HostState {
     pub(super) view: Box<dyn StateView>,
     pub(super) writes: WriteSet,
+    /// Bytes (keys and values) `writes` holds.
+    write_bytes: usize,
     writable: bool,
     actor: Arc<str>,
     pub(super) limiter: Limiter,
@@ -97,6 +102,7 @@ impl HostState {
         HostState {
             view,
             writes: WriteSet::new(),
+            write_bytes: 0,
             writable,
             actor: Arc::from(actor),
             limiter: Limiter {
@@ -117,6 +123,7 @@ impl HostState {
         limits: &SandboxLimits,
     ) -> Box<dyn StateView> {
         self.writes = WriteSet::new();
+        self.write_bytes = 0;
         self.host_units_left = limits.host_units_per_call;
         self.limiter.memory_limit_hit = false;
         std::mem::replace(&mut self.view, view)
@@ -136,6 +143,22 @@ impl HostState {
         }
     }
 
+    /// Record `value` under `key` in the call's writes, within
+    /// [`WRITE_SET_BYTES_MAX`] (counted as the write-set holds it, so
+    /// rewriting one key does not add up).
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
+        let size = |k: &[u8], v: &Option<Vec<u8>>| k.len() + v.as_ref().map_or(0, Vec::len);
+        let old = self.writes.get(&key).map_or(0, |v| size(&key, v));
+        let new = size(&key, &value);
+        let total = self.write_bytes - old + new;
+        if total > WRITE_SET_BYTES_MAX {
+            return Err(wasmtime::Error::new(HostTrap::WriteSetTooLarge));
+        }
+        self.write_bytes = total;
+        self.writes.insert(key, value);
+        Ok(())
+    }
+
     fn check_writable(&self) -> wasmtime::Result<()> {
         if self.writable {
             Ok(())
@@ -145,10 +168,20 @@ impl HostState {
     }
 }
 
+/// Every key a machine names must fit LMDB after the actor prefix: a
+/// deterministic trap (the same on every replica), never a storage error.
+fn check_key(key: &[u8]) -> wasmtime::Result<()> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(wasmtime::Error::new(HostTrap::TooLarge));
+    }
+    Ok(())
+}
+
 impl types::Host for HostState {}
 
 impl kv::Host for HostState {
     fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        check_key(&key)?;
         self.charge(key.len())?;
         let value = view::layered_get(&self.writes, self.view.as_ref(), &key);
         self.charge(value.as_ref().map_or(0, Vec::len))?;
@@ -161,15 +194,15 @@ impl kv::Host for HostState {
             return Err(wasmtime::Error::new(HostTrap::TooLarge));
         }
         self.charge(key.len() + value.len())?;
-        self.writes.insert(key, Some(value));
-        Ok(())
+        self.write(key, Some(value))
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<bool> {
         self.check_writable()?;
+        check_key(&key)?;
         self.charge(key.len())?;
         let existed = view::layered_get(&self.writes, self.view.as_ref(), &key).is_some();
-        self.writes.insert(key, None);
+        self.write(key, None)?;
         Ok(existed)
     }
 
@@ -179,6 +212,10 @@ impl kv::Host for HostState {
         end: Option<Vec<u8>>,
         limit: u32,
     ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_key(&start)?;
+        if let Some(end) = &end {
+            check_key(end)?;
+        }
         let limit = (limit as usize).min(RANGE_LIMIT_MAX);
         self.charge(start.len() + limit * 16)?;
         let pairs = view::layered_range(

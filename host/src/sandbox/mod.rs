@@ -600,8 +600,16 @@ fn native_result(r: Result<Vec<u8>, (String, String)>) -> CallResult {
 
 /// The outcome of a call that returned `result`, or a host failure.
 fn outcome_of(result: CallResult, state: &host::HostState) -> Result<Outcome, SandboxError> {
+    use crate::limits::RESPONSE_BYTES_MAX;
+    // An answer travels in log entries (row kind), sessions and frames:
+    // past the limit it is a deterministic trap, the same on every replica.
+    let too_large = || Outcome::Trapped {
+        trap: RESPONSE_TOO_LARGE.to_string(),
+    };
     match result {
+        Ok(Ok(bytes)) if bytes.len() > RESPONSE_BYTES_MAX => Ok(too_large()),
         Ok(Ok(bytes)) => Ok(Outcome::Ok(ByteBuf::from(bytes))),
+        Ok(Err(e)) if e.code.len() + e.message.len() > RESPONSE_BYTES_MAX => Ok(too_large()),
         Ok(Err(e)) => Ok(Outcome::Refused {
             code: e.code,
             message: e.message,
@@ -609,6 +617,9 @@ fn outcome_of(result: CallResult, state: &host::HostState) -> Result<Outcome, Sa
         Err(err) => classify(&err, state),
     }
 }
+
+/// The trap kind of an answer over [`crate::limits::RESPONSE_BYTES_MAX`].
+pub const RESPONSE_TOO_LARGE: &str = "response-too-large";
 
 /// A finished call: the view handed back, and the writes only if `Ok`.
 fn conclude<V: StateView>(

@@ -11,20 +11,78 @@
 //! large batches and then starts the journal over.
 //!
 //! Format: records back to back from offset 0, each
-//! `generation u64 LE ‖ length u32 LE ‖ crc32 u32 LE ‖ payload`, the CRC
-//! over generation, length and payload. A scan reads records of one
+//! `generation u64 LE ‖ length u32 LE ‖ crc32 u32 LE ‖ batch start u64 LE ‖
+//! payload`, the CRC over generation, length, batch start and payload; the
+//! batch start is the offset of the first record of the batch (one write,
+//! one `fdatasync`) the record was written in. A scan reads records of one
 //! generation from offset 0 and stops at the first that is not whole and
 //! valid: the zeros of a fresh file, a torn write, or a record of an older
 //! generation (the journal starts over at offset 0 under a new generation,
 //! recorded in LMDB in the same transaction that took in everything the
 //! old generation held, so old records are never read again).
+//!
+//! Only the last batch may be torn: a crash during its write may persist
+//! any of its pages, so valid records of the same batch may follow a bad
+//! one, and none of them was acknowledged. A valid record of a *later*
+//! batch (its batch start is past the bad record) proves that the bad
+//! record's batch was complete and acknowledged: that is corruption (a
+//! flipped bit, a bad disk), and the scan refuses it with
+//! [`ScanError::Corrupt`] instead of silently dropping acknowledged
+//! entries.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes of a record header.
-pub const HEADER_BYTES: u64 = 16;
+pub const HEADER_BYTES: u64 = 24;
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// Reading the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A damaged record is followed by records of a later batch.
+    #[error(
+        "the record at offset {offset} is damaged, but records of a later batch follow it \
+         (at offset {later}): entries this node acknowledged are damaged"
+    )]
+    Corrupt {
+        /// Where the damaged record starts.
+        offset: u64,
+        /// A valid record of a later batch.
+        later: u64,
+    },
+}
+
+/// One record parsed at an offset of the file image.
+struct Record<'a> {
+    batch_start: u64,
+    payload: &'a [u8],
+}
+
+/// The record of `generation` at `at` in `image`, if it is whole and valid.
+fn record_at(image: &[u8], at: usize, generation: u64) -> Option<Record<'_>> {
+    let header = image.get(at..at + HEADER_BYTES as usize)?;
+    let record_gen = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+    if record_gen != generation {
+        return None;
+    }
+    let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
+    let batch_start = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let start = at + HEADER_BYTES as usize;
+    let payload = image.get(start..start.checked_add(len as usize)?)?;
+    if len == 0 || batch_start > at as u64 || checksum(record_gen, len, batch_start, payload) != crc
+    {
+        return None;
+    }
+    Some(Record {
+        batch_start,
+        payload,
+    })
+}
 
 /// A journal file and its write position.
 pub struct Journal {
@@ -78,28 +136,31 @@ impl Journal {
     }
 
     /// Payloads of the whole, valid records of `generation` from offset 0,
-    /// in order, up to the first record that is not.
-    pub fn scan(&self, generation: u64) -> std::io::Result<Vec<Vec<u8>>> {
+    /// in order, up to the first record that is not — unless a record of a
+    /// later batch follows that one ([`ScanError::Corrupt`]).
+    pub fn scan(&self, generation: u64) -> Result<Vec<Vec<u8>>, ScanError> {
+        let mut image = vec![0u8; self.capacity as usize];
+        self.file.read_exact_at(&mut image, 0)?;
         let mut out = Vec::new();
-        let mut at = 0u64;
-        let mut header = [0u8; HEADER_BYTES as usize];
-        while at + HEADER_BYTES <= self.capacity {
-            self.file.read_exact_at(&mut header, at)?;
-            let (gen_bytes, rest) = header.split_at(8);
-            let (len_bytes, crc_bytes) = rest.split_at(4);
-            let record_gen = u64::from_le_bytes(gen_bytes.try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as u64;
-            let crc = u32::from_le_bytes(crc_bytes.try_into().expect("4 bytes"));
-            if record_gen != generation || len == 0 || at + HEADER_BYTES + len > self.capacity {
-                break;
+        let mut at = 0usize;
+        while let Some(r) = record_at(&image, at, generation) {
+            out.push(r.payload.to_vec());
+            at += HEADER_BYTES as usize + r.payload.len();
+        }
+        // `at` starts a record that is not whole: the end of this
+        // generation, or a torn last batch, or damage. Records are not
+        // aligned, so look at every later offset; a false match needs the
+        // generation and the CRC to match by chance.
+        let bad = at as u64;
+        for later in at + 1..image.len() {
+            if let Some(r) = record_at(&image, later, generation)
+                && r.batch_start > bad
+            {
+                return Err(ScanError::Corrupt {
+                    offset: bad,
+                    later: later as u64,
+                });
             }
-            let mut payload = vec![0u8; len as usize];
-            self.file.read_exact_at(&mut payload, at + HEADER_BYTES)?;
-            if checksum(record_gen, len as u32, &payload) != crc {
-                break;
-            }
-            out.push(payload);
-            at += HEADER_BYTES + len;
         }
         Ok(out)
     }
@@ -136,13 +197,15 @@ impl Journal {
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> std::io::Result<()> {
         let mut buf = Vec::new();
+        let batch_start = self.offset;
         for p in payloads {
             let len = u32::try_from(p.len()).map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "journal record too big")
             })?;
             buf.extend_from_slice(&self.generation.to_le_bytes());
             buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&checksum(self.generation, len, p).to_le_bytes());
+            buf.extend_from_slice(&checksum(self.generation, len, batch_start, p).to_le_bytes());
+            buf.extend_from_slice(&batch_start.to_le_bytes());
             buf.extend_from_slice(p);
         }
         assert!(
@@ -159,10 +222,11 @@ impl Journal {
     }
 }
 
-fn checksum(generation: u64, len: u32, payload: &[u8]) -> u32 {
+fn checksum(generation: u64, len: u32, batch_start: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&generation.to_le_bytes());
     h.update(&len.to_le_bytes());
+    h.update(&batch_start.to_le_bytes());
     h.update(payload);
     h.finalize()
 }
@@ -178,8 +242,8 @@ mod tests {
         let mut j = Journal::open(&path, 4096).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
         j.restart(7);
-        j.append([b"one".as_slice(), b"two".as_slice()]).unwrap();
-        j.append([b"three".as_slice()]).unwrap();
+        j.append([b"one".as_slice()]).unwrap();
+        j.append([b"two".as_slice(), b"three".as_slice()]).unwrap();
         let j = Journal::open(&path, 1 << 20).unwrap();
         assert_eq!(j.capacity, 4096, "an existing journal keeps its size");
         assert_eq!(
@@ -191,11 +255,48 @@ mod tests {
             "another generation reads nothing"
         );
 
-        // A torn second record: the scan stops before it.
+        // The second record torn, with the third of its batch whole: the
+        // batch was never acknowledged, the scan stops before it.
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(b"X", HEADER_BYTES + 3 + HEADER_BYTES + 1)
-            .unwrap();
+        let second = HEADER_BYTES + 3;
+        file.write_all_at(b"X", second + HEADER_BYTES + 1).unwrap();
         assert_eq!(j.scan(7).unwrap(), vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn a_damaged_record_followed_by_a_later_batch_is_corruption() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut j = Journal::open(&path, 4096).unwrap();
+        j.restart(3);
+        j.append([b"one".as_slice(), b"two".as_slice()]).unwrap();
+        j.append([b"three".as_slice()]).unwrap();
+        j.append([b"four".as_slice()]).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // One flipped bit in the payload of "two" (acknowledged: batches
+        // were written after it).
+        let two = HEADER_BYTES + 3;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, two + HEADER_BYTES).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], two + HEADER_BYTES)
+            .unwrap();
+        match j.scan(3) {
+            Err(ScanError::Corrupt { offset, later }) => {
+                assert_eq!(offset, two);
+                assert_eq!(later, two + HEADER_BYTES + 3);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        // The same damage to the last record is a torn tail.
+        file.write_all_at(&byte, two + HEADER_BYTES).unwrap();
+        let four = 3 * HEADER_BYTES + 3 + 3 + 5;
+        file.write_all_at(b"\xff\xff", four + HEADER_BYTES).unwrap();
+        assert_eq!(j.scan(3).unwrap().len(), 3);
     }
 
     #[test]

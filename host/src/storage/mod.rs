@@ -34,8 +34,10 @@ use std::path::{Path, PathBuf};
 
 /// On-disk format version of a data directory. 2: commands share their
 /// actor's instance within a run of the log (`node::applier::RUN_WINDOW`),
-/// and state is durable only at window ends.
-pub const FORMAT_VERSION: u32 = 2;
+/// and state is durable only at window ends. 3: the content limits of
+/// [`crate::limits`] (keys of at most `KEY_BYTES_MAX`, a bounded write-set
+/// and answer) turn some commands that version 2 applied into refusals.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,19 @@ pub enum StorageError {
         /// Why it failed.
         source: CodecError,
     },
+    /// The log's journal holds a damaged record that was acknowledged.
+    #[error(
+        "the log journal {path} is corrupt: {source}. This node's log cannot be trusted and \
+         it refuses to start. Keep the directory for inspection, move it aside, and start \
+         the node on an empty data directory to copy its group's state (only while the rest \
+         of the group is healthy), or restore it from a backup"
+    )]
+    JournalCorrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// Where.
+        source: journal::ScanError,
+    },
     /// The directory belongs to another node or cluster.
     #[error(
         "data directory {path} belongs to {found}, not {expected}; point this node at its own directory"
@@ -94,9 +109,10 @@ pub enum StorageError {
     /// differently.
     #[error(
         "data directory {path} has format version {found}, older than this build's \
-         {FORMAT_VERSION}: its commands ran each in a fresh instance, and this build runs \
-         them in shared ones, which may compute other results; keep the older build for \
-         it, or start this node on an empty data directory to copy its group's state"
+         {FORMAT_VERSION}: this build may apply its log's commands with other results \
+         (2: commands share instances within runs; 3: content limits refuse over-long \
+         keys, write-sets and answers); keep the older build for it, or start this node \
+         on an empty data directory to copy its group's state"
     )]
     OlderFormat {
         /// Directory.
@@ -445,12 +461,11 @@ impl LogStore {
     fn recover(&self, journal: &Journal) -> Result<u64, StorageError> {
         let mut wtxn = self.env.write_txn().map_err(self.err())?;
         let generation = self.journal_generation(&wtxn)?;
-        let records = journal
-            .scan(generation)
-            .map_err(|source| StorageError::Io {
-                path: journal.path().to_path_buf(),
-                source,
-            })?;
+        let path = journal.path().to_path_buf();
+        let records = journal.scan(generation).map_err(|e| match e {
+            journal::ScanError::Io(source) => StorageError::Io { path, source },
+            source => StorageError::JournalCorrupt { path, source },
+        })?;
         let mut recovered = Vec::with_capacity(records.len());
         for (i, bytes) in records.iter().enumerate() {
             let entry: Entry = codec::decode("journal entry", bytes)

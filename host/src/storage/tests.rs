@@ -291,6 +291,37 @@ fn a_torn_journal_write_loses_only_the_batch_that_was_never_acknowledged() {
 }
 
 #[test]
+fn a_damaged_journal_record_before_acknowledged_ones_refuses_to_open() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &StorageOptions::default()).unwrap();
+        log.append(&[entry(1, 1, 4), entry(2, 1, 4)]).unwrap();
+        log.append(&[entry(3, 1, 100)]).unwrap();
+    }
+    // One flipped bit in the first record: batches were written after it.
+    let path = dir.path().join("log/journal");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let at = journal::HEADER_BYTES + 2;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    match open(dir.path(), &ident(1), &StorageOptions::default()) {
+        Err(e @ StorageError::JournalCorrupt { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("offset 0"), "{message}");
+            assert!(message.contains("refuses to start"), "{message}");
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a log with a damaged acknowledged record opened"),
+    }
+}
+
+#[test]
 fn a_truncated_suffix_never_comes_back_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -478,6 +478,10 @@ impl Core {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The group's voting members, this node included.
+    pub fn members(&self) -> &[NodeId] {
+        &self.config.members
+    }
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
@@ -1183,16 +1187,28 @@ impl Core {
 
     /// `from` leads `term` (the current one): follow it, and restart the
     /// election timer.
-    fn heard_from_leader(&mut self, from: NodeId, term: Term) {
-        assert!(
-            !(self.role == Role::Leader && self.hard.term == term),
-            "election safety: two leaders in term {term}"
-        );
+    /// False (and the message is to be dropped) if this node leads `term`
+    /// itself: two leaders of one term cannot happen between honest
+    /// members (election safety, checked by the simulator), so the sender
+    /// is broken or forged, and a message is never a reason to crash.
+    #[must_use]
+    fn heard_from_leader(&mut self, from: NodeId, term: Term) -> bool {
+        if self.role == Role::Leader && self.hard.term == term {
+            tracing::error!(
+                node = self.config.id,
+                from,
+                term,
+                "refused a leader's message of this node's own term (election safety: \
+                 a member that claims to lead it is broken or forged)"
+            );
+            return false;
+        }
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
         self.leader_seen_ms = Some(self.now_ms);
         self.reset_election_timer();
+        true
     }
 
     /// Tell `leader` that this log matches its own, durably, up to `index`.
@@ -1210,7 +1226,9 @@ impl Core {
     }
 
     fn on_heartbeat(&mut self, from: NodeId, term: Term, commit: Index, seq: u64) {
-        self.heard_from_leader(from, term);
+        if !self.heard_from_leader(from, term) {
+            return;
+        }
         // The leader only names a commit index up to what it knows we
         // hold, so it is safe to adopt as far as our log reaches.
         let commit = commit.min(self.last_index);
@@ -1450,7 +1468,15 @@ impl Core {
         commit: Index,
         log: &impl LogRead,
     ) {
-        self.heard_from_leader(from, term);
+        // A peer's message is input: one that no honest leader sends is
+        // refused and logged, never asserted on.
+        if let Err(why) = check_append(term, prev_index, prev_term, &entries) {
+            tracing::warn!(node = self.config.id, from, why, "malformed append refused");
+            return;
+        }
+        if !self.heard_from_leader(from, term) {
+            return;
+        }
         // Below what this node holds committed and durable (perhaps
         // compacted): it matches the leader there by leader completeness.
         let floor = self.commit_index.min(self.persisted_index);
@@ -1476,19 +1502,20 @@ impl Core {
         // Skip what we already have; truncate at the first conflict.
         let mut new_from = None;
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(
-                e.index,
-                prev_index + 1 + i as Index,
-                "append entries are contiguous"
-            );
             match self.term_at(e.index, log) {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
-                    assert!(
-                        e.index > self.commit_index,
-                        "commit safety: leader overwrites committed entry {}",
-                        e.index
-                    );
+                    if e.index <= self.commit_index {
+                        // Commit safety: an honest leader holds every
+                        // committed entry (leader completeness).
+                        tracing::error!(
+                            node = self.config.id,
+                            from,
+                            index = e.index,
+                            "refused an append that would overwrite a committed entry"
+                        );
+                        return;
+                    }
                     self.truncate_from(e.index, log);
                     new_from = Some(i);
                     break;
@@ -1523,6 +1550,10 @@ impl Core {
     }
 
     fn truncate_from(&mut self, index: Index, log: &impl LogRead) {
+        debug_assert!(
+            index > self.commit_index,
+            "committed entries are never truncated"
+        );
         tracing::info!(
             node = self.config.id,
             index,
@@ -1686,6 +1717,31 @@ fn entry_size(e: &Entry) -> usize {
                 + fx.deploy.as_ref().map_or(0, |(a, m)| a.len() + m.len())
         }
     }
+}
+
+/// Whether an append is one an honest leader of `term` could send: its
+/// entries continue `prev_index` one by one, with terms that never go back
+/// from `prev_term` and never pass `term`.
+fn check_append(
+    term: Term,
+    prev_index: Index,
+    prev_term: Term,
+    entries: &[Entry],
+) -> Result<(), &'static str> {
+    if prev_term > term {
+        return Err("its previous entry's term is newer than the message's");
+    }
+    let mut last_term = prev_term;
+    for (i, e) in entries.iter().enumerate() {
+        if Some(e.index) != prev_index.checked_add(1 + i as Index) {
+            return Err("its entries do not continue its previous index one by one");
+        }
+        if e.term < last_term || e.term > term {
+            return Err("its entries' terms go back, or pass the message's term");
+        }
+        last_term = e.term;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -2004,6 +2060,75 @@ mod tests {
             "the in-flight write is undone"
         );
         assert_eq!(r.append.first().map(|e| e.index), Some(index));
+    }
+
+    #[test]
+    fn appends_no_honest_leader_sends_are_refused_without_a_panic() {
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.propose(1);
+        t.propose(1);
+        let term = t.cores[&1].term();
+        let at = |index: Index, term: Term| Entry {
+            index,
+            term,
+            context: EntryContext {
+                timestamp_ms: 1,
+                seed: 0,
+            },
+            payload: Payload::Noop,
+        };
+        let append = |prev_index, prev_term, entries, term| Message::Append {
+            term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: 0,
+        };
+        let bad = [
+            // Entries that do not follow prev_index (the reported panic).
+            append(1, term, vec![at(5, term)], term),
+            append(1, term, vec![at(2, term), at(4, term)], term),
+            // Terms that go back, or pass the message's term.
+            append(1, term, vec![at(2, term), at(3, term - 1)], term),
+            append(1, term, vec![at(2, term + 1)], term),
+            append(1, term + 1, vec![], term),
+            // Index overflow.
+            append(u64::MAX, term, vec![at(0, term)], term),
+        ];
+        let follower = 2;
+        let before = (t.cores[&follower].last_index(), t.cores[&follower].term());
+        for m in bad {
+            let (c, l) = (t.cores.get_mut(&follower).unwrap(), &t.logs[&follower]);
+            c.step(1, m, l);
+            let r = c.ready();
+            assert!(r.append.is_empty() && r.truncate_from.is_none());
+            assert!(r.messages.is_empty(), "refused without an answer");
+        }
+        assert_eq!(
+            (t.cores[&follower].last_index(), t.cores[&follower].term()),
+            before
+        );
+        // An append that would overwrite a committed entry, and one of the
+        // leader's own term sent to the leader, are refused too.
+        let commit = t.cores[&follower].commit_index();
+        assert!(commit >= 2);
+        let (c, l) = (t.cores.get_mut(&follower).unwrap(), &t.logs[&follower]);
+        c.step(
+            3,
+            append(commit - 1, term, vec![at(commit, term + 1)], term + 1),
+            l,
+        );
+        assert!(c.ready().truncate_from.is_none(), "a committed entry stays");
+        let (c, l) = (t.cores.get_mut(&1).unwrap(), &t.logs[&1]);
+        c.step(2, append(0, 0, vec![], term), l);
+        assert_eq!(
+            c.role(),
+            Role::Leader,
+            "a forged same-term append is ignored"
+        );
     }
 
     #[test]
