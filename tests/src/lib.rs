@@ -213,6 +213,31 @@ pub fn run_cli(args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
+/// Await `f` for at most `secs` seconds, else fail the test naming `what`:
+/// no test waits forever on the network (BRIEF invariant 10).
+pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: nothing within {secs} s"),
+    }
+}
+
+/// Run the CLI off the async runtime, failing the test if it takes more
+/// than `secs` seconds.
+pub async fn run_cli_within(secs: u64, args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let started = std::time::Instant::now();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&args).expect("running the CLI")
+    });
+    let out = within(secs, "a CLI command", run)
+        .await
+        .expect("the CLI thread");
+    assert!(started.elapsed() < Duration::from_secs(secs));
+    out
+}
+
 /// CBOR of a JSON text, as the CLI sends it.
 pub fn cbor(json: &str) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_str(json).expect("test JSON");
@@ -507,8 +532,9 @@ impl Group {
     pub async fn statuses(&self) -> Vec<understudy::api::Status> {
         let mut out = Vec::new();
         for n in self.nodes.values().flatten() {
-            if let Ok(c) = Client::connect(n.addr).await
-                && let Ok(s) = c.status().await
+            // A frozen member answers nothing: give each two seconds.
+            if let Ok(c) = Client::connect_with(n.addr, Duration::from_secs(2)).await
+                && let Ok(s) = c.request_timeout(Duration::from_secs(2)).status().await
             {
                 out.push(s);
             }

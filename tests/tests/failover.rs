@@ -339,6 +339,9 @@ async fn a_forced_promotion_brings_back_writes_after_the_majority_is_lost_for_go
     )
     .await;
     assert!(!matches!(stuck, Ok(Ok(_))), "{stuck:?}");
+    // A forced promotion is refused while the survivor heard from a leader
+    // within three election timeouts (at most 900 ms here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // The operator decides: the survivor leads alone.
     let addr = g.node(survivor).addr.to_string();
     let id = survivor.to_string();

@@ -1,0 +1,385 @@
+//! Nothing a client or a peer sends halts, splits or silently corrupts a
+//! group, and every request ends (BRIEF invariants 9–11). Each test runs
+//! real node processes and reproduces one case of the Robustness issue;
+//! each failed before the change that fixed its case.
+
+use std::time::Duration;
+use understudy::api::ErrorCode;
+use understudy::api::client::{Client, ClientError};
+use understudy::limits::KEY_BYTES_MAX;
+use understudy::types::Outcome;
+use understudy_tests::{Group, NodeProc, decode, kv_get, kv_put, run_cli_within, with_kv, within};
+
+fn api_code(r: &Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
+    match r {
+        Err(ClientError::Api(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+async fn read_value(c: &Client, key: &str) -> Option<String> {
+    let (out, _) = within(10, "a read", c.query("kv", kv_get(key)))
+        .await
+        .expect("a read");
+    match out {
+        Outcome::Ok(b) => decode(&b),
+        other => panic!("read of {key}: {other:?}"),
+    }
+}
+
+/// An over-long key used to be answered, then halt every node at the next
+/// checkpoint (LMDB keys are at most 511 bytes), again after every restart;
+/// a command to the actor "" halted every node at apply. Now the key is a
+/// committed refusal, the name is refused at the door, and the group keeps
+/// making its state durable across restarts — with either log kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_keys_and_bad_actor_names_never_halt_a_group() {
+    understudy_tests::setup!();
+    for kind in ["statement", "row"] {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Group::start(dir.path(), 3, &["--log-kind", kind]).unwrap();
+        let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+        let long = "k".repeat(600);
+        let w = within(10, "a write", c.command("kv", kv_put(&long, "v")))
+            .await
+            .unwrap();
+        assert_eq!(
+            w.outcome,
+            Outcome::Trapped {
+                trap: "kv-too-large".into()
+            },
+            "{kind}"
+        );
+        let at_limit = "k".repeat(KEY_BYTES_MAX);
+        let w = within(10, "a write", c.command("kv", kv_put(&at_limit, "v")))
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok(), "{kind}: {:?}", w.outcome);
+        let past = "k".repeat(KEY_BYTES_MAX + 1);
+        let w = within(10, "a write", c.command("kv", kv_put(&past, "v")))
+            .await
+            .unwrap();
+        assert!(!w.outcome.is_ok(), "{kind}");
+        for actor in ["", &"a".repeat(65), "Kv", "k v"] {
+            let r = within(10, "a write", c.command(actor, kv_put("a", "b"))).await;
+            assert_eq!(
+                api_code(&r),
+                Some(ErrorCode::BadRequest),
+                "{actor:?}: {r:?}"
+            );
+            let r = within(10, "a read", c.query(actor, kv_get("a"))).await;
+            assert_eq!(
+                api_code(&r),
+                Some(ErrorCode::BadRequest),
+                "{actor:?}: {r:?}"
+            );
+        }
+        // Past two window ends (checkpoints), then restart a follower and
+        // the leader: every node comes back, serves, and agrees.
+        for i in 0..140 {
+            let w = within(10, "a write", c.command("kv", kv_put("n", &i.to_string())))
+                .await
+                .unwrap();
+            assert!(w.outcome.is_ok());
+        }
+        let follower = (1..=3).find(|&i| i != leader).unwrap();
+        for id in [follower, leader] {
+            g.kill9(id);
+            g.restart(id).unwrap();
+        }
+        let c = within(10, "a client", g.client()).await.unwrap();
+        let w = within(
+            20,
+            "a write after restarts",
+            c.command("kv", kv_put("n", "last")),
+        )
+        .await
+        .unwrap();
+        assert!(w.outcome.is_ok());
+        within(
+            60,
+            "convergence",
+            g.converged(w.index, Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        g.assert_same_state(Duration::from_secs(30)).await;
+        for id in 1..=3 {
+            let n = within(10, "a client", g.client_of(id)).await.unwrap();
+            assert_eq!(read_value(&n, &at_limit).await.as_deref(), Some("v"));
+            assert_eq!(read_value(&n, "n").await.as_deref(), Some("last"));
+            assert!(
+                !g.node(id).stderr().contains("halted"),
+                "node {id} halted: {}",
+                g.node(id).stderr()
+            );
+        }
+    }
+}
+
+/// `promote --force` on a follower of a healthy group made a second
+/// leader that acknowledged writes of its own (a split). Now it is refused
+/// with the reason while the node hears a leader or a majority, and allowed
+/// once the majority is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_promotion_is_refused_while_the_group_can_still_elect() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    for id in [follower, leader] {
+        let n = within(10, "a client", g.client_of(id)).await.unwrap();
+        let r = within(10, "a forced promotion", n.force_promote(id)).await;
+        match &r {
+            Err(ClientError::Api(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("refused"), "{}", e.message);
+            }
+            other => panic!("node {id}: forced promotion not refused: {other:?}"),
+        }
+    }
+    // Also through the CLI, with its reason.
+    let addr = g.node(follower).addr.to_string();
+    let (ok, _, err) = run_cli_within(
+        30,
+        &["promote", "--force", "--addr", &addr, &follower.to_string()],
+    )
+    .await;
+    assert!(!ok && err.contains("heard from leader"), "{err}");
+    assert_eq!(
+        within(30, "a leader", g.leader(Duration::from_secs(20)))
+            .await
+            .unwrap(),
+        leader
+    );
+    let w = within(10, "a write", c.command("kv", kv_put("a", "1")))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    assert!(
+        !dir.path()
+            .join(format!("node{follower}/FORCED-ALONE"))
+            .exists()
+    );
+    // The majority gone for good: now the operator may go on with one.
+    for id in (1..=3).filter(|&i| i != follower) {
+        g.kill9(id);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = within(10, "a client", g.client_of(follower)).await.unwrap();
+    within(10, "a forced promotion", n.force_promote(follower))
+        .await
+        .unwrap();
+    let n = Client::connect_group(vec![g.node(follower).addr])
+        .await
+        .unwrap();
+    let w = within(20, "a write", n.command("kv", kv_put("a", "2")))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+}
+
+/// An append whose first entry does not follow its `prev_index` panicked
+/// the node actor: the process stayed up and answered `Unavailable` to
+/// everything. Now it is refused, logged with its sender, and the node
+/// keeps following its leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_append_is_refused_and_the_follower_keeps_serving() {
+    use futures::{SinkExt, StreamExt};
+    use understudy::peer::{Hello, HelloReply, Lane, PEER_PROTOCOL_VERSION, PeerMessage};
+    use understudy::replication::Message;
+    use understudy::types::{Entry, EntryContext, Payload};
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let target = (1..=3).find(|&i| i != leader).unwrap();
+    let status = within(10, "a status", async {
+        g.client_of(target).await.unwrap().status().await.unwrap()
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(g.node(target).peer_addr.unwrap())
+        .await
+        .unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, understudy::net::codec());
+    let hello = Hello {
+        v: PEER_PROTOCOL_VERSION,
+        cluster_id: "test".into(),
+        from: leader,
+        to: target,
+        client_address: g.node(leader).addr.to_string(),
+        lane: Lane::Data,
+        log_kind: understudy::node::LogKind::Statement,
+        timing: understudy::node::Timing {
+            heartbeat_interval_ms: 25,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        },
+    };
+    within(10, "a hello", framed.send(understudy::net::encode(&hello)))
+        .await
+        .unwrap();
+    let reply = within(10, "a hello reply", framed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        understudy::net::decode::<HelloReply>(&reply).unwrap(),
+        HelloReply::Welcome
+    );
+    let at = |index| Entry {
+        index,
+        term: status.term,
+        context: EntryContext {
+            timestamp_ms: 0,
+            seed: 0,
+        },
+        payload: Payload::Noop,
+    };
+    let gap = Message::Append {
+        term: status.term,
+        prev_index: status.last_index,
+        prev_term: status.term,
+        entries: vec![at(status.last_index + 5)],
+        commit: 0,
+    };
+    within(
+        10,
+        "an append",
+        framed.send(understudy::net::encode(&PeerMessage::Raft(gap))),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The follower still follows: a write reaches it and it reads it.
+    let w = within(10, "a write", c.command("kv", kv_put("after", "yes")))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    let n = within(10, "a client", g.client_of(target)).await.unwrap();
+    assert_eq!(read_value(&n, "after").await.as_deref(), Some("yes"));
+    let log = g.node(target).stderr();
+    assert!(log.contains("malformed append refused"), "{log}");
+    g.assert_same_state(Duration::from_secs(30)).await;
+}
+
+/// One flipped bit in a journal record followed by good ones used to be
+/// taken for a torn tail: the node started and dropped the acknowledged
+/// entries after it. Now it refuses to start and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_record_before_acknowledged_ones_stops_the_node() {
+    use std::os::unix::fs::FileExt;
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    {
+        let mut node = NodeProc::start(&data, 1).unwrap();
+        let c = within(10, "a client", node.client()).await.unwrap();
+        understudy_tests::deploy_kv(&c).await;
+        for i in 0..10 {
+            let w = within(10, "a write", c.command("kv", kv_put("k", &i.to_string())))
+                .await
+                .unwrap();
+            assert!(w.outcome.is_ok());
+        }
+        node.kill9();
+    }
+    let journal = data.join("log/journal");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    let at = understudy::storage::journal::HEADER_BYTES + 3;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x04], at).unwrap();
+    match NodeProc::start(&data, 1) {
+        Ok(_) => panic!("a node with a damaged acknowledged journal record started"),
+        Err(e) => {
+            let message = format!("{e:#}");
+            assert!(message.contains("journal"), "{message}");
+            assert!(message.contains("corrupt"), "{message}");
+        }
+    }
+}
+
+/// A leader cut off from its group used to hold a write it could not
+/// commit until the cut healed, with no answer. Now, when it loses its
+/// term, it answers the writer (`NotLeader`: the outcome is unknown, retry
+/// with the same tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_answers_the_writers_it_holds() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (g, leader, _c) = within(60, "a group with kv", with_kv(g)).await;
+    let old = within(10, "a client", g.client_of(leader)).await.unwrap();
+    g.net.isolate(leader);
+    let started = std::time::Instant::now();
+    // Well under the node's write timeout (10 s): the step-down answers.
+    let r = within(
+        8,
+        "the cut-off leader's answer",
+        old.command("kv", kv_put("cut", "1")),
+    )
+    .await;
+    assert_eq!(api_code(&r), Some(ErrorCode::NotLeader), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    g.net.heal();
+    within(30, "a leader", g.leader(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    g.assert_same_state(Duration::from_secs(30)).await;
+}
+
+/// `status`, `send` and `query` against a port that accepts and never
+/// answers hung for minutes; `status` against a healthy follower printed
+/// nothing while the leader was frozen. Now each ends within its timeout,
+/// and a frozen member is a row that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_end_within_their_timeout_against_silent_or_frozen_nodes() {
+    understudy_tests::setup!();
+    // Accepts connections, reads nothing, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < until {
+            if let Ok((s, _)) = silent.accept() {
+                conns.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    for args in [
+        vec!["status"],
+        vec!["send", "kv", r#"{"put":{"key":"a","value":"b"}}"#],
+        vec!["query", "kv", r#"{"get":{"key":"a"}}"#],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--addr", &silent_addr, "--timeout-ms", "1000"]);
+        let (ok, _, err) = run_cli_within(10, &full).await;
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("no answer"), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (g, leader, _c) = within(60, "a group with kv", with_kv(g)).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    g.node(leader).pause();
+    let addr = g.node(follower).addr.to_string();
+    let (ok, out, err) =
+        run_cli_within(15, &["status", "--addr", &addr, "--timeout-ms", "1000"]).await;
+    g.node(leader).resume();
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&leader.to_string()) && l.contains("UNREACHABLE")),
+        "{out}"
+    );
+    held.join().unwrap();
+}
