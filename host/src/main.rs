@@ -611,9 +611,10 @@ fn print_status(all: &[Status], unreachable: &[(u64, String, String)]) {
             (_, Some(f)) => (f.lag_entries.to_string(), f.lag_ms.to_string()),
             _ => ("?".to_string(), "?".to_string()),
         };
-        let role = match &s.quarantined {
-            Some(_) => "QUARANTINED".to_string(),
-            None => format!("{:?}", s.role),
+        let role = match (&s.quarantined, s.recovering_until) {
+            (Some(_), _) => "QUARANTINED".to_string(),
+            (None, Some(_)) => "RECOVERING".to_string(),
+            (None, None) => format!("{:?}", s.role),
         };
         let vote = s.vote.map_or("-".to_string(), |v| v.to_string());
         let heard = s
@@ -648,6 +649,12 @@ fn print_status(all: &[Status], unreachable: &[(u64, String, String)]) {
     for s in &all {
         if let Some(why) = &s.quarantined {
             println!("node {} is quarantined: {why}", s.node_id);
+        }
+        if let Some(until) = s.recovering_until {
+            println!(
+                "node {} lost its data directory and is recovering: it votes again once its log reaches index {until} (it holds {})",
+                s.node_id, s.last_index
+            );
         }
         if s.role != understudy::replication::Role::Leader
             && let Some(ms) = s.leader_heard_ms_ago

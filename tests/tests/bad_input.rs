@@ -307,6 +307,7 @@ async fn peers_of_another_cluster_unknown_nodes_other_protocols_and_stale_terms_
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
         },
+        incarnation: 0,
     };
     for (bad, why) in [
         (
@@ -354,7 +355,7 @@ async fn peers_of_another_cluster_unknown_nodes_other_protocols_and_stale_terms_
     ] {
         match hello(peer_addr, &bad).await {
             HelloReply::Refused(reason) => assert!(reason.contains(why), "{reason}"),
-            HelloReply::Welcome => panic!("hello accepted: {bad:?}"),
+            HelloReply::Welcome | HelloReply::LostData { .. } => panic!("hello accepted: {bad:?}"),
         }
     }
     let log = node.stderr();

@@ -216,6 +216,7 @@ async fn a_malformed_append_is_refused_and_the_follower_keeps_serving() {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
         },
+        incarnation: 0,
     };
     within(10, "a hello", framed.send(understudy::net::encode(&hello)))
         .await
@@ -382,4 +383,92 @@ async fn cli_commands_end_within_their_timeout_against_silent_or_frozen_nodes() 
         "{out}"
     );
     held.join().unwrap();
+}
+
+/// A member restarted on an empty data directory voted as if it had lost
+/// nothing: with the leader down and the third member stale, it elected
+/// the stale one and acknowledged writes were gone. Now its peers tell it
+/// that it lost its data, it does not vote until it has caught up, and the
+/// group waits for the member that holds the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_data_does_not_vote_until_it_has_caught_up() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let mut others = (1..=3).filter(|&i| i != leader);
+    let (wiped, stale) = (others.next().unwrap(), others.next().unwrap());
+    g.node(stale).pause();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("w{i}");
+        let w = within(10, "a write", c.command("kv", kv_put(&key, "acked")))
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok());
+        acked.push(key);
+    }
+    g.kill9(leader);
+    g.kill9(wiped);
+    std::fs::remove_dir_all(dir.path().join(format!("node{wiped}"))).unwrap();
+    g.restart(wiped).unwrap();
+    g.node(stale).resume();
+    // Whatever the two elect now would lack acknowledged writes: they
+    // must not elect anyone.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut told = false;
+    while std::time::Instant::now() < until {
+        for s in g.statuses().await {
+            assert_ne!(
+                s.role,
+                understudy::replication::Role::Leader,
+                "node {} leads without the acknowledged writes: {s:#?}",
+                s.node_id
+            );
+            if s.node_id == wiped && s.recovering_until.is_some() {
+                told = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(told, "the wiped member shows as recovering");
+    let addr = g.node(wiped).addr.to_string();
+    let (ok, out, err) =
+        run_cli_within(15, &["status", "--addr", &addr, "--timeout-ms", "1000"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("RECOVERING"), "{out}");
+    // The member that holds them comes back: it leads, and every
+    // acknowledged write is there on every node.
+    g.restart(leader).unwrap();
+    let new = within(30, "a leader", g.leader(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(new, leader, "only the member with the whole log can win");
+    let c = within(10, "a client", g.client()).await.unwrap();
+    let w = within(20, "a write", c.command("kv", kv_put("after", "yes")))
+        .await
+        .unwrap();
+    within(
+        60,
+        "convergence",
+        g.converged(w.index, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    for id in 1..=3 {
+        let n = within(10, "a client", g.client_of(id)).await.unwrap();
+        for key in &acked {
+            assert_eq!(
+                read_value(&n, key).await.as_deref(),
+                Some("acked"),
+                "node {id}, {key}"
+            );
+        }
+    }
+    g.assert_same_state(Duration::from_secs(30)).await;
+    let s = within(10, "a status", async {
+        g.client_of(wiped).await.unwrap().status().await.unwrap()
+    })
+    .await;
+    assert_eq!(s.recovering_until, None, "caught up: it votes again");
 }

@@ -269,6 +269,10 @@ pub struct Status {
     /// A snapshot being received, if any.
     #[serde(default)]
     pub snapshot_in: Option<SnapshotProgress>,
+    /// While this node is recovering from a lost data directory: the index
+    /// its log must reach before it votes again.
+    #[serde(default)]
+    pub recovering_until: Option<Index>,
     /// Client addresses of the members this node knows (itself included).
     #[serde(default)]
     pub client_addresses: std::collections::BTreeMap<NodeId, String>,

@@ -823,6 +823,9 @@ pub struct Node {
     /// this node's clock: a forced promotion is refused while a majority
     /// may still be alive.
     peer_heard_ms: BTreeMap<NodeId, u64>,
+    /// The commit index, for the peer acceptor to tell a peer that came
+    /// back without its data.
+    commit_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Clients waiting for their entry, by index.
     waiters: BTreeMap<Index, Waiter>,
     /// Linearizable reads waiting for their read index, by request id,
@@ -877,14 +880,27 @@ impl Node {
         Self::start_with(config, Vec::new(), None)
     }
 
-    /// [`Node::start`], with native machines standing in for the components
-    /// of the given hashes (see [`crate::sandbox::NativeMachine`]), and the
-    /// client address actually bound.
+    /// [`Node::start_parts`] without the acceptor's identity.
     pub fn start_with(
         config: NodeConfig,
         natives: Natives,
         client_address: Option<SocketAddr>,
     ) -> anyhow::Result<Addr<Node>> {
+        Ok(Self::start_parts(config, natives, client_address)?.0)
+    }
+
+    /// [`Node::start`], with native machines standing in for the components
+    /// of the given hashes (see [`crate::sandbox::NativeMachine`]), and the
+    /// client address actually bound.
+    ///
+    /// Returns the identity the peer acceptor ([`crate::peer::serve`])
+    /// checks hellos with, which records the peers' incarnations in this
+    /// node's log.
+    pub fn start_parts(
+        config: NodeConfig,
+        natives: Natives,
+        client_address: Option<SocketAddr>,
+    ) -> anyhow::Result<(Addr<Node>, crate::peer::LocalIdentity)> {
         use anyhow::Context as _;
         config
             .validate()
@@ -930,7 +946,9 @@ impl Node {
         } else {
             config.group()
         };
-        let core = Core::new(group, hard, last, applied.index, rand::random());
+        let mut core = Core::new(group, hard, last, applied.index, rand::random());
+        core.set_recovering_until(log.recovering_until()?);
+        let incarnation = log.incarnation()?;
         tracing::info!(
             node = config.node_id,
             members = ?config.members(),
@@ -974,6 +992,7 @@ impl Node {
             halted: None,
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
+        let commit_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let me = crate::peer::LocalIdentity {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
@@ -982,16 +1001,27 @@ impl Node {
             snapshot_root: config.data_dir.join("snapshots"),
             log_kind: config.log_kind,
             timing: config.timing,
+            incarnation,
+            book: Some(crate::peer::PeerBook::new(
+                log.clone(),
+                commit_published.clone(),
+            )),
         };
         let peer_addresses = config
             .peers
             .iter()
             .map(|p| (p.id, p.address.clone()))
             .collect();
-        let peers = Peers::start(&me, &peer_addresses);
+        // Answers that this node lost its data reach the node through a
+        // channel: the dialers start before the node actor exists.
+        let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        let peers = Peers::start(&me, &peer_addresses, move |from, commit| {
+            let _ = lost_tx.send(LostData { from, commit });
+        });
         let node = Node {
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
             peer_heard_ms: BTreeMap::new(),
+            commit_published,
             config,
             core,
             writer,
@@ -1023,7 +1053,14 @@ impl Node {
             halted: None,
             _lock: lock,
         };
-        Ok(node.start())
+        let addr = node.start();
+        let to_node = addr.clone();
+        actix::spawn(async move {
+            while let Some(lost) = lost_rx.recv().await {
+                to_node.do_send(lost);
+            }
+        });
+        Ok((addr, me))
     }
 
     fn now_ms() -> u64 {
@@ -1035,6 +1072,10 @@ impl Node {
 
     /// Execute the core's outputs.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        self.commit_published.store(
+            self.core.commit_index(),
+            std::sync::atomic::Ordering::Release,
+        );
         if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
             for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
                 match self.core.read_index(read_ctx) {
@@ -1967,6 +2008,7 @@ impl Node {
             leader_address: self.leader_address(),
             followers: self.core.followers(&self.log),
             quarantined: self.quarantined.clone(),
+            recovering_until: self.core.recovering_until(),
             snapshot_in: self.snapshot_in.map(|(index, done, chunks, bytes)| {
                 crate::api::SnapshotProgress {
                     index,
@@ -1999,6 +2041,40 @@ impl Actor for Node {
                 reply_to: ctx.address().recipient(),
             });
         });
+    }
+}
+
+/// A peer answered this node's hello: it knew this node under another
+/// incarnation, so this node lost its data while the group had committed
+/// `commit`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LostData {
+    from: NodeId,
+    commit: Index,
+}
+
+impl Handler<LostData> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: LostData, ctx: &mut Self::Context) {
+        let before = self.core.recovering_until();
+        self.core.set_recovering_until(msg.commit);
+        if self.core.recovering_until() != before {
+            tracing::warn!(
+                node = self.config.node_id,
+                told_by = msg.from,
+                commit = msg.commit,
+                "peer {} knew this node under another incarnation: its data directory was lost; \
+                 it will not vote until its log reaches index {}",
+                msg.from,
+                msg.commit
+            );
+            // Durable, so a restart before it has caught up keeps it so.
+            if let Err(e) = self.log.set_recovering_until(msg.commit) {
+                self.halt(format!("cannot record that this node is recovering: {e}"));
+            }
+        }
+        self.drive(ctx);
     }
 }
 
@@ -2163,6 +2239,7 @@ impl Handler<FromPeer> for Node {
         let from = match &msg.0 {
             crate::peer::Inbound::Connected { from, .. }
             | crate::peer::Inbound::Snapshot { from, .. }
+            | crate::peer::Inbound::PeerLostData { from }
             | crate::peer::Inbound::Message { from, .. } => *from,
         };
         self.peer_heard_ms.insert(from, Self::now_ms());
@@ -2172,6 +2249,10 @@ impl Handler<FromPeer> for Node {
                 client_address,
             } => {
                 self.client_addresses.insert(from, client_address);
+            }
+            crate::peer::Inbound::PeerLostData { from } => {
+                self.core.peer_lost_data(from, &self.log);
+                self.drive(ctx);
             }
             crate::peer::Inbound::Message {
                 msg: PeerMessage::Raft(Message::Append { .. }),
@@ -2362,16 +2443,7 @@ pub fn run_bound(
         peer_listener.is_some() || config.peers.is_empty(),
         "a node with peers needs a peer listener"
     );
-    let me = crate::peer::LocalIdentity {
-        cluster_id: config.cluster_id.clone(),
-        node_id: config.node_id,
-        members: config.members(),
-        client_address: bound.to_string(),
-        snapshot_root: config.data_dir.join("snapshots"),
-        log_kind: config.log_kind,
-        timing: config.timing,
-    };
-    let node = Node::start_with(config, natives, Some(bound))?;
+    let (node, me) = Node::start_parts(config, natives, Some(bound))?;
     let mut peer = None;
     if let Some(l) = peer_listener {
         peer = Some(l.local_addr()?);

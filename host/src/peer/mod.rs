@@ -112,6 +112,10 @@ pub struct Hello {
     /// elections count on every member waiting as long).
     #[serde(default)]
     pub timing: crate::node::Timing,
+    /// The sender's data-directory incarnation (see
+    /// [`crate::storage::LogStore::incarnation`]); 0: not given.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Answer to a [`Hello`].
@@ -119,6 +123,14 @@ pub struct Hello {
 pub enum HelloReply {
     /// Accepted: messages may follow.
     Welcome,
+    /// Accepted, but the receiver knew the sender under another
+    /// incarnation: the sender lost its data directory (and with it its
+    /// log and its votes) while the group had committed `commit`. It must
+    /// not vote until its log holds that much. Messages may follow.
+    LostData {
+        /// The receiver's commit index.
+        commit: crate::types::Index,
+    },
     /// Refused, and why; the connection is closed.
     Refused(String),
 }
@@ -146,6 +158,47 @@ pub struct LocalIdentity {
     pub log_kind: crate::node::LogKind,
     /// This group's timing.
     pub timing: crate::node::Timing,
+    /// This node's data-directory incarnation, sent in every hello.
+    pub incarnation: u64,
+    /// Where the acceptor records its peers' incarnations (`None`: it
+    /// does not, as in tests of the hello alone).
+    pub book: Option<PeerBook>,
+}
+
+/// What a node remembers of its peers' data directories: the incarnation
+/// each one last said hello with (durable, in the log environment), and
+/// this node's commit index to tell a peer that came back without its data.
+#[derive(Clone)]
+pub struct PeerBook {
+    log: crate::storage::LogStore,
+    commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for PeerBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerBook").finish_non_exhaustive()
+    }
+}
+
+impl PeerBook {
+    /// A book over `log`, telling `commit` (kept current by the node).
+    pub fn new(
+        log: crate::storage::LogStore,
+        commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        PeerBook { log, commit }
+    }
+
+    /// Record that `peer` said hello with `incarnation` (durably, before it
+    /// is welcomed). `Some(commit)` if it had another one: it lost its data.
+    async fn observe(&self, peer: NodeId, incarnation: u64) -> Result<Option<u64>, String> {
+        let log = self.log.clone();
+        let before = tokio::task::spawn_blocking(move || log.observe_peer(peer, incarnation))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot record the peer's incarnation: {e}"))?;
+        Ok(before.map(|_| self.commit.load(std::sync::atomic::Ordering::Acquire)))
+    }
 }
 
 impl LocalIdentity {
@@ -214,6 +267,12 @@ pub enum Inbound {
         /// What happened.
         progress: snapshot::Progress,
     },
+    /// A peer said hello under another incarnation than this node knew
+    /// it by: it lost its data (see [`HelloReply::LostData`]).
+    PeerLostData {
+        /// The peer.
+        from: NodeId,
+    },
     /// A message from a peer.
     Message {
         /// The peer.
@@ -276,9 +335,31 @@ async fn receive(
     if let Err(reason) = me.check(&hello) {
         return Err(refuse(&mut framed, addr, reason).await);
     }
+    let lost = match (&me.book, hello.incarnation) {
+        (Some(book), incarnation) if incarnation != 0 => {
+            match book.observe(hello.from, incarnation).await {
+                Ok(lost) => lost,
+                Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
+            }
+        }
+        _ => None,
+    };
     framed.codec_mut().set_max_frame_bytes(net::FRAME_BYTES_MAX);
+    let reply = match lost {
+        Some(commit) => {
+            tracing::warn!(
+                from = hello.from,
+                commit,
+                "a peer came back without its data (new incarnation): it may not vote until it \
+                 holds the commit index"
+            );
+            sink(Inbound::PeerLostData { from: hello.from });
+            HelloReply::LostData { commit }
+        }
+        None => HelloReply::Welcome,
+    };
     framed
-        .send(net::encode(&HelloReply::Welcome))
+        .send(net::encode(&reply))
         .await
         .map_err(|e| e.to_string())?;
     tracing::debug!(from = hello.from, lane = ?hello.lane, "peer connected");
@@ -344,8 +425,13 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Start dialing every peer (id → peer address).
-    pub fn start(me: &LocalIdentity, peers: &BTreeMap<NodeId, String>) -> Peers {
+    /// Start dialing every peer (id → peer address). `lost_data(peer,
+    /// commit)` is called when a peer answers that this node lost its data.
+    pub fn start(
+        me: &LocalIdentity,
+        peers: &BTreeMap<NodeId, String>,
+        lost_data: impl Fn(NodeId, crate::types::Index) + Clone + 'static,
+    ) -> Peers {
         let mut lanes = BTreeMap::new();
         for (&id, address) in peers {
             let mut pair = Vec::new();
@@ -360,8 +446,9 @@ impl Peers {
                     lane,
                     log_kind: me.log_kind,
                     timing: me.timing,
+                    incarnation: me.incarnation,
                 };
-                actix::spawn(dial(address.clone(), hello, rx));
+                actix::spawn(dial(address.clone(), hello, rx, lost_data.clone()));
                 pair.push(tx);
             }
             let [control, data]: [mpsc::Sender<PeerMessage>; 2] =
@@ -385,12 +472,20 @@ impl Peers {
 }
 
 /// Keep one lane to one peer connected and drain its queue into it.
-async fn dial(address: String, hello: Hello, mut rx: mpsc::Receiver<PeerMessage>) {
+async fn dial(
+    address: String,
+    hello: Hello,
+    mut rx: mpsc::Receiver<PeerMessage>,
+    lost_data: impl Fn(NodeId, crate::types::Index),
+) {
     let mut backoff = Duration::from_millis(20);
     let mut refused_logged = false;
     loop {
         match connect(&address, &hello).await {
-            Ok(mut framed) => {
+            Ok((mut framed, lost)) => {
+                if let Some(commit) = lost {
+                    lost_data(hello.to, commit);
+                }
                 backoff = Duration::from_millis(20);
                 refused_logged = false;
                 tracing::debug!(to = hello.to, lane = ?hello.lane, %address, "peer lane up");
@@ -443,10 +538,14 @@ enum DialError {
     Refused(String),
 }
 
-async fn connect(
-    address: &str,
-    hello: &Hello,
-) -> Result<Framed<TcpStream, crate::net::FrameCodec>, DialError> {
+/// A welcomed connection, and the commit index the peer told if it knew
+/// this node under another incarnation.
+type Welcomed = (
+    Framed<TcpStream, crate::net::FrameCodec>,
+    Option<crate::types::Index>,
+);
+
+async fn connect(address: &str, hello: &Hello) -> Result<Welcomed, DialError> {
     let io = |e: std::io::Error| DialError::Io(e.to_string());
     let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(address))
         .await
@@ -461,7 +560,8 @@ async fn connect(
         .ok_or_else(|| DialError::Io("closed during hello".into()))?
         .map_err(io)?;
     match net::decode::<HelloReply>(&reply) {
-        Ok(HelloReply::Welcome) => Ok(framed),
+        Ok(HelloReply::Welcome) => Ok((framed, None)),
+        Ok(HelloReply::LostData { commit }) => Ok((framed, Some(commit))),
         Ok(HelloReply::Refused(reason)) => Err(DialError::Refused(reason)),
         Err(e) => Err(DialError::Refused(format!("unreadable hello reply: {e}"))),
     }
@@ -480,6 +580,8 @@ mod tests {
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
             log_kind: crate::node::LogKind::Statement,
             timing: crate::node::Timing::default(),
+            incarnation: 1,
+            book: None,
         }
     }
 
@@ -493,6 +595,7 @@ mod tests {
             lane: Lane::Control,
             log_kind: crate::node::LogKind::Statement,
             timing: crate::node::Timing::default(),
+            incarnation: 2,
         }
     }
 

@@ -116,10 +116,12 @@ pub async fn send_snapshot(
         lane: super::Lane::Snapshot,
         log_kind,
         timing,
+        // The control and data lanes carry the incarnation.
+        incarnation: 0,
     };
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {
-        HelloReply::Welcome => {}
+        HelloReply::Welcome | HelloReply::LostData { .. } => {}
         HelloReply::Refused(why) => return Err(format!("refused: {why}")),
     }
     send(&mut c, &Offer::Offer(meta.clone())).await?;

@@ -899,6 +899,74 @@ impl LogStore {
         Ok((out, bytes_total))
     }
 
+    /// A meta value, decoded.
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self.meta.get(&rtxn, key).map_err(self.err())? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(key, bytes)
+                .map(Some)
+                .map_err(self.corrupt(key.into())),
+        }
+    }
+
+    /// Write one meta value in its own (synced) transaction.
+    fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        // One writer at a time, as for every write to the log.
+        let _writer = self.shared.writer.lock().expect("log writer lock");
+        let mut wtxn = self.env.write_txn().map_err(self.err())?;
+        self.meta
+            .put(&mut wtxn, key, &codec::encode(value))
+            .map_err(self.err())?;
+        wtxn.commit().map_err(self.err())
+    }
+
+    /// This data directory's incarnation: a random id made when the log was
+    /// created (or first opened by a build that has incarnations). A node
+    /// restarted on an empty directory under the same node id has another
+    /// one, which tells its peers that it lost its log and its votes.
+    pub fn incarnation(&self) -> Result<u64, StorageError> {
+        if let Some(i) = self.meta_get::<u64>("incarnation")? {
+            return Ok(i);
+        }
+        let i = rand::random::<u64>() | 1;
+        self.meta_put("incarnation", &i)?;
+        Ok(i)
+    }
+
+    /// Record that `peer` runs on a data directory of `incarnation`
+    /// (durably, before the peer is welcomed). Returns the incarnation
+    /// recorded before if it was another one: the peer lost its data.
+    pub fn observe_peer(
+        &self,
+        peer: NodeId,
+        incarnation: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut known: BTreeMap<NodeId, u64> =
+            self.meta_get("peer_incarnations")?.unwrap_or_default();
+        let before = known.insert(peer, incarnation);
+        if before == Some(incarnation) {
+            return Ok(None);
+        }
+        self.meta_put("peer_incarnations", &known)?;
+        Ok(before)
+    }
+
+    /// The commit index a peer said the group had when this node came
+    /// back without its data: until its log reaches it, the node neither
+    /// votes nor campaigns (0: not recovering).
+    pub fn recovering_until(&self) -> Result<Index, StorageError> {
+        Ok(self.meta_get("recovering_until")?.unwrap_or(0))
+    }
+
+    /// Record [`Self::recovering_until`] (synced).
+    pub fn set_recovering_until(&self, index: Index) -> Result<(), StorageError> {
+        self.meta_put("recovering_until", &index)
+    }
+
     /// The persisted term and vote.
     pub fn hard_state(&self) -> Result<HardState, StorageError> {
         let rtxn = self.env.read_txn().map_err(self.err())?;

@@ -397,6 +397,17 @@ pub struct Core {
     /// have promised a leader, before it stopped, not to vote for a while
     /// (the leader's lease counts on that promise).
     vote_embargo_until_ms: u64,
+    /// A peer said this node came back without its data while the group
+    /// had committed this far: until its durable log reaches it, the node
+    /// neither votes nor campaigns (it lost its log and its votes, and
+    /// voting from an empty log could elect a member missing committed
+    /// entries). 0: not recovering.
+    recovering_until: Index,
+    /// Peers that came back without their data, with this node's term
+    /// when it learned so: a vote they granted before they learned it
+    /// (sent before their hello was answered) is not counted in that term
+    /// or the next (a pre-vote's).
+    lost_data: BTreeMap<NodeId, Term>,
     rng: Rng,
     ready: Ready,
 }
@@ -456,6 +467,8 @@ impl Core {
             transfer: None,
             rounds_sent: Default::default(),
             vote_embargo_until_ms: 0,
+            recovering_until: 0,
+            lost_data: BTreeMap::new(),
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -478,6 +491,68 @@ impl Core {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// This node came back without its data (a peer knew it under another
+    /// incarnation) while the group had committed `index`: it neither votes
+    /// nor campaigns until its durable log reaches `index`. The shell
+    /// persists the value and passes it again after a restart.
+    pub fn set_recovering_until(&mut self, index: Index) {
+        if index > self.recovering_until {
+            tracing::warn!(
+                node = self.config.id,
+                index,
+                held = self.persisted_index,
+                "this node lost its data: no votes until its log reaches the group's commit index"
+            );
+            self.recovering_until = index;
+        }
+    }
+
+    /// While this node is recovering from lost data: the index its log
+    /// must reach before it votes again.
+    pub fn recovering_until(&self) -> Option<Index> {
+        self.recovering().then_some(self.recovering_until)
+    }
+
+    fn recovering(&self) -> bool {
+        self.persisted_index < self.recovering_until
+    }
+
+    /// `peer` came back without its data (a new incarnation): as leader,
+    /// forget what it held and ship it everything again (a snapshot if
+    /// the log was compacted), from its real position.
+    pub fn peer_lost_data(&mut self, peer: NodeId, log: &impl LogRead) {
+        self.lost_data.insert(peer, self.hard.term);
+        if self.votes.get(&peer) == Some(&true) {
+            self.votes.insert(peer, false);
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        let next = self.last_index + 1;
+        let now = self.now_ms;
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            tracing::warn!(
+                node = self.config.id,
+                peer,
+                held = pr.matched,
+                "a follower lost its data; catching it up from the start"
+            );
+            *pr = Progress {
+                next,
+                matched: 0,
+                inflight: BTreeMap::new(),
+                active: true,
+                probing: false,
+                probe: None,
+                answered: true,
+                acked_seq: 0,
+                snapshotting: false,
+                heard_ms: now,
+            };
+            self.send_append(peer, log, false);
+        }
+    }
+
     /// The group's voting members, this node included.
     pub fn members(&self) -> &[NodeId] {
         &self.config.members
@@ -696,7 +771,12 @@ impl Core {
             }
             _ => {
                 if self.now_ms >= self.election_deadline_ms {
-                    self.start_pre_vote(log);
+                    if self.recovering() {
+                        // It lost its data: it waits to be caught up.
+                        self.reset_election_timer();
+                    } else {
+                        self.start_pre_vote(log);
+                    }
                 }
             }
         }
@@ -1083,7 +1163,15 @@ impl Core {
         let term = msg.term();
         if term > self.hard.term {
             match &msg {
-                // Pre-votes never change anyone's term.
+                // Pre-votes never change anyone's term — except that a
+                // refusal carries the refuser's own, newer term (as in
+                // etcd): a pre-candidate that never learned it would ask
+                // for that same term forever and never be granted.
+                Message::VoteResponse {
+                    pre: true,
+                    granted: false,
+                    ..
+                } => self.become_follower(term, None),
                 Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
                 Message::Vote {
                     transfer: false, ..
@@ -1636,7 +1724,9 @@ impl Core {
         transfer: bool,
     ) {
         let up_to_date = self.log_up_to_date(last_index, last_term);
-        let embargo = self.now_ms < self.vote_embargo_until_ms && !transfer;
+        // A node that lost its data votes again only once it holds what
+        // the group had committed when it came back.
+        let embargo = (self.now_ms < self.vote_embargo_until_ms && !transfer) || self.recovering();
         let granted = if pre {
             // Would we vote in `term`? Only if no live leader is known.
             term > self.hard.term && up_to_date && !self.in_leader_lease() && !embargo
@@ -1675,6 +1765,8 @@ impl Core {
         if term != expected {
             return;
         }
+        // A vote from an empty log that did not yet know it lost its data.
+        let granted = granted && self.lost_data.get(&from).is_none_or(|t| term > t + 1);
         self.votes.insert(from, granted);
         let yes = self.votes.values().filter(|g| **g).count();
         let no = self.votes.len() - yes;

@@ -16,6 +16,12 @@
 //! 5. linearizable reads — a ReadIndex answer is at least every commit
 //!    index any node knew when the read was asked.
 //!
+//! Disks can be wiped, too (a node restarts on an empty data directory
+//! under its id, with a new incarnation), one at a time: a peer that knew
+//! the node under its old incarnation tells it, on the first message it
+//! gets from it (the transport's hello), that it lost its data, and the
+//! checks above must hold.
+//!
 //! A failure panics with the seed; `UNDERSTUDY_SIM_SEED=<seed>` replays it
 //! exactly, `UNDERSTUDY_SIM_SEEDS=<n>` runs more seeds (the soak).
 
@@ -41,6 +47,10 @@ struct Disk {
     /// Last compacted (index, term): entries up to it live in the state.
     compacted: (Index, Term),
     log: Vec<Entry>,
+    /// The incarnation each peer was last seen with (the peer book).
+    peers: BTreeMap<NodeId, u64>,
+    /// Told that it lost its data: no votes until the log reaches this.
+    recovering_until: Index,
 }
 
 impl Disk {
@@ -106,6 +116,8 @@ struct SimNode {
     /// Frozen (SIGSTOP) until then: it keeps its memory, sees nothing and
     /// does nothing; what arrives meanwhile waits in its socket buffers.
     paused_until: u64,
+    /// The incarnation of its data directory (new after a wipe).
+    incarnation: u64,
 }
 
 impl SimNode {
@@ -158,6 +170,11 @@ struct Sim {
     reads_served: u64,
     compactions: u64,
     snapshots_installed: u64,
+    /// A wiped node that has not yet caught up to what the group had
+    /// committed when it lost its disk (only one data loss at a time: two
+    /// would lose what only those two held).
+    wiped: Option<(NodeId, Index)>,
+    wipes: u64,
 }
 
 fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
@@ -185,6 +202,7 @@ impl Sim {
                         up: true,
                         drift_ppm: 0,
                         paused_until: 0,
+                        incarnation: id,
                     },
                 )
             })
@@ -210,6 +228,8 @@ impl Sim {
             reads_served: 0,
             compactions: 0,
             snapshots_installed: 0,
+            wiped: None,
+            wipes: 0,
         }
     }
 
@@ -385,7 +405,56 @@ impl Sim {
         let applied = (n.applied.len() as Index).min(last.0);
         n.applied.truncate(applied as usize);
         n.core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
+        n.core.set_recovering_until(n.disk.recovering_until);
         n.up = true;
+    }
+
+    /// The node loses its disk and restarts on an empty one, under a new
+    /// incarnation.
+    fn wipe(&mut self, id: NodeId) {
+        let commit = self
+            .nodes
+            .values()
+            .map(|n| n.core.commit_index())
+            .max()
+            .unwrap_or(0);
+        self.crash(id);
+        let incarnation = self.rng.next() | 1;
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.disk = Disk::default();
+        n.applied.clear();
+        n.incarnation = incarnation;
+        self.wiped = Some((id, commit));
+        self.wipes += 1;
+        self.restart(id);
+        // Like the node's dialers at start: a hello to every peer it can
+        // reach (the node votes for no one for a minimum election timeout
+        // after it starts, in which these answers arrive).
+        let peers: Vec<NodeId> = self.nodes.keys().copied().filter(|&p| p != id).collect();
+        for p in peers {
+            if self.nodes[&p].up && !self.cut.contains(&(id, p)) {
+                self.hello(id, p);
+            }
+        }
+    }
+
+    /// What the transport's hello does before `from`'s first message
+    /// reaches `to`: `to` records `from`'s incarnation, and if it knew
+    /// another one, both learn that `from` lost its data.
+    fn hello(&mut self, from: NodeId, to: NodeId) {
+        let incarnation = self.nodes[&from].incarnation;
+        let receiver = self.nodes.get_mut(&to).expect("node");
+        let before = receiver.disk.peers.insert(from, incarnation);
+        if before.is_none_or(|b| b == incarnation) {
+            return;
+        }
+        receiver.core.peer_lost_data(from, &receiver.disk);
+        let commit = receiver.core.commit_index();
+        self.drain(to);
+        let sender = self.nodes.get_mut(&from).expect("node");
+        sender.disk.recovering_until = sender.disk.recovering_until.max(commit);
+        sender.core.set_recovering_until(commit);
+        self.drain(from);
     }
 
     /// Leases: a leader that may serve reads from its own state is not
@@ -553,10 +622,13 @@ impl Sim {
         for (_, event) in due {
             match event {
                 Event::Deliver { from, to, msg } => {
-                    let n = self.nodes.get_mut(&to).expect("node");
-                    if !n.up {
+                    if !self.nodes[&to].up {
                         continue;
                     }
+                    if self.nodes[&from].up {
+                        self.hello(from, to);
+                    }
+                    let n = self.nodes.get_mut(&to).expect("node");
                     n.core.step(from, msg, &n.disk);
                     self.drain(to);
                 }
@@ -739,6 +811,23 @@ impl Sim {
                     self.restart(id);
                 }
             }
+            if let Some((id, commit)) = self.wiped
+                && self.nodes[&id].disk.last_index() >= commit
+            {
+                self.wiped = None;
+            }
+            if self.wiped.is_none() && self.rng.chance(1) {
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                // Only a node every peer has heard from can be told it
+                // lost its data (see ARCHITECTURE.md, "Lost data").
+                let known = self
+                    .nodes
+                    .iter()
+                    .all(|(&p, n)| p == id || n.disk.peers.contains_key(&id));
+                if known {
+                    self.wipe(id);
+                }
+            }
             if self.rng.chance(4) {
                 // Cut or heal one direction of one link (asymmetric partitions).
                 let a = ids[self.rng.below(ids.len() as u64) as usize];
@@ -784,8 +873,12 @@ fn run(seed: u64, members: &[NodeId], steps: u64) -> u64 {
         sim.step(true);
     }
     sim.settle();
+    WIPES.fetch_add(sim.wipes, std::sync::atomic::Ordering::Relaxed);
     sim.snapshots_installed
 }
+
+/// Wipes over all runs (the tests check that the fault happens).
+static WIPES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("UNDERSTUDY_SIM_SEED")
@@ -811,13 +904,31 @@ fn seeds() -> Vec<u64> {
 ///   them; the shell drops answers to reads it no longer waits for).
 /// - 0x5EED_000E: a new leader restored from a snapshot (or with a fully
 ///   compacted log) stamped its no-op earlier than the entries before it.
-const REGRESSIONS: &[u64] = &[0x5EED_000A, 0x5EED_0000, 0x5EED_000E];
+/// - 1592590381: a wiped node voted a second time in a term it had voted
+///   in before its disk was lost (two leaders of term 1).
+/// - 1592590350: a wiped node's vote elected a leader lacking committed
+///   entries.
+/// - 1592590405: a pre-candidate refused by a node of a newer term never
+///   learned that term and asked for the same one forever (no leader
+///   after healing, with a recovering node that votes for no one).
+const REGRESSIONS: &[u64] = &[
+    0x5EED_000A,
+    0x5EED_0000,
+    0x5EED_000E,
+    1592590381,
+    1592590350,
+    1592590405,
+];
 
 #[test]
 fn three_nodes_keep_the_invariants_under_faults() {
     let installed: u64 = seeds().into_iter().map(|s| run(s, &[1, 2, 3], 4_000)).sum();
     eprintln!("snapshots installed: {installed}");
     assert!(installed > 0, "the runs exercise snapshot installation");
+    assert!(
+        WIPES.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the runs wipe disks"
+    );
 }
 
 #[test]
