@@ -611,10 +611,11 @@ fn print_status(all: &[Status], unreachable: &[(u64, String, String)]) {
             (_, Some(f)) => (f.lag_entries.to_string(), f.lag_ms.to_string()),
             _ => ("?".to_string(), "?".to_string()),
         };
-        let role = match (&s.quarantined, s.recovering_until) {
-            (Some(_), _) => "QUARANTINED".to_string(),
-            (None, Some(_)) => "RECOVERING".to_string(),
-            (None, None) => format!("{:?}", s.role),
+        let role = match (&s.quarantined, s.recovering_until, &s.fault) {
+            (Some(_), _, _) => "QUARANTINED".to_string(),
+            (None, _, Some(_)) => "FAULT".to_string(),
+            (None, Some(_), None) => "RECOVERING".to_string(),
+            (None, None, None) => format!("{:?}", s.role),
         };
         let vote = s.vote.map_or("-".to_string(), |v| v.to_string());
         let heard = s
@@ -649,6 +650,9 @@ fn print_status(all: &[Status], unreachable: &[(u64, String, String)]) {
     for s in &all {
         if let Some(why) = &s.quarantined {
             println!("node {} is quarantined: {why}", s.node_id);
+        }
+        if let Some(why) = &s.fault {
+            println!("node {} has a host fault: {why}", s.node_id);
         }
         if let Some(until) = s.recovering_until {
             println!(

@@ -472,3 +472,169 @@ async fn a_member_that_lost_its_data_does_not_vote_until_it_has_caught_up() {
     .await;
     assert_eq!(s.recovering_until, None, "caught up: it votes again");
 }
+
+/// A tmpfs mounted for a test, unmounted (lazily, so a node still holding
+/// it cannot leave it behind) when dropped, even if the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size_mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fill the file system of `dir` until it refuses (ENOSPC).
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+/// A full disk on the leader was an I/O error that halted it while it
+/// kept leading (the group could not write), and freeing space did not
+/// help until a restart. Now the leader steps down with the reason (disk
+/// full, and where), the others elect a leader and take writes, and once
+/// space is freed the node resumes by itself and catches up, with nothing
+/// acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_leader_is_survived_and_recovered_without_a_restart() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let _mounts: Vec<Tmpfs> = (1..=3)
+        .map(|id| Tmpfs::mount(&dir.path().join(format!("node{id}")), 96))
+        .collect();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let filler = fill(&dir.path().join(format!("node{leader}")));
+    let value = "v".repeat(64 << 10);
+    let mut acked = Vec::new();
+    let mut fault = None;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    // Write until the full disk has shown on the leader and another node
+    // leads and has taken writes.
+    while std::time::Instant::now() < until {
+        let key = format!("k{}", acked.len());
+        if let Ok(Ok(w)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.command("kv", kv_put(&key, &value)),
+        )
+        .await
+        {
+            assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+            acked.push(key);
+        }
+        if fault.is_none() {
+            let s = within(10, "a status", async {
+                g.client_of(leader).await.unwrap().status().await.unwrap()
+            })
+            .await;
+            if let Some(why) = s.fault {
+                assert_ne!(
+                    s.role,
+                    understudy::replication::Role::Leader,
+                    "it stepped down"
+                );
+                fault = Some((why, acked.len()));
+            }
+        }
+        if let Some((_, at)) = &fault
+            && acked.len() >= at + 5
+        {
+            break;
+        }
+    }
+    let (why, at) = fault.expect("the leader reports its full disk");
+    eprintln!(
+        "full disk after {at} writes ({} acknowledged in all): {why}",
+        acked.len()
+    );
+    assert!(
+        why.contains("disk full") && why.contains(&format!("node{leader}")),
+        "{why}"
+    );
+    let new = within(30, "a leader", async {
+        loop {
+            let leaders: Vec<_> = g
+                .statuses()
+                .await
+                .into_iter()
+                .filter(|s| s.role == understudy::replication::Role::Leader)
+                .map(|s| s.node_id)
+                .collect();
+            if let [l] = leaders[..] {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_ne!(new, leader);
+    // Reads and writes on the full node are refused with the reason.
+    let n = within(10, "a client", g.client_of(leader)).await.unwrap();
+    let r = within(10, "a read", n.query("kv", kv_get("k0"))).await;
+    match r {
+        Err(ClientError::Api(e)) => {
+            assert_eq!(e.code, ErrorCode::Unavailable);
+            assert!(e.message.contains("disk full"), "{}", e.message);
+        }
+        other => panic!("a read on a node with a full disk: {other:?}"),
+    }
+    // Space comes back: the node resumes and catches up by itself.
+    std::fs::remove_file(filler).unwrap();
+    let w = within(20, "a write", c.command("kv", kv_put("after", "yes")))
+        .await
+        .unwrap();
+    within(60, "the node recovers", async {
+        loop {
+            if let Ok(s) = n.status().await
+                && s.fault.is_none()
+                && s.applied_index >= w.index
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    for id in 1..=3 {
+        let n = within(10, "a client", g.client_of(id)).await.unwrap();
+        for key in &acked {
+            let (out, _) = within(10, "a read", n.query("kv", kv_get(key)))
+                .await
+                .unwrap();
+            assert!(matches!(out, Outcome::Ok(_)), "node {id} {key}: {out:?}");
+            let Outcome::Ok(b) = out else { unreachable!() };
+            assert_eq!(
+                decode::<Option<String>>(&b).as_deref(),
+                Some(value.as_str()),
+                "node {id} {key}"
+            );
+        }
+    }
+    g.assert_same_state(Duration::from_secs(30)).await;
+    drop(g);
+}

@@ -273,6 +273,10 @@ pub struct Status {
     /// its log must reach before it votes again.
     #[serde(default)]
     pub recovering_until: Option<Index>,
+    /// A host fault this node has (a full disk, an I/O error): it stepped
+    /// down and refuses reads and writes until it clears.
+    #[serde(default)]
+    pub fault: Option<String>,
     /// Client addresses of the members this node knows (itself included).
     #[serde(default)]
     pub client_addresses: std::collections::BTreeMap<NodeId, String>,

@@ -309,7 +309,31 @@ struct Persist {
     truncate_from: Option<Index>,
     entries: Vec<Entry>,
     reply_to: Recipient<Persisted>,
+    fault_to: Recipient<StorageFault>,
 }
+
+/// Which storage has a host fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultSource {
+    /// The log writer cannot persist.
+    Log,
+    /// The applier cannot checkpoint the state.
+    Applier,
+}
+
+/// A host fault of the node's storage began (`reason`) or cleared
+/// (`None`). The writer or the applier keeps trying the same operation
+/// every [`FAULT_RETRY_MS`] until it succeeds.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StorageFault {
+    source: FaultSource,
+    reason: Option<String>,
+}
+
+/// How often an operation that failed on a host fault (a full disk, an
+/// I/O error) is tried again.
+pub const FAULT_RETRY_MS: u64 = 500;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -323,6 +347,7 @@ struct Persisted {
 struct ApplyUpTo {
     up_to: Index,
     reply_to: Recipient<Applied>,
+    fault_to: Recipient<StorageFault>,
 }
 
 /// Outcomes of applied entries: (index, term, outcome).
@@ -394,6 +419,7 @@ struct DriveSoon;
 #[rtype(result = "()")]
 struct Checkpoint {
     reply_to: Recipient<Applied>,
+    fault_to: Recipient<StorageFault>,
 }
 
 #[derive(Message)]
@@ -534,16 +560,45 @@ impl Handler<Persist> for LogWriter {
         }
         let last = msg.entries.last().map(|e| (e.index, e.term));
         let hard_state = msg.hard_state.map(|(hs, _)| hs);
-        let quarantined = match msg.truncate_from {
-            Some(from) => self.quarantine_from(from),
-            None => Ok(()),
+        // A host fault (a full disk, an I/O error) is tried again until it
+        // clears: a failed persist writes nothing (an aborted transaction,
+        // a journal offset not moved), so the same batch can be written
+        // again. Anything else is a bug, and halts the node.
+        let mut faulted = false;
+        let result = loop {
+            let quarantined = match msg.truncate_from {
+                Some(from) => self.quarantine_from(from).map_err(|e| (true, e)),
+                None => Ok(()),
+            };
+            let attempt = quarantined.and_then(|()| {
+                self.log
+                    .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
+                    .map(|()| last)
+                    .map_err(|e| (e.is_host_fault(), e.describe()))
+            });
+            match attempt {
+                Ok(last) => break Ok(last),
+                Err((true, why)) => {
+                    if !faulted {
+                        faulted = true;
+                        tracing::error!(reason = %why, "log write failed; retrying until it succeeds");
+                        msg.fault_to.do_send(StorageFault {
+                            source: FaultSource::Log,
+                            reason: Some(why),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(FAULT_RETRY_MS));
+                }
+                Err((false, why)) => break Err(why),
+            }
         };
-        let result = quarantined.and_then(|()| {
-            self.log
-                .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
-                .map(|()| last)
-                .map_err(|e| e.to_string())
-        });
+        if faulted && result.is_ok() {
+            tracing::warn!("log writes succeed again");
+            msg.fault_to.do_send(StorageFault {
+                source: FaultSource::Log,
+                reason: None,
+            });
+        }
         msg.reply_to.do_send(Persisted {
             result,
             hard_state_seq: msg.hard_state.map(|(_, seq)| seq),
@@ -563,6 +618,11 @@ pub struct ApplierActor {
     compaction: Compaction,
     ticks: u64,
     halted: Option<String>,
+    /// A host fault kept the last checkpoint from committing: nothing more
+    /// is executed (the pending batch stays bounded) until a retry of the
+    /// checkpoint succeeds. `wanted` is how far the node asked to apply.
+    fault: Option<String>,
+    wanted: Option<Index>,
 }
 
 impl Actor for ApplierActor {
@@ -572,9 +632,29 @@ impl Actor for ApplierActor {
 impl Handler<ApplyUpTo> for ApplierActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyUpTo, _: &mut Self::Context) {
+        self.apply_up_to(msg.up_to, &msg.reply_to, &msg.fault_to);
+    }
+}
+
+impl ApplierActor {
+    fn apply_up_to(
+        &mut self,
+        up_to: Index,
+        reply_to: &Recipient<Applied>,
+        fault_to: &Recipient<StorageFault>,
+    ) {
         if self.halted.is_some() {
             return;
         }
+        if self.fault.is_some() {
+            self.wanted = Some(self.wanted.unwrap_or(0).max(up_to));
+            return;
+        }
+        let msg = ApplyUpTo {
+            up_to,
+            reply_to: reply_to.clone(),
+            fault_to: fault_to.clone(),
+        };
         while self.applier.applied().index < msg.up_to {
             let from = self.applier.applied().index + 1;
             let mut to = msg.up_to.min(from + self.batch_max as u64 - 1);
@@ -620,10 +700,27 @@ impl Handler<ApplyUpTo> for ApplierActor {
                 match self.applier.checkpoint() {
                     Ok(true) => self.checkpoint_due = false,
                     Ok(false) => {}
+                    Err(applier::ApplyError::Storage(e)) if e.is_host_fault() => {
+                        self.wanted = Some(msg.up_to);
+                        return self.enter_fault(e.describe(), &msg.fault_to);
+                    }
                     Err(e) => return self.halt(e.to_string(), from, &msg.reply_to),
                 }
             }
         }
+    }
+
+    /// A checkpoint failed on a host fault: stop executing, tell the node,
+    /// and retry the checkpoint on later ticks.
+    fn enter_fault(&mut self, why: String, fault_to: &Recipient<StorageFault>) {
+        if self.fault.is_none() {
+            tracing::error!(reason = %why, "state checkpoint failed; retrying until it succeeds");
+            fault_to.do_send(StorageFault {
+                source: FaultSource::Applier,
+                reason: Some(why.clone()),
+            });
+        }
+        self.fault = Some(why);
     }
 }
 
@@ -633,15 +730,34 @@ impl Handler<Checkpoint> for ApplierActor {
         if self.halted.is_some() {
             return;
         }
+        self.ticks += 1;
+        let retry_every = (FAULT_RETRY_MS / TICK_MS).max(1);
+        if self.fault.is_some() && !self.ticks.is_multiple_of(retry_every) {
+            return;
+        }
         match self.applier.checkpoint() {
-            Ok(done) => self.checkpoint_due = !done && self.applier.pending_entries() > 0,
+            Ok(done) => {
+                self.checkpoint_due = !done && self.applier.pending_entries() > 0;
+                if done && self.fault.take().is_some() {
+                    tracing::warn!("state checkpoints succeed again");
+                    msg.fault_to.do_send(StorageFault {
+                        source: FaultSource::Applier,
+                        reason: None,
+                    });
+                    if let Some(up_to) = self.wanted.take() {
+                        self.apply_up_to(up_to, &msg.reply_to, &msg.fault_to);
+                    }
+                }
+            }
+            Err(applier::ApplyError::Storage(e)) if e.is_host_fault() => {
+                return self.enter_fault(e.describe(), &msg.fault_to);
+            }
             Err(e) => {
                 let index = self.applier.durable().index + 1;
                 return self.halt(e.to_string(), index, &msg.reply_to);
             }
         }
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(50) {
+        if self.fault.is_none() && self.ticks.is_multiple_of(50) {
             self.compact();
         }
     }
@@ -823,6 +939,11 @@ pub struct Node {
     /// this node's clock: a forced promotion is refused while a majority
     /// may still be alive.
     peer_heard_ms: BTreeMap<NodeId, u64>,
+    /// Host faults: the log writer or the applier cannot write (it keeps
+    /// trying). The node steps down, does not campaign, and refuses reads
+    /// and writes with the reason until they clear.
+    log_fault: Option<String>,
+    applier_fault: Option<String>,
     /// The commit index, for the peer acceptor to tell a peer that came
     /// back without its data.
     commit_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -990,6 +1111,8 @@ impl Node {
             compaction,
             ticks: 0,
             halted: None,
+            fault: None,
+            wanted: None,
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
         let commit_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1021,6 +1144,8 @@ impl Node {
         let node = Node {
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
             peer_heard_ms: BTreeMap::new(),
+            log_fault: None,
+            applier_fault: None,
             commit_published,
             config,
             core,
@@ -1130,6 +1255,7 @@ impl Node {
             self.applier.do_send(ApplyUpTo {
                 up_to,
                 reply_to: ctx.address().recipient(),
+                fault_to: ctx.address().recipient(),
             });
         }
         for (read_ctx, index) in reads {
@@ -1447,7 +1573,13 @@ impl Node {
             truncate_from: self.persist_truncate_from.take(),
             entries,
             reply_to: ctx.address().recipient(),
+            fault_to: ctx.address().recipient(),
         });
+    }
+
+    /// The host fault this node has now (a full disk, an I/O error), if any.
+    fn fault(&self) -> Option<&String> {
+        self.log_fault.as_ref().or(self.applier_fault.as_ref())
     }
 
     fn halt(&mut self, why: String) {
@@ -1499,6 +1631,17 @@ impl Node {
                 ErrorCode::Unavailable,
                 format!("node halted: {why}"),
             )));
+            return;
+        }
+        if let Some(why) = self.fault() {
+            let _ = reply.send(Response::Error(ApiError {
+                leader: self.core.leader(),
+                leader_address: self.leader_address(),
+                ..ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("this node has a host fault: {why}"),
+                )
+            }));
             return;
         }
         if self.waiters.len() + self.spec.waiting.len() >= self.config.pending_writes_max {
@@ -1732,6 +1875,10 @@ impl Node {
         if let Some(why) = &self.quarantined {
             let message = format!("this node is quarantined: {why}");
             return Self::refuse_read(read, ErrorCode::Quarantined, message);
+        }
+        if let Some(why) = self.fault() {
+            let message = format!("this node has a host fault: {why}");
+            return Self::refuse_read(read, ErrorCode::Unavailable, message);
         }
         match level {
             ReadLevel::Any => self.run_read(read),
@@ -2009,6 +2156,7 @@ impl Node {
             followers: self.core.followers(&self.log),
             quarantined: self.quarantined.clone(),
             recovering_until: self.core.recovering_until(),
+            fault: self.fault().cloned(),
             snapshot_in: self.snapshot_in.map(|(index, done, chunks, bytes)| {
                 crate::api::SnapshotProgress {
                     index,
@@ -2029,7 +2177,10 @@ impl Actor for Node {
         self.core.tick(Self::now_ms(), &self.log);
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
-            if !node.installing {
+            // A node that cannot write its log is out of the protocol
+            // until it can (no campaigns, no votes, no acks): its peers
+            // see it as unreachable.
+            if !node.installing && node.log_fault.is_none() {
                 node.core.tick(Self::now_ms(), &node.log);
             }
             node.reask_reads();
@@ -2039,6 +2190,7 @@ impl Actor for Node {
             node.release_held_rows(ctx);
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
+                fault_to: ctx.address().recipient(),
             });
         });
     }
@@ -2058,7 +2210,8 @@ impl Handler<LostData> for Node {
     type Result = ();
     fn handle(&mut self, msg: LostData, ctx: &mut Self::Context) {
         let before = self.core.recovering_until();
-        self.core.set_recovering_until(msg.commit);
+        let until = msg.commit.max(crate::replication::LOST_DATA_FLOOR);
+        self.core.set_recovering_until(until);
         if self.core.recovering_until() != before {
             tracing::warn!(
                 node = self.config.node_id,
@@ -2070,8 +2223,38 @@ impl Handler<LostData> for Node {
                 msg.commit
             );
             // Durable, so a restart before it has caught up keeps it so.
-            if let Err(e) = self.log.set_recovering_until(msg.commit) {
+            if let Err(e) = self.log.set_recovering_until(until) {
                 self.halt(format!("cannot record that this node is recovering: {e}"));
+            }
+        }
+        self.drive(ctx);
+    }
+}
+
+impl Handler<StorageFault> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: StorageFault, ctx: &mut Self::Context) {
+        let slot = match msg.source {
+            FaultSource::Log => &mut self.log_fault,
+            FaultSource::Applier => &mut self.applier_fault,
+        };
+        *slot = msg.reason.clone();
+        match msg.reason {
+            Some(why) => {
+                tracing::error!(
+                    node = self.config.node_id,
+                    source = ?msg.source,
+                    reason = %why,
+                    "host fault: stepping down and refusing reads and writes until it clears"
+                );
+                self.core.step_down();
+                self.core.set_candidacy(false);
+            }
+            None => {
+                tracing::warn!(node = self.config.node_id, source = ?msg.source, "host fault cleared");
+                if self.fault().is_none() {
+                    self.core.set_candidacy(true);
+                }
             }
         }
         self.drive(ctx);
@@ -2259,6 +2442,12 @@ impl Handler<FromPeer> for Node {
                 ..
             } if self.installing => {
                 // The log is being replaced; the leader resends.
+            }
+            crate::peer::Inbound::Message {
+                msg: PeerMessage::Raft(_),
+                ..
+            } if self.log_fault.is_some() => {
+                // Out of the protocol until the log can be written.
             }
             crate::peer::Inbound::Message {
                 from,

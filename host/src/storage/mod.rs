@@ -136,6 +136,47 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the host failed (disk, I/O, a full map) rather than the
+    /// data: the operation can be tried again once the fault clears.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Lmdb { .. } | StorageError::MapFull { .. } | StorageError::Io { .. }
+        )
+    }
+
+    /// Whether the device is out of space (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        match self {
+            StorageError::Lmdb { source, .. } => match source {
+                heed::Error::Io(e) => e.raw_os_error() == Some(ENOSPC),
+                heed::Error::Mdb(heed::MdbError::Other(code)) => *code == ENOSPC,
+                _ => false,
+            },
+            StorageError::Io { source, .. } => source.raw_os_error() == Some(ENOSPC),
+            _ => false,
+        }
+    }
+
+    /// What an operator reads: a full disk is named as such, with its path.
+    pub fn describe(&self) -> String {
+        match self {
+            StorageError::Lmdb { path, .. } | StorageError::Io { path, .. }
+                if self.is_disk_full() =>
+            {
+                format!(
+                    "disk full at {}: no space left on the device; free space there and the \
+                     node resumes by itself ({self})",
+                    path.display()
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Who owns a data directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

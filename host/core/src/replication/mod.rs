@@ -403,11 +403,20 @@ pub struct Core {
     /// voting from an empty log could elect a member missing committed
     /// entries). 0: not recovering.
     recovering_until: Index,
-    /// Peers that came back without their data, with this node's term
-    /// when it learned so: a vote they granted before they learned it
-    /// (sent before their hello was answered) is not counted in that term
-    /// or the next (a pre-vote's).
-    lost_data: BTreeMap<NodeId, Term>,
+    /// Peers that came back without their data, with the time until which
+    /// their votes are not counted: a vote granted before the peer learned
+    /// it (sent before its hello was answered, still on its way) arrives
+    /// within a maximum election timeout; after that its votes count again
+    /// (it refuses to vote itself until it has caught up).
+    lost_data: BTreeMap<NodeId, u64>,
+    /// This node's vote in the current term went to a peer that has since
+    /// come back without its data: the vote stands (no one else gets it),
+    /// but that peer — a new incarnation with another log — does not get
+    /// it again, or it could lead this term a second time with another log.
+    vote_void: bool,
+    /// False while the shell has a host fault (a disk that cannot take
+    /// the state): the node follows and votes but does not campaign.
+    candidacy: bool,
     rng: Rng,
     ready: Ready,
 }
@@ -469,6 +478,8 @@ impl Core {
             vote_embargo_until_ms: 0,
             recovering_until: 0,
             lost_data: BTreeMap::new(),
+            candidacy: true,
+            vote_void: false,
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -494,7 +505,11 @@ impl Core {
     /// This node came back without its data (a peer knew it under another
     /// incarnation) while the group had committed `index`: it neither votes
     /// nor campaigns until its durable log reaches `index`. The shell
-    /// persists the value and passes it again after a restart.
+    /// persists the value and passes it again after a restart. The shell
+    /// passes at least 1 for a told loss: the node then hears from a leader
+    /// (and takes its term) before it campaigns, even when nothing was
+    /// committed — its old incarnation may have led a term, and must not
+    /// lead it again with another log. (See [`LOST_DATA_FLOOR`].)
     pub fn set_recovering_until(&mut self, index: Index) {
         if index > self.recovering_until {
             tracing::warn!(
@@ -505,6 +520,25 @@ impl Core {
             );
             self.recovering_until = index;
         }
+    }
+
+    /// Leave leadership at once (the shell has a host fault): followers
+    /// elect another leader when its heartbeats stop.
+    pub fn step_down(&mut self) {
+        if self.role != Role::Follower {
+            tracing::warn!(
+                node = self.config.id,
+                term = self.hard.term,
+                "stepping down"
+            );
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    /// Whether this node may campaign (false while the shell has a host
+    /// fault; it still follows and votes).
+    pub fn set_candidacy(&mut self, allowed: bool) {
+        self.candidacy = allowed;
     }
 
     /// While this node is recovering from lost data: the index its log
@@ -521,7 +555,11 @@ impl Core {
     /// forget what it held and ship it everything again (a snapshot if
     /// the log was compacted), from its real position.
     pub fn peer_lost_data(&mut self, peer: NodeId, log: &impl LogRead) {
-        self.lost_data.insert(peer, self.hard.term);
+        let until = self.now_ms + self.config.election_timeout_max_ms;
+        self.lost_data.insert(peer, until);
+        if self.hard.vote == Some(peer) {
+            self.vote_void = true;
+        }
         if self.votes.get(&peer) == Some(&true) {
             self.votes.insert(peer, false);
         }
@@ -698,6 +736,9 @@ impl Core {
 
     fn set_hard_state(&mut self, term: Term, vote: Option<NodeId>) {
         debug_assert!(term >= self.hard.term, "terms never go back");
+        if term > self.hard.term {
+            self.vote_void = false;
+        }
         self.hard = HardState { term, vote };
         self.ready.hard_state = Some(self.hard);
     }
@@ -771,7 +812,7 @@ impl Core {
             }
             _ => {
                 if self.now_ms >= self.election_deadline_ms {
-                    if self.recovering() {
+                    if self.recovering() || !self.candidacy {
                         // It lost its data: it waits to be caught up.
                         self.reset_election_timer();
                     } else {
@@ -1731,7 +1772,8 @@ impl Core {
             // Would we vote in `term`? Only if no live leader is known.
             term > self.hard.term && up_to_date && !self.in_leader_lease() && !embargo
         } else {
-            let free = self.hard.vote.is_none() || self.hard.vote == Some(from);
+            let free =
+                self.hard.vote.is_none() || (self.hard.vote == Some(from) && !self.vote_void);
             free && up_to_date && !embargo
         };
         if granted && !pre {
@@ -1766,7 +1808,11 @@ impl Core {
             return;
         }
         // A vote from an empty log that did not yet know it lost its data.
-        let granted = granted && self.lost_data.get(&from).is_none_or(|t| term > t + 1);
+        let granted = granted
+            && self
+                .lost_data
+                .get(&from)
+                .is_none_or(|&until| self.now_ms >= until);
         self.votes.insert(from, granted);
         let yes = self.votes.values().filter(|g| **g).count();
         let no = self.votes.len() - yes;
@@ -1810,6 +1856,10 @@ fn entry_size(e: &Entry) -> usize {
         }
     }
 }
+
+/// The least index a node told that it lost its data must hold before it
+/// votes or campaigns (see [`Core::set_recovering_until`]).
+pub const LOST_DATA_FLOOR: Index = 1;
 
 /// Whether an append is one an honest leader of `term` could send: its
 /// entries continue `prev_index` one by one, with terms that never go back
