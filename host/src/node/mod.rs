@@ -939,6 +939,9 @@ pub struct Node {
     /// this node's clock: a forced promotion is refused while a majority
     /// may still be alive.
     peer_heard_ms: BTreeMap<NodeId, u64>,
+    /// What the log's meta holds of a data loss (see
+    /// [`LogStore::recovering`]).
+    recovering_persisted: (Index, bool),
     /// Host faults: the log writer or the applier cannot write (it keeps
     /// trying). The node steps down, does not campaign, and refuses reads
     /// and writes with the reason until they clear.
@@ -947,6 +950,10 @@ pub struct Node {
     /// The commit index, for the peer acceptor to tell a peer that came
     /// back without its data.
     commit_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The term, for hello answers.
+    term_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The term each peer's last answer to this node's hello carried.
+    hello_terms: BTreeMap<NodeId, Term>,
     /// Clients waiting for their entry, by index.
     waiters: BTreeMap<Index, Waiter>,
     /// Linearizable reads waiting for their read index, by request id,
@@ -1068,7 +1075,8 @@ impl Node {
             config.group()
         };
         let mut core = Core::new(group, hard, last, applied.index, rand::random());
-        core.set_recovering_until(log.recovering_until()?);
+        let recovering = log.recovering()?;
+        core.restore_recovering(recovering.0, recovering.1);
         let incarnation = log.incarnation()?;
         tracing::info!(
             node = config.node_id,
@@ -1116,6 +1124,7 @@ impl Node {
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
         let commit_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let term_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let me = crate::peer::LocalIdentity {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
@@ -1128,6 +1137,7 @@ impl Node {
             book: Some(crate::peer::PeerBook::new(
                 log.clone(),
                 commit_published.clone(),
+                term_published.clone(),
             )),
         };
         let peer_addresses = config
@@ -1138,15 +1148,18 @@ impl Node {
         // Answers that this node lost its data reach the node through a
         // channel: the dialers start before the node actor exists.
         let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
-        let peers = Peers::start(&me, &peer_addresses, move |from, commit| {
-            let _ = lost_tx.send(LostData { from, commit });
+        let peers = Peers::start(&me, &peer_addresses, move |from, answer| {
+            let _ = lost_tx.send(HelloAnswered { from, answer });
         });
         let node = Node {
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
             peer_heard_ms: BTreeMap::new(),
+            recovering_persisted: recovering,
             log_fault: None,
             applier_fault: None,
             commit_published,
+            term_published,
+            hello_terms: BTreeMap::new(),
             config,
             core,
             writer,
@@ -1197,10 +1210,20 @@ impl Node {
 
     /// Execute the core's outputs.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        if !self.recovering_persisted.1 && !self.core.lost_terms_pending() {
+            // The terms are learned (the vote that holds them is in this
+            // turn's hard state): a restart need not learn them again.
+            self.recovering_persisted.1 = true;
+            if let Err(e) = self.log.set_recovering(self.recovering_persisted.0, true) {
+                tracing::warn!(error = %e, "cannot record that the lost terms are learned");
+            }
+        }
         self.commit_published.store(
             self.core.commit_index(),
             std::sync::atomic::Ordering::Release,
         );
+        self.term_published
+            .store(self.core.term(), std::sync::atomic::Ordering::Release);
         if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
             for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
                 match self.core.read_index(read_ctx) {
@@ -2196,36 +2219,48 @@ impl Actor for Node {
     }
 }
 
-/// A peer answered this node's hello: it knew this node under another
-/// incarnation, so this node lost its data while the group had committed
-/// `commit`.
+/// A peer answered this node's hello: with its term, and, if it knew this
+/// node under another incarnation, the commit index the group had when
+/// this node came back without its data.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct LostData {
+struct HelloAnswered {
     from: NodeId,
-    commit: Index,
+    answer: crate::peer::HelloAnswer,
 }
 
-impl Handler<LostData> for Node {
+impl Handler<HelloAnswered> for Node {
     type Result = ();
-    fn handle(&mut self, msg: LostData, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: HelloAnswered, ctx: &mut Self::Context) {
+        // Every answer since this node started carries a term at least as
+        // new as any its old incarnation saw: kept, for if it learns later
+        // (from another peer) that it lost its data.
+        self.hello_terms.insert(msg.from, msg.answer.term);
+        let Some(commit) = msg.answer.lost_data else {
+            self.core.hello_answered(msg.from, msg.answer.term);
+            self.drive(ctx);
+            return;
+        };
         let before = self.core.recovering_until();
-        let until = msg.commit.max(crate::replication::LOST_DATA_FLOOR);
-        self.core.set_recovering_until(until);
+        let until = commit;
+        self.core.told_lost_data(until);
+        for (&peer, &term) in &self.hello_terms {
+            self.core.hello_answered(peer, term);
+        }
+        self.recovering_persisted = (until.max(self.recovering_persisted.0), false);
+        if let Err(e) = self.log.set_recovering(self.recovering_persisted.0, false) {
+            self.halt(format!("cannot record that this node is recovering: {e}"));
+        }
         if self.core.recovering_until() != before {
             tracing::warn!(
                 node = self.config.node_id,
                 told_by = msg.from,
-                commit = msg.commit,
+                commit,
                 "peer {} knew this node under another incarnation: its data directory was lost; \
                  it will not vote until its log reaches index {}",
                 msg.from,
-                msg.commit
+                commit
             );
-            // Durable, so a restart before it has caught up keeps it so.
-            if let Err(e) = self.log.set_recovering_until(until) {
-                self.halt(format!("cannot record that this node is recovering: {e}"));
-            }
         }
         self.drive(ctx);
     }

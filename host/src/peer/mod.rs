@@ -121,8 +121,12 @@ pub struct Hello {
 /// Answer to a [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    /// Accepted: messages may follow.
-    Welcome,
+    /// Accepted: messages may follow. `term` is the receiver's current
+    /// term (a node that lost its data learns its peers' terms from it).
+    Welcome {
+        /// The receiver's term.
+        term: crate::types::Term,
+    },
     /// Accepted, but the receiver knew the sender under another
     /// incarnation: the sender lost its data directory (and with it its
     /// log and its votes) while the group had committed `commit`. It must
@@ -130,6 +134,8 @@ pub enum HelloReply {
     LostData {
         /// The receiver's commit index.
         commit: crate::types::Index,
+        /// The receiver's term.
+        term: crate::types::Term,
     },
     /// Refused, and why; the connection is closed.
     Refused(String),
@@ -171,7 +177,9 @@ pub struct LocalIdentity {
 #[derive(Clone)]
 pub struct PeerBook {
     log: crate::storage::LogStore,
+    /// The node's (commit index, term), kept current by the node.
     commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    term: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for PeerBook {
@@ -185,8 +193,14 @@ impl PeerBook {
     pub fn new(
         log: crate::storage::LogStore,
         commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        term: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
-        PeerBook { log, commit }
+        PeerBook { log, commit, term }
+    }
+
+    /// This node's term, for hello answers.
+    fn term(&self) -> crate::types::Term {
+        self.term.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Record that `peer` said hello with `incarnation` (durably, before it
@@ -345,6 +359,7 @@ async fn receive(
         _ => None,
     };
     framed.codec_mut().set_max_frame_bytes(net::FRAME_BYTES_MAX);
+    let term = me.book.as_ref().map_or(0, PeerBook::term);
     let reply = match lost {
         Some(commit) => {
             tracing::warn!(
@@ -354,9 +369,9 @@ async fn receive(
                  holds the commit index"
             );
             sink(Inbound::PeerLostData { from: hello.from });
-            HelloReply::LostData { commit }
+            HelloReply::LostData { commit, term }
         }
-        None => HelloReply::Welcome,
+        None => HelloReply::Welcome { term },
     };
     framed
         .send(net::encode(&reply))
@@ -425,12 +440,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Start dialing every peer (id → peer address). `lost_data(peer,
-    /// commit)` is called when a peer answers that this node lost its data.
+    /// Start dialing every peer (id → peer address). `answered(peer,
+    /// answer)` is called with every peer's answer to a hello.
     pub fn start(
         me: &LocalIdentity,
         peers: &BTreeMap<NodeId, String>,
-        lost_data: impl Fn(NodeId, crate::types::Index) + Clone + 'static,
+        answered: impl Fn(NodeId, HelloAnswer) + Clone + 'static,
     ) -> Peers {
         let mut lanes = BTreeMap::new();
         for (&id, address) in peers {
@@ -448,7 +463,7 @@ impl Peers {
                     timing: me.timing,
                     incarnation: me.incarnation,
                 };
-                actix::spawn(dial(address.clone(), hello, rx, lost_data.clone()));
+                actix::spawn(dial(address.clone(), hello, rx, answered.clone()));
                 pair.push(tx);
             }
             let [control, data]: [mpsc::Sender<PeerMessage>; 2] =
@@ -476,16 +491,14 @@ async fn dial(
     address: String,
     hello: Hello,
     mut rx: mpsc::Receiver<PeerMessage>,
-    lost_data: impl Fn(NodeId, crate::types::Index),
+    answered: impl Fn(NodeId, HelloAnswer),
 ) {
     let mut backoff = Duration::from_millis(20);
     let mut refused_logged = false;
     loop {
         match connect(&address, &hello).await {
-            Ok((mut framed, lost)) => {
-                if let Some(commit) = lost {
-                    lost_data(hello.to, commit);
-                }
+            Ok((mut framed, answer)) => {
+                answered(hello.to, answer);
                 backoff = Duration::from_millis(20);
                 refused_logged = false;
                 tracing::debug!(to = hello.to, lane = ?hello.lane, %address, "peer lane up");
@@ -538,12 +551,18 @@ enum DialError {
     Refused(String),
 }
 
-/// A welcomed connection, and the commit index the peer told if it knew
-/// this node under another incarnation.
-type Welcomed = (
-    Framed<TcpStream, crate::net::FrameCodec>,
-    Option<crate::types::Index>,
-);
+/// What a peer's answer to a hello says of the peer and of this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloAnswer {
+    /// The peer's term.
+    pub term: crate::types::Term,
+    /// The peer's commit index, if it knew this node under another
+    /// incarnation (this node lost its data).
+    pub lost_data: Option<crate::types::Index>,
+}
+
+/// A welcomed connection and the answer.
+type Welcomed = (Framed<TcpStream, crate::net::FrameCodec>, HelloAnswer);
 
 async fn connect(address: &str, hello: &Hello) -> Result<Welcomed, DialError> {
     let io = |e: std::io::Error| DialError::Io(e.to_string());
@@ -560,8 +579,20 @@ async fn connect(address: &str, hello: &Hello) -> Result<Welcomed, DialError> {
         .ok_or_else(|| DialError::Io("closed during hello".into()))?
         .map_err(io)?;
     match net::decode::<HelloReply>(&reply) {
-        Ok(HelloReply::Welcome) => Ok((framed, None)),
-        Ok(HelloReply::LostData { commit }) => Ok((framed, Some(commit))),
+        Ok(HelloReply::Welcome { term }) => Ok((
+            framed,
+            HelloAnswer {
+                term,
+                lost_data: None,
+            },
+        )),
+        Ok(HelloReply::LostData { commit, term }) => Ok((
+            framed,
+            HelloAnswer {
+                term,
+                lost_data: Some(commit),
+            },
+        )),
         Ok(HelloReply::Refused(reason)) => Err(DialError::Refused(reason)),
         Err(e) => Err(DialError::Refused(format!("unreadable hello reply: {e}"))),
     }

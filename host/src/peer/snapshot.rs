@@ -121,7 +121,7 @@ pub async fn send_snapshot(
     };
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {
-        HelloReply::Welcome | HelloReply::LostData { .. } => {}
+        HelloReply::Welcome { .. } | HelloReply::LostData { .. } => {}
         HelloReply::Refused(why) => return Err(format!("refused: {why}")),
     }
     send(&mut c, &Offer::Offer(meta.clone())).await?;

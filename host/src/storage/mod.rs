@@ -996,16 +996,18 @@ impl LogStore {
         Ok(before)
     }
 
-    /// The commit index a peer said the group had when this node came
-    /// back without its data: until its log reaches it, the node neither
-    /// votes nor campaigns (0: not recovering).
-    pub fn recovering_until(&self) -> Result<Index, StorageError> {
-        Ok(self.meta_get("recovering_until")?.unwrap_or(0))
+    /// What this node was told of a data loss: the commit index a peer
+    /// said the group had when it came back without its data (until its log
+    /// reaches it, the node neither votes nor campaigns), and whether it
+    /// has learned which terms its old incarnation may have used. `(0,
+    /// true)`: never told.
+    pub fn recovering(&self) -> Result<(Index, bool), StorageError> {
+        Ok(self.meta_get("recovering")?.unwrap_or((0, true)))
     }
 
-    /// Record [`Self::recovering_until`] (synced).
-    pub fn set_recovering_until(&self, index: Index) -> Result<(), StorageError> {
-        self.meta_put("recovering_until", &index)
+    /// Record [`Self::recovering`] (synced).
+    pub fn set_recovering(&self, until: Index, terms_known: bool) -> Result<(), StorageError> {
+        self.meta_put("recovering", &(until, terms_known))
     }
 
     /// The persisted term and vote.

@@ -409,6 +409,15 @@ pub struct Core {
     /// within a maximum election timeout; after that its votes count again
     /// (it refuses to vote itself until it has caught up).
     lost_data: BTreeMap<NodeId, u64>,
+    /// Told it lost its data, and not yet sure of the terms its old
+    /// incarnation may have used: the peers heard from since (not counting
+    /// pre-votes, whose terms are only proposed) and the highest term they
+    /// carried. Once it has heard from enough peers that they intersect
+    /// every majority its old incarnation could have voted or led in
+    /// (`n - quorum + 1`), it takes that term with a vote for itself — so it
+    /// neither votes nor leads again in a term it may have used — and this
+    /// ends. Until then it neither votes nor campaigns.
+    lost_terms: Option<(BTreeSet<NodeId>, Term)>,
     /// This node's vote in the current term went to a peer that has since
     /// come back without its data: the vote stands (no one else gets it),
     /// but that peer — a new incarnation with another log — does not get
@@ -480,6 +489,7 @@ impl Core {
             lost_data: BTreeMap::new(),
             candidacy: true,
             vote_void: false,
+            lost_terms: None,
             ready: Ready::default(),
         };
         core.reset_election_timer();
@@ -505,12 +515,39 @@ impl Core {
     /// This node came back without its data (a peer knew it under another
     /// incarnation) while the group had committed `index`: it neither votes
     /// nor campaigns until its durable log reaches `index`. The shell
-    /// persists the value and passes it again after a restart. The shell
-    /// passes at least 1 for a told loss: the node then hears from a leader
-    /// (and takes its term) before it campaigns, even when nothing was
-    /// committed — its old incarnation may have led a term, and must not
-    /// lead it again with another log. (See [`LOST_DATA_FLOOR`].)
-    pub fn set_recovering_until(&mut self, index: Index) {
+    /// persists the value and passes it again after a restart (with
+    /// [`Core::set_recovering_until`]). Until it has also heard from enough
+    /// peers to know the terms its old incarnation may have used, it
+    /// neither votes nor campaigns (see [`Core::learn_lost_terms`]), even
+    /// where nothing was committed.
+    pub fn told_lost_data(&mut self, commit: Index) {
+        if self.lost_terms.is_none() {
+            self.lost_terms = Some((BTreeSet::new(), self.hard.term));
+        }
+        self.set_recovering_until(commit);
+        // A campaign started before it knew ends here.
+        if matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    /// After a restart: what the shell persisted of a data loss — the index
+    /// to hold before voting again, and whether the terms were learned
+    /// (see [`Core::lost_terms_pending`]).
+    pub fn restore_recovering(&mut self, index: Index, terms_known: bool) {
+        if !terms_known && self.lost_terms.is_none() {
+            self.lost_terms = Some((BTreeSet::new(), self.hard.term));
+        }
+        self.set_recovering_until(index);
+    }
+
+    /// Whether this node, told it lost its data, has yet to learn the terms
+    /// its old incarnation may have used (the shell persists the change).
+    pub fn lost_terms_pending(&self) -> bool {
+        self.lost_terms.is_some()
+    }
+
+    fn set_recovering_until(&mut self, index: Index) {
         if index > self.recovering_until {
             tracing::warn!(
                 node = self.config.id,
@@ -548,7 +585,55 @@ impl Core {
     }
 
     fn recovering(&self) -> bool {
-        self.persisted_index < self.recovering_until
+        self.lost_terms.is_some() || self.persisted_index < self.recovering_until
+    }
+
+    /// A told-lost node heard `msg` from `from`: see [`Core::lost_terms`].
+    fn learn_lost_terms(&mut self, from: NodeId, msg: &Message) {
+        // A pre-vote request proposes its sender's term + 1; a pre-vote
+        // answer may carry a proposed term too (this node does not ask).
+        let term = match msg {
+            Message::Vote {
+                pre: true, term, ..
+            } => term.saturating_sub(1),
+            Message::VoteResponse { pre: true, .. } => return,
+            other => other.term(),
+        };
+        self.learn_term(from, term);
+    }
+
+    /// `peer` answered this node's hello (the transport's), being in
+    /// `term`: a told-lost node learns the peer's term from it.
+    pub fn hello_answered(&mut self, peer: NodeId, term: Term) {
+        if peer != self.config.id && self.config.members.contains(&peer) {
+            self.learn_term(peer, term);
+        }
+    }
+
+    fn learn_term(&mut self, from: NodeId, term: Term) {
+        let needed = self.config.members.len() - self.quorum() + 1;
+        let Some((heard, max_term)) = self.lost_terms.as_mut() else {
+            return;
+        };
+        heard.insert(from);
+        *max_term = (*max_term).max(term);
+        if heard.len() < needed {
+            return;
+        }
+        let term = *max_term;
+        self.lost_terms = None;
+        if term > self.hard.term || self.hard.vote.is_none() {
+            let term = term.max(self.hard.term);
+            tracing::info!(
+                node = self.config.id,
+                term,
+                "heard from enough peers after losing its data: holding its vote in term {term}"
+            );
+            self.set_hard_state(term, Some(self.config.id));
+            if self.role != Role::Follower {
+                self.become_follower(term, None);
+            }
+        }
     }
 
     /// `peer` came back without its data (a new incarnation): as leader,
@@ -1201,6 +1286,7 @@ impl Core {
             tracing::warn!(from, "message from a non-member refused");
             return;
         }
+        self.learn_lost_terms(from, &msg);
         let term = msg.term();
         if term > self.hard.term {
             match &msg {
@@ -1799,6 +1885,9 @@ impl Core {
         pre: bool,
         log: &impl LogRead,
     ) {
+        if self.recovering() {
+            return;
+        }
         let expected = match (self.role, pre) {
             (Role::PreCandidate, true) => self.hard.term + 1,
             (Role::Candidate, false) => self.hard.term,
@@ -1856,10 +1945,6 @@ fn entry_size(e: &Entry) -> usize {
         }
     }
 }
-
-/// The least index a node told that it lost its data must hold before it
-/// votes or campaigns (see [`Core::set_recovering_until`]).
-pub const LOST_DATA_FLOOR: Index = 1;
 
 /// Whether an append is one an honest leader of `term` could send: its
 /// entries continue `prev_index` one by one, with terms that never go back

@@ -51,6 +51,9 @@ struct Disk {
     peers: BTreeMap<NodeId, u64>,
     /// Told that it lost its data: no votes until the log reaches this.
     recovering_until: Index,
+    /// Told that it lost its data and still learning which terms its old
+    /// incarnation may have used.
+    terms_pending: bool,
 }
 
 impl Disk {
@@ -271,6 +274,9 @@ impl Sim {
         if let Some(hs) = r.hard_state {
             n.disk.hard = hs;
         }
+        // The shell records when the terms are learned, with the hard
+        // state that holds its vote.
+        n.disk.terms_pending = n.core.lost_terms_pending();
         if let Some(t) = r.truncate_from {
             n.disk.truncate_from(t);
             for (_, batch) in n.writes.iter_mut() {
@@ -404,7 +410,8 @@ impl Sim {
         let applied = (n.applied.len() as Index).min(last.0);
         n.applied.truncate(applied as usize);
         n.core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
-        n.core.set_recovering_until(n.disk.recovering_until);
+        n.core
+            .restore_recovering(n.disk.recovering_until, !n.disk.terms_pending);
         n.up = true;
     }
 
@@ -437,6 +444,9 @@ impl Sim {
     /// The node loses its disk and restarts on an empty one, under a new
     /// incarnation.
     fn wipe(&mut self, id: NodeId) {
+        if std::env::var("UNDERSTUDY_SIM_TRACE").is_ok() {
+            eprintln!("{} ms: wipe node {id}", self.now_ms);
+        }
         self.crash(id);
         let incarnation = self.rng.next() | 1;
         let n = self.nodes.get_mut(&id).expect("node");
@@ -460,6 +470,12 @@ impl Sim {
     /// reaches `to`: `to` records `from`'s incarnation, and if it knew
     /// another one, both learn that `from` lost its data.
     fn hello(&mut self, from: NodeId, to: NodeId) {
+        // The answer carries the receiver's term.
+        let term = self.nodes[&to].core.term();
+        let sender = self.nodes.get_mut(&from).expect("node");
+        sender.core.hello_answered(to, term);
+        sender.disk.terms_pending = sender.core.lost_terms_pending();
+        self.drain(from);
         let incarnation = self.nodes[&from].incarnation;
         let receiver = self.nodes.get_mut(&to).expect("node");
         let before = receiver.disk.peers.insert(from, incarnation);
@@ -467,11 +483,19 @@ impl Sim {
             return;
         }
         receiver.core.peer_lost_data(from, &receiver.disk);
-        let commit = receiver.core.commit_index().max(LOST_DATA_FLOOR);
+        let commit = receiver.core.commit_index();
+        if std::env::var("UNDERSTUDY_SIM_TRACE").is_ok() {
+            eprintln!(
+                "{} ms: node {to} (term {}) tells node {from} it lost its data (commit {commit})",
+                self.now_ms,
+                receiver.core.term()
+            );
+        }
         self.drain(to);
         let sender = self.nodes.get_mut(&from).expect("node");
         sender.disk.recovering_until = sender.disk.recovering_until.max(commit);
-        sender.core.set_recovering_until(commit);
+        sender.disk.terms_pending = true;
+        sender.core.told_lost_data(commit);
         self.drain(from);
     }
 
@@ -494,6 +518,24 @@ impl Sim {
                     self.fail(&msg);
                 }
             }
+        }
+    }
+
+    fn trace(&mut self) {
+        if std::env::var("UNDERSTUDY_SIM_TRACE").is_err() {
+            return;
+        }
+        for (id, n) in &self.nodes {
+            let now = (
+                n.core.lost_terms.is_some(),
+                n.core.role(),
+                n.core.term(),
+                n.core.vote(),
+            );
+            eprintln!(
+                "{} ms: node {id} lost_terms {:?} role {:?} term {} vote {:?} up {}",
+                self.now_ms, n.core.lost_terms, now.1, now.2, now.3, n.up
+            );
         }
     }
 
@@ -811,6 +853,27 @@ impl Sim {
                 self.drain(id);
             }
         }
+        // A node still learning the terms it lost keeps dialing the peers
+        // it has not reached (the transport's dialers retry), and each
+        // hello's answer carries the peer's term.
+        let learning: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up && n.paused_until <= now && n.core.lost_terms_pending())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in learning {
+            for &p in &ids {
+                if p != id
+                    && self.nodes[&p].up
+                    && self.nodes[&p].paused_until <= now
+                    && !self.cut.contains(&(id, p))
+                    && !self.cut.contains(&(p, id))
+                {
+                    self.hello(id, p);
+                }
+            }
+        }
         if faults {
             if self.rng.chance(2) {
                 // Freeze a node (SIGSTOP) for 50–500 ms.
@@ -847,6 +910,7 @@ impl Sim {
                 self.cut.clear();
             }
         }
+        self.trace();
         self.check();
     }
 
@@ -922,7 +986,10 @@ fn seeds() -> Vec<u64> {
 ///   terms counted from when it learned, while its own pre-votes never
 ///   advanced its term (no leader after healing).
 /// - 1592590882: a wiped node that had led term 1 led term 1 again with
-///   another log (told by a peer that had committed nothing).
+///   another log (told by a peer that had committed nothing): a told node
+///   now learns the terms of enough peers to cover every majority first.
+/// - 1592590795: two wiped nodes waited for each other's terms forever
+///   (hello answers now carry the peer's term).
 const REGRESSIONS: &[u64] = &[
     0x5EED_000A,
     0x5EED_0000,
@@ -932,6 +999,7 @@ const REGRESSIONS: &[u64] = &[
     1592590405,
     1592590485,
     1592590882,
+    1592590795,
 ];
 
 #[test]
