@@ -1849,6 +1849,95 @@ mod tests {
         );
     }
 
+    mod property {
+        use super::*;
+        use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+        use proptest::prelude::*;
+
+        fn actor() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("kv".to_string()),
+                Just("m".to_string()),
+                Just(String::new()),
+                Just("a".repeat(65)),
+                Just("a".repeat(600)),
+                "[A-Za-z0-9 _.\\-]{0,8}",
+            ]
+        }
+
+        fn size() -> impl Strategy<Value = usize> {
+            prop_oneof![
+                Just(0),
+                Just(1),
+                Just(KEY_BYTES_MAX),
+                Just(KEY_BYTES_MAX + 1),
+                Just(600),
+                0..64usize,
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = Payload> {
+            let command = prop_oneof![
+                (size(), size()).prop_map(|(k, v)| serde_json::json!({"put": {"key": "k".repeat(k), "value": "v".repeat(v)}})),
+                size().prop_map(|k| serde_json::json!({"delete": {"key": "k".repeat(k)}})),
+                prop_oneof![Just(VALUE_BYTES_MAX), Just(VALUE_BYTES_MAX + 1), 0..4096usize]
+                    .prop_map(|n| serde_json::json!({"fill": {"sizes": [n]}})),
+                (0..3usize).prop_map(|n| serde_json::json!({"shout": {"bytes": n * 700_000}})),
+                Just(serde_json::json!({"panic": {"key": "p"}})),
+                Just(serde_json::json!({"remember": null})),
+            ]
+            .prop_map(|j| codec::to_cbor(&j));
+            let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+            prop_oneof![
+                4 => (actor(), prop_oneof![command, bytes]).prop_map(|(actor, command)| Payload::Command {
+                    actor,
+                    client: None,
+                    command: command.into(),
+                }),
+                1 => (actor(), prop_oneof![
+                    Just(understudy_examples::KV.to_vec()),
+                    Just(understudy_examples::MISBEHAVE.to_vec()),
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                ])
+                .prop_map(|(actor, wasm)| Payload::Deploy { actor, wasm: wasm.into() }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10))]
+
+            /// Content never halts the applier (BRIEF invariant 9):
+            /// arbitrary actor names, keys, values, commands and module
+            /// bytes, at and past every limit, are all applied as outcomes,
+            /// the state checkpoints, and a second replica that applies the
+            /// same log in other batches gets the same outcomes and digest.
+            #[test]
+            fn arbitrary_content_is_always_an_outcome_the_same_on_every_replica(
+                payloads in proptest::collection::vec(payload(), 1..24),
+                split in 1..8usize,
+            ) {
+                let mut log = vec![
+                    entry(1, Payload::Deploy { actor: "kv".into(), wasm: understudy_examples::KV.to_vec().into() }),
+                    entry(2, Payload::Deploy { actor: "m".into(), wasm: understudy_examples::MISBEHAVE.to_vec().into() }),
+                ];
+                log.extend(payloads.into_iter().enumerate().map(|(i, p)| entry(3 + i as Index, p)));
+                let end = log.len() as Index;
+                log.extend((end + 1..=RUN_WINDOW).map(|i| entry(i, Payload::Noop)));
+                let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let (mut a, mut b) = (applier(d1.path()), applier(d2.path()));
+                let one = a.execute(&log).expect("content never fails the applier");
+                prop_assert!(a.checkpoint().expect("the state checkpoints"));
+                let mut two = Vec::new();
+                for chunk in log.chunks(split) {
+                    two.extend(b.execute(chunk).expect("content never fails the applier"));
+                }
+                prop_assert!(b.checkpoint().expect("the state checkpoints"));
+                prop_assert_eq!(one, two);
+                prop_assert_eq!(a.applied(), b.applied());
+            }
+        }
+    }
+
     fn adds_for_kv(from: Index, to: Index) -> Vec<Entry> {
         (from..=to)
             .map(|i| {

@@ -232,3 +232,57 @@ fn request(
     })?;
     Ok((request.id, request.body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends is a request or a refusal with a code,
+        /// never a panic; a request that decodes passes the door check or
+        /// is refused by it.
+        #[test]
+        fn fuzz_client_frames_never_panic_the_decoder(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut codec = net::codec();
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut frames = vec![Ok(BytesMut::from(&bytes[..]))];
+            while let Ok(Some(f)) = tokio_util::codec::Decoder::decode(&mut codec, &mut buf) {
+                frames.push(Ok(f));
+            }
+            for item in frames {
+                if let Ok((_, r)) = request(item) {
+                    let _ = r.admit();
+                }
+            }
+        }
+
+        /// Real requests with one byte changed.
+        #[test]
+        fn fuzz_mutated_requests_never_panic_the_decoder(
+            at in 0..400usize,
+            byte in any::<u8>(),
+        ) {
+            let frame = Frame {
+                v: PROTOCOL_VERSION,
+                id: 7,
+                body: Request::Command {
+                    actor: "kv".into(),
+                    command: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+                    client: None,
+                    concern: crate::api::WriteConcern::Majority,
+                },
+            };
+            let mut bytes = crate::codec::encode(&frame);
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok((_, r)) = request(Ok(BytesMut::from(&bytes[..]))) {
+                let _ = r.admit();
+            }
+        }
+    }
+}

@@ -704,4 +704,44 @@ mod tests {
         };
         assert_eq!(Lane::of(&digest), Lane::Control);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever bytes a peer (or a stranger) sends as a hello or a
+        /// message are refused with a reason, never a panic.
+        #[test]
+        fn fuzz_peer_frames_never_panic_the_decoders(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            let frame = BytesMut::from(&bytes[..]);
+            if let Ok(hello) = read_hello(&frame) {
+                let _ = me().check(&hello);
+            }
+            let _ = net::decode::<PeerMessage>(&frame);
+            let _ = net::decode::<HelloReply>(&frame);
+            let _ = net::decode::<snapshot::Offer>(&frame);
+            let mut codec = net::codec();
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = tokio_util::codec::Decoder::decode(&mut codec, &mut buf) {}
+        }
+
+        /// Valid envelopes with a damaged body: the codec's version byte
+        /// followed by mutated CBOR of real messages.
+        #[test]
+        fn fuzz_mutated_peer_messages_never_panic_the_decoder(
+            at in 0..200usize,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let msg = PeerMessage::Raft(Message::Heartbeat { term: 3, commit: 9, seq: 1 });
+            let mut bytes = crate::codec::encode(&msg);
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            let _ = net::decode::<PeerMessage>(&BytesMut::from(&bytes[..]));
+            let mut hello = crate::codec::encode(&hello());
+            let i = at % hello.len();
+            hello[i] = byte;
+            let _ = read_hello(&BytesMut::from(&hello[..]));
+        }
+    }
 }

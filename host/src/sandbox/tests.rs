@@ -308,3 +308,42 @@ fn a_trap_or_fuel_exhaustion_spends_a_kept_instance() {
         assert!(w.spent());
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The module loader takes a user's bytes: a real machine with
+        /// bytes changed, cut short or grown, or noise, is refused with a
+        /// reason or loads — never a panic.
+        #[test]
+        fn fuzz_module_loader_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<Option<usize>>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..256),
+            raw in any::<bool>(),
+        ) {
+            let sb = sandbox();
+            let mut bytes = if raw { noise } else { understudy_examples::KV.to_vec() };
+            if bytes.is_empty() {
+                bytes.push(0);
+            }
+            for (at, b) in flips {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % (bytes.len() + 1));
+            }
+            if let Ok(component) = Sandbox::normalize(&bytes) {
+                if let Ok(artifact) = sb.precompile(&component) {
+                    // SAFETY: the artifact was made by this engine just now.
+                    let _ = unsafe { sb.load(&component, Some(&artifact)) };
+                }
+            }
+        }
+    }
+}

@@ -24,6 +24,8 @@
 //! sent only in a [`Ready`] whose `hard_state` (persisted first) records it.
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod sim;
 
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
