@@ -338,11 +338,11 @@ mod fuzz {
             if let Some(c) = cut {
                 bytes.truncate(c % (bytes.len() + 1));
             }
-            if let Ok(component) = Sandbox::normalize(&bytes) {
-                if let Ok(artifact) = sb.precompile(&component) {
-                    // SAFETY: the artifact was made by this engine just now.
-                    let _ = unsafe { sb.load(&component, Some(&artifact)) };
-                }
+            if let Ok(component) = Sandbox::normalize(&bytes)
+                && let Ok(artifact) = sb.precompile(&component)
+            {
+                // SAFETY: the artifact was made by this engine just now.
+                let _ = unsafe { sb.load(&component, Some(&artifact)) };
             }
         }
     }
