@@ -638,3 +638,56 @@ async fn a_full_disk_on_the_leader_is_survived_and_recovered_without_a_restart()
     g.assert_same_state(Duration::from_secs(30)).await;
     drop(g);
 }
+
+/// A follower restarted on an empty data directory under its id stayed at
+/// index 0 for good (the leader believed it still held the log) while
+/// `status` showed a lag far below the truth. Now the leader resets its
+/// view of it and catches it up at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_its_data_is_caught_up_by_a_healthy_leader() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    for i in 0..20 {
+        let w = within(
+            10,
+            "a write",
+            c.command("kv", kv_put(&format!("b{i}"), "x")),
+        )
+        .await
+        .unwrap();
+        assert!(w.outcome.is_ok());
+    }
+    g.kill9(follower);
+    std::fs::remove_dir_all(dir.path().join(format!("node{follower}"))).unwrap();
+    g.restart(follower).unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        let w = within(
+            10,
+            "a write",
+            c.command("kv", kv_put(&format!("a{i}"), "y")),
+        )
+        .await
+        .unwrap();
+        last = w.index;
+    }
+    let n = within(10, "a client", g.client_of(follower)).await.unwrap();
+    within(20, "the wiped follower catches up", async {
+        loop {
+            if let Ok(s) = n.status().await
+                && s.applied_index >= last
+                && s.recovering_until.is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(read_value(&n, "b0").await.as_deref(), Some("x"));
+    assert_eq!(read_value(&n, "a4").await.as_deref(), Some("y"));
+    g.assert_same_state(Duration::from_secs(30)).await;
+}
