@@ -691,3 +691,38 @@ async fn a_follower_that_lost_its_data_is_caught_up_by_a_healthy_leader() {
     assert_eq!(read_value(&n, "a4").await.as_deref(), Some("y"));
     g.assert_same_state(Duration::from_secs(30)).await;
 }
+
+/// Deploying a 34 MB file hung the CLI (the frame was over the node's limit
+/// and the connection closed under a client still waiting), and a 32 MiB
+/// module produced an append over the peer frame limit. Now a module over
+/// `MODULE_BYTES_MAX` is refused at once, by the CLI, naming the limit; one
+/// just under the frame limit too; the node is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_module_is_refused_at_once_naming_the_limit() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n1"), 1).unwrap();
+    let addr = node.addr.to_string();
+    for size in [understudy::limits::MODULE_BYTES_MAX + 1, 34 << 20] {
+        let file = dir.path().join(format!("big{size}.wasm"));
+        std::fs::write(&file, vec![0u8; size]).unwrap();
+        let (ok, _, err) = run_cli_within(
+            30,
+            &["deploy", "--addr", &addr, "big", file.to_str().unwrap()],
+        )
+        .await;
+        assert!(!ok, "{err}");
+        assert!(err.contains("MODULE_BYTES_MAX"), "{err}");
+    }
+    assert!(
+        !dir.path().join("n1/quarantine").exists()
+            || std::fs::read_dir(dir.path().join("n1/quarantine"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "nothing reached the log"
+    );
+    let c = within(10, "a client", node.client()).await.unwrap();
+    let s = within(10, "a status", c.status()).await.unwrap();
+    assert_eq!(s.last_index, 1, "only the leader's no-op is in the log");
+}

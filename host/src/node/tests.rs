@@ -212,9 +212,11 @@ fn a_lease_read_sees_a_write_the_slow_leader_has_not_applied_yet() {
         assert!(w.outcome.is_ok(), "{:?}", w.outcome);
         let leader = c.status().await.unwrap().leader.expect("a leader");
         let on_leader = Client::connect(addrs[leader as usize - 1]).await.unwrap();
+        // Long enough that the status below lands inside the slow write
+        // even with both cores busy (the suite must pass under load).
         let slow = (
             dir.path().join(format!("n{leader}")),
-            Duration::from_millis(300),
+            Duration::from_millis(1500),
         );
         SLOW_PERSISTS.lock().unwrap().push(slow);
         let cbor = |v: serde_json::Value| crate::codec::to_cbor(&v);
