@@ -335,3 +335,76 @@ pub enum Response {
     /// An error.
     Error(ApiError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{COMMAND_BYTES_MAX, MODULE_BYTES_MAX, QUERY_BYTES_MAX};
+
+    fn command(actor: &str, len: usize) -> Request {
+        Request::Command {
+            actor: actor.into(),
+            command: ByteBuf::from(vec![0u8; len]),
+            client: None,
+            concern: WriteConcern::Majority,
+        }
+    }
+
+    fn query(actor: &str, len: usize) -> Request {
+        Request::Query {
+            actor: actor.into(),
+            request: ByteBuf::from(vec![0u8; len]),
+            level: ReadLevel::Any,
+        }
+    }
+
+    fn deploy(actor: &str, len: usize) -> Request {
+        Request::Deploy {
+            actor: actor.into(),
+            wasm: ByteBuf::from(vec![0u8; len]),
+        }
+    }
+
+    #[test]
+    fn the_door_admits_every_limit_and_refuses_one_past_it_by_name() {
+        for (at, past, name) in [
+            (
+                command("kv", COMMAND_BYTES_MAX),
+                command("kv", COMMAND_BYTES_MAX + 1),
+                "COMMAND_BYTES_MAX",
+            ),
+            (
+                query("kv", QUERY_BYTES_MAX),
+                query("kv", QUERY_BYTES_MAX + 1),
+                "QUERY_BYTES_MAX",
+            ),
+            (
+                deploy("kv", MODULE_BYTES_MAX),
+                deploy("kv", MODULE_BYTES_MAX + 1),
+                "MODULE_BYTES_MAX",
+            ),
+        ] {
+            assert_eq!(at.admit(), Ok(()), "{name}");
+            let e = past.admit().unwrap_err();
+            assert_eq!(e.code, ErrorCode::TooLarge);
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+        let longest = "a".repeat(crate::types::ACTOR_NAME_MAX_BYTES);
+        assert_eq!(command(&longest, 1).admit(), Ok(()));
+        for bad in [
+            String::new(),
+            format!("{longest}a"),
+            "Kv".into(),
+            "1kv".into(),
+            "k v".into(),
+        ] {
+            for r in [command(&bad, 1), query(&bad, 1), deploy(&bad, 1)] {
+                assert_eq!(
+                    r.admit().unwrap_err().code,
+                    ErrorCode::BadRequest,
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+}
