@@ -515,13 +515,13 @@ impl Core {
         self.leader
     }
     /// This node came back without its data (a peer knew it under another
-    /// incarnation) while the group had committed `index`: it neither votes
-    /// nor campaigns until its durable log reaches `index`. The shell
+    /// incarnation) while the group had committed `commit`: it neither
+    /// votes nor campaigns until its durable log reaches `commit`. The shell
     /// persists the value and passes it again after a restart (with
-    /// [`Core::set_recovering_until`]). Until it has also heard from enough
+    /// [`Core::restore_recovering`]). Until it has also heard from enough
     /// peers to know the terms its old incarnation may have used, it
-    /// neither votes nor campaigns (see [`Core::learn_lost_terms`]), even
-    /// where nothing was committed.
+    /// neither votes nor campaigns (it then holds its vote in the highest
+    /// term they told), even where nothing was committed.
     pub fn told_lost_data(&mut self, commit: Index) {
         if self.lost_terms.is_none() {
             self.lost_terms = Some((BTreeSet::new(), self.hard.term));
