@@ -312,6 +312,26 @@ struct Progress {
     heard_ms: u64,
 }
 
+impl Progress {
+    /// A follower a leader knows nothing of yet: next to send `next`, heard
+    /// from at `now_ms` (a new leader's view, or one reset because the
+    /// follower lost its data).
+    fn fresh(next: Index, now_ms: u64) -> Progress {
+        Progress {
+            next,
+            matched: 0,
+            inflight: BTreeMap::new(),
+            active: true,
+            probing: false,
+            probe: None,
+            answered: true,
+            acked_seq: 0,
+            snapshotting: false,
+            heard_ms: now_ms,
+        }
+    }
+}
+
 /// A follower's replication state as its leader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FollowerStatus {
@@ -662,18 +682,7 @@ impl Core {
                 held = pr.matched,
                 "a follower lost its data; catching it up from the start"
             );
-            *pr = Progress {
-                next,
-                matched: 0,
-                inflight: BTreeMap::new(),
-                active: true,
-                probing: false,
-                probe: None,
-                answered: true,
-                acked_seq: 0,
-                snapshotting: false,
-                heard_ms: now,
-            };
+            *pr = Progress::fresh(next, now);
             self.send_append(peer, log, false);
         }
     }
@@ -1002,23 +1011,7 @@ impl Core {
         let now = self.now_ms;
         self.progress = self
             .peers()
-            .map(|p| {
-                (
-                    p,
-                    Progress {
-                        next,
-                        matched: 0,
-                        inflight: BTreeMap::new(),
-                        active: true,
-                        probing: false,
-                        probe: None,
-                        answered: true,
-                        acked_seq: 0,
-                        snapshotting: false,
-                        heard_ms: now,
-                    },
-                )
-            })
+            .map(|p| (p, Progress::fresh(next, now)))
             .collect();
         self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
         // Timestamps never go back along the log, whoever leads.
