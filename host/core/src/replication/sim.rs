@@ -990,6 +990,11 @@ fn seeds() -> Vec<u64> {
 ///   now learns the terms of enough peers to cover every majority first.
 /// - 1592590795: two wiped nodes waited for each other's terms forever
 ///   (hello answers now carry the peer's term).
+///
+/// Open (not in this list, so CI stays green, and the first thing to
+/// investigate): 1592590781 with five nodes (`UNDERSTUDY_SIM_SEEDS=1200`
+/// reaches it) — 68 ms after node 5's disk is wiped, node 4 still holds a
+/// read lease in term 2 while node 1 leads term 3.
 const REGRESSIONS: &[u64] = &[
     0x5EED_000A,
     0x5EED_0000,
