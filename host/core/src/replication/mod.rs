@@ -1288,12 +1288,14 @@ impl Core {
                 // Pre-votes never change anyone's term — except that a
                 // refusal carries the refuser's own, newer term (as in
                 // etcd): a pre-candidate that never learned it would ask
-                // for that same term forever and never be granted.
+                // for that same term forever and never be granted. Only a
+                // pre-candidate: a late refusal reaching a follower must
+                // not make it drop its leader (and the lease it grants).
                 Message::VoteResponse {
                     pre: true,
                     granted: false,
                     ..
-                } => self.become_follower(term, None),
+                } if self.role == Role::PreCandidate => self.become_follower(term, None),
                 Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
                 Message::Vote {
                     transfer: false, ..
