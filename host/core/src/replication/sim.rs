@@ -993,8 +993,10 @@ fn seeds() -> Vec<u64> {
 ///
 /// Open (not in this list, so CI stays green, and the first thing to
 /// investigate): 1592590781 with five nodes (`UNDERSTUDY_SIM_SEEDS=1200`
-/// reaches it) — 68 ms after node 5's disk is wiped, node 4 still holds a
-/// read lease in term 2 while node 1 leads term 3.
+/// reaches it) — node 4 holds a read lease in term 2 while node 1 leads
+/// term 3. Node 1 campaigned without a pre-vote (a TimeoutNow) and won
+/// with transfer votes: probably a TimeoutNow that arrived late, after
+/// node 4 gave up that transfer and went back to serving lease reads.
 const REGRESSIONS: &[u64] = &[
     0x5EED_000A,
     0x5EED_0000,
