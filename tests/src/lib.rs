@@ -222,6 +222,27 @@ pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output
     }
 }
 
+/// The hello a member of a harness group sends (cluster `test`, the
+/// harness's timing, statement kind, no incarnation): tests forge peers
+/// with it.
+pub fn member_hello(from: u64, to: u64, lane: understudy::peer::Lane) -> understudy::peer::Hello {
+    understudy::peer::Hello {
+        v: understudy::peer::PEER_PROTOCOL_VERSION,
+        cluster_id: "test".into(),
+        from,
+        to,
+        client_address: "127.0.0.1:1".into(),
+        lane,
+        log_kind: understudy::node::LogKind::Statement,
+        timing: understudy::node::Timing {
+            heartbeat_interval_ms: 25,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        },
+        incarnation: 0,
+    }
+}
+
 /// Run the CLI off the async runtime, failing the test if it takes more
 /// than `secs` seconds.
 pub async fn run_cli_within(secs: u64, args: &[&str]) -> (bool, String, String) {

@@ -293,22 +293,8 @@ async fn peers_of_another_cluster_unknown_nodes_other_protocols_and_stale_terms_
     let node = g.node(target);
     let peer_addr = node.peer_addr.unwrap();
     let from = (1..=3).find(|&i| i != target).unwrap();
-    let good = Hello {
-        v: PEER_PROTOCOL_VERSION,
-        cluster_id: "test".into(),
-        from,
-        to: target,
-        client_address: "127.0.0.1:1".into(),
-        lane: Lane::Control,
-        log_kind: understudy::node::LogKind::Statement,
-        // The harness's test timing.
-        timing: understudy::node::Timing {
-            heartbeat_interval_ms: 25,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-        },
-        incarnation: 0,
-    };
+    // The harness's test timing, as the members run it.
+    let good = understudy_tests::member_hello(from, target, Lane::Control);
     for (bad, why) in [
         (
             Hello {

@@ -17,6 +17,13 @@ fn api_code(r: &Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> 
     }
 }
 
+/// A 3-node group under `dir` (harness timing plus `flags`) with a leader
+/// and the kv example deployed: (group, leader, a leader-following client).
+async fn group_with_kv(dir: &std::path::Path, flags: &[&str]) -> (Group, u64, Client) {
+    let g = Group::start(dir, 3, flags).unwrap();
+    within(60, "a group with kv", with_kv(g)).await
+}
+
 async fn read_value(c: &Client, key: &str) -> Option<String> {
     let (out, _) = within(10, "a read", c.query("kv", kv_get(key)))
         .await
@@ -37,8 +44,7 @@ async fn over_long_keys_and_bad_actor_names_never_halt_a_group() {
     understudy_tests::setup!();
     for kind in ["statement", "row"] {
         let dir = tempfile::tempdir().unwrap();
-        let g = Group::start(dir.path(), 3, &["--log-kind", kind]).unwrap();
-        let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+        let (mut g, leader, c) = group_with_kv(dir.path(), &["--log-kind", kind]).await;
         let long = "k".repeat(600);
         let w = within(10, "a write", c.command("kv", kv_put(&long, "v")))
             .await
@@ -125,8 +131,7 @@ async fn over_long_keys_and_bad_actor_names_never_halt_a_group() {
 async fn a_forced_promotion_is_refused_while_the_group_can_still_elect() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let (mut g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     for id in [follower, leader] {
         let n = within(10, "a client", g.client_of(id)).await.unwrap();
@@ -171,9 +176,13 @@ async fn a_forced_promotion_is_refused_while_the_group_can_still_elect() {
     within(10, "a forced promotion", n.force_promote(follower))
         .await
         .unwrap();
-    let n = Client::connect_group(vec![g.node(follower).addr])
-        .await
-        .unwrap();
+    let n = within(
+        10,
+        "a client",
+        Client::connect_group(vec![g.node(follower).addr]),
+    )
+    .await
+    .unwrap();
     let w = within(20, "a write", n.command("kv", kv_put("a", "2")))
         .await
         .unwrap();
@@ -187,36 +196,28 @@ async fn a_forced_promotion_is_refused_while_the_group_can_still_elect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_append_is_refused_and_the_follower_keeps_serving() {
     use futures::{SinkExt, StreamExt};
-    use understudy::peer::{Hello, HelloReply, Lane, PEER_PROTOCOL_VERSION, PeerMessage};
+    use understudy::peer::{Hello, HelloReply, Lane, PeerMessage};
     use understudy::replication::Message;
     use understudy::types::{Entry, EntryContext, Payload};
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let target = (1..=3).find(|&i| i != leader).unwrap();
     let status = within(10, "a status", async {
         g.client_of(target).await.unwrap().status().await.unwrap()
     })
     .await;
-    let stream = tokio::net::TcpStream::connect(g.node(target).peer_addr.unwrap())
-        .await
-        .unwrap();
+    let stream = within(
+        10,
+        "a peer connection",
+        tokio::net::TcpStream::connect(g.node(target).peer_addr.unwrap()),
+    )
+    .await
+    .unwrap();
     let mut framed = tokio_util::codec::Framed::new(stream, understudy::net::codec());
     let hello = Hello {
-        v: PEER_PROTOCOL_VERSION,
-        cluster_id: "test".into(),
-        from: leader,
-        to: target,
         client_address: g.node(leader).addr.to_string(),
-        lane: Lane::Data,
-        log_kind: understudy::node::LogKind::Statement,
-        timing: understudy::node::Timing {
-            heartbeat_interval_ms: 25,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-        },
-        incarnation: 0,
+        ..understudy_tests::member_hello(leader, target, Lane::Data)
     };
     within(10, "a hello", framed.send(understudy::net::encode(&hello)))
         .await
@@ -277,7 +278,7 @@ async fn a_damaged_journal_record_before_acknowledged_ones_stops_the_node() {
     {
         let mut node = NodeProc::start(&data, 1).unwrap();
         let c = within(10, "a client", node.client()).await.unwrap();
-        understudy_tests::deploy_kv(&c).await;
+        within(30, "a deploy", understudy_tests::deploy_kv(&c)).await;
         for i in 0..10 {
             let w = within(10, "a write", c.command("kv", kv_put("k", &i.to_string())))
                 .await
@@ -314,8 +315,7 @@ async fn a_damaged_journal_record_before_acknowledged_ones_stops_the_node() {
 async fn a_deposed_leader_answers_the_writers_it_holds() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (g, leader, _c) = within(60, "a group with kv", with_kv(g)).await;
+    let (g, leader, _c) = group_with_kv(dir.path(), &[]).await;
     let old = within(10, "a client", g.client_of(leader)).await.unwrap();
     g.net.isolate(leader);
     let started = std::time::Instant::now();
@@ -368,8 +368,7 @@ async fn cli_commands_end_within_their_timeout_against_silent_or_frozen_nodes() 
         assert!(err.contains("no answer"), "{args:?}: {err}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (g, leader, _c) = within(60, "a group with kv", with_kv(g)).await;
+    let (g, leader, _c) = group_with_kv(dir.path(), &[]).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     g.node(leader).pause();
     let addr = g.node(follower).addr.to_string();
@@ -394,8 +393,7 @@ async fn cli_commands_end_within_their_timeout_against_silent_or_frozen_nodes() 
 async fn a_member_that_lost_its_data_does_not_vote_until_it_has_caught_up() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let (mut g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let mut others = (1..=3).filter(|&i| i != leader);
     let (wiped, stale) = (others.next().unwrap(), others.next().unwrap());
     g.node(stale).pause();
@@ -527,8 +525,7 @@ async fn a_full_disk_on_the_leader_is_survived_and_recovered_without_a_restart()
     let _mounts: Vec<Tmpfs> = (1..=3)
         .map(|id| Tmpfs::mount(&dir.path().join(format!("node{id}")), 96))
         .collect();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let filler = fill(&dir.path().join(format!("node{leader}")));
     let value = "v".repeat(64 << 10);
     let mut acked = Vec::new();
@@ -647,8 +644,7 @@ async fn a_full_disk_on_the_leader_is_survived_and_recovered_without_a_restart()
 async fn a_follower_that_lost_its_data_is_caught_up_by_a_healthy_leader() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &[]).unwrap();
-    let (mut g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    let (mut g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     for i in 0..20 {
         let w = within(
