@@ -1145,11 +1145,11 @@ impl Node {
             .iter()
             .map(|p| (p.id, p.address.clone()))
             .collect();
-        // Answers that this node lost its data reach the node through a
+        // Peers' answers to the hellos reach the node through a
         // channel: the dialers start before the node actor exists.
-        let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (answers_tx, mut answers_rx) = tokio::sync::mpsc::unbounded_channel();
         let peers = Peers::start(&me, &peer_addresses, move |from, answer| {
-            let _ = lost_tx.send(HelloAnswered { from, answer });
+            let _ = answers_tx.send(HelloAnswered { from, answer });
         });
         let node = Node {
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
@@ -1194,7 +1194,7 @@ impl Node {
         let addr = node.start();
         let to_node = addr.clone();
         actix::spawn(async move {
-            while let Some(lost) = lost_rx.recv().await {
+            while let Some(lost) = answers_rx.recv().await {
                 to_node.do_send(lost);
             }
         });
