@@ -147,7 +147,18 @@ async fn frozen_leader(n: u64) {
         new,
         "the thawed leader steps down"
     );
-    assert_eq!(term_of(&g, old).await.0, Role::Follower);
+    // Thawed, its own clock says every timeout passed: it may first step
+    // down into a pre-candidacy (refused: the others hear their leader)
+    // before the new leader's heartbeat makes it a follower. A bounded wait.
+    let mut role = term_of(&g, old).await.0;
+    for _ in 0..100 {
+        if role == Role::Follower {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        role = term_of(&g, old).await.0;
+    }
+    assert_eq!(role, Role::Follower, "the thawed leader follows within 5 s");
     // What the old leader answered while it thawed: never a success for a
     // write the group does not have.
     let answers = stuck.await.unwrap();

@@ -413,6 +413,11 @@ pub struct Core {
     read_round_wanted: bool,
     /// Leadership transfer in progress: (target, give up at, TimeoutNow sent).
     transfer: Option<(NodeId, u64, bool)>,
+    /// A TimeoutNow went out in this term. Delivered late, after the
+    /// transfer was given up, it still elects its target with transfer
+    /// votes, which disregard the lease this leader counts on: so no lease
+    /// read for the rest of the term (ReadIndex reads still run).
+    lease_forfeited: bool,
     /// When each recent heartbeat round was sent (for the leader lease).
     rounds_sent: std::collections::VecDeque<(u64, u64)>,
     /// No vote is granted before this time: a node that just started may
@@ -505,6 +510,7 @@ impl Core {
             pending_reads: Vec::new(),
             read_round_wanted: false,
             transfer: None,
+            lease_forfeited: false,
             rounds_sent: Default::default(),
             vote_embargo_until_ms: 0,
             recovering_until: 0,
@@ -1002,6 +1008,7 @@ impl Core {
 
     fn become_leader(&mut self, log: &impl LogRead) {
         self.role = Role::Leader;
+        self.lease_forfeited = false;
         self.leader = Some(self.config.id);
         self.leader_seen_ms = Some(self.now_ms);
         self.votes.clear();
@@ -1556,6 +1563,7 @@ impl Core {
             .is_some_and(|p| p.matched >= self.last_index);
         if caught_up {
             self.transfer = Some((to, give_up, true));
+            self.lease_forfeited = true;
             let term = self.hard.term;
             self.send(to, Message::TimeoutNow { term });
         }
@@ -1567,12 +1575,14 @@ impl Core {
     /// none of them will vote for another candidate until that timeout has
     /// passed since they heard it (leader stickiness; a restarted node
     /// waits as long before it votes). The 10 % margin absorbs clock-rate
-    /// drift. Also needs this term's no-op committed, and no transfer.
+    /// drift. Also needs this term's no-op committed, no transfer, and no
+    /// TimeoutNow sent in this term (see `lease_forfeited`).
     /// `now_ms` is the shell's clock when the read is served (not the last
     /// tick: a process that was frozen must not trust its old time).
     pub fn lease_read_ok(&self, now_ms: u64) -> bool {
         if self.role != Role::Leader
             || self.transfer.is_some()
+            || self.lease_forfeited
             || self.commit_index < self.term_start_index
         {
             return false;
@@ -2197,6 +2207,52 @@ mod tests {
         t.cores.get_mut(&1).unwrap().read_index(8).unwrap();
         t.pump(1);
         assert!(matches!(t.reads[..], [(1, 8, i)] if i >= acked));
+    }
+
+    #[test]
+    fn a_leader_that_sent_timeout_now_serves_no_lease_read_again_in_that_term() {
+        // Found by the simulator (seed 1592590781): a TimeoutNow delivered
+        // after its transfer was given up elects the target with transfer
+        // votes, which disregard the lease the old leader still counts on.
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.propose(1);
+        t.tick(1, 50_050);
+        assert!(t.cores[&1].lease_read_ok(50_060), "a lease before the transfer");
+        let c = t.cores.get_mut(&1).unwrap();
+        c.transfer_leadership(2).unwrap();
+        let r = c.ready();
+        persist(c, &t.logs[&1], &r);
+        let (late, others): (Vec<_>, Vec<_>) = r
+            .messages
+            .into_iter()
+            .partition(|(_, m)| matches!(m, Message::TimeoutNow { .. }));
+        assert_eq!(late.len(), 1, "the target is caught up: a TimeoutNow at once");
+        for (to, msg) in others {
+            t.cores.get_mut(&to).unwrap().step(1, msg, &t.logs[&to]);
+            t.pump(to);
+        }
+        // The TimeoutNow is held up in the network; the leader gives the
+        // transfer up and leads on, with majorities answering its rounds.
+        for now in (50_100..=50_700).step_by(50) {
+            t.tick(1, now);
+        }
+        assert_eq!(t.cores[&1].transferring_to(), None);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        assert!(
+            !t.cores[&1].lease_read_ok(50_710),
+            "a lease read after a TimeoutNow went out in this term"
+        );
+        // Why: node 1 is cut off, and the late TimeoutNow arrives.
+        t.minority = vec![1];
+        let (to, msg) = late.into_iter().next().unwrap();
+        t.cores.get_mut(&to).unwrap().step(1, msg, &t.logs[&to]);
+        t.pump(to);
+        assert_eq!(t.cores[&2].role(), Role::Leader, "elected by transfer votes");
+        assert_eq!(t.cores[&1].role(), Role::Leader, "node 1 has not heard");
+        assert!(!t.cores[&1].lease_read_ok(50_720));
     }
 
     #[test]

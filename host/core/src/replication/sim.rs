@@ -990,13 +990,10 @@ fn seeds() -> Vec<u64> {
 ///   now learns the terms of enough peers to cover every majority first.
 /// - 1592590795: two wiped nodes waited for each other's terms forever
 ///   (hello answers now carry the peer's term).
-///
-/// Open (not in this list, so CI stays green, and the first thing to
-/// investigate): 1592590781 with five nodes (`UNDERSTUDY_SIM_SEEDS=1200`
-/// reaches it) — node 4 holds a read lease in term 2 while node 1 leads
-/// term 3. Node 1 campaigned without a pre-vote (a TimeoutNow) and won
-/// with transfer votes: probably a TimeoutNow that arrived late, after
-/// node 4 gave up that transfer and went back to serving lease reads.
+/// - 1592590781 (five nodes): a TimeoutNow delivered after its transfer
+///   was given up elected the target with transfer votes while the old
+///   leader served lease reads again (a leader that sent a TimeoutNow now
+///   serves no lease read for the rest of its term).
 const REGRESSIONS: &[u64] = &[
     0x5EED_000A,
     0x5EED_0000,
@@ -1007,6 +1004,7 @@ const REGRESSIONS: &[u64] = &[
     1592590485,
     1592590882,
     1592590795,
+    1592590781,
 ];
 
 #[test]
