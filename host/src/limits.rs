@@ -58,6 +58,16 @@ pub const QUERY_BYTES_MAX: usize = 1 << 20;
 /// becomes (door limit; checked again at apply: `DeployRefused`).
 pub const MODULE_BYTES_MAX: usize = 8 << 20;
 
+/// Largest body of one function in a deployed module, in bytes of its
+/// WebAssembly encoding (door and apply limit: `TooLarge` at the door,
+/// `DeployRefused` at apply). Cranelift's compile time grows about with
+/// the square of a function's size (measured, debug-profile host with
+/// optimized dependencies: a 0.4 MB function 3.6 s, 1.6 MB 27–46 s); at
+/// this bound a module of [`MODULE_BYTES_MAX`] of the worst code measured
+/// compiles in seconds (40 functions of 97 KB: 1.5 s). The examples'
+/// largest function is 6 KB.
+pub const FUNCTION_BODY_BYTES_MAX: usize = 128 << 10;
+
 /// Room for an entry's framing, names, tags and context.
 const ENTRY_OVERHEAD_BYTES_MAX: usize = 64 << 10;
 

@@ -657,3 +657,39 @@ impl Group {
         }
     }
 }
+
+/// A component whose one core module holds `functions` functions of
+/// `ops_per_function` register-heavy operations each (loops over 2,000
+/// locals): valid WebAssembly that is slow for Cranelift's register
+/// allocator (measured: a function's compile time grows about with the
+/// square of its size — 0.4 MB 3.6 s, 0.8 MB 14 s, 1.6 MB 46 s). It
+/// exports nothing of our world, so it is no machine either.
+pub fn slow_to_compile_component(functions: usize, ops_per_function: usize) -> Vec<u8> {
+    use std::fmt::Write;
+    const LOCALS: usize = 2_000;
+    const PER_LOOP: usize = 200;
+    let mut wat = String::from("(component (core module");
+    for f in 0..functions {
+        let _ = write!(
+            wat,
+            "(func (export \"f{f}\") (param i32) (result i32) (local {})",
+            "i32 ".repeat(LOCALS)
+        );
+        for l in 0..ops_per_function.div_ceil(PER_LOOP) {
+            wat.push_str("(loop ");
+            for i in 0..PER_LOOP {
+                let _ = write!(
+                    wat,
+                    "(local.set {} (i32.add (local.get {}) (local.get {})))",
+                    (i * 7 + l * 31 + f) % LOCALS + 1,
+                    (i * 13 + l * 17) % LOCALS + 1,
+                    (i * 3 + l) % LOCALS + 1
+                );
+            }
+            wat.push_str("(br_if 0 (local.get 0)))");
+        }
+        wat.push_str("(local.get 1))");
+    }
+    wat.push_str("))");
+    wat::parse_str(&wat).expect("generated WAT")
+}

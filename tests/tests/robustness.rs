@@ -722,3 +722,64 @@ async fn an_oversized_module_is_refused_at_once_naming_the_limit() {
     let s = within(10, "a status", c.status()).await.unwrap();
     assert_eq!(s.last_index, 1, "only the leader's no-op is in the log");
 }
+
+/// A module built to be slow to compile (one 1.6 MB function of
+/// register-heavy loops) was committed, then compiled by every node's
+/// applier for most of a minute (minutes in a release build of the
+/// report), during which no write committed; a new hash did it again. Now
+/// it is refused at the door by a linear pass naming
+/// `FUNCTION_BODY_BYTES_MAX`, and the group never stops writing; a module
+/// of the same code split into functions under the limit compiles in
+/// seconds and is refused (it is no machine) without stalling the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_built_to_be_slow_to_compile_never_stalls_the_group() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
+    let writer = {
+        let c = within(10, "a client", g.client()).await.unwrap();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut gaps = Vec::new();
+            let mut last = std::time::Instant::now();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(8) {
+                let w = within(
+                    20,
+                    "a write",
+                    c.command("kv", kv_put(&format!("w{i}"), "v")),
+                )
+                .await;
+                assert!(w.is_ok(), "{w:?}");
+                gaps.push(last.elapsed());
+                last = std::time::Instant::now();
+                i += 1;
+            }
+            (i, gaps.into_iter().max().unwrap_or_default())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let one_big = understudy_tests::slow_to_compile_component(1, 160_000);
+    let r = within(20, "a deploy", c.deploy("slow", one_big)).await;
+    assert_eq!(api_code(&r), Some(ErrorCode::TooLarge), "{r:?}");
+    assert!(
+        format!("{r:?}").contains("FUNCTION_BODY_BYTES_MAX"),
+        "{r:?}"
+    );
+    let split = understudy_tests::slow_to_compile_component(40, 10_000);
+    let r = within(60, "a deploy", c.deploy("split", split)).await;
+    let refused = match &r {
+        Ok(w) => matches!(w.outcome, Outcome::DeployRefused { .. }),
+        Err(_) => true,
+    };
+    assert!(refused, "no machine: {r:?}");
+    let (writes, longest_gap) = within(60, "the writer", writer).await.unwrap();
+    assert!(
+        longest_gap < Duration::from_secs(5),
+        "writes stalled for {longest_gap:?} ({writes} writes in 8 s)"
+    );
+    let s = within(10, "a status", g.client_of(leader).await.unwrap().status())
+        .await
+        .unwrap();
+    assert!(!s.actors.contains(&"slow".to_string()));
+}

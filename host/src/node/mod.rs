@@ -2325,7 +2325,10 @@ impl Handler<ClientCall> for Node {
                 // checks again, deterministically, when it applies.
                 let limit = crate::limits::MODULE_BYTES_MAX;
                 let checked = Sandbox::normalize(&wasm)
-                    .map_err(|e| (ErrorCode::BadRequest, e.to_string()))
+                    .map_err(|e| match e {
+                        crate::sandbox::LoadError::OverLimit(m) => (ErrorCode::TooLarge, m),
+                        e => (ErrorCode::BadRequest, e.to_string()),
+                    })
                     .and_then(|c| {
                         let what = "the module as a component";
                         crate::limits::check(what, c.len(), "MODULE_BYTES_MAX", limit)

@@ -102,6 +102,10 @@ pub enum LoadError {
     /// Invalid Wasm, or it does not export the machine world.
     #[error("module is not a valid machine: {0}")]
     Invalid(String),
+    /// A part of the module is over a limit of [`crate::limits`]; the
+    /// message names it.
+    #[error("{0}")]
+    OverLimit(String),
 }
 
 /// A host-side failure of a call; never committed as a result.
@@ -325,13 +329,17 @@ impl Sandbox {
 
     /// Check `wasm` and turn it into the component bytes we store and hash:
     /// a component is taken as is; a core module with our WIT type section
-    /// is componentized. Import checks happen here.
+    /// is componentized. Import checks and the function size limit
+    /// ([`crate::limits::FUNCTION_BODY_BYTES_MAX`]) happen here, before
+    /// anything is compiled; the same verdict at the door and at apply.
     pub fn normalize(wasm: &[u8]) -> Result<Vec<u8>, LoadError> {
         if wasmparser::Parser::is_component(wasm) {
             check_component_imports(wasm)?;
+            check_function_sizes(wasm)?;
             Ok(wasm.to_vec())
         } else if wasmparser::Parser::is_core_wasm(wasm) {
             check_core_imports(wasm)?;
+            check_function_sizes(wasm)?;
             let component = wit_component::ComponentEncoder::default()
                 .module(wasm)
                 .and_then(|e| e.validate(true).encode())
@@ -718,6 +726,32 @@ fn check_component_imports(wasm: &[u8]) -> Result<(), LoadError> {
                 }
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a module with a function body over
+/// [`crate::limits::FUNCTION_BODY_BYTES_MAX`] (in any core module a
+/// component nests): one such function can keep Cranelift busy for
+/// minutes. A linear pass over the bytes; nothing is compiled.
+fn check_function_sizes(wasm: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{Parser, Payload};
+    let limit = crate::limits::FUNCTION_BODY_BYTES_MAX;
+    let mut function = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| LoadError::Invalid(e.to_string()))?;
+        if let Payload::CodeSectionEntry(body) = payload {
+            let range = body.range();
+            let what = format!("function {function} of the module");
+            crate::limits::check(
+                &what,
+                range.end - range.start,
+                "FUNCTION_BODY_BYTES_MAX",
+                limit,
+            )
+            .map_err(LoadError::OverLimit)?;
+            function += 1;
         }
     }
     Ok(())

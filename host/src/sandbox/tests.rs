@@ -347,3 +347,45 @@ mod fuzz {
         }
     }
 }
+
+/// A component whose one function's body is exactly `len` bytes.
+fn component_with_function_of(len: usize) -> Vec<u8> {
+    // Body: no locals (1 byte), nops, `i32.const 0` (2), `end` (1).
+    let nops = "nop ".repeat(len - 4);
+    let wasm = wat::parse_str(format!(
+        "(component (core module (func (result i32) {nops} i32.const 0)))"
+    ))
+    .unwrap();
+    let sizes: Vec<usize> = wasmparser::Parser::new(0)
+        .parse_all(&wasm)
+        .filter_map(|p| match p.unwrap() {
+            wasmparser::Payload::CodeSectionEntry(b) => Some(b.range().len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![len]);
+    wasm
+}
+
+#[test]
+fn a_function_over_the_body_limit_is_refused_before_anything_compiles() {
+    let limit = crate::limits::FUNCTION_BODY_BYTES_MAX;
+    let at = component_with_function_of(limit);
+    assert!(Sandbox::normalize(&at).is_ok(), "at the limit");
+    let err = Sandbox::normalize(&component_with_function_of(limit + 1)).unwrap_err();
+    assert!(matches!(err, LoadError::OverLimit(_)), "{err}");
+    assert!(err.to_string().contains("FUNCTION_BODY_BYTES_MAX"), "{err}");
+    // The shape that kept every node's Cranelift busy for minutes: one
+    // 1.6 MB function. Refused by a linear pass.
+    let slow = understudy_tests::slow_to_compile_component(1, 160_000);
+    let err = Sandbox::normalize(&slow).unwrap_err();
+    assert!(err.to_string().contains("FUNCTION_BODY_BYTES_MAX"), "{err}");
+    // A core module is checked before it is componentized.
+    let core = wat::parse_str(format!(
+        "(module (func (result i32) {} i32.const 0))",
+        "nop ".repeat(limit)
+    ))
+    .unwrap();
+    let err = Sandbox::normalize(&core).unwrap_err();
+    assert!(err.to_string().contains("FUNCTION_BODY_BYTES_MAX"), "{err}");
+}

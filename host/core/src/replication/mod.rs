@@ -2220,7 +2220,10 @@ mod tests {
         assert_eq!(t.cores[&1].role(), Role::Leader);
         t.propose(1);
         t.tick(1, 50_050);
-        assert!(t.cores[&1].lease_read_ok(50_060), "a lease before the transfer");
+        assert!(
+            t.cores[&1].lease_read_ok(50_060),
+            "a lease before the transfer"
+        );
         let c = t.cores.get_mut(&1).unwrap();
         c.transfer_leadership(2).unwrap();
         let r = c.ready();
@@ -2229,7 +2232,11 @@ mod tests {
             .messages
             .into_iter()
             .partition(|(_, m)| matches!(m, Message::TimeoutNow { .. }));
-        assert_eq!(late.len(), 1, "the target is caught up: a TimeoutNow at once");
+        assert_eq!(
+            late.len(),
+            1,
+            "the target is caught up: a TimeoutNow at once"
+        );
         for (to, msg) in others {
             t.cores.get_mut(&to).unwrap().step(1, msg, &t.logs[&to]);
             t.pump(to);
@@ -2250,7 +2257,11 @@ mod tests {
         let (to, msg) = late.into_iter().next().unwrap();
         t.cores.get_mut(&to).unwrap().step(1, msg, &t.logs[&to]);
         t.pump(to);
-        assert_eq!(t.cores[&2].role(), Role::Leader, "elected by transfer votes");
+        assert_eq!(
+            t.cores[&2].role(),
+            Role::Leader,
+            "elected by transfer votes"
+        );
         assert_eq!(t.cores[&1].role(), Role::Leader, "node 1 has not heard");
         assert!(!t.cores[&1].lease_read_ok(50_720));
     }
