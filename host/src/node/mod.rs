@@ -941,19 +941,17 @@ pub struct Node {
     peer_heard_ms: BTreeMap<NodeId, u64>,
     /// What the log's meta holds of a data loss (see
     /// [`LogStore::recovering`]).
-    recovering_persisted: (Index, bool),
+    recovering_persisted: ((Term, Index), bool),
     /// Host faults: the log writer or the applier cannot write (it keeps
     /// trying). The node steps down, does not campaign, and refuses reads
     /// and writes with the reason until they clear.
     log_fault: Option<String>,
     applier_fault: Option<String>,
-    /// The commit index, for the peer acceptor to tell a peer that came
-    /// back without its data.
-    commit_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The term, for hello answers.
-    term_published: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The term each peer's last answer to this node's hello carried.
-    hello_terms: BTreeMap<NodeId, Term>,
+    /// The term and log position, for the peer acceptor's hello answers.
+    published: crate::peer::Published,
+    /// The term and log position each peer's last answer to this node's
+    /// hello carried.
+    hello_terms: BTreeMap<NodeId, (Term, (Term, Index))>,
     /// Clients waiting for their entry, by index.
     waiters: BTreeMap<Index, Waiter>,
     /// Linearizable reads waiting for their read index, by request id,
@@ -1123,8 +1121,7 @@ impl Node {
             wanted: None,
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
-        let commit_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let term_published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let published = crate::peer::Published::default();
         let me = crate::peer::LocalIdentity {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
@@ -1134,11 +1131,7 @@ impl Node {
             log_kind: config.log_kind,
             timing: config.timing,
             incarnation,
-            book: Some(crate::peer::PeerBook::new(
-                log.clone(),
-                commit_published.clone(),
-                term_published.clone(),
-            )),
+            book: Some(crate::peer::PeerBook::new(log.clone(), published.clone())),
         };
         let peer_addresses = config
             .peers
@@ -1157,8 +1150,7 @@ impl Node {
             recovering_persisted: recovering,
             log_fault: None,
             applier_fault: None,
-            commit_published,
-            term_published,
+            published,
             hello_terms: BTreeMap::new(),
             config,
             core,
@@ -1210,20 +1202,22 @@ impl Node {
 
     /// Execute the core's outputs.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        if !self.recovering_persisted.1 && !self.core.lost_terms_pending() {
-            // The terms are learned (the vote that holds them is in this
-            // turn's hard state): a restart need not learn them again.
-            self.recovering_persisted.1 = true;
-            if let Err(e) = self.log.set_recovering(self.recovering_persisted.0, true) {
-                tracing::warn!(error = %e, "cannot record that the lost terms are learned");
+        let recovering = (self.core.recovery_floor(), !self.core.lost_terms_pending());
+        if recovering != self.recovering_persisted {
+            // Synced before this turn's messages leave: a vote this node
+            // grants is judged by the floor it will also have after a
+            // restart. (Once the terms are learned — the vote that holds
+            // them is in this turn's hard state — a restart need not learn
+            // them again.)
+            if let Err(e) = self.log.set_recovering(recovering.0, recovering.1) {
+                return self.halt(format!("cannot record that this node is recovering: {e}"));
             }
+            self.recovering_persisted = recovering;
         }
-        self.commit_published.store(
-            self.core.commit_index(),
-            std::sync::atomic::Ordering::Release,
+        self.published.set(
+            self.core.term(),
+            (self.core.last_term(), self.core.last_index()),
         );
-        self.term_published
-            .store(self.core.term(), std::sync::atomic::Ordering::Release);
         if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
             for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
                 match self.core.read_index(read_ctx) {
@@ -2235,31 +2229,26 @@ impl Handler<HelloAnswered> for Node {
         // Every answer since this node started carries a term at least as
         // new as any its old incarnation saw: kept, for if it learns later
         // (from another peer) that it lost its data.
-        self.hello_terms.insert(msg.from, msg.answer.term);
-        let Some(commit) = msg.answer.lost_data else {
-            self.core.hello_answered(msg.from, msg.answer.term);
+        let answer = msg.answer;
+        self.hello_terms.insert(msg.from, (answer.term, answer.log));
+        if !answer.lost_data {
+            self.core.hello_answered(msg.from, answer.term, answer.log);
             self.drive(ctx);
             return;
-        };
-        let before = self.core.recovering_until();
-        let until = commit;
-        self.core.told_lost_data(until);
-        for (&peer, &term) in &self.hello_terms {
-            self.core.hello_answered(peer, term);
         }
-        self.recovering_persisted = (until.max(self.recovering_persisted.0), false);
-        if let Err(e) = self.log.set_recovering(self.recovering_persisted.0, false) {
-            self.halt(format!("cannot record that this node is recovering: {e}"));
+        let first = !self.core.lost_terms_pending() && self.core.recovering_until().is_none();
+        self.core.told_lost_data();
+        for (&peer, &(term, log)) in &self.hello_terms {
+            self.core.hello_answered(peer, term, log);
         }
-        if self.core.recovering_until() != before {
+        if first {
             tracing::warn!(
                 node = self.config.node_id,
                 told_by = msg.from,
-                commit,
                 "peer {} knew this node under another incarnation: its data directory was lost; \
-                 it will not vote until its log reaches index {}",
+                 it votes only once it has heard enough peers, and then only for logs at least \
+                 as up-to-date as theirs",
                 msg.from,
-                commit
             );
         }
         self.drive(ctx);

@@ -126,16 +126,19 @@ pub enum HelloReply {
     Welcome {
         /// The receiver's term.
         term: crate::types::Term,
+        /// The receiver's log position (last term, last index).
+        log: (crate::types::Term, crate::types::Index),
     },
     /// Accepted, but the receiver knew the sender under another
     /// incarnation: the sender lost its data directory (and with it its
-    /// log and its votes) while the group had committed `commit`. It must
-    /// not vote until its log holds that much. Messages may follow.
+    /// log and its votes). It must not vote until it has heard enough
+    /// peers' terms and log positions, and then only for logs at least as
+    /// up-to-date as theirs. Messages may follow.
     LostData {
-        /// The receiver's commit index.
-        commit: crate::types::Index,
         /// The receiver's term.
         term: crate::types::Term,
+        /// The receiver's log position (last term, last index).
+        log: (crate::types::Term, crate::types::Index),
     },
     /// Refused, and why; the connection is closed.
     Refused(String),
@@ -171,15 +174,41 @@ pub struct LocalIdentity {
     pub book: Option<PeerBook>,
 }
 
+/// What a node tells its peers in hello answers: its term and log
+/// position (last term, last index), kept current by the node.
+#[derive(Clone, Default)]
+pub struct Published(
+    std::sync::Arc<
+        std::sync::Mutex<(
+            crate::types::Term,
+            (crate::types::Term, crate::types::Index),
+        )>,
+    >,
+);
+
+impl Published {
+    /// Publish the node's `term` and log position.
+    pub fn set(&self, term: crate::types::Term, log: (crate::types::Term, crate::types::Index)) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (term, log);
+    }
+
+    fn get(
+        &self,
+    ) -> (
+        crate::types::Term,
+        (crate::types::Term, crate::types::Index),
+    ) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What a node remembers of its peers' data directories: the incarnation
 /// each one last said hello with (durable, in the log environment), and
-/// this node's commit index to tell a peer that came back without its data.
+/// what it tells a peer in its hello answer.
 #[derive(Clone)]
 pub struct PeerBook {
     log: crate::storage::LogStore,
-    /// The node's (commit index, term), kept current by the node.
-    commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    term: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    published: Published,
 }
 
 impl std::fmt::Debug for PeerBook {
@@ -189,29 +218,20 @@ impl std::fmt::Debug for PeerBook {
 }
 
 impl PeerBook {
-    /// A book over `log`, telling `commit` (kept current by the node).
-    pub fn new(
-        log: crate::storage::LogStore,
-        commit: std::sync::Arc<std::sync::atomic::AtomicU64>,
-        term: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) -> Self {
-        PeerBook { log, commit, term }
-    }
-
-    /// This node's term, for hello answers.
-    fn term(&self) -> crate::types::Term {
-        self.term.load(std::sync::atomic::Ordering::Acquire)
+    /// A book over `log`, telling what `published` holds.
+    pub fn new(log: crate::storage::LogStore, published: Published) -> Self {
+        PeerBook { log, published }
     }
 
     /// Record that `peer` said hello with `incarnation` (durably, before it
-    /// is welcomed). `Some(commit)` if it had another one: it lost its data.
-    async fn observe(&self, peer: NodeId, incarnation: u64) -> Result<Option<u64>, String> {
+    /// is welcomed). True if it had another one: it lost its data.
+    async fn observe(&self, peer: NodeId, incarnation: u64) -> Result<bool, String> {
         let log = self.log.clone();
         let before = tokio::task::spawn_blocking(move || log.observe_peer(peer, incarnation))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot record the peer's incarnation: {e}"))?;
-        Ok(before.map(|_| self.commit.load(std::sync::atomic::Ordering::Acquire)))
+        Ok(before.is_some())
     }
 }
 
@@ -356,22 +376,20 @@ async fn receive(
                 Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
             }
         }
-        _ => None,
+        _ => false,
     };
     framed.codec_mut().set_max_frame_bytes(net::FRAME_BYTES_MAX);
-    let term = me.book.as_ref().map_or(0, PeerBook::term);
-    let reply = match lost {
-        Some(commit) => {
-            tracing::warn!(
-                from = hello.from,
-                commit,
-                "a peer came back without its data (new incarnation): it may not vote until it \
-                 holds the commit index"
-            );
-            sink(Inbound::PeerLostData { from: hello.from });
-            HelloReply::LostData { commit, term }
-        }
-        None => HelloReply::Welcome { term },
+    let (term, log) = me.book.as_ref().map_or((0, (0, 0)), |b| b.published.get());
+    let reply = if lost {
+        tracing::warn!(
+            from = hello.from,
+            "a peer came back without its data (new incarnation): it votes only for logs at \
+             least as up-to-date as its peers'"
+        );
+        sink(Inbound::PeerLostData { from: hello.from });
+        HelloReply::LostData { term, log }
+    } else {
+        HelloReply::Welcome { term, log }
     };
     framed
         .send(net::encode(&reply))
@@ -556,9 +574,11 @@ enum DialError {
 pub struct HelloAnswer {
     /// The peer's term.
     pub term: crate::types::Term,
-    /// The peer's commit index, if it knew this node under another
-    /// incarnation (this node lost its data).
-    pub lost_data: Option<crate::types::Index>,
+    /// The peer's log position (last term, last index).
+    pub log: (crate::types::Term, crate::types::Index),
+    /// The peer knew this node under another incarnation: this node lost
+    /// its data.
+    pub lost_data: bool,
 }
 
 /// A welcomed connection and the answer.
@@ -579,18 +599,20 @@ async fn connect(address: &str, hello: &Hello) -> Result<Welcomed, DialError> {
         .ok_or_else(|| DialError::Io("closed during hello".into()))?
         .map_err(io)?;
     match net::decode::<HelloReply>(&reply) {
-        Ok(HelloReply::Welcome { term }) => Ok((
+        Ok(HelloReply::Welcome { term, log }) => Ok((
             framed,
             HelloAnswer {
                 term,
-                lost_data: None,
+                log,
+                lost_data: false,
             },
         )),
-        Ok(HelloReply::LostData { commit, term }) => Ok((
+        Ok(HelloReply::LostData { term, log }) => Ok((
             framed,
             HelloAnswer {
                 term,
-                lost_data: Some(commit),
+                log,
+                lost_data: true,
             },
         )),
         Ok(HelloReply::Refused(reason)) => Err(DialError::Refused(reason)),

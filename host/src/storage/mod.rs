@@ -996,18 +996,22 @@ impl LogStore {
         Ok(before)
     }
 
-    /// What this node was told of a data loss: the commit index a peer
-    /// said the group had when it came back without its data (until its log
-    /// reaches it, the node neither votes nor campaigns), and whether it
-    /// has learned which terms its old incarnation may have used. `(0,
-    /// true)`: never told.
-    pub fn recovering(&self) -> Result<(Index, bool), StorageError> {
-        Ok(self.meta_get("recovering")?.unwrap_or((0, true)))
+    /// What this node knows of its own data loss: the log position (last
+    /// term, last index) a candidate needs for its vote — the most
+    /// up-to-date its peers told it after the loss (`Core::recovery_floor`)
+    /// — and whether it has learned which terms its old incarnation may
+    /// have used. `((0, 0), true)`: never lost its data.
+    pub fn recovering(&self) -> Result<((Term, Index), bool), StorageError> {
+        Ok(self.meta_get("recovering")?.unwrap_or(((0, 0), true)))
     }
 
     /// Record [`Self::recovering`] (synced).
-    pub fn set_recovering(&self, until: Index, terms_known: bool) -> Result<(), StorageError> {
-        self.meta_put("recovering", &(until, terms_known))
+    pub fn set_recovering(
+        &self,
+        floor: (Term, Index),
+        terms_known: bool,
+    ) -> Result<(), StorageError> {
+        self.meta_put("recovering", &(floor, terms_known))
     }
 
     /// The persisted term and vote.

@@ -424,12 +424,15 @@ pub struct Core {
     /// have promised a leader, before it stopped, not to vote for a while
     /// (the leader's lease counts on that promise).
     vote_embargo_until_ms: u64,
-    /// A peer said this node came back without its data while the group
-    /// had committed this far: until its durable log reaches it, the node
-    /// neither votes nor campaigns (it lost its log and its votes, and
-    /// voting from an empty log could elect a member missing committed
-    /// entries). 0: not recovering.
-    recovering_until: Index,
+    /// This node came back without its data: the most up-to-date log
+    /// position (last term, last index) of the peers it heard from since
+    /// (see `lost_terms`). Every entry the group committed before the loss
+    /// is in a log at least this up-to-date, so the node votes only for a
+    /// candidate whose log is at least this up-to-date (its own empty log
+    /// would let it vote for anyone, and elect a member missing committed
+    /// entries), and does not campaign until its durable log reaches it.
+    /// (0, 0): never lost its data.
+    recovery_floor: (Term, Index),
     /// Peers that came back without their data, with the time until which
     /// their votes are not counted: a vote granted before the peer learned
     /// it (sent before its hello was answered, still on its way) arrives
@@ -437,13 +440,14 @@ pub struct Core {
     /// (it refuses to vote itself until it has caught up).
     lost_data: BTreeMap<NodeId, u64>,
     /// Told it lost its data, and not yet sure of the terms its old
-    /// incarnation may have used: the peers heard from since (not counting
-    /// pre-votes, whose terms are only proposed) and the highest term they
-    /// carried. Once it has heard from enough peers that they intersect
-    /// every majority its old incarnation could have voted or led in
-    /// (`n - quorum + 1`), it takes that term with a vote for itself — so it
-    /// neither votes nor leads again in a term it may have used — and this
-    /// ends. Until then it neither votes nor campaigns.
+    /// incarnation may have used: the peers heard from since, with their
+    /// log positions (hello answers and vote requests carry them), and the
+    /// highest term heard. Once it has heard from enough peers that they
+    /// intersect every majority its old incarnation could have voted or led
+    /// in, or committed an entry with (`n - quorum + 1`), it takes that term
+    /// with a vote for itself — so it neither votes nor leads again in a
+    /// term it may have used — its `recovery_floor` covers every committed
+    /// entry, and this ends. Until then it neither votes nor campaigns.
     lost_terms: Option<(BTreeSet<NodeId>, Term)>,
     /// This node's vote in the current term went to a peer that has since
     /// come back without its data: the vote stands (no one else gets it),
@@ -513,7 +517,7 @@ impl Core {
             lease_forfeited: false,
             rounds_sent: Default::default(),
             vote_embargo_until_ms: 0,
-            recovering_until: 0,
+            recovery_floor: (0, 0),
             lost_data: BTreeMap::new(),
             candidacy: true,
             vote_void: false,
@@ -541,32 +545,37 @@ impl Core {
         self.leader
     }
     /// This node came back without its data (a peer knew it under another
-    /// incarnation) while the group had committed `commit`: it neither
-    /// votes nor campaigns until its durable log reaches `commit`. The shell
-    /// persists the value and passes it again after a restart (with
-    /// [`Core::restore_recovering`]). Until it has also heard from enough
-    /// peers to know the terms its old incarnation may have used, it
-    /// neither votes nor campaigns (it then holds its vote in the highest
-    /// term they told), even where nothing was committed.
-    pub fn told_lost_data(&mut self, commit: Index) {
+    /// incarnation). Until it has heard from enough peers (their terms and
+    /// log positions, [`Core::hello_answered`]) it neither votes nor
+    /// campaigns; then it holds its vote in the highest term they told,
+    /// votes only for candidates whose log is at least as up-to-date as
+    /// the most up-to-date of theirs, and campaigns once its own durable
+    /// log is. The shell persists [`Core::recovery_floor`] and passes it
+    /// again after a restart (with [`Core::restore_recovering`]).
+    pub fn told_lost_data(&mut self) {
         if self.lost_terms.is_none() {
             self.lost_terms = Some((BTreeSet::new(), self.hard.term));
         }
-        self.set_recovering_until(commit);
         // A campaign started before it knew ends here.
         if matches!(self.role, Role::PreCandidate | Role::Candidate) {
             self.become_follower(self.hard.term, None);
         }
     }
 
-    /// After a restart: what the shell persisted of a data loss — the index
-    /// to hold before voting again, and whether the terms were learned
-    /// (see [`Core::lost_terms_pending`]).
-    pub fn restore_recovering(&mut self, index: Index, terms_known: bool) {
+    /// After a restart: what the shell persisted of a data loss — the log
+    /// position a candidate must reach for this node's vote (and its own
+    /// log before it campaigns), and whether the terms were learned (see
+    /// [`Core::lost_terms_pending`]).
+    pub fn restore_recovering(&mut self, floor: (Term, Index), terms_known: bool) {
         if !terms_known && self.lost_terms.is_none() {
             self.lost_terms = Some((BTreeSet::new(), self.hard.term));
         }
-        self.set_recovering_until(index);
+        self.raise_recovery_floor(floor);
+    }
+
+    /// See `recovery_floor`; the shell persists it with the hard state.
+    pub fn recovery_floor(&self) -> (Term, Index) {
+        self.recovery_floor
     }
 
     /// Whether this node, told it lost its data, has yet to learn the terms
@@ -575,15 +584,16 @@ impl Core {
         self.lost_terms.is_some()
     }
 
-    fn set_recovering_until(&mut self, index: Index) {
-        if index > self.recovering_until {
+    fn raise_recovery_floor(&mut self, floor: (Term, Index)) {
+        if floor > self.recovery_floor {
             tracing::warn!(
                 node = self.config.id,
-                index,
+                term = floor.0,
+                index = floor.1,
                 held = self.persisted_index,
-                "this node lost its data: no votes until its log reaches the group's commit index"
+                "this node lost its data: it votes only for logs at least this up-to-date"
             );
-            self.recovering_until = index;
+            self.recovery_floor = floor;
         }
     }
 
@@ -607,48 +617,67 @@ impl Core {
     }
 
     /// While this node is recovering from lost data: the index its log
-    /// must reach before it votes again.
+    /// must reach before it campaigns again.
     pub fn recovering_until(&self) -> Option<Index> {
-        self.recovering().then_some(self.recovering_until)
+        self.recovering().then_some(self.recovery_floor.1)
     }
 
     fn recovering(&self) -> bool {
-        self.lost_terms.is_some() || self.persisted_index < self.recovering_until
+        self.lost_terms.is_some() || (self.last_term, self.persisted_index) < self.recovery_floor
     }
 
     /// A told-lost node heard `msg` from `from`: see [`Core::lost_terms`].
     fn learn_lost_terms(&mut self, from: NodeId, msg: &Message) {
         // A pre-vote request proposes its sender's term + 1; a pre-vote
         // answer may carry a proposed term too (this node does not ask).
-        let term = match msg {
+        // Only vote requests carry the sender's log position.
+        let (term, position) = match msg {
             Message::Vote {
-                pre: true, term, ..
-            } => term.saturating_sub(1),
+                pre,
+                term,
+                last_index,
+                last_term,
+                ..
+            } => (
+                if *pre { term.saturating_sub(1) } else { *term },
+                Some((*last_term, *last_index)),
+            ),
             Message::VoteResponse { pre: true, .. } => return,
-            other => other.term(),
+            other => (other.term(), None),
         };
-        self.learn_term(from, term);
+        self.learn_term(from, term, position);
     }
 
     /// `peer` answered this node's hello (the transport's), being in
-    /// `term`: a told-lost node learns the peer's term from it.
-    pub fn hello_answered(&mut self, peer: NodeId, term: Term) {
+    /// `term` with its log at `position` (last term, last index): a
+    /// told-lost node learns both from it.
+    pub fn hello_answered(&mut self, peer: NodeId, term: Term, position: (Term, Index)) {
         if peer != self.config.id && self.config.members.contains(&peer) {
-            self.learn_term(peer, term);
+            self.learn_term(peer, term, Some(position));
         }
     }
 
-    fn learn_term(&mut self, from: NodeId, term: Term) {
+    fn learn_term(&mut self, from: NodeId, term: Term, position: Option<(Term, Index)>) {
         let needed = self.config.members.len() - self.quorum() + 1;
         let Some((heard, max_term)) = self.lost_terms.as_mut() else {
             return;
         };
-        heard.insert(from);
         *max_term = (*max_term).max(term);
-        if heard.len() < needed {
+        // A peer counts once its log position is known: the positions of
+        // `needed` peers bound every entry committed before the loss.
+        let Some(position) = position else {
+            return;
+        };
+        heard.insert(from);
+        let heard_enough = heard.len() >= needed;
+        self.raise_recovery_floor(position);
+        if !heard_enough {
             return;
         }
-        let term = *max_term;
+        let Some((_, max_term)) = self.lost_terms else {
+            return;
+        };
+        let term = max_term;
         self.lost_terms = None;
         if term > self.hard.term || self.hard.vote.is_none() {
             let term = term.max(self.hard.term);
@@ -704,6 +733,10 @@ impl Core {
     /// Last log index (durable or not).
     pub fn last_index(&self) -> Index {
         self.last_index
+    }
+    /// Term of the last log entry (durable or not).
+    pub fn last_term(&self) -> Term {
+        self.last_term
     }
     /// Commit index.
     pub fn commit_index(&self) -> Index {
@@ -1675,8 +1708,10 @@ impl Core {
             })
     }
 
+    /// Whether a candidate's log is at least as up-to-date as this node's
+    /// — or, for a node that lost its data, as its `recovery_floor`.
     fn log_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        (last_term, last_index) >= (self.last_term, self.last_index)
+        (last_term, last_index) >= (self.last_term, self.last_index).max(self.recovery_floor)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1858,9 +1893,11 @@ impl Core {
         transfer: bool,
     ) {
         let up_to_date = self.log_up_to_date(last_index, last_term);
-        // A node that lost its data votes again only once it holds what
-        // the group had committed when it came back.
-        let embargo = (self.now_ms < self.vote_embargo_until_ms && !transfer) || self.recovering();
+        // A node that lost its data votes only once it heard enough peers,
+        // and then by its recovery floor (see `log_up_to_date`): its empty
+        // log would be up-to-date with anyone's.
+        let embargo =
+            (self.now_ms < self.vote_embargo_until_ms && !transfer) || self.lost_terms.is_some();
         let granted = if pre {
             // Would we vote in `term`? Only if no live leader is known.
             term > self.hard.term && up_to_date && !self.in_leader_lease() && !embargo
@@ -2207,6 +2244,73 @@ mod tests {
         t.cores.get_mut(&1).unwrap().read_index(8).unwrap();
         t.pump(1);
         assert!(matches!(t.reads[..], [(1, 8, i)] if i >= acked));
+    }
+
+    #[test]
+    fn a_node_that_lost_its_data_votes_only_for_logs_as_up_to_date_as_its_peers() {
+        // Found by the simulator (seed 1592591747): the committed entry 1
+        // survived on one node only; the two that had lost their data were
+        // told "commit 0" (commit indexes are not durable) and elected one
+        // of themselves, with an empty log.
+        let log = MemLog::default();
+        let mut c = Core::new(
+            GroupConfig::new(3, vec![1, 2, 3]),
+            HardState::default(),
+            (0, 0),
+            0,
+            3,
+        );
+        c.told_lost_data();
+        let vote = |term, last_term, last_index| Message::Vote {
+            term,
+            last_index,
+            last_term,
+            pre: false,
+            transfer: false,
+        };
+        let granted = |c: &mut Core| {
+            c.ready()
+                .messages
+                .iter()
+                .any(|(_, m)| matches!(m, Message::VoteResponse { granted: true, .. }))
+        };
+        // Before it has heard enough peers: no vote at all.
+        c.hello_answered(1, 1, (0, 0));
+        assert!(c.lost_terms_pending());
+        c.step(1, vote(2, 0, 0), &log);
+        assert!(!granted(&mut c), "a vote before it heard two peers");
+        c.hello_answered(2, 1, (1, 4));
+        assert!(!c.lost_terms_pending());
+        assert_eq!(c.recovery_floor(), (1, 4));
+        assert_eq!(c.recovering_until(), Some(4));
+        // Node 1's empty log is not enough; node 2's is.
+        c.step(1, vote(3, 0, 0), &log);
+        assert!(
+            !granted(&mut c),
+            "a vote for a log missing what node 2 holds"
+        );
+        c.step(2, vote(3, 1, 4), &log);
+        assert!(granted(&mut c));
+        // A restart keeps the floor.
+        let floor = c.recovery_floor();
+        let mut again = Core::new(
+            GroupConfig::new(3, vec![1, 2, 3]),
+            HardState {
+                term: 3,
+                vote: None,
+            },
+            (0, 0),
+            0,
+            3,
+        );
+        again.restore_recovering(floor, true);
+        again.step(1, vote(4, 0, 0), &log);
+        assert!(!granted(&mut again));
+        again.step(1, vote(5, 2, 1), &log);
+        assert!(
+            granted(&mut again),
+            "a log of a later term is more up-to-date"
+        );
     }
 
     #[test]

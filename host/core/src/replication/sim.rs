@@ -49,8 +49,9 @@ struct Disk {
     log: Vec<Entry>,
     /// The incarnation each peer was last seen with (the peer book).
     peers: BTreeMap<NodeId, u64>,
-    /// Told that it lost its data: no votes until the log reaches this.
-    recovering_until: Index,
+    /// Told that it lost its data: the log position a candidate needs for
+    /// its vote (`Core::recovery_floor`).
+    recovery_floor: (Term, Index),
     /// Told that it lost its data and still learning which terms its old
     /// incarnation may have used.
     terms_pending: bool,
@@ -234,7 +235,7 @@ impl Sim {
     fn fail(&self, what: &str) -> ! {
         for (id, n) in &self.nodes {
             eprintln!(
-                "node {id}: up {} role {:?} term {} vote {:?} last {} durable {} (last term {:?}) commit {} applied {} recovering {:?} told {} peers {:?} incarnation {}",
+                "node {id}: up {} role {:?} term {} vote {:?} last {} durable {} (last term {:?}) commit {} applied {} recovering {:?} told {:?} peers {:?} incarnation {}",
                 n.up,
                 n.core.role(),
                 n.core.term(),
@@ -245,7 +246,7 @@ impl Sim {
                 n.core.commit_index(),
                 n.applied.len(),
                 n.core.recovering_until(),
-                n.disk.recovering_until,
+                n.disk.recovery_floor,
                 n.disk.peers,
                 n.incarnation
             );
@@ -277,6 +278,7 @@ impl Sim {
         // The shell records when the terms are learned, with the hard
         // state that holds its vote.
         n.disk.terms_pending = n.core.lost_terms_pending();
+        n.disk.recovery_floor = n.core.recovery_floor();
         if let Some(t) = r.truncate_from {
             n.disk.truncate_from(t);
             for (_, batch) in n.writes.iter_mut() {
@@ -411,7 +413,7 @@ impl Sim {
         n.applied.truncate(applied as usize);
         n.core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
         n.core
-            .restore_recovering(n.disk.recovering_until, !n.disk.terms_pending);
+            .restore_recovering(n.disk.recovery_floor, !n.disk.terms_pending);
         n.up = true;
     }
 
@@ -470,10 +472,13 @@ impl Sim {
     /// reaches `to`: `to` records `from`'s incarnation, and if it knew
     /// another one, both learn that `from` lost its data.
     fn hello(&mut self, from: NodeId, to: NodeId) {
-        // The answer carries the receiver's term.
-        let term = self.nodes[&to].core.term();
+        // The answer carries the receiver's term and log position.
+        let (term, position) = {
+            let c = &self.nodes[&to].core;
+            (c.term(), (c.last_term(), c.last_index()))
+        };
         let sender = self.nodes.get_mut(&from).expect("node");
-        sender.core.hello_answered(to, term);
+        sender.core.hello_answered(to, term, position);
         sender.disk.terms_pending = sender.core.lost_terms_pending();
         self.drain(from);
         let incarnation = self.nodes[&from].incarnation;
@@ -493,9 +498,9 @@ impl Sim {
         }
         self.drain(to);
         let sender = self.nodes.get_mut(&from).expect("node");
-        sender.disk.recovering_until = sender.disk.recovering_until.max(commit);
         sender.disk.terms_pending = true;
-        sender.core.told_lost_data(commit);
+        sender.core.told_lost_data();
+        sender.core.hello_answered(to, term, position);
         self.drain(from);
     }
 
@@ -616,6 +621,12 @@ impl Sim {
                 }
                 Some(_) => {}
                 None => {
+                    if std::env::var("UNDERSTUDY_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "{} ms: entry {} of term {} committed (term now {term_now})",
+                            self.now_ms, e.index, e.term
+                        );
+                    }
                     self.committed.insert(e.index, (e, term_now));
                 }
             }
@@ -994,6 +1005,11 @@ fn seeds() -> Vec<u64> {
 ///   was given up elected the target with transfer votes while the old
 ///   leader served lease reads again (a leader that sent a TimeoutNow now
 ///   serves no lease read for the rest of its term).
+/// - 1592591747: two nodes that had lost their data (one after the
+///   other) were told the group's commit index — 0, as commit indexes are
+///   not durable — and elected one of them while the committed entry 1
+///   was on the third node only (a node that lost its data now votes only
+///   for logs at least as up-to-date as those of the peers it heard).
 const REGRESSIONS: &[u64] = &[
     0x5EED_000A,
     0x5EED_0000,
@@ -1005,6 +1021,7 @@ const REGRESSIONS: &[u64] = &[
     1592590882,
     1592590795,
     1592590781,
+    1592591747,
 ];
 
 #[test]
