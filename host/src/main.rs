@@ -74,7 +74,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -107,6 +107,10 @@ enum Command {
         /// `Timeout` (ms).
         #[arg(long)]
         write_timeout_ms: Option<u64>,
+        /// How long the leader may compile a deployed module before it
+        /// refuses it (ms).
+        #[arg(long)]
+        module_compile_timeout_ms: Option<u64>,
         /// Applied entries kept in the log before the prefix is compacted.
         #[arg(long)]
         log_retain_entries: Option<u64>,
@@ -241,6 +245,7 @@ fn dispatch(command: Command) -> Result<()> {
             election_timeout_ms,
             read_timeout_ms,
             write_timeout_ms,
+            module_compile_timeout_ms,
             log_retain_entries,
             snapshot_chunk_bytes,
             log_kind,
@@ -265,6 +270,9 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(ms) = write_timeout_ms {
                         config.write_timeout_ms = ms;
+                    }
+                    if let Some(ms) = module_compile_timeout_ms {
+                        config.module_compile_timeout_ms = ms;
                     }
                     if let Some(n) = log_retain_entries {
                         config.compaction.retain_entries = n;

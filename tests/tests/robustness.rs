@@ -735,7 +735,7 @@ async fn an_oversized_module_is_refused_at_once_naming_the_limit() {
 async fn a_module_built_to_be_slow_to_compile_never_stalls_the_group() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
+    let (g, _, c) = group_with_kv(dir.path(), &[]).await;
     let writer = {
         let c = within(10, "a client", g.client()).await.unwrap();
         tokio::spawn(async move {
@@ -771,19 +771,106 @@ async fn a_module_built_to_be_slow_to_compile_never_stalls_the_group() {
         longest_gap < Duration::from_secs(5),
         "writes stalled for {longest_gap:?} ({writes} writes in 8 s)"
     );
-    // The same code in functions under the limit: compiled (by every
-    // applier: writes pause for that long — seconds on 2 busy cores; a
-    // compile before the entry is proposed is open work) and refused as
-    // no machine, within a bound.
+    // The same code in functions under the limit compiles in seconds —
+    // on the leader, before anything is proposed — and is refused as no
+    // machine: nothing reached the log.
+    let last = within(10, "a status", c.status()).await.unwrap().last_index;
     let split = understudy_tests::slow_to_compile_component(40, 10_000);
     let r = within(60, "a deploy", c.deploy("split", split)).await;
-    let refused = match &r {
-        Ok(w) => matches!(w.outcome, Outcome::DeployRefused { .. }),
-        Err(_) => true,
-    };
-    assert!(refused, "no machine: {r:?}");
-    let s = within(10, "a status", g.client_of(leader).await.unwrap().status())
-        .await
-        .unwrap();
+    assert_eq!(api_code(&r), Some(ErrorCode::BadRequest), "{r:?}");
+    assert!(format!("{r:?}").contains("not a valid machine"), "{r:?}");
+    let s = within(10, "a status", c.status()).await.unwrap();
+    assert_eq!(
+        s.last_index, last,
+        "the refused module never reached the log"
+    );
     assert!(!s.actors.contains(&"slow".to_string()));
+}
+
+/// The leader compiles a deploy before it proposes it, on a thread of its
+/// own, within `module_compile_timeout_ms`: past it the deploy is refused
+/// naming the setting and nothing reaches the log; while that compile
+/// still runs another deploy is `Overloaded`; writes commit all along; a
+/// module that compiles in time is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_compiling_past_its_budget_is_refused_and_writes_go_on() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    // kv compiles in about 0.5 s here; 64 functions just under
+    // FUNCTION_BODY_BYTES_MAX of the slow code take 5 s and more.
+    let flags = ["--module-compile-timeout-ms", "1500"];
+    let (g, _, c) = group_with_kv(dir.path(), &flags).await;
+    let slow = understudy_tests::slow_to_compile_component(64, 13_000);
+    assert!(slow.len() <= understudy::limits::MODULE_BYTES_MAX);
+    let writer = {
+        let c = within(10, "a client", g.client()).await.unwrap();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (mut n, mut longest, mut last) = (0, Duration::ZERO, std::time::Instant::now());
+            while started.elapsed() < Duration::from_secs(4) {
+                let w = within(
+                    20,
+                    "a write",
+                    c.command("kv", kv_put(&format!("c{n}"), "v")),
+                )
+                .await;
+                assert!(w.is_ok(), "{w:?}");
+                longest = longest.max(last.elapsed());
+                last = std::time::Instant::now();
+                n += 1;
+            }
+            (n, longest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = within(10, "a status", c.status()).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = within(30, "a deploy", c.deploy("slow", slow)).await;
+    assert_eq!(api_code(&r), Some(ErrorCode::TooLarge), "{r:?}");
+    assert!(
+        format!("{r:?}").contains("module_compile_timeout_ms"),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The compile goes on (it cannot be interrupted), and holds the one
+    // compile slot.
+    let again = within(
+        10,
+        "a deploy",
+        c.deploy("kv2", understudy_examples::KV.to_vec()),
+    )
+    .await;
+    assert_eq!(api_code(&again), Some(ErrorCode::Overloaded), "{again:?}");
+    let (writes, longest) = within(60, "the writer", writer).await.unwrap();
+    assert!(
+        longest < Duration::from_secs(3),
+        "writes stalled for {longest:?} ({writes} in 4 s) while a module compiled"
+    );
+    // Once the slot is free, a module that compiles in time is deployed.
+    let mut deployed = None;
+    for _ in 0..120 {
+        let r = within(
+            30,
+            "a deploy",
+            c.deploy("kv2", understudy_examples::KV.to_vec()),
+        )
+        .await;
+        if api_code(&r) != Some(ErrorCode::Overloaded) {
+            deployed = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let w = deployed
+        .expect("the compile slot frees within 30 s")
+        .unwrap();
+    assert!(matches!(w.outcome, Outcome::Ok(_)), "{:?}", w.outcome);
+    let after = within(10, "a status", c.status()).await.unwrap();
+    assert!(after.actors.contains(&"kv2".to_string()));
+    assert!(!after.actors.contains(&"slow".to_string()));
+    assert!(after.last_index > before.last_index);
 }

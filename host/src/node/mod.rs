@@ -81,6 +81,14 @@ pub struct NodeConfig {
     /// retried with the same client tag it is applied at most once).
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// How long the leader may compile a deployed module before it
+    /// refuses it (`TooLarge`, nothing reaches the log). The leader
+    /// compiles before it proposes, off the node and applier threads, one
+    /// module at a time (another deploy meanwhile is `Overloaded`); every
+    /// replica later compiles the same code, so this bounds how long
+    /// each replica's applier spends on one deploy.
+    #[serde(default = "default_module_compile_timeout_ms")]
+    pub module_compile_timeout_ms: u64,
     /// When the applied prefix of the log is compacted.
     #[serde(default)]
     pub compaction: Compaction,
@@ -183,6 +191,10 @@ fn default_write_timeout_ms() -> u64 {
     10_000
 }
 
+fn default_module_compile_timeout_ms() -> u64 {
+    30_000
+}
+
 fn default_checkpoint_entries_max() -> usize {
     8192
 }
@@ -223,6 +235,7 @@ impl NodeConfig {
             timing: Timing::default(),
             read_timeout_ms: default_read_timeout_ms(),
             write_timeout_ms: default_write_timeout_ms(),
+            module_compile_timeout_ms: default_module_compile_timeout_ms(),
             compaction: Compaction::default(),
             log_kind: LogKind::default(),
         }
@@ -949,6 +962,11 @@ pub struct Node {
     applier_fault: Option<String>,
     /// The term and log position, for the peer acceptor's hello answers.
     published: crate::peer::Published,
+    /// Compiles a deploy before it is proposed (see `deploy`).
+    compiler: crate::sandbox::Compiler,
+    /// A compile is running (set by `deploy`, cleared by its thread when
+    /// it ends, even after its deploy was answered).
+    compiling: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The term and log position each peer's last answer to this node's
     /// hello carried.
     hello_terms: BTreeMap<NodeId, (Term, (Term, Index))>,
@@ -1051,6 +1069,7 @@ impl Node {
         for (hash, machine) in natives {
             sandbox.register_native(hash, machine);
         }
+        let compiler = sandbox.compiler();
         let applier = Applier::new(sandbox, state)?;
         let applied = applier.applied();
         anyhow::ensure!(
@@ -1152,6 +1171,8 @@ impl Node {
             applier_fault: None,
             published,
             hello_terms: BTreeMap::new(),
+            compiler,
+            compiling: Default::default(),
             config,
             core,
             writer,
@@ -1214,10 +1235,8 @@ impl Node {
             }
             self.recovering_persisted = recovering;
         }
-        self.published.set(
-            self.core.term(),
-            (self.core.last_term(), self.core.last_index()),
-        );
+        self.published
+            .set(self.core.term(), self.core.durable_position());
         if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
             for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
                 match self.core.read_index(read_ctx) {
@@ -1614,6 +1633,103 @@ impl Node {
         self.core
             .leader()
             .and_then(|l| self.client_addresses.get(&l).cloned())
+    }
+
+    /// A deploy: refused at once unless this node leads and no other
+    /// module is compiling; then normalized, compiled and checked as a
+    /// machine on a thread of its own, within `module_compile_timeout_ms`,
+    /// and only then proposed — so a module that does not compile, is no
+    /// machine, or compiles too slowly never reaches the log, and the
+    /// applier finds the artifact ready. The applier checks again,
+    /// deterministically, when it applies the entry.
+    fn deploy(
+        &mut self,
+        actor: String,
+        wasm: Vec<u8>,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if self.core.role() != Role::Leader {
+            let _ = reply.send(Response::Error(
+                self.not_leader("only the leader takes deploys"),
+            ));
+            return;
+        }
+        if self.compiling.swap(true, Ordering::AcqRel) {
+            let _ = reply.send(Response::Error(ApiError::new(
+                ErrorCode::Overloaded,
+                "another module is being compiled (one at a time); retry later",
+            )));
+            return;
+        }
+        let (done, compiled) = oneshot::channel();
+        let compiler = self.compiler.clone();
+        let compiling = self.compiling.clone();
+        let spawned = std::thread::Builder::new()
+            .name("understudy-compile".into())
+            .spawn(move || {
+                let _ = done.send(compiler.compile(&wasm));
+                compiling.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.compiling.store(false, Ordering::Release);
+            let _ = reply.send(Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("cannot start a compile thread: {e}"),
+            )));
+            return;
+        }
+        let budget_ms = self.config.module_compile_timeout_ms;
+        let wait = tokio::time::timeout(Duration::from_millis(budget_ms), compiled);
+        ctx.spawn(wait.into_actor(self).map(move |result, node, ctx| {
+            let refused = |code, message: String| Response::Error(ApiError::new(code, message));
+            let component = match result {
+                Ok(Ok(Ok(component))) => component,
+                Ok(Ok(Err(crate::sandbox::LoadError::OverLimit(m)))) => {
+                    let _ = reply.send(refused(ErrorCode::TooLarge, m));
+                    return;
+                }
+                Ok(Ok(Err(e))) => {
+                    let _ = reply.send(refused(ErrorCode::BadRequest, e.to_string()));
+                    return;
+                }
+                Ok(Err(_)) => {
+                    let _ = reply.send(refused(
+                        ErrorCode::Unavailable,
+                        "the compile thread ended without an answer".into(),
+                    ));
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(actor, budget_ms, "a deployed module compiled too slowly");
+                    let _ = reply.send(refused(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the module took longer than module_compile_timeout_ms = {budget_ms} \
+                             ms to compile on the leader; every replica would spend as long \
+                             (smaller or simpler functions compile faster)"
+                        ),
+                    ));
+                    return;
+                }
+            };
+            let limit = crate::limits::MODULE_BYTES_MAX;
+            let what = "the module as a component";
+            if let Err(m) = crate::limits::check(what, component.len(), "MODULE_BYTES_MAX", limit) {
+                let _ = reply.send(refused(ErrorCode::TooLarge, m));
+                return;
+            }
+            node.propose(
+                Payload::Deploy {
+                    actor,
+                    wasm: ByteBuf::from(component),
+                },
+                WriteConcern::Majority,
+                reply,
+                ctx,
+            );
+        }));
     }
 
     fn not_leader(&self, message: &str) -> ApiError {
@@ -2309,36 +2425,7 @@ impl Handler<ClientCall> for Node {
                 reply,
                 ctx,
             ),
-            Request::Deploy { actor, wasm } => {
-                // Refuse bad modules before they reach the log; the applier
-                // checks again, deterministically, when it applies.
-                let limit = crate::limits::MODULE_BYTES_MAX;
-                let checked = Sandbox::normalize(&wasm)
-                    .map_err(|e| match e {
-                        crate::sandbox::LoadError::OverLimit(m) => (ErrorCode::TooLarge, m),
-                        e => (ErrorCode::BadRequest, e.to_string()),
-                    })
-                    .and_then(|c| {
-                        let what = "the module as a component";
-                        crate::limits::check(what, c.len(), "MODULE_BYTES_MAX", limit)
-                            .map(|()| c)
-                            .map_err(|m| (ErrorCode::TooLarge, m))
-                    });
-                match checked {
-                    Ok(component) => self.propose(
-                        Payload::Deploy {
-                            actor,
-                            wasm: ByteBuf::from(component),
-                        },
-                        WriteConcern::Majority,
-                        reply,
-                        ctx,
-                    ),
-                    Err((code, message)) => {
-                        let _ = reply.send(Response::Error(ApiError::new(code, message)));
-                    }
-                }
-            }
+            Request::Deploy { actor, wasm } => self.deploy(actor, wasm.into_vec(), reply, ctx),
             Request::Query {
                 actor,
                 request,

@@ -126,7 +126,7 @@ pub enum HelloReply {
     Welcome {
         /// The receiver's term.
         term: crate::types::Term,
-        /// The receiver's log position (last term, last index).
+        /// The receiver's durable log position (term, index).
         log: (crate::types::Term, crate::types::Index),
     },
     /// Accepted, but the receiver knew the sender under another
@@ -137,7 +137,7 @@ pub enum HelloReply {
     LostData {
         /// The receiver's term.
         term: crate::types::Term,
-        /// The receiver's log position (last term, last index).
+        /// The receiver's durable log position (term, index).
         log: (crate::types::Term, crate::types::Index),
     },
     /// Refused, and why; the connection is closed.
@@ -574,7 +574,7 @@ enum DialError {
 pub struct HelloAnswer {
     /// The peer's term.
     pub term: crate::types::Term,
-    /// The peer's log position (last term, last index).
+    /// The peer's durable log position (term, index).
     pub log: (crate::types::Term, crate::types::Index),
     /// The peer knew this node under another incarnation: this node lost
     /// its data.

@@ -219,6 +219,67 @@ pub struct Sandbox {
     linker: Arc<Linker<host::HostState>>,
     limits: SandboxLimits,
     compat_hash: [u8; 32],
+    precompiled: Precompiled,
+}
+
+/// Artifacts a [`Compiler`] made off the applier thread, by module hash,
+/// for [`Sandbox::precompile`] to take instead of compiling again. Holds
+/// the newest [`Precompiled::KEPT`] (a deploy is compiled by the leader
+/// moments before its entry is applied).
+#[derive(Clone, Default)]
+struct Precompiled(Arc<std::sync::Mutex<std::collections::VecDeque<Artifact>>>);
+
+/// A module hash and the artifact compiled from it.
+type Artifact = (ModuleHash, Arc<Vec<u8>>);
+
+impl Precompiled {
+    const KEPT: usize = 4;
+
+    fn put(&self, hash: ModuleHash, artifact: Vec<u8>) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|(h, _)| *h != hash);
+        kept.push_back((hash, Arc::new(artifact)));
+        while kept.len() > Self::KEPT {
+            kept.pop_front();
+        }
+    }
+
+    fn get(&self, hash: &ModuleHash) -> Option<Arc<Vec<u8>>> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter().find(|(h, _)| h == hash).map(|(_, a)| a.clone())
+    }
+}
+
+/// Compiles modules on any thread with the sandbox's engine, for the node
+/// to check a deploy before it proposes it; the artifact then waits for
+/// the applier (see [`Sandbox::precompile`]).
+#[derive(Clone)]
+pub struct Compiler {
+    engine: Engine,
+    linker: Arc<Linker<host::HostState>>,
+    precompiled: Precompiled,
+}
+
+impl Compiler {
+    /// Normalize `wasm` ([`Sandbox::normalize`]), compile it and check that
+    /// it is a machine of our world; the component bytes on success.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Vec<u8>, LoadError> {
+        let component = Sandbox::normalize(wasm)?;
+        let artifact = self
+            .engine
+            .precompile_component(&component)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        // SAFETY: the artifact was made by this engine just now.
+        let compiled = unsafe { Component::deserialize(&self.engine, &artifact) }
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        MachinePre::new(pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        self.precompiled.put(Sandbox::hash(&component), artifact);
+        Ok(component)
+    }
 }
 
 struct Blake3Hasher(blake3::Hasher);
@@ -299,7 +360,18 @@ impl Sandbox {
             linker: Arc::new(linker),
             limits,
             compat_hash,
+            precompiled: Precompiled::default(),
         })
+    }
+
+    /// A compiler sharing this sandbox's engine, whose artifacts
+    /// [`Self::precompile`] takes.
+    pub fn compiler(&self) -> Compiler {
+        Compiler {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            precompiled: self.precompiled.clone(),
+        }
     }
 
     /// Run `machine` instead of the component whose hash is `hash`.
@@ -356,8 +428,12 @@ impl Sandbox {
         *blake3::hash(component).as_bytes()
     }
 
-    /// Compile normalized component bytes to a precompiled artifact.
+    /// Compile normalized component bytes to a precompiled artifact (or
+    /// take the one a [`Compiler`] made of them).
     pub fn precompile(&self, component: &[u8]) -> Result<Vec<u8>, LoadError> {
+        if let Some(artifact) = self.precompiled.get(&Self::hash(component)) {
+            return Ok(artifact.as_ref().clone());
+        }
         self.engine
             .precompile_component(component)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))

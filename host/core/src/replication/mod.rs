@@ -390,6 +390,8 @@ pub struct Core {
     last_term: Term,
     /// Highest index durable on this node (with the term we know there).
     persisted_index: Index,
+    /// Term of the entry at `persisted_index`.
+    persisted_term: Term,
     /// First index of the current leader term (its no-op).
     term_start_index: Index,
     commit_index: Index,
@@ -496,6 +498,7 @@ impl Core {
             last_index: last.0,
             last_term: last.1,
             persisted_index: last.0,
+            persisted_term: last.1,
             term_start_index: 0,
             // Entries applied before were committed before.
             commit_index: applied,
@@ -623,7 +626,7 @@ impl Core {
     }
 
     fn recovering(&self) -> bool {
-        self.lost_terms.is_some() || (self.last_term, self.persisted_index) < self.recovery_floor
+        self.lost_terms.is_some() || self.durable_position() < self.recovery_floor
     }
 
     /// A told-lost node heard `msg` from `from`: see [`Core::lost_terms`].
@@ -737,6 +740,14 @@ impl Core {
     /// Term of the last log entry (durable or not).
     pub fn last_term(&self) -> Term {
         self.last_term
+    }
+    /// The durable log's position (term, index): what this node tells a
+    /// peer that lost its data (see `recovery_floor`). Not the last
+    /// position: an entry not yet durable may vanish in a crash, and a
+    /// floor above every surviving log would leave the peer unable to
+    /// vote for anyone.
+    pub fn durable_position(&self) -> (Term, Index) {
+        (self.persisted_term, self.persisted_index)
     }
     /// Commit index.
     pub fn commit_index(&self) -> Index {
@@ -1261,7 +1272,10 @@ impl Core {
         if self.term_at(index, log) != Some(term) {
             return;
         }
-        self.persisted_index = self.persisted_index.max(index);
+        if index >= self.persisted_index {
+            self.persisted_index = index;
+            self.persisted_term = term;
+        }
         if self.truncated_from.is_some_and(|t| index >= t) {
             self.truncated_from = None;
         }
@@ -1555,6 +1569,7 @@ impl Core {
         self.last_index = index;
         self.last_term = term;
         self.persisted_index = index;
+        self.persisted_term = term;
         self.commit_index = self.commit_index.max(index);
         self.apply_requested = self.apply_requested.max(index);
         self.applied_index = index;
@@ -1830,7 +1845,12 @@ impl Core {
             self.truncated_from = Some(self.truncated_from.map_or(index, |t| t.min(index)));
             self.ready.truncate_from =
                 Some(self.ready.truncate_from.map_or(index, |t| t.min(index)));
-            self.persisted_index = self.persisted_index.min(index - 1);
+            if index - 1 < self.persisted_index {
+                self.persisted_index = index - 1;
+                self.persisted_term = self
+                    .term_at(index - 1, log)
+                    .expect("the entry before a conflict is in the log");
+            }
         }
         self.last_index = index - 1;
         self.last_term = self
