@@ -68,6 +68,13 @@ pub const MODULE_BYTES_MAX: usize = 8 << 20;
 /// largest function is 6 KB.
 pub const FUNCTION_BODY_BYTES_MAX: usize = 128 << 10;
 
+/// Queries a node holds while its applier runs another (it runs one at a
+/// time, between applies, so queries cannot starve writes); past it a
+/// query is refused `Overloaded`. A query runs for at most its fuel (about
+/// 0.3 s at the default 200 M), so the last one waits seconds, not
+/// minutes; a waiting query past `read_timeout_ms` is answered `Timeout`.
+pub const QUERIES_WAITING_MAX: usize = 64;
+
 /// Room for an entry's framing, names, tags and context.
 const ENTRY_OVERHEAD_BYTES_MAX: usize = 64 << 10;
 

@@ -441,7 +441,26 @@ struct RunQuery {
     actor: String,
     request: ByteBuf,
     reply: oneshot::Sender<Response>,
+    /// Tells the node when the query has run or was dropped (the node
+    /// hands the applier one query at a time).
+    done: QueryDoneGuard,
 }
+
+/// Sends [`QueryDone`] when dropped: whichever way a query ends (run,
+/// refused by a halted applier, dropped with a closed mailbox), the node
+/// hears of it and hands over the next.
+struct QueryDoneGuard(Recipient<QueryDone>);
+
+impl Drop for QueryDoneGuard {
+    fn drop(&mut self) {
+        self.0.do_send(QueryDone);
+    }
+}
+
+/// The applier ran the query the node handed it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct QueryDone;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -872,6 +891,9 @@ impl Handler<RunQuery> for ApplierActor {
             Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string())),
         };
         let _ = msg.reply.send(response);
+        // The node hands over the next query (also when this one is
+        // dropped unrun: see `QueryDoneGuard`).
+        drop(msg.done);
     }
 }
 
@@ -962,6 +984,12 @@ pub struct Node {
     applier_fault: Option<String>,
     /// The term and log position, for the peer acceptor's hello answers.
     published: crate::peer::Published,
+    /// Queries waiting for the applier, which runs one at a time between
+    /// applies (see `run_read`); and whether one is with it now.
+    queries_waiting: std::collections::VecDeque<PendingRead>,
+    query_running: bool,
+    /// This actor's address, once started (for the applier's `QueryDone`).
+    me: Option<Addr<Node>>,
     /// Compiles a deploy before it is proposed (see `deploy`).
     compiler: crate::sandbox::Compiler,
     /// A compile is running (set by `deploy`, cleared by its thread when
@@ -1173,6 +1201,9 @@ impl Node {
             hello_terms: BTreeMap::new(),
             compiler,
             compiling: Default::default(),
+            queries_waiting: Default::default(),
+            query_running: false,
+            me: None,
             config,
             core,
             writer,
@@ -2117,10 +2148,32 @@ impl Node {
             );
             return Self::refuse_read(read, ErrorCode::Superseded, message);
         }
+        if !self.query_running {
+            return self.hand_query(read);
+        }
+        let max = crate::limits::QUERIES_WAITING_MAX;
+        if self.queries_waiting.len() >= max {
+            let message = format!(
+                "{max} queries already wait for this node's applier (QUERIES_WAITING_MAX); retry later"
+            );
+            return Self::refuse_read(read, ErrorCode::Overloaded, message);
+        }
+        self.queries_waiting.push_back(read);
+    }
+
+    /// Hand `read` to the applier. One query at a time: the applies sent
+    /// meanwhile run before the next one, so queries that exhaust their
+    /// fuel cannot starve writes (each waits for at most one query).
+    fn hand_query(&mut self, read: PendingRead) {
+        let Some(me) = &self.me else {
+            return Self::refuse_read(read, ErrorCode::Unavailable, "starting".into());
+        };
+        self.query_running = true;
         self.applier.do_send(RunQuery {
             actor: read.actor,
             request: read.request,
             reply: read.reply,
+            done: QueryDoneGuard(me.clone().recipient()),
         });
     }
 
@@ -2307,6 +2360,7 @@ impl Actor for Node {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address());
         self.core.tick(Self::now_ms(), &self.log);
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
@@ -2337,6 +2391,25 @@ impl Actor for Node {
 struct HelloAnswered {
     from: NodeId,
     answer: crate::peer::HelloAnswer,
+}
+
+impl Handler<QueryDone> for Node {
+    type Result = ();
+    fn handle(&mut self, _: QueryDone, _: &mut Self::Context) {
+        self.query_running = false;
+        let now = Self::now_ms();
+        while let Some(read) = self.queries_waiting.pop_front() {
+            if read.reply.is_closed() {
+                continue; // the client is gone
+            }
+            if now >= read.deadline_ms {
+                let message = "the query waited for the applier past read_timeout_ms".to_string();
+                Self::refuse_read(read, ErrorCode::Timeout, message);
+                continue;
+            }
+            return self.hand_query(read);
+        }
+    }
 }
 
 impl Handler<HelloAnswered> for Node {
