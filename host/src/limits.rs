@@ -70,10 +70,11 @@ pub const FUNCTION_BODY_BYTES_MAX: usize = 128 << 10;
 
 /// Queries a node holds while its applier runs another (it runs one at a
 /// time, between applies, so queries cannot starve writes); past it a
-/// query is refused `Overloaded`. A query runs for at most its fuel (about
-/// 0.3 s at the default 200 M), so the last one waits seconds, not
-/// minutes; a waiting query past `read_timeout_ms` is answered `Timeout`.
-pub const QUERIES_WAITING_MAX: usize = 64;
+/// query is refused `Overloaded`. At least one connection's in-flight
+/// limit, so a client that pipelines is never refused by it. A query that
+/// waited past `read_timeout_ms` is answered `Timeout` when its turn comes
+/// (a query runs for at most its fuel: about 0.3 s at the default 200 M).
+pub const QUERIES_WAITING_MAX: usize = 4 * crate::node::server::IN_FLIGHT_MAX;
 
 /// Room for an entry's framing, names, tags and context.
 const ENTRY_OVERHEAD_BYTES_MAX: usize = 64 << 10;

@@ -490,7 +490,10 @@ async fn a_client_that_does_not_read_its_answers_is_paused_and_loses_nothing() {
         }
         ids
     });
-    w.write_all(&rest).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), w.write_all(&rest))
+        .await
+        .expect("the node reads the rest of the last request")
+        .unwrap();
     let ids = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
         .await
         .expect("every answer arrives")

@@ -263,14 +263,16 @@ pub struct Status {
     /// On the leader: each follower's replication state.
     #[serde(default)]
     pub followers: Vec<crate::replication::FollowerStatus>,
-    /// Why this node serves no reads, if it is quarantined.
+    /// Why this node serves no reads, if it is quarantined (a determinism
+    /// alarm) or halted (its state damaged at rest, applying failed).
     #[serde(default)]
     pub quarantined: Option<String>,
     /// A snapshot being received, if any.
     #[serde(default)]
     pub snapshot_in: Option<SnapshotProgress>,
     /// While this node is recovering from a lost data directory: the index
-    /// its log must reach before it votes again.
+    /// its durable log must reach before it campaigns again (it votes, once
+    /// it has heard enough peers, only for logs at least that up-to-date).
     #[serde(default)]
     pub recovering_until: Option<Index>,
     /// A host fault this node has (a full disk, an I/O error): it stepped

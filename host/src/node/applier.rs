@@ -726,8 +726,25 @@ impl Applier {
     }
 
     /// Apply one entry over `view` and `batch` (read only); returns what
-    /// it changes (writes empty unless Ok) and the view.
+    /// it changes (writes empty unless Ok) and the view. A stored value the
+    /// call read that fails its checksum voids the call: an error, never a
+    /// result computed from damaged state.
     fn apply_one(
+        &mut self,
+        e: &Entry,
+        ctx: CallContext,
+        view: BatchView,
+        batch: &StateBatch,
+        chain: Chain,
+    ) -> Result<(Change, BatchView), ApplyError> {
+        let (change, view) = self.apply_one_unchecked(e, ctx, view, batch, chain)?;
+        match view.snap.corruption() {
+            Some(e) => Err(e.into()),
+            None => Ok((change, view)),
+        }
+    }
+
+    fn apply_one_unchecked(
         &mut self,
         e: &Entry,
         ctx: CallContext,
@@ -1073,8 +1090,12 @@ impl Applier {
             overlay: std::mem::take(&mut self.pending.kv),
         };
         let (result, view) = self.query_in(actor, request, view);
+        let corrupt = view.snap.corruption();
         // The pending writes go back whatever happened.
         self.pending.kv = view.overlay;
+        if let Some(e) = corrupt {
+            return Err(e.into());
+        }
         Ok((result?, self.applied().index))
     }
 

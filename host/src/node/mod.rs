@@ -449,18 +449,26 @@ struct RunQuery {
 /// Sends [`QueryDone`] when dropped: whichever way a query ends (run,
 /// refused by a halted applier, dropped with a closed mailbox), the node
 /// hears of it and hands over the next.
-struct QueryDoneGuard(Recipient<QueryDone>);
+struct QueryDoneGuard {
+    to: Recipient<QueryDone>,
+    halted: Option<String>,
+}
 
 impl Drop for QueryDoneGuard {
     fn drop(&mut self) {
-        self.0.do_send(QueryDone);
+        self.to.do_send(QueryDone {
+            halted: self.halted.take(),
+        });
     }
 }
 
-/// The applier ran the query the node handed it.
+/// The applier ran the query the node handed it; `halted` if the query
+/// found the state damaged (the applier then applies nothing more).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct QueryDone;
+struct QueryDone {
+    halted: Option<String>,
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -675,7 +683,9 @@ impl ApplierActor {
         reply_to: &Recipient<Applied>,
         fault_to: &Recipient<StorageFault>,
     ) {
-        if self.halted.is_some() {
+        if let Some(why) = &self.halted {
+            // Halted by a query (damaged state): the node hears of it here.
+            reply_to.do_send(Applied(Err(why.clone())));
             return;
         }
         if self.fault.is_some() {
@@ -871,7 +881,7 @@ impl ApplierActor {
 
 impl Handler<RunQuery> for ApplierActor {
     type Result = ();
-    fn handle(&mut self, msg: RunQuery, _: &mut Self::Context) {
+    fn handle(&mut self, mut msg: RunQuery, _: &mut Self::Context) {
         if let Some(why) = &self.halted {
             // The executed-but-not-durable effects are gone with the halt;
             // answering from the durable state could go back in time.
@@ -888,6 +898,14 @@ impl Handler<RunQuery> for ApplierActor {
                 ErrorCode::NoSuchActor,
                 format!("no actor named {a:?}"),
             )),
+            Err(applier::QueryError::Storage(e @ storage::StorageError::StateCorrupt { .. })) => {
+                // Quarantine: nothing more is applied or served here; the
+                // node halts (and steps down) at its next apply.
+                tracing::error!(error = %e, "state damaged at rest: applying halted");
+                self.halted = Some(e.to_string());
+                msg.done.halted = Some(e.to_string());
+                Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string()))
+            }
             Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string())),
         };
         let _ = msg.reply.send(response);
@@ -1651,6 +1669,10 @@ impl Node {
 
     fn halt(&mut self, why: String) {
         tracing::error!(reason = %why, "node halted: refusing writes");
+        // A halted leader would keep the group from writing: it leaves
+        // leadership to a member that can apply (it still logs and votes).
+        self.core.step_down();
+        self.core.set_candidacy(false);
         self.halted = Some(why.clone());
         for (_, w) in std::mem::take(&mut self.waiters) {
             let _ = w.reply.send(Response::Error(ApiError::new(
@@ -2040,6 +2062,10 @@ impl Node {
             let message = format!("this node is quarantined: {why}");
             return Self::refuse_read(read, ErrorCode::Quarantined, message);
         }
+        if let Some(why) = &self.halted {
+            let message = format!("this node halted: {why}");
+            return Self::refuse_read(read, ErrorCode::Unavailable, message);
+        }
         if let Some(why) = self.fault() {
             let message = format!("this node has a host fault: {why}");
             return Self::refuse_read(read, ErrorCode::Unavailable, message);
@@ -2173,7 +2199,10 @@ impl Node {
             actor: read.actor,
             request: read.request,
             reply: read.reply,
-            done: QueryDoneGuard(me.clone().recipient()),
+            done: QueryDoneGuard {
+                to: me.clone().recipient(),
+                halted: None,
+            },
         });
     }
 
@@ -2340,7 +2369,9 @@ impl Node {
             leader_heard_ms_ago: self.core.leader_heard_ms_ago(),
             leader_address: self.leader_address(),
             followers: self.core.followers(&self.log),
-            quarantined: self.quarantined.clone(),
+            // A halted node (its state damaged, or applying failed) serves
+            // no reads either.
+            quarantined: self.quarantined.clone().or_else(|| self.halted.clone()),
             recovering_until: self.core.recovering_until(),
             fault: self.fault().cloned(),
             snapshot_in: self.snapshot_in.map(|(index, done, chunks, bytes)| {
@@ -2395,8 +2426,11 @@ struct HelloAnswered {
 
 impl Handler<QueryDone> for Node {
     type Result = ();
-    fn handle(&mut self, _: QueryDone, _: &mut Self::Context) {
+    fn handle(&mut self, done: QueryDone, _: &mut Self::Context) {
         self.query_running = false;
+        if let Some(why) = done.halted {
+            self.halt(why);
+        }
         let now = Self::now_ms();
         while let Some(read) = self.queries_waiting.pop_front() {
             if read.reply.is_closed() {

@@ -37,7 +37,9 @@ use std::path::{Path, PathBuf};
 /// and state is durable only at window ends. 3: the content limits of
 /// [`crate::limits`] (keys of at most `KEY_BYTES_MAX`, a bounded write-set
 /// and answer) turn some commands that version 2 applied into refusals.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: every machine-state value is stored with a checksum of its key and
+/// value (damage at rest is detected on read).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,19 @@ pub enum StorageError {
         path: PathBuf,
         /// Where.
         source: journal::ScanError,
+    },
+    /// A machine-state value fails its checksum: the state on this disk
+    /// was damaged after it was written.
+    #[error(
+        "the state in {path} is corrupt: the value of key {key} fails its checksum. This \
+         node applies and serves nothing more; keep the directory for inspection, move it \
+         aside, and start the node on an empty data directory to copy its group's state"
+    )]
+    StateCorrupt {
+        /// Environment path.
+        path: PathBuf,
+        /// The key, in hex.
+        key: String,
     },
     /// The directory belongs to another node or cluster.
     #[error(
@@ -1196,6 +1211,7 @@ impl StateStore {
         Ok(StateSnapshot {
             txn,
             store: self.clone(),
+            corrupt: std::sync::OnceLock::new(),
         })
     }
 
@@ -1216,7 +1232,7 @@ impl StateStore {
         }
         for (k, v) in &batch.kv {
             match v {
-                Some(v) => self.kv.put(&mut wtxn, k, v),
+                Some(v) => self.kv.put(&mut wtxn, k, &seal(k, v)),
                 None => self.kv.delete(&mut wtxn, k).map(|_| ()),
             }
             .map_err(self.err())?;
@@ -1352,6 +1368,12 @@ impl StateStore {
         for (table, db) in tables {
             for item in db.iter(&rtxn).map_err(self.err())? {
                 let (k, v) = item.map_err(self.err())?;
+                // A snapshot carries values as machines see them.
+                let v = if table == 0 {
+                    unseal(k, v).ok_or_else(|| self.state_corrupt(k))?
+                } else {
+                    v
+                };
                 chunk_size += k.len() + v.len() + 8;
                 chunk.push(SnapshotRecord {
                     table,
@@ -1402,7 +1424,7 @@ impl StateStore {
             for r in chunk? {
                 let (k, v) = (&r.key[..], &r.value[..]);
                 match r.table {
-                    0 => self.kv.put(&mut wtxn, k, v),
+                    0 => self.kv.put(&mut wtxn, k, &seal(k, v)),
                     1 => {
                         let name = std::str::from_utf8(k).map_err(|_| {
                             StorageError::Invariant("snapshot actor name is not UTF-8".into())
@@ -1454,10 +1476,50 @@ impl StateStore {
         let mut out = Vec::new();
         for item in self.kv.iter(&rtxn).map_err(self.err())? {
             let (k, v) = item.map_err(self.err())?;
+            let v = unseal(k, v).ok_or_else(|| self.state_corrupt(k))?;
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }
+
+    fn state_corrupt(&self, key: &[u8]) -> StorageError {
+        StorageError::StateCorrupt {
+            path: self.env.path().to_path_buf(),
+            key: hex_of(key),
+        }
+    }
+}
+
+/// Bytes of the checksum each stored machine-state value ends with.
+const VALUE_CHECK_BYTES: usize = 4;
+
+/// A machine-state value as stored: the value, then a CRC-32 of the key
+/// and the value (a value damaged at rest, or one found under another
+/// key, fails it). Checked on every read ([`unseal`]).
+fn seal(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    let mut out = Vec::with_capacity(value.len() + VALUE_CHECK_BYTES);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out
+}
+
+/// The value of a stored machine-state value, if its checksum holds.
+fn unseal<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let split = stored.len().checked_sub(VALUE_CHECK_BYTES)?;
+    let (value, check) = stored.split_at(split);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    (h.finalize().to_le_bytes() == check).then_some(value)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn artifact_key(hash: &ModuleHash, compat: &[u8; 32]) -> [u8; 64] {
@@ -1500,9 +1562,28 @@ pub struct SnapshotMeta {
 pub struct StateSnapshot {
     txn: RoTxn<'static, WithoutTls>,
     store: StateStore,
+    /// The first value read through [`KvRead`] that failed its checksum:
+    /// the call that read it must be thrown away (see [`Self::corruption`]).
+    corrupt: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl StateSnapshot {
+    /// A value read through this snapshot failed its checksum: whatever
+    /// was computed from the reads is void, and the state is damaged.
+    /// (`KvRead` has no error path — a machine's reads cannot fail — so
+    /// the reader checks this after each call.)
+    pub fn corruption(&self) -> Option<StorageError> {
+        self.corrupt.get().map(|key| self.store.state_corrupt(key))
+    }
+
+    fn checked<'a>(&self, key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+        let value = unseal(key, stored);
+        if value.is_none() {
+            let _ = self.corrupt.set(key.to_vec());
+        }
+        value
+    }
+
     /// The actor record of `name`.
     pub fn actor(&self, name: &str) -> Result<Option<ActorRecord>, StorageError> {
         match self
@@ -1543,11 +1624,12 @@ impl KvRead for StateSnapshot {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         // A read error here is an LMDB failure (disk), not guest input; the
         // sandbox cannot report it deterministically, so fail loudly.
-        self.store
+        let stored = self
+            .store
             .kv
             .get(&self.txn, key)
-            .expect("LMDB read of machine state failed")
-            .map(<[u8]>::to_vec)
+            .expect("LMDB read of machine state failed")?;
+        self.checked(key, stored).map(<[u8]>::to_vec)
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -1563,9 +1645,10 @@ impl KvRead for StateSnapshot {
             .range(&self.txn, &range)
             .expect("LMDB range of machine state failed")
             .take(limit)
-            .map(|r| {
+            .filter_map(|r| {
                 let (k, v) = r.expect("LMDB range of machine state failed");
-                (k.to_vec(), v.to_vec())
+                let v = self.checked(k, v)?;
+                Some((k.to_vec(), v.to_vec()))
             })
             .collect()
     }

@@ -558,3 +558,23 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_stored_value_fails_its_checksum_if_any_bit_flips_or_it_moves_to_another_key() {
+    let sealed = seal(b"key", b"value");
+    assert_eq!(unseal(b"key", &sealed), Some(&b"value"[..]));
+    assert_eq!(unseal(b"other", &sealed), None, "found under another key");
+    for byte in 0..sealed.len() {
+        for bit in 0..8 {
+            let mut damaged = sealed.clone();
+            damaged[byte] ^= 1 << bit;
+            assert_eq!(unseal(b"key", &damaged), None, "byte {byte} bit {bit}");
+        }
+    }
+    assert_eq!(
+        unseal(b"key", &sealed[..3]),
+        None,
+        "shorter than a checksum"
+    );
+    assert_eq!(unseal(b"", &seal(b"", b"")), Some(&b""[..]));
+}
