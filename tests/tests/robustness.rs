@@ -1060,3 +1060,73 @@ async fn a_value_damaged_at_rest_is_never_served() {
     assert!(r.is_err(), "a halted node serves no read: {r:?}");
     assert_eq!(read_value(&c, "precious").await.as_deref(), Some(marker));
 }
+
+/// A snapshot from a member that is not the node's leader was installed:
+/// an old leader's, still on its way after an election, would roll back
+/// entries the node had acknowledged to the new one (and a forged one
+/// replaced its state). Now the node installs snapshots only from the
+/// leader it follows, and refuses others naming the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
+    understudy_tests::setup!();
+    use understudy::storage::{FORMAT_VERSION, Identity, StateBatch, StateStore, StorageOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
+    let mut others = (1..=3).filter(|&i| i != leader);
+    let (victim, other) = (others.next().unwrap(), others.next().unwrap());
+    let w = within(10, "a write", c.command("kv", kv_put("k", "real"))).await;
+    assert!(w.is_ok(), "{w:?}");
+    // A state far ahead of the group's, with no actors, as a snapshot.
+    let forged = dir.path().join("forged");
+    let identity = Identity {
+        format_version: FORMAT_VERSION,
+        cluster_id: "test".into(),
+        node_id: other,
+    };
+    let state =
+        StateStore::open(&forged.join("state"), &identity, &StorageOptions::default()).unwrap();
+    let mut batch = StateBatch::default();
+    batch.kv.insert(
+        understudy::storage::actor_key("kv", b"k"),
+        Some(b"forged".to_vec()),
+    );
+    batch.applied_index = 1_024; // a window end
+    state.commit(&batch).unwrap();
+    let snap = forged.join("snapshot");
+    std::fs::create_dir_all(&snap).unwrap();
+    let meta = state.write_snapshot(&snap, 1 << 20, |_| Some(1)).unwrap();
+    let victim_peer = g
+        .node(victim)
+        .peer_addr
+        .expect("a peer address")
+        .to_string();
+    let timing = understudy::node::Timing {
+        heartbeat_interval_ms: 25,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+    };
+    let sent = within(
+        30,
+        "a snapshot offer",
+        understudy::peer::snapshot::send_snapshot(
+            &victim_peer,
+            "test",
+            other,
+            victim,
+            &g.node(other).addr.to_string(),
+            understudy::node::LogKind::Statement,
+            timing,
+            &snap,
+            &meta,
+        ),
+    )
+    .await;
+    let err = sent.expect_err("the snapshot is refused");
+    assert!(err.contains("not this node's leader"), "{err}");
+    let direct = within(10, "a client", g.client_of(victim)).await.unwrap();
+    let s = within(10, "a status", direct.status()).await.unwrap();
+    assert!(s.applied_index < 1_024, "installed: {s:?}");
+    assert!(s.actors.contains(&"kv".to_string()), "{:?}", s.actors);
+    let w = within(10, "a write", c.command("kv", kv_put("k2", "v"))).await;
+    assert!(w.is_ok(), "{w:?}");
+}

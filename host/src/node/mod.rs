@@ -1541,6 +1541,7 @@ impl Node {
     /// reset (writer, after whatever it is writing), then the core.
     fn install_snapshot(
         &mut self,
+        from: crate::types::NodeId,
         meta: storage::SnapshotMeta,
         dir: PathBuf,
         done: oneshot::Sender<Result<(), String>>,
@@ -1548,6 +1549,42 @@ impl Node {
     ) {
         if self.installing || self.core.role() != Role::Follower {
             let _ = done.send(Err("not a follower ready to install a snapshot".into()));
+            return;
+        }
+        // Only the leader this node follows may replace its state and log:
+        // a snapshot from an old leader, still on its way, would roll back
+        // entries this node acknowledged to the new one.
+        if self.core.leader() != Some(from) {
+            tracing::warn!(
+                from,
+                leader = ?self.core.leader(),
+                index = meta.index,
+                "refused a snapshot from a member that is not this node's leader"
+            );
+            let _ = done.send(Err(format!(
+                "node {from} is not this node's leader ({:?}): snapshot refused",
+                self.core.leader()
+            )));
+            return;
+        }
+        // A log that holds the snapshot's last entry holds everything the
+        // snapshot stands for: apply it from the log, and keep the entries
+        // after it (they may be acknowledged; Raft §7).
+        let held = self
+            .core
+            .unstable_entry(meta.index)
+            .map(|e| e.term)
+            .or_else(|| crate::replication::LogRead::term(&self.log, meta.index));
+        if meta.index > 0 && held == Some(meta.term) {
+            tracing::info!(
+                from,
+                index = meta.index,
+                "a snapshot this node's log already covers: applying from the log instead"
+            );
+            let _ = done.send(Err(format!(
+                "this node's log already holds entry {} of term {}",
+                meta.index, meta.term
+            )));
             return;
         }
         self.installing = true;
@@ -2677,12 +2714,12 @@ impl Handler<FromPeer> for Node {
                 self.core.step(from, msg, &self.log);
                 self.drive(ctx);
             }
-            crate::peer::Inbound::Snapshot { progress, .. } => match progress {
+            crate::peer::Inbound::Snapshot { from, progress } => match progress {
                 crate::peer::snapshot::Progress::Chunk { meta, done } => {
                     self.snapshot_in = Some((meta.index, done, meta.chunks, meta.bytes));
                 }
                 crate::peer::snapshot::Progress::Complete { meta, dir, done } => {
-                    self.install_snapshot(meta, dir, done, ctx);
+                    self.install_snapshot(from, meta, dir, done, ctx);
                 }
             },
             crate::peer::Inbound::Message {

@@ -36,8 +36,10 @@ use tokio_util::codec::Framed;
 /// instances within runs (`node::applier::RUN_WINDOW`), which may compute
 /// other results than version 1's fresh instances, so the two never mix in
 /// a group. 3: the content limits of [`crate::limits`] refuse some
-/// commands that version 2 applied.
-pub const PEER_PROTOCOL_VERSION: u16 = 3;
+/// commands that version 2 applied. 4: hello answers carry the receiver's
+/// term and durable log position (a node that lost its data votes by
+/// them), and `FUNCTION_BODY_BYTES_MAX` refuses some modules 3 deployed.
+pub const PEER_PROTOCOL_VERSION: u16 = 4;
 
 /// Messages queued per control lane before new ones are dropped.
 const CONTROL_QUEUE: usize = 4096;
