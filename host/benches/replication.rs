@@ -158,8 +158,15 @@ async fn write_table(leader: SocketAddr, secs: f64) -> Vec<(usize, Run)> {
 
 /// A group of `n` with the kv example deployed: (group, leader, its address).
 async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u64, SocketAddr) {
-    let (g, leader, _) =
+    let (g, leader, c) =
         understudy_tests::with_kv(Group::start_direct(dir, n, flags).unwrap()).await;
+    // The leader compiled the module before proposing it; followers of the
+    // statement kind compile it when they apply it. Measure once every node
+    // has (else their compiles share the two cores with the first figure).
+    let deployed = c.status().await.expect("a status").last_index;
+    g.converged(deployed, Duration::from_secs(60))
+        .await
+        .expect("every node applies the deploy");
     let addr = g.node(leader).addr;
     (g, leader, addr)
 }
