@@ -470,13 +470,6 @@ struct QueryDone {
     halted: Option<String>,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct FillStatus {
-    status: Status,
-    reply: oneshot::Sender<Response>,
-}
-
 /// Persists the hard state and log entries on its own thread.
 pub struct LogWriter {
     log: LogStore,
@@ -663,6 +656,26 @@ pub struct ApplierActor {
     /// checkpoint succeeds. `wanted` is how far the node asked to apply.
     fault: Option<String>,
     wanted: Option<Index>,
+    /// What `status` shows of the applier, kept current here so that the
+    /// node answers a status without waiting behind an apply or a compile.
+    shown: Shown,
+}
+
+/// The applier's part of a status: applied index, digest and actors.
+type Shown = std::sync::Arc<std::sync::Mutex<(Index, [u8; 32], Vec<String>)>>;
+
+impl ApplierActor {
+    /// Publish the applied position (and the actors, if `actors_changed`).
+    fn show(&mut self, actors_changed: bool) {
+        let applied = self.applier.applied();
+        let actors = actors_changed.then(|| self.applier.actors().unwrap_or_default());
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        shown.0 = applied.index;
+        shown.1 = applied.digest;
+        if let Some(actors) = actors {
+            shown.2 = actors;
+        }
+    }
 }
 
 impl Actor for ApplierActor {
@@ -719,6 +732,10 @@ impl ApplierActor {
                         return Err(format!("committed entry {from} is missing from the log"));
                     }
                     let outcomes = self.applier.execute(&entries).map_err(|e| e.to_string())?;
+                    let deployed = entries
+                        .iter()
+                        .any(|e| matches!(e.payload, Payload::Deploy { .. }));
+                    self.show(deployed);
                     Ok(entries
                         .iter()
                         .zip(outcomes)
@@ -835,9 +852,12 @@ impl Handler<InstallSnapshot> for ApplierActor {
         if let Some(why) = &self.halted {
             return Err(format!("applying halted: {why}"));
         }
-        self.applier
+        let installed = self
+            .applier
             .install_snapshot(&msg.dir, &msg.meta)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        self.show(true);
+        installed
     }
 }
 
@@ -912,17 +932,6 @@ impl Handler<RunQuery> for ApplierActor {
         // The node hands over the next query (also when this one is
         // dropped unrun: see `QueryDoneGuard`).
         drop(msg.done);
-    }
-}
-
-impl Handler<FillStatus> for ApplierActor {
-    type Result = ();
-    fn handle(&mut self, mut msg: FillStatus, _: &mut Self::Context) {
-        let applied = self.applier.applied();
-        msg.status.applied_index = applied.index;
-        msg.status.digest = applied.digest.iter().map(|b| format!("{b:02x}")).collect();
-        msg.status.actors = self.applier.actors().unwrap_or_default();
-        let _ = msg.reply.send(Response::Status(Box::new(msg.status)));
     }
 }
 
@@ -1008,6 +1017,8 @@ pub struct Node {
     query_running: bool,
     /// This actor's address, once started (for the applier's `QueryDone`).
     me: Option<Addr<Node>>,
+    /// The applier's part of a status (see [`ApplierActor::show`]).
+    shown: Shown,
     /// Compiles a deploy before it is proposed (see `deploy`).
     compiler: crate::sandbox::Compiler,
     /// A compile is running (set by `deploy`, cleared by its thread when
@@ -1167,6 +1178,12 @@ impl Node {
         let compaction = config.compaction;
         let batch_max = config.apply_batch_entries_max.max(1);
         let checkpoint_entries = config.checkpoint_entries_max.max(1);
+        let applier_shown: Shown = std::sync::Arc::new(std::sync::Mutex::new((
+            applied.index,
+            applied.digest,
+            applier.actors().unwrap_or_default(),
+        )));
+        let shown = applier_shown.clone();
         let applier_slot = std::sync::Mutex::new(Some(applier));
         let applier_log = log.clone();
         let applier = SyncArbiter::start(1, move || ApplierActor {
@@ -1184,6 +1201,7 @@ impl Node {
             halted: None,
             fault: None,
             wanted: None,
+            shown: applier_shown.clone(),
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
         let published = crate::peer::Published::default();
@@ -1218,6 +1236,7 @@ impl Node {
             published,
             hello_terms: BTreeMap::new(),
             compiler,
+            shown,
             compiling: Default::default(),
             queries_waiting: Default::default(),
             query_running: false,
@@ -2389,6 +2408,9 @@ impl Node {
     }
 
     fn status(&self) -> Status {
+        // The applier's part as it last published it (an apply or a
+        // compile in progress does not hold a status up).
+        let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
         Status {
             node_id: self.config.node_id,
             cluster_id: self.config.cluster_id.clone(),
@@ -2398,9 +2420,9 @@ impl Node {
             last_index: self.core.last_index(),
             log_first_index: crate::replication::LogRead::first_index(&self.log),
             commit_index: self.core.commit_index(),
-            applied_index: self.core.applied_index(),
-            digest: String::new(),
-            actors: Vec::new(),
+            applied_index: shown.0,
+            digest: shown.1.iter().map(|b| format!("{b:02x}")).collect(),
+            actors: shown.2.clone(),
             pending_writes: self.waiters.len(),
             vote: self.core.vote(),
             leader_heard_ms_ago: self.core.leader_heard_ms_ago(),
@@ -2584,10 +2606,9 @@ impl Handler<ClientCall> for Node {
                 };
                 self.query(read, level, ctx);
             }
-            Request::Status => self.applier.do_send(FillStatus {
-                status: self.status(),
-                reply,
-            }),
+            Request::Status => {
+                let _ = reply.send(Response::Status(Box::new(self.status())));
+            }
             Request::Promote { node, force: true } => {
                 let response = self.force_alone(node);
                 let _ = reply.send(response);

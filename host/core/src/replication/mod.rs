@@ -456,6 +456,13 @@ pub struct Core {
     /// but that peer — a new incarnation with another log — does not get
     /// it again, or it could lead this term a second time with another log.
     vote_void: bool,
+    /// Peers that answered this node's hello since it started. It votes
+    /// only for those: a peer that knew this node under another
+    /// incarnation says so in that answer, and a vote granted before it
+    /// arrived could elect a candidate missing entries this node's lost
+    /// data held (a candidate's requests can come over the candidate's own
+    /// connection before this node's hello to it is answered).
+    hello_from: BTreeSet<NodeId>,
     /// False while the shell has a host fault (a disk that cannot take
     /// the state): the node follows and votes but does not campaign.
     candidacy: bool,
@@ -524,6 +531,7 @@ impl Core {
             lost_data: BTreeMap::new(),
             candidacy: true,
             vote_void: false,
+            hello_from: BTreeSet::new(),
             lost_terms: None,
             ready: Ready::default(),
         };
@@ -656,8 +664,15 @@ impl Core {
     /// told-lost node learns both from it.
     pub fn hello_answered(&mut self, peer: NodeId, term: Term, position: (Term, Index)) {
         if peer != self.config.id && self.config.members.contains(&peer) {
+            self.hello_from.insert(peer);
             self.learn_term(peer, term, Some(position));
         }
+    }
+
+    /// Whether `peer` answered this node's hello since it started (see
+    /// `hello_from`).
+    pub fn heard_hello_from(&self, peer: NodeId) -> bool {
+        self.hello_from.contains(&peer)
     }
 
     fn learn_term(&mut self, from: NodeId, term: Term, position: Option<(Term, Index)>) {
@@ -1916,8 +1931,9 @@ impl Core {
         // A node that lost its data votes only once it heard enough peers,
         // and then by its recovery floor (see `log_up_to_date`): its empty
         // log would be up-to-date with anyone's.
-        let embargo =
-            (self.now_ms < self.vote_embargo_until_ms && !transfer) || self.lost_terms.is_some();
+        let embargo = (self.now_ms < self.vote_embargo_until_ms && !transfer)
+            || self.lost_terms.is_some()
+            || !self.hello_from.contains(&from);
         let granted = if pre {
             // Would we vote in `term`? Only if no live leader is known.
             term > self.hard.term && up_to_date && !self.in_leader_lease() && !embargo
@@ -2170,7 +2186,12 @@ mod tests {
                     config.election_timeout_min_ms = 10_000;
                     config.election_timeout_max_ms = 20_000;
                 }
-                cores.insert(id, Core::new(config, HardState::default(), (0, 0), 0, id));
+                let mut core = Core::new(config, HardState::default(), (0, 0), 0, id);
+                // The transport's hellos, answered.
+                for &peer in &members {
+                    core.hello_answered(peer, 0, (0, 0));
+                }
+                cores.insert(id, core);
                 logs.insert(id, MemLog::default());
             }
             Group {
@@ -2324,6 +2345,12 @@ mod tests {
             3,
         );
         again.restore_recovering(floor, true);
+        again.step(1, vote(4, 0, 0), &log);
+        assert!(
+            !granted(&mut again),
+            "no vote before the candidate answered a hello"
+        );
+        again.hello_answered(1, 3, (0, 0));
         again.step(1, vote(4, 0, 0), &log);
         assert!(!granted(&mut again));
         again.step(1, vote(5, 2, 1), &log);

@@ -864,18 +864,21 @@ impl Sim {
                 self.drain(id);
             }
         }
-        // A node still learning the terms it lost keeps dialing the peers
-        // it has not reached (the transport's dialers retry), and each
-        // hello's answer carries the peer's term.
-        let learning: Vec<NodeId> = self
+        // Every node keeps dialing the peers whose answer to its hello it
+        // has not had (the transport's dialers retry; it votes only for
+        // those that answered), and a node still learning the terms it
+        // lost, every peer: each answer carries the peer's term.
+        let dialing: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.up && n.paused_until <= now && n.core.lost_terms_pending())
+            .filter(|(_, n)| n.up && n.paused_until <= now)
             .map(|(&id, _)| id)
             .collect();
-        for id in learning {
+        for id in dialing {
+            let learning = self.nodes[&id].core.lost_terms_pending();
             for &p in &ids {
                 if p != id
+                    && (learning || !self.nodes[&id].core.heard_hello_from(p))
                     && self.nodes[&p].up
                     && self.nodes[&p].paused_until <= now
                     && !self.cut.contains(&(id, p))
