@@ -24,6 +24,31 @@ async fn group_with_kv(dir: &std::path::Path, flags: &[&str]) -> (Group, u64, Cl
     within(60, "a group with kv", with_kv(g)).await
 }
 
+/// A writer of its own (a leader-following client) putting keys
+/// `{prefix}{n}` one after another for `how_long`: the task ends with the
+/// number of writes and the longest one.
+async fn timed_writes(
+    g: &Group,
+    prefix: &str,
+    how_long: Duration,
+) -> tokio::task::JoinHandle<(u64, Duration)> {
+    let c = within(10, "a client", g.client()).await.unwrap();
+    let prefix = prefix.to_string();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (mut n, mut longest) = (0, Duration::ZERO);
+        while started.elapsed() < how_long {
+            let t = std::time::Instant::now();
+            let key = format!("{prefix}{n}");
+            let w = within(20, "a write", c.command("kv", kv_put(&key, "v"))).await;
+            assert!(w.is_ok(), "{w:?}");
+            longest = longest.max(t.elapsed());
+            n += 1;
+        }
+        (n, longest)
+    })
+}
+
 async fn read_value(c: &Client, key: &str) -> Option<String> {
     let (out, _) = within(10, "a read", c.query("kv", kv_get(key)))
         .await
@@ -751,28 +776,7 @@ async fn a_module_built_to_be_slow_to_compile_never_stalls_the_group() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let (g, _, c) = group_with_kv(dir.path(), &[]).await;
-    let writer = {
-        let c = within(10, "a client", g.client()).await.unwrap();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let mut gaps = Vec::new();
-            let mut last = std::time::Instant::now();
-            let mut i = 0;
-            while started.elapsed() < Duration::from_secs(8) {
-                let w = within(
-                    20,
-                    "a write",
-                    c.command("kv", kv_put(&format!("w{i}"), "v")),
-                )
-                .await;
-                assert!(w.is_ok(), "{w:?}");
-                gaps.push(last.elapsed());
-                last = std::time::Instant::now();
-                i += 1;
-            }
-            (i, gaps.into_iter().max().unwrap_or_default())
-        })
-    };
+    let writer = timed_writes(&g, "w", Duration::from_secs(8)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let one_big = understudy_tests::slow_to_compile_component(1, 160_000);
     let r = within(20, "a deploy", c.deploy("slow", one_big)).await;
@@ -817,26 +821,7 @@ async fn a_module_compiling_past_its_budget_is_refused_and_writes_go_on() {
     let (g, _, c) = group_with_kv(dir.path(), &flags).await;
     let slow = understudy_tests::slow_to_compile_component(64, 13_000);
     assert!(slow.len() <= understudy::limits::MODULE_BYTES_MAX);
-    let writer = {
-        let c = within(10, "a client", g.client()).await.unwrap();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let (mut n, mut longest, mut last) = (0, Duration::ZERO, std::time::Instant::now());
-            while started.elapsed() < Duration::from_secs(4) {
-                let w = within(
-                    20,
-                    "a write",
-                    c.command("kv", kv_put(&format!("c{n}"), "v")),
-                )
-                .await;
-                assert!(w.is_ok(), "{w:?}");
-                longest = longest.max(last.elapsed());
-                last = std::time::Instant::now();
-                n += 1;
-            }
-            (n, longest)
-        })
-    };
+    let writer = timed_writes(&g, "c", Duration::from_secs(4)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = within(10, "a status", c.status()).await.unwrap();
     let started = std::time::Instant::now();
@@ -951,21 +936,8 @@ async fn queries_that_exhaust_their_fuel_do_not_starve_writes() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = std::time::Instant::now();
-    let mut writes = 0;
-    let mut longest = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(8) {
-        let t = std::time::Instant::now();
-        let w = within(
-            30,
-            "a write",
-            c.command("kv", kv_put(&format!("q{writes}"), "v")),
-        )
-        .await;
-        assert!(w.is_ok(), "{w:?}");
-        longest = longest.max(t.elapsed());
-        writes += 1;
-    }
+    let writer = timed_writes(&g, "q", Duration::from_secs(8)).await;
+    let (writes, longest) = within(60, "the writer", writer).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut queries, mut waited) = (0, Duration::ZERO);
     for l in loopers {
