@@ -163,7 +163,11 @@ async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u
     // The leader compiled the module before proposing it; followers of the
     // statement kind compile it when they apply it. Measure once every node
     // has (else their compiles share the two cores with the first figure).
-    let deployed = c.status().await.expect("a status").last_index;
+    let deployed = tokio::time::timeout(Duration::from_secs(10), c.status())
+        .await
+        .expect("a status within 10 s")
+        .expect("a status")
+        .last_index;
     g.converged(deployed, Duration::from_secs(60))
         .await
         .expect("every node applies the deploy");

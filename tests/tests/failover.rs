@@ -54,7 +54,10 @@ async fn assert_present(g: &Group, acked: &[String]) {
 }
 
 async fn term_of(g: &Group, id: u64) -> (Role, u64) {
-    let s = g.client_of(id).await.unwrap().status().await.unwrap();
+    let status = async { g.client_of(id).await.unwrap().status().await.unwrap() };
+    let s = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("a status within 10 s");
     (s.role, s.term)
 }
 

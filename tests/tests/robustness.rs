@@ -49,6 +49,21 @@ async fn timed_writes(
     })
 }
 
+/// Put `{prefix}0..{prefix}{n-1}` = `value`, each acknowledged; the index
+/// of the last.
+async fn put_keys(c: &Client, prefix: &str, n: u64, value: &str) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        let key = format!("{prefix}{i}");
+        let w = within(10, "a write", c.command("kv", kv_put(&key, value)))
+            .await
+            .unwrap();
+        assert!(w.outcome.is_ok(), "{key}: {:?}", w.outcome);
+        last = w.index;
+    }
+    last
+}
+
 async fn read_value(c: &Client, key: &str) -> Option<String> {
     let (out, _) = within(10, "a read", c.query("kv", kv_get(key)))
         .await
@@ -686,30 +701,11 @@ async fn a_follower_that_lost_its_data_is_caught_up_by_a_healthy_leader() {
     let dir = tempfile::tempdir().unwrap();
     let (mut g, leader, c) = group_with_kv(dir.path(), &[]).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
-    for i in 0..20 {
-        let w = within(
-            10,
-            "a write",
-            c.command("kv", kv_put(&format!("b{i}"), "x")),
-        )
-        .await
-        .unwrap();
-        assert!(w.outcome.is_ok());
-    }
+    put_keys(&c, "b", 20, "x").await;
     g.kill9(follower);
     std::fs::remove_dir_all(dir.path().join(format!("node{follower}"))).unwrap();
     g.restart(follower).unwrap();
-    let mut last = 0;
-    for i in 0..5 {
-        let w = within(
-            10,
-            "a write",
-            c.command("kv", kv_put(&format!("a{i}"), "y")),
-        )
-        .await
-        .unwrap();
-        last = w.index;
-    }
+    let last = put_keys(&c, "a", 5, "y").await;
     let n = within(10, "a client", g.client_of(follower)).await.unwrap();
     within(20, "the wiped follower catches up", async {
         loop {

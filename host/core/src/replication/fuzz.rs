@@ -7,31 +7,9 @@
 
 use super::*;
 use proptest::prelude::*;
-use std::cell::RefCell;
 
-/// A log that applies the core's `Ready` at once (a disk that never fails).
-#[derive(Default)]
-struct Log(RefCell<Vec<Entry>>);
-
-impl LogRead for Log {
-    fn term(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
-        }
-        self.0.borrow().get(index as usize - 1).map(|e| e.term)
-    }
-    fn entries(&self, from: Index, to: Index, _: usize) -> Vec<Entry> {
-        let log = self.0.borrow();
-        let to = to.min(log.len() as Index);
-        if from == 0 || from > to {
-            return Vec::new();
-        }
-        log[from as usize - 1..to as usize].to_vec()
-    }
-    fn first_index(&self) -> Index {
-        1
-    }
-}
+/// The disk: it applies the core's `Ready` at once and never fails.
+use super::tests::MemLog as Log;
 
 fn entry(index: Index, term: Term) -> Entry {
     Entry {

@@ -2056,9 +2056,10 @@ mod tests {
     use super::*;
     use serde_bytes::ByteBuf;
 
-    /// A log whose durable part the test fills in by hand.
+    /// A log whose durable part the test fills in by hand (also the fuzz
+    /// tests' disk).
     #[derive(Default)]
-    struct MemLog(std::cell::RefCell<Vec<Entry>>);
+    pub(super) struct MemLog(pub(super) std::cell::RefCell<Vec<Entry>>);
     impl LogRead for MemLog {
         fn term(&self, index: Index) -> Option<Term> {
             if index == 0 {
@@ -2068,7 +2069,11 @@ mod tests {
         }
         fn entries(&self, from: Index, to: Index, _: usize) -> Vec<Entry> {
             let log = self.0.borrow();
-            log[(from as usize - 1).min(log.len())..(to as usize).min(log.len())].to_vec()
+            let to = to.min(log.len() as Index);
+            if from == 0 || from > to {
+                return Vec::new();
+            }
+            log[from as usize - 1..to as usize].to_vec()
         }
     }
     impl MemLog {
