@@ -196,6 +196,12 @@ impl NodeProc {
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what its nodes logged (at `warn`, or at
+        // UNDERSTUDY_TEST_LOG's level), so a failure seen once in CI can be
+        // read after the fact.
+        if std::thread::panicking() {
+            eprintln!("--- node {} (log) ---\n{}", self.id, self.stderr());
+        }
         let _ = std::fs::remove_file(&self.stderr_path);
     }
 }

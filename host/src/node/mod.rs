@@ -873,6 +873,14 @@ impl ApplierActor {
         if durable <= compacted {
             return;
         }
+        // A state ahead of the whole log was installed from a snapshot,
+        // and the log writer is about to reset the log to it: nothing here
+        // to compact.
+        match self.log.last() {
+            Ok((last, _)) if durable > last => return,
+            Ok(_) => {}
+            Err(e) => return tracing::error!(error = %e, "reading the log's end"),
+        }
         let by_size = durable.saturating_sub(self.compaction.retain_entries);
         let cutoff_ms = Node::now_ms().saturating_sub(self.compaction.retain_ms);
         let by_age = match self
@@ -2459,6 +2467,8 @@ impl Actor for Node {
             // see it as unreachable.
             if !node.installing && node.log_fault.is_none() {
                 node.core.tick(Self::now_ms(), &node.log);
+            } else {
+                node.core.advance_clock(Self::now_ms());
             }
             node.reask_reads();
             node.drive(ctx);

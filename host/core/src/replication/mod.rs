@@ -925,6 +925,17 @@ impl Core {
         self.reset_election_timer();
     }
 
+    /// Advance the clock only, while the shell keeps this node out of the
+    /// protocol (installing a snapshot, or unable to write its log): no
+    /// timer fires, but what it hears meanwhile (a leader's heartbeats)
+    /// counts from the real time, so its first tick afterwards does not
+    /// find a deadline long past and campaign against a live leader.
+    pub fn advance_clock(&mut self, now_ms: u64) {
+        if self.now_ms != 0 {
+            self.now_ms = self.now_ms.max(now_ms);
+        }
+    }
+
     /// Advance time; elections, heartbeats and check-quorum happen here.
     pub fn tick(&mut self, now_ms: u64, log: &impl LogRead) {
         if self.now_ms == 0 {
@@ -1062,6 +1073,12 @@ impl Core {
             .collect();
         for (p, commit) in beats {
             self.send(p, Message::Heartbeat { term, commit, seq });
+        }
+        // A TimeoutNow can be lost, or reach a target that cannot act on
+        // it yet: it goes again, after the heartbeat that tells the target
+        // who leads, until the transfer ends.
+        if let Some((to, _, true)) = self.transfer {
+            self.send(to, Message::TimeoutNow { term });
         }
     }
 
@@ -1441,9 +1458,24 @@ impl Core {
                 transfer,
             } => self.on_vote(from, term, last_index, last_term, pre, transfer),
             Message::TimeoutNow { .. } => {
-                if self.role == Role::Follower && self.leader == Some(from) {
+                // Only the leader of this term sends a TimeoutNow of it
+                // (a higher term made this node a follower of no one just
+                // above). A pre-candidate has not changed its term, and a
+                // follower may not know its leader yet (after a restart):
+                // both take over as asked.
+                let following = self.leader.is_none_or(|l| l == from);
+                if matches!(self.role, Role::Follower | Role::PreCandidate) && following {
                     tracing::info!(node = self.config.id, "leadership handed over: campaigning");
+                    self.leader = Some(from);
                     self.campaign_as(log, true);
+                } else {
+                    tracing::info!(
+                        node = self.config.id,
+                        from,
+                        role = ?self.role,
+                        leader = ?self.leader,
+                        "leadership handover ignored: another member leads this term"
+                    );
                 }
             }
             Message::VoteResponse { granted, pre, term } => {
@@ -1628,6 +1660,11 @@ impl Core {
             self.transfer = Some((to, give_up, true));
             self.lease_forfeited = true;
             let term = self.hard.term;
+            tracing::info!(
+                node = self.config.id,
+                to,
+                "target caught up: telling it to campaign"
+            );
             self.send(to, Message::TimeoutNow { term });
         }
     }
@@ -2174,6 +2211,8 @@ mod tests {
         cores: BTreeMap<NodeId, Core>,
         logs: BTreeMap<NodeId, MemLog>,
         minority: Vec<NodeId>,
+        /// The network loses every TimeoutNow while set.
+        lose_timeout_nows: bool,
         reads: Vec<(NodeId, u64, Index)>,
         failed: Vec<(NodeId, u64)>,
     }
@@ -2203,6 +2242,7 @@ mod tests {
                 cores,
                 logs,
                 minority: Vec::new(),
+                lose_timeout_nows: false,
                 reads: Vec::new(),
                 failed: Vec::new(),
             }
@@ -2232,7 +2272,9 @@ mod tests {
                     queue.pop_back();
                 }
                 for (to, msg) in r.messages {
-                    if self.minority.contains(&id) != self.minority.contains(&to) {
+                    if self.minority.contains(&id) != self.minority.contains(&to)
+                        || (self.lose_timeout_nows && matches!(msg, Message::TimeoutNow { .. }))
+                    {
                         continue;
                     }
                     let (c, l) = (self.cores.get_mut(&to).unwrap(), &self.logs[&to]);
@@ -2397,11 +2439,14 @@ mod tests {
             t.cores.get_mut(&to).unwrap().step(1, msg, &t.logs[&to]);
             t.pump(to);
         }
-        // The TimeoutNow is held up in the network; the leader gives the
-        // transfer up and leads on, with majorities answering its rounds.
+        // The TimeoutNow (and its repeats) are held up in the network; the
+        // leader gives the transfer up and leads on, with majorities
+        // answering its rounds.
+        t.lose_timeout_nows = true;
         for now in (50_100..=50_700).step_by(50) {
             t.tick(1, now);
         }
+        t.lose_timeout_nows = false;
         assert_eq!(t.cores[&1].transferring_to(), None);
         assert_eq!(t.cores[&1].role(), Role::Leader);
         assert!(
@@ -2420,6 +2465,89 @@ mod tests {
         );
         assert_eq!(t.cores[&1].role(), Role::Leader, "node 1 has not heard");
         assert!(!t.cores[&1].lease_read_ok(50_720));
+    }
+
+    /// Seen with real processes (replication's
+    /// `commands_sharing_instances…`, 2 runs in 12 under load): a target
+    /// that had just installed a snapshot was a pre-candidate (its clock
+    /// jumped past its election deadline) when the only TimeoutNow came;
+    /// it ignored it and the transfer timed out. A pre-candidate has not
+    /// changed its term, so a TimeoutNow of its term still comes from that
+    /// term's leader; and a leader repeats the TimeoutNow with each
+    /// heartbeat round until the transfer ends (a message can be lost).
+    #[test]
+    fn a_transfer_target_that_missed_the_timeout_now_or_was_pre_campaigning_takes_over() {
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.propose(1);
+        let term = t.cores[&1].term();
+        let c = t.cores.get_mut(&1).unwrap();
+        c.transfer_leadership(2).unwrap();
+        let r = c.ready();
+        persist(c, &t.logs[&1], &r);
+        let lost = r
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::TimeoutNow { .. }))
+            .count();
+        assert_eq!(lost, 1, "the TimeoutNow, lost in the network");
+        // The target's clock runs past its election deadline: it
+        // pre-campaigns (its pre-vote requests are still on the way).
+        let target = t.cores.get_mut(&2).unwrap();
+        target.tick(50_000, &t.logs[&2]);
+        target.tick(60_000, &t.logs[&2]);
+        assert_eq!(target.role(), Role::PreCandidate);
+        let _held = target.ready();
+        // The leader's next heartbeat round carries the TimeoutNow again;
+        // only that message reaches the target.
+        let c = t.cores.get_mut(&1).unwrap();
+        c.tick(50_100, &t.logs[&1]);
+        let r = c.ready();
+        persist(c, &t.logs[&1], &r);
+        let again: Vec<Message> = r
+            .messages
+            .into_iter()
+            .filter(|(to, m)| *to == 2 && matches!(m, Message::TimeoutNow { .. }))
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(again.len(), 1, "the TimeoutNow is sent again");
+        let target = t.cores.get_mut(&2).unwrap();
+        target.step(1, again.into_iter().next().unwrap(), &t.logs[&2]);
+        assert_eq!(
+            target.role(),
+            Role::Candidate,
+            "the pre-candidate takes over"
+        );
+        t.pump(2);
+        assert_eq!(t.cores[&2].role(), Role::Leader);
+        assert!(t.cores[&2].term() > term);
+        assert_eq!(t.cores[&1].role(), Role::Follower);
+    }
+
+    /// A follower kept out of the protocol (the node skips its ticks while
+    /// it installs a snapshot) still hears its leader's heartbeats; with
+    /// its clock advanced meanwhile, its first tick afterwards leaves it
+    /// following. (Without: its election timer, reset at a stale time,
+    /// fired at once and it pre-campaigned against a live leader.)
+    #[test]
+    fn heartbeats_heard_while_out_of_the_protocol_count_from_the_real_time() {
+        let mut t = Group::new(3, 0);
+        t.tick(1, 30_000);
+        t.tick(2, 30_000);
+        t.tick(1, 50_000);
+        assert_eq!(t.cores[&1].role(), Role::Leader);
+        t.propose(1);
+        assert_eq!(t.cores[&2].leader(), Some(1));
+        // Node 2 stops ticking for 2 s; node 1 keeps beating.
+        for now in (50_050..=52_000).step_by(50) {
+            t.cores.get_mut(&2).unwrap().advance_clock(now);
+            t.tick(1, now);
+        }
+        t.tick(2, 52_010);
+        assert_eq!(t.cores[&2].role(), Role::Follower);
+        assert_eq!(t.cores[&2].leader(), Some(1));
     }
 
     #[test]
