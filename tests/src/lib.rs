@@ -89,20 +89,50 @@ impl NodeProc {
 
     /// Start node `id` of a group with extra flags (peers, timing).
     pub fn start_member(data_dir: &Path, id: u64, cluster: &str, extra: &[String]) -> Result<Self> {
+        Self::start_member_limited(data_dir, id, cluster, extra, None)
+    }
+
+    /// [`NodeProc::start_member`] in a process whose open-file limit (soft
+    /// and hard) is `open_files`, if given.
+    pub fn start_member_limited(
+        data_dir: &Path,
+        id: u64,
+        cluster: &str,
+        extra: &[String],
+        open_files: Option<u64>,
+    ) -> Result<Self> {
         let id_arg = id.to_string();
         let mut args = Self::node_args(&id_arg, cluster);
         if !extra.iter().any(|a| a == "--peer-listen") {
             args.extend(["--peer-listen", "127.0.0.1:0"]);
         }
         args.extend(extra.iter().map(String::as_str));
-        Self::spawn(&args, data_dir, id)
+        Self::spawn_limited(&args, data_dir, id, open_files)
     }
 
     fn spawn(args: &[&str], data_dir: &Path, id: u64) -> Result<NodeProc> {
+        Self::spawn_limited(args, data_dir, id, None)
+    }
+
+    fn spawn_limited(
+        args: &[&str],
+        data_dir: &Path,
+        id: u64,
+        open_files: Option<u64>,
+    ) -> Result<NodeProc> {
         std::fs::create_dir_all(data_dir)?;
         let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
         let stderr = std::fs::File::create(&stderr_path)?;
-        let mut child = Command::new(understudy_bin())
+        let mut command = Command::new(understudy_bin());
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec here.
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+            }
+        }
+        let mut child = command
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -452,12 +482,24 @@ pub struct Group {
     extra: Vec<String>,
     /// Without proxies: each node's fixed peer port.
     direct: Option<std::collections::BTreeMap<u64, u16>>,
+    /// The open-file limit of nodes (re)started from now on, if set.
+    pub open_files: Option<u64>,
 }
 
 impl Group {
     /// Start `n` nodes (ids 1..=n) under `root`, with fast test timing
     /// (heartbeat 25 ms, election timeout 150–300 ms) plus `extra` flags.
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        Self::start_limited(root, n, extra, None)
+    }
+
+    /// [`Group::start`] with every node's open-file limit at `open_files`.
+    pub fn start_limited(
+        root: &Path,
+        n: u64,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> Result<Group> {
         let ids: Vec<u64> = (1..=n).collect();
         let net = ProxyNet::new(&ids)?;
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -470,6 +512,7 @@ impl Group {
             cluster: "test".into(),
             extra,
             direct: None,
+            open_files,
         };
         for id in ids {
             g.restart(id)?;
@@ -494,6 +537,7 @@ impl Group {
             cluster: "test".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             direct: Some(ports),
+            open_files: None,
         };
         for id in ids {
             g.restart(id)?;
@@ -519,7 +563,7 @@ impl Group {
             args.push(format!("127.0.0.1:{}", ports[&id]));
         }
         let dir = self.root.join(format!("node{id}"));
-        let node = NodeProc::start_member(&dir, id, &self.cluster, &args)?;
+        let node = NodeProc::start_member_limited(&dir, id, &self.cluster, &args, self.open_files)?;
         let peer = node.peer_addr.context("a member prints its peer address")?;
         if self.direct.is_none() {
             self.net.retarget(id, peer);

@@ -1132,3 +1132,94 @@ async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
     let s = all.iter().find(|s| s.node_id == victim).unwrap();
     assert!(s.actors.contains(&"kv".to_string()), "{:?}", s.actors);
 }
+
+/// About 20,000 idle connections exhausted a node's file descriptors
+/// (`accept failed: Too many open files`): its connection limit (4096)
+/// was above what its open-file limit allowed, so accept, the log's files
+/// and snapshots could all fail with EMFILE. Now a node raises its soft
+/// limit to the hard one and shares what `FDS_RESERVED` leaves among its
+/// client connections: here, with an open-file limit of 1024, a flood of
+/// idle connections to the leader is refused at the door with a frame
+/// naming the limit, a client connected before keeps writing, nothing
+/// fails with EMFILE, and once the flood closes new clients get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_is_refused_at_the_door_and_the_group_keeps_serving() {
+    use understudy::node::server::{DescriptorBudget, FDS_RESERVED};
+    const OPEN_FILES: u64 = 1024;
+    const FLOOD: usize = 1100;
+    understudy_tests::setup!();
+    // This process holds the flood: its own soft limit goes up to its hard one.
+    let ours = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        ours > FLOOD as u64 + 256,
+        "this test needs {FLOOD} descriptors more"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start_limited(dir.path(), 3, &[], Some(OPEN_FILES)).unwrap();
+    let (g, leader, c) = within(60, "a group with kv", with_kv(g)).await;
+    put_keys(&c, "before", 5, "v").await;
+    let budget = DescriptorBudget::from_limit(OPEN_FILES).unwrap();
+    assert_eq!(budget.connections, OPEN_FILES - FDS_RESERVED);
+    let addr = g.node(leader).addr;
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let s = within(5, "a connection", tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap();
+        flood.push(s);
+    }
+    // Refused connections get one frame and are closed; accepted ones
+    // hear nothing.
+    let reads = flood.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+            (read.is_ok(), String::from_utf8_lossy(&buf).into_owned(), s)
+        })
+    });
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for r in futures::future::join_all(reads).await {
+        let (closed, text, s) = r.unwrap();
+        if closed {
+            assert!(
+                text.contains("open-file limit (1024)") && text.contains("FDS_RESERVED"),
+                "a refusal names the limit: {text:?}"
+            );
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    let admitted = held.len() as u64;
+    assert!(
+        admitted <= budget.connections && refused >= FLOOD - budget.connections as usize,
+        "{admitted} admitted, {refused} refused of {FLOOD} (budget {})",
+        budget.connections
+    );
+    // The group keeps serving through the leader, over the connection
+    // made before the flood.
+    put_keys(&c, "during", 20, "v").await;
+    assert_eq!(read_value(&c, "during19").await.as_deref(), Some("v"));
+    let log = g.node(leader).stderr();
+    assert!(
+        !log.contains("Too many open files"),
+        "nothing failed for want of descriptors:\n{log}"
+    );
+    drop(held);
+    // Once the flood is gone, new clients get in.
+    let fresh = within(10, "a client after the flood", async {
+        loop {
+            if let Ok(c) = g.client_of(leader).await
+                && c.status().await.is_ok()
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(within(10, "a status", fresh.status()).await.is_ok());
+    g.assert_same_state(Duration::from_secs(20)).await;
+}

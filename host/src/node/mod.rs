@@ -2921,6 +2921,7 @@ pub fn run_bound(
         peer_listener.is_some() || config.peers.is_empty(),
         "a node with peers needs a peer listener"
     );
+    let budget = server::DescriptorBudget::of_process()?;
     let (node, me) = Node::start_parts(config, natives, Some(bound))?;
     let mut peer = None;
     if let Some(l) = peer_listener {
@@ -2928,7 +2929,7 @@ pub fn run_bound(
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
-    server::serve(listener, node.clone());
+    server::serve(listener, node.clone(), budget);
     Ok(Running {
         node,
         client: bound,

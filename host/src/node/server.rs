@@ -14,6 +14,15 @@
 //!
 //! At most [`CLIENT_CONNECTIONS_MAX`] connections are served at once; one
 //! more gets an `Overloaded` error frame naming the limit and is closed.
+//! The process's open-file limit bounds them too: at start it raises its
+//! soft `RLIMIT_NOFILE` to the hard one (as Go's runtime does), keeps
+//! [`FDS_RESERVED`] descriptors for its peers, stores and snapshots, and
+//! lets all its nodes' client connections share the rest
+//! ([`DescriptorBudget`]), so a flood of connections is refused at the door
+//! instead of failing `accept`, the log's files or a snapshot with
+//! `EMFILE`. A refusal holds no descriptor past its accept: its one frame
+//! goes into the new socket's empty send buffer without waiting, and the
+//! socket is closed.
 //! A frame must arrive whole within [`FRAME_READ_TIMEOUT_MS`] of its first
 //! byte, and a connection with no request in flight that sends nothing for
 //! [`IDLE_TIMEOUT_MS`] is closed: slow or idle clients cannot pin the
@@ -37,6 +46,83 @@ pub const IN_FLIGHT_MAX: usize = 1024;
 /// Client connections one node serves at once.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 
+/// File descriptors a node process keeps out of its client connections'
+/// share: peer connections (at most `PEER_CONNECTIONS_MAX` = 256 per node),
+/// its stores, journal, snapshot and module files, refusals in flight, and
+/// standard streams.
+pub const FDS_RESERVED: u64 = 512;
+
+/// The fewest client connections a process must be able to hold; with an
+/// open-file limit below `FDS_RESERVED` + this a node refuses to start.
+pub const CLIENT_CONNECTIONS_MIN: u64 = 64;
+
+/// The client connections every node of this process may hold together,
+/// from the open-file limit (see the module docs).
+#[derive(Clone, Debug)]
+pub struct DescriptorBudget {
+    slots: Arc<Semaphore>,
+    /// Its size, for messages.
+    pub connections: u64,
+    /// The open-file limit it came from.
+    pub open_files: u64,
+}
+
+/// The open-file limit is too low for a node.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the open-file limit (RLIMIT_NOFILE) is {open_files}; a node needs at least      FDS_RESERVED + CLIENT_CONNECTIONS_MIN = {needed}: raise it (`ulimit -n`, or      systemd's LimitNOFILE=)"
+)]
+pub struct TooFewDescriptors {
+    /// The limit found (after trying to raise it).
+    pub open_files: u64,
+    /// What a node needs.
+    pub needed: u64,
+}
+
+impl DescriptorBudget {
+    /// The process's budget, made on first use: raise the soft open-file
+    /// limit to the hard one, and share what `FDS_RESERVED` leaves.
+    pub fn of_process() -> Result<DescriptorBudget, TooFewDescriptors> {
+        static BUDGET: std::sync::OnceLock<DescriptorBudget> = std::sync::OnceLock::new();
+        if let Some(b) = BUDGET.get() {
+            return Ok(b.clone());
+        }
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read or raise the open-file limit");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+            }
+        };
+        let budget = Self::from_limit(open_files)?;
+        if budget.connections < CLIENT_CONNECTIONS_MAX as u64 {
+            tracing::warn!(
+                open_files,
+                connections = budget.connections,
+                "the open-file limit leaves fewer client connections than \
+                 CLIENT_CONNECTIONS_MAX = {CLIENT_CONNECTIONS_MAX} (shared by this process's nodes)"
+            );
+        }
+        Ok(BUDGET.get_or_init(|| budget).clone())
+    }
+
+    /// The budget an open-file limit of `open_files` leaves.
+    pub fn from_limit(open_files: u64) -> Result<DescriptorBudget, TooFewDescriptors> {
+        let needed = FDS_RESERVED + CLIENT_CONNECTIONS_MIN;
+        if open_files < needed {
+            return Err(TooFewDescriptors { open_files, needed });
+        }
+        let connections = open_files - FDS_RESERVED;
+        Ok(DescriptorBudget {
+            slots: Arc::new(Semaphore::new(
+                connections.min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
+            connections,
+            open_files,
+        })
+    }
+}
+
 /// How long a frame may take to arrive, from its first byte to its last.
 pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
 
@@ -46,18 +132,38 @@ pub const IDLE_TIMEOUT_MS: u64 = 300_000;
 /// How often a connection checks its two timeouts.
 const TIMEOUT_CHECK_MS: u64 = 1_000;
 
-/// Accept connections forever on the current arbiter.
-pub fn serve(listener: TcpListener, node: Addr<Node>) {
+/// Accept connections forever on the current arbiter, within
+/// `CLIENT_CONNECTIONS_MAX` and the process's descriptor `budget`.
+pub fn serve(listener: TcpListener, node: Addr<Node>, budget: DescriptorBudget) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let Ok(held) = connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "client connection refused: CLIENT_CONNECTIONS_MAX = {CLIENT_CONNECTIONS_MAX} held");
-                        actix::spawn(refuse_connection(stream));
-                        continue;
+                    let held = connections.clone().try_acquire_owned().map_err(|_| {
+                        format!(
+                            "this node serves at most CLIENT_CONNECTIONS_MAX = \
+                             {CLIENT_CONNECTIONS_MAX} client connections"
+                        )
+                    });
+                    let held = held.and_then(|node_slot| {
+                        let fd_slot = budget.slots.clone().try_acquire_owned().map_err(|_| {
+                            format!(
+                                "this node's process holds all the {} client connections its \
+                                 open-file limit ({}) leaves past FDS_RESERVED = {FDS_RESERVED}",
+                                budget.connections, budget.open_files
+                            )
+                        })?;
+                        Ok((node_slot, fd_slot))
+                    });
+                    let held = match held {
+                        Ok(held) => held,
+                        Err(why) => {
+                            tracing::warn!(%peer, "client connection refused: {why}");
+                            refuse_connection(stream, why);
+                            continue;
+                        }
                     };
                     tracing::debug!(%peer, "client connected");
                     let node = node.clone();
@@ -75,17 +181,17 @@ pub fn serve(listener: TcpListener, node: Addr<Node>) {
     });
 }
 
-/// Tell a client over the connection limit why, and close (bounded: a
-/// client that does not read gets its socket closed anyway).
-async fn refuse_connection(stream: tokio::net::TcpStream) {
-    let message = format!(
-        "this node serves at most CLIENT_CONNECTIONS_MAX = {CLIENT_CONNECTIONS_MAX} client \
-         connections; retry later or close idle ones"
-    );
+/// Tell a client over a connection limit why, and close at once: the
+/// frame is small and the socket's send buffer empty, so it is written
+/// without waiting (if not, the client sees the connection closed).
+fn refuse_connection(stream: tokio::net::TcpStream, why: String) {
+    use tokio_util::codec::Encoder as _;
+    let message = format!("{why}; retry later or close idle ones");
     let body = Response::Error(ApiError::new(ErrorCode::Overloaded, message));
-    let mut sink = FramedWrite::new(stream, net::codec());
-    let send = sink.send(frame(0, body));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    let mut bytes = BytesMut::new();
+    if net::codec().encode(frame(0, body), &mut bytes).is_ok() {
+        let _ = stream.try_write(&bytes);
+    }
 }
 
 /// An answer on its way to the wire, holding its request's slot.
@@ -237,6 +343,19 @@ fn request(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_descriptor_budget_is_what_the_open_file_limit_leaves_at_and_one_below_its_minimum() {
+        let at = FDS_RESERVED + CLIENT_CONNECTIONS_MIN;
+        let b = DescriptorBudget::from_limit(at).unwrap();
+        assert_eq!(b.connections, CLIENT_CONNECTIONS_MIN);
+        assert_eq!(b.slots.available_permits() as u64, CLIENT_CONNECTIONS_MIN);
+        let e = DescriptorBudget::from_limit(at - 1).unwrap_err();
+        assert!(e.to_string().contains(&format!("is {}", at - 1)), "{e}");
+        assert!(e.to_string().contains("ulimit -n"), "{e}");
+        let big = DescriptorBudget::from_limit(1 << 20).unwrap();
+        assert_eq!(big.connections, (1 << 20) - FDS_RESERVED);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
