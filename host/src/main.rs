@@ -74,7 +74,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -111,6 +111,13 @@ enum Command {
         /// refuses it (ms).
         #[arg(long)]
         module_compile_timeout_ms: Option<u64>,
+        /// How long a client's frame may take to arrive, first byte to
+        /// last, before the connection is closed (ms).
+        #[arg(long)]
+        frame_read_timeout_ms: Option<u64>,
+        /// How long an idle client connection stays open (ms).
+        #[arg(long)]
+        idle_timeout_ms: Option<u64>,
         /// Applied entries kept in the log before the prefix is compacted.
         #[arg(long)]
         log_retain_entries: Option<u64>,
@@ -246,6 +253,8 @@ fn dispatch(command: Command) -> Result<()> {
             read_timeout_ms,
             write_timeout_ms,
             module_compile_timeout_ms,
+            frame_read_timeout_ms,
+            idle_timeout_ms,
             log_retain_entries,
             snapshot_chunk_bytes,
             log_kind,
@@ -273,6 +282,12 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(ms) = module_compile_timeout_ms {
                         config.module_compile_timeout_ms = ms;
+                    }
+                    if let Some(ms) = frame_read_timeout_ms {
+                        config.frame_read_timeout_ms = ms;
+                    }
+                    if let Some(ms) = idle_timeout_ms {
+                        config.idle_timeout_ms = ms;
                     }
                     if let Some(n) = log_retain_entries {
                         config.compaction.retain_entries = n;

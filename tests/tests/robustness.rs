@@ -1223,3 +1223,112 @@ async fn a_flood_of_idle_connections_is_refused_at_the_door_and_the_group_keeps_
     assert!(within(10, "a status", fresh.status()).await.is_ok());
     g.assert_same_state(Duration::from_secs(20)).await;
 }
+
+/// Twenty connections that each announced a 32 MiB frame and sent it
+/// slowly held a node's memory with no timeout. Now the read buffer grows
+/// only with what arrived, and a frame that does not arrive whole within
+/// `frame_read_timeout_ms` (here 3 s) gets a `BadFrame` naming it and its
+/// connection is closed; writes go on meanwhile. The node's resident memory
+/// is printed (allocator-dependent: not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_of_huge_frames_are_cut_off_and_writes_go_on() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SENDERS: usize = 20;
+    const SENT_BYTES: usize = 4 << 20;
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let (g, leader, c) = group_with_kv(dir.path(), &["--frame-read-timeout-ms", "3000"]).await;
+    put_keys(&c, "before", 5, "v").await;
+    let node = g.node(leader);
+    let baseline = node.rss_bytes().unwrap_or(0);
+    let addr = node.addr;
+    let writes = timed_writes(&g, "during", Duration::from_secs(6)).await;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = within(5, "a connection", tokio::net::TcpStream::connect(addr))
+                    .await
+                    .unwrap();
+                let announced = understudy::net::FRAME_BYTES_MAX as u32;
+                s.write_all(&announced.to_be_bytes()).await.unwrap();
+                // 4 MiB at once, then a trickle that never ends the frame.
+                let chunk = vec![0xA5u8; 64 << 10];
+                for _ in 0..SENT_BYTES / chunk.len() {
+                    s.write_all(&chunk).await.unwrap();
+                }
+                let started = std::time::Instant::now();
+                let mut answer = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // The node closes the connection after its refusal.
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                        Err(_) => {
+                            assert!(
+                                started.elapsed() < Duration::from_secs(20),
+                                "a slow frame was never cut off"
+                            );
+                            if s.write_all(&[0u8; 16]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let peak = g.node(leader).rss_bytes().unwrap_or(0);
+    for s in futures::future::join_all(senders).await {
+        let answer = s.unwrap();
+        assert!(
+            answer.contains("frame_read_timeout_ms = 3000"),
+            "the slow sender is told why: {answer:?}"
+        );
+    }
+    let after = g.node(leader).rss_bytes().unwrap_or(0);
+    let (n, _) = within(30, "the writer", writes).await.unwrap();
+    assert!(n > 0, "writes went on");
+    println!(
+        "leader RSS: {} MiB before, {} MiB with {SENDERS} slow frames of {} MiB sent, {} MiB after; {n} writes meanwhile",
+        baseline >> 20,
+        peak >> 20,
+        SENT_BYTES >> 20,
+        after >> 20
+    );
+    put_keys(&c, "after", 5, "v").await;
+    g.assert_same_state(Duration::from_secs(20)).await;
+}
+
+/// A connection that sends nothing is closed after `idle_timeout_ms` (here
+/// 1 s; not before), while one that keeps asking stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_its_timeout_and_a_busy_one_is_not() {
+    use tokio::io::AsyncReadExt as _;
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--idle-timeout-ms".to_string(), "1000".to_string()];
+    let node = NodeProc::start_member(&dir.path().join("n1"), 1, "test", &flags).unwrap();
+    let busy = within(10, "a client", node.client()).await.unwrap();
+    let mut idle = within(5, "a connection", tokio::net::TcpStream::connect(node.addr))
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = within(10, "the idle connection's end", idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0)), "closed without a frame: {read:?}");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1000),
+        "not before its timeout"
+    );
+    // The busy client asked nothing yet either: it was closed too. A new
+    // one that asks every 300 ms for 2.5 s keeps its connection.
+    drop(busy);
+    let busy = within(10, "a client", node.client()).await.unwrap();
+    for _ in 0..8 {
+        within(10, "a status", busy.status()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

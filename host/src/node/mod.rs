@@ -89,6 +89,15 @@ pub struct NodeConfig {
     /// each replica's applier spends on one deploy.
     #[serde(default = "default_module_compile_timeout_ms")]
     pub module_compile_timeout_ms: u64,
+    /// How long a client's frame may take to arrive, from its first byte
+    /// to its last, before the connection is refused (`BadFrame`) and
+    /// closed: a slow sender cannot hold a read buffer for long.
+    #[serde(default = "default_frame_read_timeout_ms")]
+    pub frame_read_timeout_ms: u64,
+    /// How long a client connection with nothing in flight may stay
+    /// silent before it is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// When the applied prefix of the log is compacted.
     #[serde(default)]
     pub compaction: Compaction,
@@ -195,6 +204,14 @@ fn default_module_compile_timeout_ms() -> u64 {
     30_000
 }
 
+fn default_frame_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+
 fn default_checkpoint_entries_max() -> usize {
     8192
 }
@@ -236,6 +253,8 @@ impl NodeConfig {
             read_timeout_ms: default_read_timeout_ms(),
             write_timeout_ms: default_write_timeout_ms(),
             module_compile_timeout_ms: default_module_compile_timeout_ms(),
+            frame_read_timeout_ms: default_frame_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
             compaction: Compaction::default(),
             log_kind: LogKind::default(),
         }
@@ -2922,6 +2941,10 @@ pub fn run_bound(
         "a node with peers needs a peer listener"
     );
     let budget = server::DescriptorBudget::of_process()?;
+    let timeouts = server::Timeouts {
+        frame_read_ms: config.frame_read_timeout_ms,
+        idle_ms: config.idle_timeout_ms,
+    };
     let (node, me) = Node::start_parts(config, natives, Some(bound))?;
     let mut peer = None;
     if let Some(l) = peer_listener {
@@ -2929,7 +2952,7 @@ pub fn run_bound(
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
-    server::serve(listener, node.clone(), budget);
+    server::serve(listener, node.clone(), budget, timeouts);
     Ok(Running {
         node,
         client: bound,

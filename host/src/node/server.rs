@@ -23,9 +23,11 @@
 //! `EMFILE`. A refusal holds no descriptor past its accept: its one frame
 //! goes into the new socket's empty send buffer without waiting, and the
 //! socket is closed.
-//! A frame must arrive whole within [`FRAME_READ_TIMEOUT_MS`] of its first
+//! A frame must arrive whole within `frame_read_timeout_ms` of its first
 //! byte, and a connection with no request in flight that sends nothing for
-//! [`IDLE_TIMEOUT_MS`] is closed: slow or idle clients cannot pin the
+//! `idle_timeout_ms` is closed ([`Timeouts`], from the node's config; the
+//! read buffer grows only with bytes that arrived, never by a frame's
+//! announced length): slow or idle clients cannot pin the
 //! node's memory or file descriptors.
 
 use super::{ClientCall, Node};
@@ -123,18 +125,27 @@ impl DescriptorBudget {
     }
 }
 
-/// How long a frame may take to arrive, from its first byte to its last.
-pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
-
-/// How long a connection with nothing in flight may stay silent.
-pub const IDLE_TIMEOUT_MS: u64 = 300_000;
-
-/// How often a connection checks its two timeouts.
+/// How often a connection checks its two timeouts (at most).
 const TIMEOUT_CHECK_MS: u64 = 1_000;
+
+/// A client connection's two timeouts (`NodeConfig::frame_read_timeout_ms`
+/// and `idle_timeout_ms`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// How long a frame may take to arrive, from its first byte to its last.
+    pub frame_read_ms: u64,
+    /// How long a connection with nothing in flight may stay silent.
+    pub idle_ms: u64,
+}
 
 /// Accept connections forever on the current arbiter, within
 /// `CLIENT_CONNECTIONS_MAX` and the process's descriptor `budget`.
-pub fn serve(listener: TcpListener, node: Addr<Node>, budget: DescriptorBudget) {
+pub fn serve(
+    listener: TcpListener,
+    node: Addr<Node>,
+    budget: DescriptorBudget,
+    timeouts: Timeouts,
+) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
         loop {
@@ -168,7 +179,7 @@ pub fn serve(listener: TcpListener, node: Addr<Node>, budget: DescriptorBudget) 
                     tracing::debug!(%peer, "client connected");
                     let node = node.clone();
                     actix::spawn(async move {
-                        connection(stream, node).await;
+                        connection(stream, node, timeouts).await;
                         drop(held);
                     });
                 }
@@ -198,7 +209,11 @@ fn refuse_connection(stream: tokio::net::TcpStream, why: String) {
 type Answer = (Bytes, OwnedSemaphorePermit);
 
 /// Serve one connection until the client closes it or sends a bad frame.
-async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>) {
+async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>, timeouts: Timeouts) {
+    let Timeouts {
+        frame_read_ms,
+        idle_ms,
+    } = timeouts;
     let (r, w) = stream.into_split();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     // Never full: every answer holds one of the slots.
@@ -218,7 +233,9 @@ async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>) {
         let _ = SinkExt::<Bytes>::close(&mut sink).await;
     });
     let mut frames = FramedRead::new(r, net::codec());
-    let check = std::time::Duration::from_millis(TIMEOUT_CHECK_MS);
+    let check = std::time::Duration::from_millis(
+        TIMEOUT_CHECK_MS.min(frame_read_ms.min(idle_ms) / 4).max(10),
+    );
     // When the frame being read had its first byte (seen at a check), and
     // since when nothing was read or in flight.
     let mut frame_started: Option<std::time::Instant> = None;
@@ -237,19 +254,17 @@ async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>) {
                         let busy = slots.available_permits() < IN_FLIGHT_MAX - 1;
                         if busy {
                             idle_since = now;
-                        } else if now.duration_since(idle_since).as_millis() as u64
-                            >= IDLE_TIMEOUT_MS
-                        {
-                            tracing::debug!("closing a client connection idle for IDLE_TIMEOUT_MS");
+                        } else if now.duration_since(idle_since).as_millis() as u64 >= idle_ms {
+                            tracing::debug!("closing a client connection idle for idle_timeout_ms");
                             return;
                         }
                         continue;
                     }
                     let started = *frame_started.get_or_insert(now);
-                    if now.duration_since(started).as_millis() as u64 >= FRAME_READ_TIMEOUT_MS {
+                    if now.duration_since(started).as_millis() as u64 >= frame_read_ms {
                         let message = format!(
-                            "a frame did not arrive whole within FRAME_READ_TIMEOUT_MS = \
-                             {FRAME_READ_TIMEOUT_MS} ms ({} bytes of it came)",
+                            "a frame did not arrive whole within frame_read_timeout_ms = \
+                             {frame_read_ms} ms ({} bytes of it came)",
                             frames.read_buffer().len()
                         );
                         tracing::warn!(%message, "refusing client frame; closing connection");
