@@ -56,6 +56,9 @@ async fn connect_node(addr: SocketAddr) -> Result<Client, understudy::api::clien
         .request_timeout(t.request))
 }
 
+// Parsed once per run: the size of its largest variant (`node`'s flags)
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start a local group (3 nodes in this process) with the example `kv` machine deployed as actor `kv` (no configuration needed).
