@@ -68,9 +68,10 @@ pub const MODULE_BYTES_MAX: usize = 8 << 20;
 /// largest function is 6 KB.
 pub const FUNCTION_BODY_BYTES_MAX: usize = 128 << 10;
 
-/// Queries a node holds while its applier runs another (it runs one at a
-/// time, between applies, so queries cannot starve writes); past it a
-/// query is refused `Overloaded`. At least one connection's in-flight
+/// Queries a node holds while its query threads run others
+/// (`crate::node::query_threads`; queries never run on the applier's
+/// thread, so they cannot delay writes); past it a query is refused
+/// `Overloaded`. At least one connection's in-flight
 /// limit, so a client that pipelines is never refused by it. A query that
 /// waited past `read_timeout_ms` is answered `Timeout` when its turn comes
 /// (a query runs for at most its fuel: about 0.3 s at the default 200 M).

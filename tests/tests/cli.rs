@@ -15,13 +15,16 @@ async fn dev_starts_a_three_node_group_with_the_kv_machine_deployed() {
     let c = understudy::api::client::Client::connect_group(vec![node.addr])
         .await
         .unwrap();
+    // Node 1 lists `kv` once it applied the deploy (a follower compiles
+    // the module first: seconds on a busy machine).
     let mut deployed = false;
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if c.status().await.unwrap().actors.contains(&"kv".to_string()) {
             deployed = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(deployed, "dev deploys the kv example as actor `kv`");
     let w = c

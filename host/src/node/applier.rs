@@ -28,6 +28,7 @@ use crate::storage::{
 use crate::types::{ClientTag, Effects, Entry, Index, Outcome, Payload, Term, validate_actor_name};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why a batch could not be applied. None of these is a property of the
 /// entries: the batch is not committed and can be retried.
@@ -168,6 +169,40 @@ pub enum QueryError {
     Load(#[from] LoadError),
 }
 
+/// A query taken at one applied index by [`Applier::prepare_query`],
+/// runnable on any thread.
+pub struct QueryJob {
+    sandbox: Sandbox,
+    machine: LoadedMachine,
+    actor: String,
+    view: SharedView,
+    applied_index: Index,
+}
+
+impl QueryJob {
+    /// Run the query: its outcome and the applied index it reflects. A
+    /// value that fails its checksum voids the answer
+    /// (`StorageError::StateCorrupt`).
+    pub fn run(self, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
+        let QueryJob {
+            sandbox,
+            machine,
+            actor,
+            view,
+            applied_index,
+        } = self;
+        let call = sandbox.query(&machine, &actor, ActorView::new(&actor, view), request);
+        let (result, view): (Result<Outcome, QueryError>, SharedView) = match call {
+            Ok(call) => (Ok(call.outcome), call.view.batch),
+            Err(f) => (Err(f.error.into()), f.view.batch),
+        };
+        if let Some(e) = view.snap.corruption() {
+            return Err(e.into());
+        }
+        Ok((result?, applied_index))
+    }
+}
+
 /// The snapshot plus the writes of the batch so far (full keys).
 struct BatchView {
     snap: StateSnapshot,
@@ -183,15 +218,33 @@ impl KvRead for BatchView {
     }
 }
 
-/// One actor's namespace of a [`BatchView`]: keys are prefixed going in and
-/// stripped coming out, so actors never see each other's keys.
-struct ActorView {
-    prefix: Vec<u8>,
-    batch: BatchView,
+/// The snapshot plus the pending writes as they were when a query was
+/// taken, shared with the applier (which copies them again only after it
+/// changed them): a query reads it on a thread of its own.
+struct SharedView {
+    snap: StateSnapshot,
+    overlay: Arc<WriteSet>,
 }
 
-impl ActorView {
-    fn new(actor: &str, batch: BatchView) -> Self {
+impl KvRead for SharedView {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        view::layered_get(&self.overlay, &self.snap, key)
+    }
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        view::layered_range(&self.overlay, &self.snap, start, end, limit)
+    }
+}
+
+/// One actor's namespace of a [`BatchView`] (or a query's [`SharedView`]):
+/// keys are prefixed going in and stripped coming out, so actors never see
+/// each other's keys.
+struct ActorView<B = BatchView> {
+    prefix: Vec<u8>,
+    batch: B,
+}
+
+impl<B> ActorView<B> {
+    fn new(actor: &str, batch: B) -> Self {
         ActorView {
             prefix: actor_prefix(actor),
             batch,
@@ -205,7 +258,7 @@ impl ActorView {
     }
 }
 
-impl KvRead for ActorView {
+impl<B: KvRead> KvRead for ActorView<B> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.batch.get(&self.full(key))
     }
@@ -307,12 +360,12 @@ impl MachineCache {
         sandbox: &Sandbox,
         state: &StateStore,
         actor: &str,
-        view: &BatchView,
+        snap: &StateSnapshot,
         batch: &StateBatch,
     ) -> Result<Option<LoadedMachine>, QueryError> {
         let record = match batch.actors.get(actor) {
             Some(r) => r.clone(),
-            None => match view.snap.actor(actor)? {
+            None => match snap.actor(actor)? {
                 Some(r) => r,
                 None => return Ok(None),
             },
@@ -323,7 +376,7 @@ impl MachineCache {
         let pending = batch.modules.get(&hash).cloned();
         self.load(sandbox, state, &hash, || match pending {
             Some(b) => Ok(Some(b)),
-            None => view.snap.module(&hash),
+            None => snap.module(&hash),
         })
         .map(Some)
     }
@@ -339,6 +392,9 @@ pub struct Applier {
     /// Executed entries' effects not yet checkpointed (`applied_index` 0:
     /// none). Reads go through it, so it is part of the visible state.
     pending: StateBatch,
+    /// `pending.kv` as handed to queries, until it changes (see
+    /// [`Applier::prepare_query`]).
+    shared_overlay: Option<Arc<WriteSet>>,
     pending_entries: usize,
     /// Digests at sample indexes executed since the last
     /// [`Self::take_samples`].
@@ -496,6 +552,7 @@ impl Applier {
             machines: MachineCache::default(),
             durable,
             pending: StateBatch::default(),
+            shared_overlay: None,
             pending_entries: 0,
             samples: Vec::new(),
             spec: None,
@@ -558,6 +615,7 @@ impl Applier {
             });
         }
         let mut batch = std::mem::take(&mut self.pending);
+        self.shared_overlay = None;
         let mut view = BatchView {
             snap: self.state.snapshot()?,
             overlay: std::mem::take(&mut batch.kv),
@@ -645,6 +703,7 @@ impl Applier {
             digest: self.pending.digest,
         };
         self.pending = StateBatch::default();
+        self.shared_overlay = None;
         self.pending_entries = 0;
         // The speculative state held a copy of what was pending: rebuild it
         // from the outstanding speculated changes alone.
@@ -712,6 +771,7 @@ impl Applier {
         });
         self.state.install_snapshot(meta, chunks)?;
         self.pending = StateBatch::default();
+        self.shared_overlay = None;
         self.pending_entries = 0;
         self.samples.clear();
         self.spec = None;
@@ -820,9 +880,9 @@ impl Applier {
         // An instance of this run is of the actor's machine: only a deploy
         // changes that, and it ends the actor's instance in every chain.
         if !run.warm.contains_key(actor) {
-            let loaded = self
-                .machines
-                .of_actor(&self.sandbox, &self.state, actor, &view, batch);
+            let loaded =
+                self.machines
+                    .of_actor(&self.sandbox, &self.state, actor, &view.snap, batch);
             let machine = match loaded {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok((Outcome::NoSuchActor, WriteSet::new(), view)),
@@ -1082,49 +1142,44 @@ impl Applier {
         }
     }
 
-    /// Run a read-only query against the applied state. Returns the
+    /// Run a read-only query against the applied state, here. Returns the
     /// outcome and the applied index it reflects.
     pub fn query(&mut self, actor: &str, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
-        let view = BatchView {
-            snap: self.state.snapshot()?,
-            overlay: std::mem::take(&mut self.pending.kv),
-        };
-        let (result, view) = self.query_in(actor, request, view);
-        let corrupt = view.snap.corruption();
-        // The pending writes go back whatever happened.
-        self.pending.kv = view.overlay;
+        self.prepare_query(actor)?.run(request)
+    }
+
+    /// Take what a query of `actor` needs — a read snapshot of the state,
+    /// the pending writes (shared, copied only when they changed since the
+    /// last query), the loaded machine and the applied index — so that it
+    /// runs on another thread ([`QueryJob::run`]) while this one applies.
+    /// Cheap once the actor's module is loaded.
+    pub fn prepare_query(&mut self, actor: &str) -> Result<QueryJob, QueryError> {
+        if validate_actor_name(actor).is_err() {
+            return Err(QueryError::NoSuchActor(actor.to_string()));
+        }
+        let snap = self.state.snapshot()?;
+        let loaded =
+            self.machines
+                .of_actor(&self.sandbox, &self.state, actor, &snap, &self.pending);
+        let corrupt = snap.corruption();
         if let Some(e) = corrupt {
             return Err(e.into());
         }
-        Ok((result?, self.applied().index))
-    }
-
-    /// A query over `view`; the view (holding the pending writes) is handed
-    /// back in every case.
-    fn query_in(
-        &mut self,
-        actor: &str,
-        request: &[u8],
-        view: BatchView,
-    ) -> (Result<Outcome, QueryError>, BatchView) {
-        if validate_actor_name(actor).is_err() {
-            return (Err(QueryError::NoSuchActor(actor.to_string())), view);
-        }
-        let loaded =
-            self.machines
-                .of_actor(&self.sandbox, &self.state, actor, &view, &self.pending);
-        let machine = match loaded {
-            Ok(Some(m)) => m,
-            Ok(None) => return (Err(QueryError::NoSuchActor(actor.to_string())), view),
-            Err(e) => return (Err(e), view),
+        let Some(machine) = loaded? else {
+            return Err(QueryError::NoSuchActor(actor.to_string()));
         };
-        let call = self
-            .sandbox
-            .query(&machine, actor, ActorView::new(actor, view), request);
-        match call {
-            Ok(call) => (Ok(call.outcome), call.view.batch),
-            Err(f) => (Err(f.error.into()), f.view.batch),
-        }
+        let pending = &self.pending.kv;
+        let overlay = self
+            .shared_overlay
+            .get_or_insert_with(|| Arc::new(pending.clone()))
+            .clone();
+        Ok(QueryJob {
+            sandbox: self.sandbox.clone(),
+            machine,
+            actor: actor.to_string(),
+            view: SharedView { snap, overlay },
+            applied_index: self.applied().index,
+        })
     }
 
     /// Names of deployed actors, including those deployed by entries not

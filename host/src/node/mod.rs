@@ -461,7 +461,7 @@ struct RunQuery {
     request: ByteBuf,
     reply: oneshot::Sender<Response>,
     /// Tells the node when the query has run or was dropped (the node
-    /// hands the applier one query at a time).
+    /// hands over at most `query_threads` at a time).
     done: QueryDoneGuard,
 }
 
@@ -481,12 +481,104 @@ impl Drop for QueryDoneGuard {
     }
 }
 
-/// The applier ran the query the node handed it; `halted` if the query
-/// found the state damaged (the applier then applies nothing more).
+/// A query the node handed over has ended; `halted` if it found the state
+/// damaged (the applier then applies nothing more).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct QueryDone {
     halted: Option<String>,
+}
+
+/// A query the applier prepared, for a [`QueryRunner`] thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunPrepared {
+    job: applier::QueryJob,
+    request: ByteBuf,
+    reply: oneshot::Sender<Response>,
+    done: QueryDoneGuard,
+    /// Told if the query found the state damaged.
+    damaged_to: Recipient<Damaged>,
+}
+
+/// A query found the state damaged at rest: the applier halts.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Damaged {
+    why: String,
+}
+
+/// Runs queries the applier prepared, on threads of their own
+/// ([`query_threads`] of them): a query's machine runs over a read snapshot
+/// of the applied state while the applier goes on applying, so queries
+/// never delay writes, whatever fuel they burn.
+pub struct QueryRunner;
+
+impl Actor for QueryRunner {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<RunPrepared> for QueryRunner {
+    type Result = ();
+    fn handle(&mut self, mut msg: RunPrepared, _: &mut Self::Context) {
+        if msg.reply.is_closed() {
+            return; // the client is gone
+        }
+        let (response, halted) = query_response(msg.job.run(&msg.request));
+        if let Some(why) = &halted {
+            msg.damaged_to.do_send(Damaged { why: why.clone() });
+        }
+        msg.done.halted = halted;
+        let _ = msg.reply.send(response);
+    }
+}
+
+/// Most threads that run queries, whatever the machine's cores.
+pub const QUERY_THREADS_MAX: usize = 8;
+
+/// Threads that run queries: one fewer than the cores (the applier, the
+/// node and the log writer need one), at least one, at most
+/// [`QUERY_THREADS_MAX`]. A node runs this many queries at once.
+pub fn query_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores.saturating_sub(1).clamp(1, QUERY_THREADS_MAX)
+}
+
+/// A query's answer, and why the applier must halt if the query found the
+/// state damaged.
+fn query_response(
+    result: Result<(Outcome, Index), applier::QueryError>,
+) -> (Response, Option<String>) {
+    match result {
+        Ok((outcome, applied_index)) => (
+            Response::Read {
+                outcome,
+                applied_index,
+            },
+            None,
+        ),
+        Err(applier::QueryError::NoSuchActor(a)) => (
+            Response::Error(ApiError::new(
+                ErrorCode::NoSuchActor,
+                format!("no actor named {a:?}"),
+            )),
+            None,
+        ),
+        Err(applier::QueryError::Storage(e @ storage::StorageError::StateCorrupt { .. })) => {
+            // Quarantine: nothing more is applied or served here; the
+            // node halts (and steps down).
+            tracing::error!(error = %e, "state damaged at rest: applying halted");
+            let why = e.to_string();
+            (
+                Response::Error(ApiError::new(ErrorCode::Unavailable, why.clone())),
+                Some(why),
+            )
+        }
+        Err(e) => (
+            Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string())),
+            None,
+        ),
+    }
 }
 
 /// Persists the hard state and log entries on its own thread.
@@ -678,6 +770,8 @@ pub struct ApplierActor {
     /// What `status` shows of the applier, kept current here so that the
     /// node answers a status without waiting behind an apply or a compile.
     shown: Shown,
+    /// Where prepared queries run.
+    queries: Addr<QueryRunner>,
 }
 
 /// The applier's part of a status: applied index, digest and actors.
@@ -928,7 +1022,7 @@ impl ApplierActor {
 
 impl Handler<RunQuery> for ApplierActor {
     type Result = ();
-    fn handle(&mut self, mut msg: RunQuery, _: &mut Self::Context) {
+    fn handle(&mut self, mut msg: RunQuery, ctx: &mut Self::Context) {
         if let Some(why) = &self.halted {
             // The executed-but-not-durable effects are gone with the halt;
             // answering from the durable state could go back in time.
@@ -936,29 +1030,39 @@ impl Handler<RunQuery> for ApplierActor {
             let _ = msg.reply.send(Response::Error(error));
             return;
         }
-        let response = match self.applier.query(&msg.actor, &msg.request) {
-            Ok((outcome, applied_index)) => Response::Read {
-                outcome,
-                applied_index,
-            },
-            Err(applier::QueryError::NoSuchActor(a)) => Response::Error(ApiError::new(
-                ErrorCode::NoSuchActor,
-                format!("no actor named {a:?}"),
-            )),
-            Err(applier::QueryError::Storage(e @ storage::StorageError::StateCorrupt { .. })) => {
-                // Quarantine: nothing more is applied or served here; the
-                // node halts (and steps down) at its next apply.
-                tracing::error!(error = %e, "state damaged at rest: applying halted");
-                self.halted = Some(e.to_string());
-                msg.done.halted = Some(e.to_string());
-                Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string()))
+        if msg.reply.is_closed() {
+            return; // the client is gone
+        }
+        // Only the preparation (a snapshot, the shared pending writes, the
+        // loaded machine) happens here; the machine runs on a query thread.
+        match self.applier.prepare_query(&msg.actor) {
+            Ok(job) => self.queries.do_send(RunPrepared {
+                job,
+                request: msg.request,
+                reply: msg.reply,
+                done: msg.done,
+                damaged_to: ctx.address().recipient(),
+            }),
+            Err(e) => {
+                let (response, halted) = query_response(Err(e));
+                if let Some(why) = &halted {
+                    self.halted = Some(why.clone());
+                }
+                msg.done.halted = halted;
+                let _ = msg.reply.send(response);
             }
-            Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, e.to_string())),
-        };
-        let _ = msg.reply.send(response);
-        // The node hands over the next query (also when this one is
-        // dropped unrun: see `QueryDoneGuard`).
-        drop(msg.done);
+        }
+        // The node hands over the next query when this one ends, or is
+        // dropped unrun (see `QueryDoneGuard`).
+    }
+}
+
+impl Handler<Damaged> for ApplierActor {
+    type Result = ();
+    fn handle(&mut self, msg: Damaged, _: &mut Self::Context) {
+        if self.halted.is_none() {
+            self.halted = Some(msg.why);
+        }
     }
 }
 
@@ -1038,10 +1142,12 @@ pub struct Node {
     applier_fault: Option<String>,
     /// The term and log position, for the peer acceptor's hello answers.
     published: crate::peer::Published,
-    /// Queries waiting for the applier, which runs one at a time between
-    /// applies (see `run_read`); and whether one is with it now.
+    /// Queries waiting for a query thread (see `run_read`), and how many
+    /// are with the applier or a query thread now (at most
+    /// `query_threads`).
     queries_waiting: std::collections::VecDeque<PendingRead>,
-    query_running: bool,
+    queries_running: usize,
+    query_threads: usize,
     /// This actor's address, once started (for the applier's `QueryDone`).
     me: Option<Addr<Node>>,
     /// The applier's part of a status (see [`ApplierActor::show`]).
@@ -1213,6 +1319,8 @@ impl Node {
         let shown = applier_shown.clone();
         let applier_slot = std::sync::Mutex::new(Some(applier));
         let applier_log = log.clone();
+        let query_threads = query_threads();
+        let queries = SyncArbiter::start(query_threads, || QueryRunner);
         let applier = SyncArbiter::start(1, move || ApplierActor {
             applier: applier_slot
                 .lock()
@@ -1229,6 +1337,7 @@ impl Node {
             fault: None,
             wanted: None,
             shown: applier_shown.clone(),
+            queries: queries.clone(),
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
         let published = crate::peer::Published::default();
@@ -1266,7 +1375,8 @@ impl Node {
             shown,
             compiling: Default::default(),
             queries_waiting: Default::default(),
-            query_running: false,
+            queries_running: 0,
+            query_threads,
             me: None,
             config,
             core,
@@ -2257,27 +2367,29 @@ impl Node {
             );
             return Self::refuse_read(read, ErrorCode::Superseded, message);
         }
-        if !self.query_running {
+        if self.queries_running < self.query_threads {
             return self.hand_query(read);
         }
         let max = crate::limits::QUERIES_WAITING_MAX;
         if self.queries_waiting.len() >= max {
             let message = format!(
-                "{max} queries already wait for this node's applier (QUERIES_WAITING_MAX); retry later"
+                "{max} queries already wait for this node's query threads (QUERIES_WAITING_MAX); retry later"
             );
             return Self::refuse_read(read, ErrorCode::Overloaded, message);
         }
         self.queries_waiting.push_back(read);
     }
 
-    /// Hand `read` to the applier. One query at a time: the applies sent
-    /// meanwhile run before the next one, so queries that exhaust their
-    /// fuel cannot starve writes (each waits for at most one query).
+    /// Hand `read` to the applier, which takes a read snapshot for it and
+    /// passes it to a query thread: the machine runs there, never on the
+    /// applier's thread, so queries that exhaust their fuel cannot delay
+    /// writes. At most `query_threads` queries are handed over at once; the
+    /// rest wait here, in order.
     fn hand_query(&mut self, read: PendingRead) {
         let Some(me) = &self.me else {
             return Self::refuse_read(read, ErrorCode::Unavailable, "starting".into());
         };
-        self.query_running = true;
+        self.queries_running += 1;
         self.applier.do_send(RunQuery {
             actor: read.actor,
             request: read.request,
@@ -2515,7 +2627,7 @@ struct HelloAnswered {
 impl Handler<QueryDone> for Node {
     type Result = ();
     fn handle(&mut self, done: QueryDone, _: &mut Self::Context) {
-        self.query_running = false;
+        self.queries_running = self.queries_running.saturating_sub(1);
         if let Some(why) = done.halted {
             self.halt(why);
         }
@@ -2525,7 +2637,8 @@ impl Handler<QueryDone> for Node {
                 continue; // the client is gone
             }
             if now >= read.deadline_ms {
-                let message = "the query waited for the applier past read_timeout_ms".to_string();
+                let message =
+                    "the query waited for a query thread past read_timeout_ms".to_string();
                 Self::refuse_read(read, ErrorCode::Timeout, message);
                 continue;
             }

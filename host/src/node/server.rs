@@ -45,6 +45,12 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 /// Requests of one connection read and not yet answered on the wire.
 pub const IN_FLIGHT_MAX: usize = 1024;
 
+/// Queries of one connection between being read and having their answer
+/// written: past it the connection is not read until one is answered, so
+/// one client's queries cannot fill the node's query queue
+/// (`QUERIES_WAITING_MAX`) ahead of everyone else's.
+pub const QUERIES_PER_CONNECTION_MAX: usize = 8;
+
 /// Client connections one node serves at once.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 
@@ -216,6 +222,7 @@ async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>, timeouts: T
     } = timeouts;
     let (r, w) = stream.into_split();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let query_slots = Arc::new(Semaphore::new(QUERIES_PER_CONNECTION_MAX));
     // Never full: every answer holds one of the slots.
     let (tx, mut rx) = mpsc::channel::<Answer>(IN_FLIGHT_MAX);
     // The writer owns the write half: it sends answers as they come and
@@ -282,10 +289,18 @@ async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>, timeouts: T
         };
         match request(item) {
             Ok((id, request)) => {
+                let query_slot = match request {
+                    Request::Query { .. } => match query_slots.clone().acquire_owned().await {
+                        Ok(s) => Some(s),
+                        Err(_) => return,
+                    },
+                    _ => None,
+                };
                 let (reply, answer) = oneshot::channel();
                 node.do_send(ClientCall { request, reply });
                 let tx = tx.clone();
                 actix::spawn(async move {
+                    let _query_slot = query_slot;
                     let body = answer.await.unwrap_or_else(|_| {
                         Response::Error(ApiError::new(
                             ErrorCode::Unavailable,

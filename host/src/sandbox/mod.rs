@@ -212,7 +212,9 @@ impl NativeKv<'_> {
     }
 }
 
-/// The wasmtime engine plus the linker of our world.
+/// The wasmtime engine plus the linker of our world. A clone shares the
+/// engine, linker and natives (queries run on threads of their own with one).
+#[derive(Clone)]
 pub struct Sandbox {
     natives: std::collections::HashMap<ModuleHash, Arc<dyn NativeMachine>>,
     engine: Engine,
