@@ -1909,6 +1909,17 @@ impl Node {
             )));
             return;
         }
+        // The followers compile it at the same time (each on a compile
+        // thread of its own): when the entry commits their artifact is
+        // ready too, and their appliers do not stall on it.
+        for p in self.config.peers.iter().map(|p| p.id) {
+            self.peers.send(
+                p,
+                PeerMessage::Precompile {
+                    wasm: ByteBuf::from(wasm.clone()),
+                },
+            );
+        }
         let (done, compiled) = oneshot::channel();
         let compiler = self.compiler.clone();
         let compiling = self.compiling.clone();
@@ -1976,6 +1987,60 @@ impl Node {
                 ctx,
             );
         }));
+    }
+
+    /// The leader asks this follower to compile a module it is about to
+    /// propose ([`PeerMessage::Precompile`]): on a compile thread, one at a
+    /// time (when one is running this is skipped, and the applier compiles
+    /// at apply, as it would anyway); the artifact waits for the applier,
+    /// which waits for a compile of it in progress rather than compile
+    /// twice. Only from the leader this node follows, and only a module
+    /// within `MODULE_BYTES_MAX`.
+    fn precompile(&mut self, from: NodeId, wasm: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if self.core.leader() != Some(from) || self.core.role() == Role::Leader {
+            tracing::warn!(
+                from,
+                "a module to precompile from a member that is not the leader: ignored"
+            );
+            return;
+        }
+        let limit = crate::limits::MODULE_BYTES_MAX;
+        if wasm.len() > limit {
+            tracing::warn!(
+                from,
+                bytes = wasm.len(),
+                limit,
+                "a module to precompile over MODULE_BYTES_MAX: ignored"
+            );
+            return;
+        }
+        if self.compiling.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                from,
+                "a module to precompile while another compiles: left to the applier"
+            );
+            return;
+        }
+        let compiler = self.compiler.clone();
+        let compiling = self.compiling.clone();
+        let spawned = std::thread::Builder::new()
+            .name("understudy-compile".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match compiler.compile(&wasm) {
+                    Ok(_) => tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled a module the leader is deploying, ahead of its apply"
+                    ),
+                    Err(e) => tracing::info!(error = %e, "a module the leader is deploying does not compile here either"),
+                }
+                compiling.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.compiling.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "cannot start a compile thread");
+        }
     }
 
     fn not_leader(&self, message: &str) -> ApiError {
@@ -2885,6 +2950,10 @@ impl Handler<FromPeer> for Node {
                     self.install_snapshot(from, meta, dir, done, ctx);
                 }
             },
+            crate::peer::Inbound::Message {
+                from,
+                msg: PeerMessage::Precompile { wasm },
+            } => self.precompile(from, wasm.into_vec()),
             crate::peer::Inbound::Message {
                 from,
                 msg: PeerMessage::Digest { index, digest },

@@ -39,7 +39,7 @@ use tokio_util::codec::Framed;
 /// commands that version 2 applied. 4: hello answers carry the receiver's
 /// term and durable log position (a node that lost its data votes by
 /// them), and `FUNCTION_BODY_BYTES_MAX` refuses some modules 3 deployed.
-pub const PEER_PROTOCOL_VERSION: u16 = 4;
+pub const PEER_PROTOCOL_VERSION: u16 = 5;
 
 /// Messages queued per control lane before new ones are dropped.
 const CONTROL_QUEUE: usize = 4096;
@@ -80,13 +80,22 @@ pub enum PeerMessage {
         #[serde(with = "serde_bytes")]
         digest: [u8; 32],
     },
+    /// The leader took a deploy of `wasm` and is compiling it before it
+    /// proposes it: compile it now too, so the artifact is ready when the
+    /// entry is applied (the applier does not stall on it).
+    Precompile {
+        /// The module as the client sent it (at most `MODULE_BYTES_MAX`).
+        wasm: serde_bytes::ByteBuf,
+    },
 }
 
 impl Lane {
     /// The lane of a message.
     pub fn of(msg: &PeerMessage) -> Lane {
         match msg {
-            PeerMessage::Raft(Message::Append { .. }) => Lane::Data,
+            PeerMessage::Raft(Message::Append { .. }) | PeerMessage::Precompile { .. } => {
+                Lane::Data
+            }
             _ => Lane::Control,
         }
     }
@@ -727,6 +736,10 @@ mod tests {
             digest: [0; 32],
         };
         assert_eq!(Lane::of(&digest), Lane::Control);
+        let precompile = PeerMessage::Precompile {
+            wasm: serde_bytes::ByteBuf::from(vec![0; 8]),
+        };
+        assert_eq!(Lane::of(&precompile), Lane::Data);
     }
 
     proptest::proptest! {

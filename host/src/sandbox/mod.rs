@@ -226,10 +226,17 @@ pub struct Sandbox {
 
 /// Artifacts a [`Compiler`] made off the applier thread, by module hash,
 /// for [`Sandbox::precompile`] to take instead of compiling again. Holds
-/// the newest [`Precompiled::KEPT`] (a deploy is compiled by the leader
-/// moments before its entry is applied).
+/// the newest [`Precompiled::KEPT`] (a deploy is compiled by every member
+/// moments before its entry is applied), and the hash being compiled now:
+/// the applier waits for that compile instead of doing it twice.
 #[derive(Clone, Default)]
-struct Precompiled(Arc<std::sync::Mutex<std::collections::VecDeque<Artifact>>>);
+struct Precompiled(Arc<(std::sync::Mutex<Kept>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct Kept {
+    artifacts: std::collections::VecDeque<Artifact>,
+    compiling: Option<ModuleHash>,
+}
 
 /// A module hash and the artifact compiled from it.
 type Artifact = (ModuleHash, Arc<Vec<u8>>);
@@ -237,18 +244,55 @@ type Artifact = (ModuleHash, Arc<Vec<u8>>);
 impl Precompiled {
     const KEPT: usize = 4;
 
-    fn put(&self, hash: ModuleHash, artifact: Vec<u8>) {
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|(h, _)| *h != hash);
-        kept.push_back((hash, Arc::new(artifact)));
-        while kept.len() > Self::KEPT {
-            kept.pop_front();
-        }
+    /// How long the applier waits for a compile of the module it needs
+    /// that a [`Compiler`] is running (then it compiles it itself).
+    const WAIT_MS: u64 = 120_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn start(&self, hash: ModuleHash) {
+        self.lock().compiling = Some(hash);
+    }
+
+    /// The compile of `hash` ended, with its artifact if it succeeded.
+    fn finish(&self, hash: ModuleHash, artifact: Option<Vec<u8>>) {
+        let mut kept = self.lock();
+        if let Some(artifact) = artifact {
+            kept.artifacts.retain(|(h, _)| *h != hash);
+            kept.artifacts.push_back((hash, Arc::new(artifact)));
+            while kept.artifacts.len() > Self::KEPT {
+                kept.artifacts.pop_front();
+            }
+        }
+        if kept.compiling == Some(hash) {
+            kept.compiling = None;
+        }
+        drop(kept);
+        self.0.1.notify_all();
+    }
+
+    /// The artifact of `hash`, waiting (bounded) for a compile of it in
+    /// progress.
     fn get(&self, hash: &ModuleHash) -> Option<Arc<Vec<u8>>> {
-        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        kept.iter().find(|(h, _)| h == hash).map(|(_, a)| a.clone())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(Self::WAIT_MS);
+        let mut kept = self.lock();
+        loop {
+            if let Some((_, a)) = kept.artifacts.iter().find(|(h, _)| h == hash) {
+                return Some(a.clone());
+            }
+            let now = std::time::Instant::now();
+            if kept.compiling != Some(*hash) || now >= deadline {
+                return None;
+            }
+            kept = self
+                .0
+                .1
+                .wait_timeout(kept, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }
 
@@ -267,9 +311,19 @@ impl Compiler {
     /// it is a machine of our world; the component bytes on success.
     pub fn compile(&self, wasm: &[u8]) -> Result<Vec<u8>, LoadError> {
         let component = Sandbox::normalize(wasm)?;
+        let hash = Sandbox::hash(&component);
+        self.precompiled.start(hash);
+        let checked = self.check(&component);
+        let artifact = checked.as_ref().ok().cloned();
+        self.precompiled.finish(hash, artifact);
+        checked.map(|_| component)
+    }
+
+    /// Compile `component` and check that it is a machine: its artifact.
+    fn check(&self, component: &[u8]) -> Result<Vec<u8>, LoadError> {
         let artifact = self
             .engine
-            .precompile_component(&component)
+            .precompile_component(component)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         // SAFETY: the artifact was made by this engine just now.
         let compiled = unsafe { Component::deserialize(&self.engine, &artifact) }
@@ -279,8 +333,7 @@ impl Compiler {
             .instantiate_pre(&compiled)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         MachinePre::new(pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        self.precompiled.put(Sandbox::hash(&component), artifact);
-        Ok(component)
+        Ok(artifact)
     }
 }
 
@@ -431,9 +484,11 @@ impl Sandbox {
     }
 
     /// Compile normalized component bytes to a precompiled artifact (or
-    /// take the one a [`Compiler`] made of them).
+    /// take the one a [`Compiler`] made of them, waiting for it if it is
+    /// compiling them now).
     pub fn precompile(&self, component: &[u8]) -> Result<Vec<u8>, LoadError> {
         if let Some(artifact) = self.precompiled.get(&Self::hash(component)) {
+            tracing::debug!("a deployed module's artifact was compiled ahead of its apply");
             return Ok(artifact.as_ref().clone());
         }
         self.engine
