@@ -1347,6 +1347,7 @@ impl Node {
             members: config.members(),
             client_address: client_address.clone(),
             snapshot_root: config.data_dir.join("snapshots"),
+            snapshot_bytes_max: config.storage.map_size_bytes as u64,
             log_kind: config.log_kind,
             timing: config.timing,
             incarnation,

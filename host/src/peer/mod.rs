@@ -174,6 +174,9 @@ pub struct LocalIdentity {
     pub client_address: String,
     /// Where incoming snapshots are staged.
     pub snapshot_root: std::path::PathBuf,
+    /// The largest snapshot this node takes: what its state environment
+    /// can hold (`storage.map_size_bytes`).
+    pub snapshot_bytes_max: u64,
     /// This group's replication-log kind.
     pub log_kind: crate::node::LogKind,
     /// This group's timing.
@@ -413,10 +416,17 @@ async fn receive(
     });
     if hello.lane == Lane::Snapshot {
         let from = hello.from;
-        return snapshot::receive_snapshot(framed, &me.snapshot_root, |progress| {
-            sink(Inbound::Snapshot { from, progress })
-        })
+        let received = snapshot::receive_snapshot(
+            framed,
+            &me.snapshot_root,
+            me.snapshot_bytes_max,
+            |progress| sink(Inbound::Snapshot { from, progress }),
+        )
         .await;
+        if let Err(e) = &received {
+            tracing::warn!(from, error = %e, "a snapshot from a peer was refused or broke off");
+        }
+        return received;
     }
     while let Some(frame) = framed.next().await {
         let frame = frame.map_err(|e| e.to_string())?;
@@ -642,6 +652,7 @@ mod tests {
             members: vec![1, 2, 3],
             client_address: "127.0.0.1:1".into(),
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
+            snapshot_bytes_max: u64::MAX,
             log_kind: crate::node::LogKind::Statement,
             timing: crate::node::Timing::default(),
             incarnation: 1,

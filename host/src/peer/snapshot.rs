@@ -202,6 +202,7 @@ pub enum Progress {
 pub async fn receive_snapshot(
     mut c: Conn,
     root: &Path,
+    bytes_max: u64,
     report: impl Fn(Progress),
 ) -> Result<(), String> {
     let meta = match recv::<Offer>(&mut c, STEP_TIMEOUT).await? {
@@ -210,6 +211,17 @@ pub async fn receive_snapshot(
     };
     if meta.checksums.len() as u64 != meta.chunks {
         return Err("snapshot offer with a wrong number of checksums".into());
+    }
+    // A snapshot larger than the state environment could hold can never
+    // be installed: refused before anything is staged.
+    if meta.bytes > bytes_max {
+        let why = format!(
+            "a snapshot of {} bytes is larger than this node's state can hold \
+             (storage.map_size_bytes = {bytes_max})",
+            meta.bytes
+        );
+        let _ = send(&mut c, &Answer::Failed(why.clone())).await;
+        return Err(why);
     }
     let dir = staging_dir(root, &meta);
     // Other incoming snapshots are outdated: only the latest is resumed.
@@ -223,7 +235,9 @@ pub async fn receive_snapshot(
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // Resume after the chunks already staged (each was verified on arrival).
     let mut next = 0;
+    let mut staged = 0u64;
     while next < meta.chunks && dir.join(chunk_name(next)).exists() {
+        staged += std::fs::metadata(dir.join(chunk_name(next))).map_or(0, |m| m.len());
         next += 1;
     }
     report(Progress::Chunk {
@@ -246,6 +260,18 @@ pub async fn receive_snapshot(
             );
             send(&mut c, &Answer::Resend { seq }).await?;
             continue;
+        }
+        // The chunks hold what the offer said, and no more: the disk a
+        // sender can fill is bounded by an offer already checked.
+        staged += data.len() as u64;
+        if staged > meta.bytes {
+            let why = format!(
+                "the snapshot's chunks hold more than the {} bytes its offer said",
+                meta.bytes
+            );
+            let _ = send(&mut c, &Answer::Failed(why.clone())).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(why);
         }
         // Staged atomically: a crash never leaves half a chunk named.
         let tmp = dir.join(format!("{}.tmp", chunk_name(seq)));
@@ -305,6 +331,91 @@ mod tests {
         }
     }
 
+    /// An offer larger than the state can hold is refused before anything
+    /// is staged (at the limit it is taken); chunks holding more than the
+    /// offer said are refused and their staging removed.
+    #[tokio::test]
+    async fn snapshots_over_the_size_limit_or_their_offer_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let chunks: Vec<Vec<u8>> = (0..2u8).map(|i| vec![i; 1000]).collect();
+        let m = meta(&chunks);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let root_path = root.path().to_path_buf();
+        let limit = m.bytes;
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ended.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let c = Framed::new(stream, net::codec());
+                let r = receive_snapshot(c, &root_path, limit, |p| {
+                    if let Progress::Complete { done, .. } = p {
+                        let _ = done.send(Ok(()));
+                    }
+                })
+                .await;
+                seen.lock().unwrap().push(r);
+            }
+        });
+        // One byte over the limit: refused at the offer.
+        let mut over = m.clone();
+        over.bytes = limit + 1;
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(over.clone())).await.unwrap();
+        let a = recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap();
+        assert!(
+            matches!(&a, Answer::Failed(w) if w.contains("storage.map_size_bytes")),
+            "{a:?}"
+        );
+        assert!(!staging_dir(root.path(), &over).exists(), "nothing staged");
+        // An offer that understates its chunks: refused at the chunk
+        // that passes it.
+        let mut under = m.clone();
+        under.bytes = 1500;
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(under.clone())).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Resume { from: 0 }
+        );
+        send(&mut c, &chunk(0, &chunks[0])).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Ack { next: 1 }
+        );
+        send(&mut c, &chunk(1, &chunks[1])).await.unwrap();
+        let a = recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap();
+        assert!(
+            matches!(&a, Answer::Failed(w) if w.contains("more than the 1500 bytes")),
+            "{a:?}"
+        );
+        assert!(
+            !staging_dir(root.path(), &under).exists(),
+            "its staging is removed"
+        );
+        // At the limit: installed.
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Resume { from: 0 }
+        );
+        for seq in 0..2 {
+            send(&mut c, &chunk(seq, &chunks[seq as usize]))
+                .await
+                .unwrap();
+            assert_eq!(
+                recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+                Answer::Ack { next: seq + 1 }
+            );
+        }
+        assert_eq!(
+            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Installed
+        );
+    }
+
     #[tokio::test]
     async fn a_bad_chunk_is_asked_again_and_a_broken_transfer_resumes() {
         let root = tempfile::tempdir().unwrap();
@@ -320,7 +431,7 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let c = Framed::new(stream, net::codec());
                 let seen = seen.clone();
-                let _ = receive_snapshot(c, &root_path, move |p| {
+                let _ = receive_snapshot(c, &root_path, u64::MAX, move |p| {
                     if let Progress::Complete { meta, dir, done } = p {
                         // Everything staged is what was offered.
                         for seq in 0..meta.chunks {
