@@ -461,7 +461,7 @@ struct RunQuery {
     request: ByteBuf,
     reply: oneshot::Sender<Response>,
     /// Tells the node when the query has run or was dropped (the node
-    /// hands over at most `query_threads` at a time).
+    /// hands over at most `QUERIES_HANDED_PER_THREAD` per query thread).
     done: QueryDoneGuard,
 }
 
@@ -535,6 +535,15 @@ impl Handler<RunPrepared> for QueryRunner {
 
 /// Most threads that run queries, whatever the machine's cores.
 pub const QUERY_THREADS_MAX: usize = 8;
+
+/// Queries handed over per query thread at once: a query thread finds the
+/// next one prepared when it finishes one (the hand-over passes the
+/// applier, which prepares each between applies). Each holds an LMDB read
+/// transaction while it waits: all of them together stay well within the
+/// state environment's 126 readers (checked below).
+pub const QUERIES_HANDED_PER_THREAD: usize = 8;
+
+const _: () = assert!(QUERY_THREADS_MAX * QUERIES_HANDED_PER_THREAD <= 64);
 
 /// Threads that run queries: one fewer than the cores (the applier, the
 /// node and the log writer need one), at least one, at most
@@ -1144,7 +1153,7 @@ pub struct Node {
     published: crate::peer::Published,
     /// Queries waiting for a query thread (see `run_read`), and how many
     /// are with the applier or a query thread now (at most
-    /// `query_threads`).
+    /// `query_threads` × `QUERIES_HANDED_PER_THREAD`).
     queries_waiting: std::collections::VecDeque<PendingRead>,
     queries_running: usize,
     query_threads: usize,
@@ -2433,7 +2442,7 @@ impl Node {
             );
             return Self::refuse_read(read, ErrorCode::Superseded, message);
         }
-        if self.queries_running < self.query_threads {
+        if self.queries_running < self.query_threads * QUERIES_HANDED_PER_THREAD {
             return self.hand_query(read);
         }
         let max = crate::limits::QUERIES_WAITING_MAX;
@@ -2449,8 +2458,8 @@ impl Node {
     /// Hand `read` to the applier, which takes a read snapshot for it and
     /// passes it to a query thread: the machine runs there, never on the
     /// applier's thread, so queries that exhaust their fuel cannot delay
-    /// writes. At most `query_threads` queries are handed over at once; the
-    /// rest wait here, in order.
+    /// writes. At most `query_threads` × `QUERIES_HANDED_PER_THREAD`
+    /// queries are handed over at once; the rest wait here, in order.
     fn hand_query(&mut self, read: PendingRead) {
         let Some(me) = &self.me else {
             return Self::refuse_read(read, ErrorCode::Unavailable, "starting".into());
