@@ -167,6 +167,11 @@ pub enum QueryError {
     /// The stored module no longer loads (engine changed).
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The state was checkpointed between the query's preparation and its
+    /// run: the pending writes it was handed no longer sit on the state it
+    /// would read. Prepare it again.
+    #[error("the state moved on since the query was prepared")]
+    Stale,
 }
 
 /// A query taken at one applied index by [`Applier::prepare_query`],
@@ -175,22 +180,55 @@ pub struct QueryJob {
     sandbox: Sandbox,
     machine: LoadedMachine,
     actor: String,
-    view: SharedView,
+    state: StateStore,
+    /// The durable applied index the pending writes sit on.
+    base: Index,
+    overlay: Arc<WriteSet>,
     applied_index: Index,
 }
 
 impl QueryJob {
-    /// Run the query: its outcome and the applied index it reflects. A
-    /// value that fails its checksum voids the answer
+    /// The actor queried.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Run the query: its outcome and the applied index it reflects. It
+    /// takes its read snapshot now (so a job waiting for a thread holds no
+    /// LMDB reader); if a checkpoint passed since it was prepared, it reads
+    /// the newer durable state alone (`Stale` if the actor was deployed
+    /// anew meanwhile). A value that fails its checksum voids the answer
     /// (`StorageError::StateCorrupt`).
     pub fn run(self, request: &[u8]) -> Result<(Outcome, Index), QueryError> {
         let QueryJob {
             sandbox,
             machine,
             actor,
-            view,
+            state,
+            base,
+            overlay,
             applied_index,
         } = self;
+        let snap = state.snapshot()?;
+        let durable = snap.applied_index()?;
+        let (overlay, applied_index) = if durable == base {
+            (overlay, applied_index)
+        } else {
+            // A checkpoint (or a snapshot's install) passed since: it made
+            // every write this query was handed durable, and perhaps more
+            // — the state as of `durable` is at least as new as the one it
+            // was prepared for, and complete without the pending writes.
+            // Unless the actor was deployed anew meanwhile (its machine
+            // would be the old one): then it is prepared again.
+            let same_module = snap
+                .actor(&actor)?
+                .is_some_and(|r| r.module.as_slice() == machine.hash.as_slice());
+            if durable < applied_index || !same_module {
+                return Err(QueryError::Stale);
+            }
+            (Arc::new(WriteSet::new()), durable)
+        };
+        let view = SharedView { snap, overlay };
         let call = sandbox.query(&machine, &actor, ActorView::new(&actor, view), request);
         let (result, view): (Result<Outcome, QueryError>, SharedView) = match call {
             Ok(call) => (Ok(call.outcome), call.view.batch),
@@ -958,7 +996,9 @@ impl Applier {
             Err(QueryError::Load(e)) => return Ok((refused(e.to_string()), view)),
             Err(QueryError::Storage(e)) => return Err(e.into()),
             Err(QueryError::Sandbox(e)) => return Err(e.into()),
-            Err(QueryError::NoSuchActor(_)) => unreachable!("loading never looks up actors"),
+            Err(QueryError::NoSuchActor(_) | QueryError::Stale) => {
+                unreachable!("loading never looks up actors nor runs a query")
+            }
         };
         let call = self
             .sandbox
@@ -1148,11 +1188,11 @@ impl Applier {
         self.prepare_query(actor)?.run(request)
     }
 
-    /// Take what a query of `actor` needs — a read snapshot of the state,
-    /// the pending writes (shared, copied only when they changed since the
-    /// last query), the loaded machine and the applied index — so that it
-    /// runs on another thread ([`QueryJob::run`]) while this one applies.
-    /// Cheap once the actor's module is loaded.
+    /// Take what a query of `actor` needs — the pending writes (shared,
+    /// copied only when they changed since the last query) and the durable
+    /// index they sit on, the loaded machine and the applied index — so
+    /// that it runs on another thread ([`QueryJob::run`]) while this one
+    /// applies. Cheap once the actor's module is loaded.
     pub fn prepare_query(&mut self, actor: &str) -> Result<QueryJob, QueryError> {
         if validate_actor_name(actor).is_err() {
             return Err(QueryError::NoSuchActor(actor.to_string()));
@@ -1177,7 +1217,9 @@ impl Applier {
             sandbox: self.sandbox.clone(),
             machine,
             actor: actor.to_string(),
-            view: SharedView { snap, overlay },
+            state: self.state.clone(),
+            base: self.durable.index,
+            overlay,
             applied_index: self.applied().index,
         })
     }
@@ -1333,6 +1375,46 @@ mod tests {
         assert!(a.checkpoint().unwrap());
         assert_eq!(a.durable(), a.applied());
         assert_eq!(a.state().applied().unwrap(), a.applied());
+    }
+
+    /// A query prepared before a checkpoint and run after it reads the
+    /// newer durable state alone (never its old pending writes over the
+    /// new state), reporting that state's index; one whose actor was
+    /// deployed anew meanwhile is `Stale` (prepared again by the node).
+    #[test]
+    fn a_query_prepared_before_a_checkpoint_reads_the_newer_state_or_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path());
+        a.execute(&log()).unwrap();
+        let get = codec::to_cbor(&serde_json::json!({"name": "n"}));
+        let before = a.prepare_query("c").unwrap();
+        let same = a.prepare_query("c").unwrap();
+        assert_eq!(
+            same.run(&get).unwrap(),
+            (Outcome::Ok(codec::to_cbor(&5i64).into()), 7),
+            "no checkpoint between: the pending writes"
+        );
+        a.execute(&adds(8, RUN_WINDOW)).unwrap();
+        assert!(a.checkpoint().unwrap());
+        let n = 5 + (RUN_WINDOW - 7) as i64;
+        assert_eq!(
+            before.run(&get).unwrap(),
+            (Outcome::Ok(codec::to_cbor(&n).into()), RUN_WINDOW),
+            "after the checkpoint: the durable state at its index"
+        );
+        // The actor deployed anew (another module) and checkpointed.
+        let stale = a.prepare_query("c").unwrap();
+        let redeploy = entry(
+            RUN_WINDOW + 1,
+            Payload::Deploy {
+                actor: "c".into(),
+                wasm: understudy_examples::KV.to_vec().into(),
+            },
+        );
+        a.execute(&[redeploy]).unwrap();
+        a.execute(&adds(RUN_WINDOW + 2, 2 * RUN_WINDOW)).unwrap();
+        assert!(a.checkpoint().unwrap());
+        assert!(matches!(stale.run(&get), Err(QueryError::Stale)));
     }
 
     #[test]

@@ -463,6 +463,8 @@ struct RunQuery {
     /// Tells the node when the query has run or was dropped (the node
     /// hands over at most `QUERIES_HANDED_PER_THREAD` per query thread).
     done: QueryDoneGuard,
+    /// When the query is answered `Timeout` instead of run.
+    deadline_ms: u64,
 }
 
 /// Sends [`QueryDone`] when dropped: whichever way a query ends (run,
@@ -497,8 +499,12 @@ struct RunPrepared {
     request: ByteBuf,
     reply: oneshot::Sender<Response>,
     done: QueryDoneGuard,
+    deadline_ms: u64,
     /// Told if the query found the state damaged.
     damaged_to: Recipient<Damaged>,
+    /// Where a query that went stale (a checkpoint passed since it was
+    /// prepared) goes to be prepared again.
+    again: Recipient<RunQuery>,
 }
 
 /// A query found the state damaged at rest: the applier halts.
@@ -524,7 +530,26 @@ impl Handler<RunPrepared> for QueryRunner {
         if msg.reply.is_closed() {
             return; // the client is gone
         }
-        let (response, halted) = query_response(msg.job.run(&msg.request));
+        if Node::now_ms() >= msg.deadline_ms {
+            let message = "the query waited for a query thread past read_timeout_ms";
+            let _ = msg
+                .reply
+                .send(Response::Error(ApiError::new(ErrorCode::Timeout, message)));
+            return;
+        }
+        let actor = msg.job.actor().to_string();
+        let result = msg.job.run(&msg.request);
+        if matches!(result, Err(applier::QueryError::Stale)) {
+            msg.again.do_send(RunQuery {
+                actor,
+                request: msg.request,
+                reply: msg.reply,
+                done: msg.done,
+                deadline_ms: msg.deadline_ms,
+            });
+            return;
+        }
+        let (response, halted) = query_response(result);
         if let Some(why) = &halted {
             msg.damaged_to.do_send(Damaged { why: why.clone() });
         }
@@ -537,13 +562,10 @@ impl Handler<RunPrepared> for QueryRunner {
 pub const QUERY_THREADS_MAX: usize = 8;
 
 /// Queries handed over per query thread at once: a query thread finds the
-/// next one prepared when it finishes one (the hand-over passes the
-/// applier, which prepares each between applies). Each holds an LMDB read
-/// transaction while it waits: all of them together stay well within the
-/// state environment's 126 readers (checked below).
-pub const QUERIES_HANDED_PER_THREAD: usize = 8;
-
-const _: () = assert!(QUERY_THREADS_MAX * QUERIES_HANDED_PER_THREAD <= 64);
+/// next ones prepared when it finishes one (the hand-over passes the
+/// applier, which prepares each between applies). A prepared query holds
+/// no LMDB reader until it runs (it takes its snapshot then).
+pub const QUERIES_HANDED_PER_THREAD: usize = 64;
 
 /// Threads that run queries: one fewer than the cores (the applier, the
 /// node and the log writer need one), at least one, at most
@@ -1050,7 +1072,9 @@ impl Handler<RunQuery> for ApplierActor {
                 request: msg.request,
                 reply: msg.reply,
                 done: msg.done,
+                deadline_ms: msg.deadline_ms,
                 damaged_to: ctx.address().recipient(),
+                again: ctx.address().recipient(),
             }),
             Err(e) => {
                 let (response, halted) = query_response(Err(e));
@@ -2455,10 +2479,10 @@ impl Node {
         self.queries_waiting.push_back(read);
     }
 
-    /// Hand `read` to the applier, which takes a read snapshot for it and
-    /// passes it to a query thread: the machine runs there, never on the
-    /// applier's thread, so queries that exhaust their fuel cannot delay
-    /// writes. At most `query_threads` × `QUERIES_HANDED_PER_THREAD`
+    /// Hand `read` to the applier, which prepares it (pending writes,
+    /// machine) and passes it to a query thread: the machine runs there,
+    /// over a read snapshot taken then, never on the applier's thread, so
+    /// queries that exhaust their fuel cannot delay writes. At most `query_threads` × `QUERIES_HANDED_PER_THREAD`
     /// queries are handed over at once; the rest wait here, in order.
     fn hand_query(&mut self, read: PendingRead) {
         let Some(me) = &self.me else {
@@ -2473,6 +2497,7 @@ impl Node {
                 to: me.clone().recipient(),
                 halted: None,
             },
+            deadline_ms: read.deadline_ms,
         });
     }
 

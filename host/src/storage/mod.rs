@@ -1584,6 +1584,21 @@ impl StateSnapshot {
         value
     }
 
+    /// The applied index of the state this snapshot sees.
+    pub fn applied_index(&self) -> Result<Index, StorageError> {
+        match self
+            .store
+            .meta
+            .get(&self.txn, "applied")
+            .map_err(self.store.err())?
+        {
+            None => Ok(0),
+            Some(b) => codec::decode::<AppliedState>("applied", b)
+                .map(|a| a.index)
+                .map_err(self.store.corrupt("applied".into())),
+        }
+    }
+
     /// The actor record of `name`.
     pub fn actor(&self, name: &str) -> Result<Option<ActorRecord>, StorageError> {
         match self
