@@ -1960,8 +1960,12 @@ impl Node {
         let spawned = std::thread::Builder::new()
             .name("understudy-compile".into())
             .spawn(move || {
-                let _ = done.send(compiler.compile(&wasm));
+                let compiled = compiler.compile(&wasm);
+                // Free the slot before answering: the client's next deploy
+                // may follow the answer at once (seen under load: it was
+                // refused `Overloaded` by a slot about to be freed).
                 compiling.store(false, Ordering::Release);
+                let _ = done.send(compiled);
             });
         if let Err(e) = spawned {
             self.compiling.store(false, Ordering::Release);
