@@ -24,6 +24,22 @@ async fn group_with_kv(dir: &std::path::Path, flags: &[&str]) -> (Group, u64, Cl
     within(60, "a group with kv", with_kv(g)).await
 }
 
+/// [`group_with_kv`] plus the `misbehave` example deployed as `mis` and
+/// applied on every node.
+async fn group_with_mis(dir: &std::path::Path, flags: &[&str]) -> (Group, u64, Client) {
+    let (g, leader, c) = group_with_kv(dir, flags).await;
+    let w = within(
+        60,
+        "a deploy",
+        c.deploy("mis", understudy_examples::MISBEHAVE.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(w.outcome, Outcome::Ok(_)), "{:?}", w.outcome);
+    g.converged(w.index, Duration::from_secs(60)).await.unwrap();
+    (g, leader, c)
+}
+
 /// A writer of its own (a leader-following client) putting keys
 /// `{prefix}{n}` one after another for `how_long`: the task ends with the
 /// number of writes and the longest one.
@@ -893,15 +909,7 @@ async fn a_module_compiling_past_its_budget_is_refused_and_writes_go_on() {
 async fn queries_that_exhaust_their_fuel_do_not_starve_writes() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let (g, leader, c) = group_with_kv(dir.path(), &[]).await;
-    let w = within(
-        60,
-        "a deploy",
-        c.deploy("mis", understudy_examples::MISBEHAVE.to_vec()),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(w.outcome, Outcome::Ok(_)), "{:?}", w.outcome);
+    let (g, leader, _) = group_with_mis(dir.path(), &[]).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loopers = Vec::new();
     for _ in 0..4 {
@@ -973,16 +981,7 @@ async fn one_connection_cannot_queue_its_queries_ahead_of_everyone_elses() {
     const PIPELINED: usize = 24;
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
-    let (g, leader, c) = group_with_kv(dir.path(), &["--read-timeout-ms", "120000"]).await;
-    let w = within(
-        60,
-        "a deploy",
-        c.deploy("mis", understudy_examples::MISBEHAVE.to_vec()),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(w.outcome, Outcome::Ok(_)), "{:?}", w.outcome);
-    g.converged(w.index, Duration::from_secs(60)).await.unwrap();
+    let (g, leader, _) = group_with_mis(dir.path(), &["--read-timeout-ms", "120000"]).await;
     let greedy = std::sync::Arc::new(
         within(10, "a client", g.client_of(leader))
             .await

@@ -331,6 +331,29 @@ mod tests {
         }
     }
 
+    /// Offer `m` on a new connection; the chunk the follower resumes from.
+    async fn offer(addr: std::net::SocketAddr, m: &SnapshotMeta) -> (Conn, Answer) {
+        let mut c = dial(addr).await;
+        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
+        let answer = recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap();
+        (c, answer)
+    }
+
+    /// Send `chunks[from..]`, each acknowledged, then expect `Installed`.
+    async fn send_rest(c: &mut Conn, chunks: &[Vec<u8>], from: u64) {
+        for seq in from..chunks.len() as u64 {
+            send(c, &chunk(seq, &chunks[seq as usize])).await.unwrap();
+            assert_eq!(
+                recv::<Answer>(c, STEP_TIMEOUT).await.unwrap(),
+                Answer::Ack { next: seq + 1 }
+            );
+        }
+        assert_eq!(
+            recv::<Answer>(c, STEP_TIMEOUT).await.unwrap(),
+            Answer::Installed
+        );
+    }
+
     /// An offer larger than the state can hold is refused before anything
     /// is staged (at the limit it is taken); chunks holding more than the
     /// offer said are refused and their staging removed.
@@ -361,9 +384,7 @@ mod tests {
         // One byte over the limit: refused at the offer.
         let mut over = m.clone();
         over.bytes = limit + 1;
-        let mut c = dial(addr).await;
-        send(&mut c, &Offer::Offer(over.clone())).await.unwrap();
-        let a = recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap();
+        let (_, a) = offer(addr, &over).await;
         assert!(
             matches!(&a, Answer::Failed(w) if w.contains("storage.map_size_bytes")),
             "{a:?}"
@@ -373,12 +394,8 @@ mod tests {
         // that passes it.
         let mut under = m.clone();
         under.bytes = 1500;
-        let mut c = dial(addr).await;
-        send(&mut c, &Offer::Offer(under.clone())).await.unwrap();
-        assert_eq!(
-            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-            Answer::Resume { from: 0 }
-        );
+        let (mut c, answer) = offer(addr, &under).await;
+        assert_eq!(answer, Answer::Resume { from: 0 });
         send(&mut c, &chunk(0, &chunks[0])).await.unwrap();
         assert_eq!(
             recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
@@ -395,25 +412,9 @@ mod tests {
             "its staging is removed"
         );
         // At the limit: installed.
-        let mut c = dial(addr).await;
-        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
-        assert_eq!(
-            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-            Answer::Resume { from: 0 }
-        );
-        for seq in 0..2 {
-            send(&mut c, &chunk(seq, &chunks[seq as usize]))
-                .await
-                .unwrap();
-            assert_eq!(
-                recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-                Answer::Ack { next: seq + 1 }
-            );
-        }
-        assert_eq!(
-            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-            Answer::Installed
-        );
+        let (mut c, answer) = offer(addr, &m).await;
+        assert_eq!(answer, Answer::Resume { from: 0 });
+        send_rest(&mut c, &chunks, 0).await;
     }
 
     #[tokio::test]
@@ -470,25 +471,9 @@ mod tests {
         drop(c);
 
         // Second attempt resumes after the chunk already staged.
-        let mut c = dial(addr).await;
-        send(&mut c, &Offer::Offer(m.clone())).await.unwrap();
-        assert_eq!(
-            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-            Answer::Resume { from: 1 }
-        );
-        for seq in 1..3 {
-            send(&mut c, &chunk(seq, &chunks[seq as usize]))
-                .await
-                .unwrap();
-            assert_eq!(
-                recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-                Answer::Ack { next: seq + 1 }
-            );
-        }
-        assert_eq!(
-            recv::<Answer>(&mut c, STEP_TIMEOUT).await.unwrap(),
-            Answer::Installed
-        );
+        let (mut c, answer) = offer(addr, &m).await;
+        assert_eq!(answer, Answer::Resume { from: 1 });
+        send_rest(&mut c, &chunks, 1).await;
         assert_eq!(*installed.lock().unwrap(), Some(42));
         assert!(
             !staging_dir(root.path(), &m).exists(),
