@@ -1318,7 +1318,7 @@ async fn slow_senders_of_huge_frames_are_cut_off_and_writes_go_on() {
     let writes = timed_writes(&g, "during", Duration::from_secs(6)).await;
     let senders: Vec<_> = (0..SENDERS)
         .map(|_| {
-            tokio::spawn(async move {
+            tokio::spawn(within(60, "a slow sender", async move {
                 let mut s = within(5, "a connection", tokio::net::TcpStream::connect(addr))
                     .await
                     .unwrap();
@@ -1349,12 +1349,12 @@ async fn slow_senders_of_huge_frames_are_cut_off_and_writes_go_on() {
                     }
                 }
                 String::from_utf8_lossy(&answer).into_owned()
-            })
+            }))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let peak = g.node(leader).rss_bytes().unwrap_or(0);
-    for s in futures::future::join_all(senders).await {
+    for s in within(90, "the slow senders", futures::future::join_all(senders)).await {
         let answer = s.unwrap();
         assert!(
             answer.contains("frame_read_timeout_ms = 3000"),

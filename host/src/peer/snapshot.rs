@@ -85,7 +85,14 @@ async fn recv<T: serde::de::DeserializeOwned>(c: &mut Conn, within: Duration) ->
 }
 
 async fn send<T: Serialize>(c: &mut Conn, value: &T) -> Result<(), String> {
-    c.send(net::encode(value)).await.map_err(|e| e.to_string())
+    // Bounded like a receive: a peer that stops reading cannot hold the
+    // transfer (or a refusal) forever.
+    match tokio::time::timeout(STEP_TIMEOUT, c.send(net::encode(value))).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the peer did not take a frame within {STEP_TIMEOUT:?}"
+        )),
+    }
 }
 
 /// Leader side: offer the snapshot in `dir` to the peer at `address`.
@@ -321,7 +328,11 @@ mod tests {
     }
 
     async fn dial(addr: std::net::SocketAddr) -> Conn {
-        Framed::new(TcpStream::connect(addr).await.unwrap(), net::codec())
+        let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        Framed::new(stream, net::codec())
     }
 
     fn chunk(seq: u64, data: &[u8]) -> Offer {
