@@ -17,3 +17,4 @@ pub mod node;
 pub mod peer;
 pub mod sandbox;
 pub mod storage;
+pub mod tls;

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use understudy::api::client::Client;
+use understudy::api::client::{Client, ClientOptions};
 use understudy::api::{ReadLevel, Status, WriteConcern};
 use understudy::node::{LogKind, NodeConfig, PeerConfig, run};
 use understudy::types::Outcome;
@@ -29,31 +29,47 @@ struct Cli {
     /// How long a client command waits to connect to a node (ms).
     #[arg(long, global = true, default_value_t = 3_000)]
     connect_timeout_ms: u64,
+    /// Connect with TLS, trusting the CA in this PEM file (the one that
+    /// signed the nodes' certificates).
+    #[arg(long, global = true, env = "UNDERSTUDY_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present, naming a user
+    /// (`understudy certs --user NAME`); needs --ca and --key.
+    #[arg(long, global = true, env = "UNDERSTUDY_CERT", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "UNDERSTUDY_KEY", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
-/// The client time limits of this CLI run (`--timeout-ms`,
-/// `--connect-timeout-ms`).
-#[derive(Clone, Copy)]
-struct Timeouts {
+/// How this CLI run reaches nodes (`--timeout-ms`, `--connect-timeout-ms`,
+/// `--ca`, `--cert`, `--key`).
+#[derive(Clone)]
+struct Reaching {
     request: std::time::Duration,
-    connect: std::time::Duration,
+    options: ClientOptions,
 }
 
-static TIMEOUTS: std::sync::OnceLock<Timeouts> = std::sync::OnceLock::new();
+static REACHING: std::sync::OnceLock<Reaching> = std::sync::OnceLock::new();
 
-fn timeouts() -> Timeouts {
-    *TIMEOUTS.get_or_init(|| Timeouts {
-        request: std::time::Duration::from_millis(15_000),
-        connect: std::time::Duration::from_millis(3_000),
-    })
+fn reaching() -> Reaching {
+    REACHING
+        .get_or_init(|| Reaching {
+            request: std::time::Duration::from_millis(15_000),
+            options: ClientOptions {
+                connect_timeout: std::time::Duration::from_millis(3_000),
+                tls: None,
+            },
+        })
+        .clone()
 }
 
-/// A client of exactly the node at `addr`, with this run's time limits.
+/// A client of exactly the node at `addr`, as this run reaches nodes.
 async fn connect_node(addr: SocketAddr) -> Result<Client, understudy::api::client::ClientError> {
-    let t = timeouts();
-    Ok(Client::connect_with(addr, t.connect)
+    let r = reaching();
+    Ok(Client::connect_node_with(addr, r.options)
         .await?
-        .request_timeout(t.request))
+        .request_timeout(r.request))
 }
 
 // Parsed once per run: the size of its largest variant (`node`'s flags)
@@ -73,11 +89,36 @@ enum Command {
         /// Group size.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// TLS on every port: certificates for the group and an `admin`
+        /// client certificate are made in <data-dir>/tls (once), and the
+        /// commands printed to try the group use them.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Make a CA and certificates for a group in a directory (the CA is made once and reused): one node certificate per member, one client certificate per user.
+    Certs {
+        /// Directory for the files (ca.pem, ca-key.pem, node-N.pem,
+        /// node-N-key.pem, user-NAME.pem, user-NAME-key.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Node certificates for members 1..=N (0: none).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names or IP addresses the nodes are reached at (every
+        /// node certificate names them all); repeat per host.
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+        /// A client certificate for this user; repeat per user.
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -131,6 +172,19 @@ enum Command {
         /// or `row` (the leader runs it and logs the effects).
         #[arg(long, value_parser = parse_log_kind)]
         log_kind: Option<LogKind>,
+        /// TLS on both ports: this node's certificate (PEM, naming it;
+        /// `understudy certs`). Needs --tls-key and --peer-ca.
+        #[arg(long, requires_all = ["tls_key", "peer_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// Private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// CA that signs the members' certificates.
+        #[arg(long, requires = "tls_cert")]
+        peer_ca: Option<PathBuf>,
+        /// CA that signs client certificates (default: --peer-ca).
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -226,9 +280,25 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let _ = TIMEOUTS.set(Timeouts {
+    let tls = match &cli.ca {
+        Some(ca) => {
+            let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+            match understudy::tls::ClientTls::load(ca, identity) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        None => None,
+    };
+    let _ = REACHING.set(Reaching {
         request: std::time::Duration::from_millis(cli.timeout_ms),
-        connect: std::time::Duration::from_millis(cli.connect_timeout_ms),
+        options: ClientOptions {
+            connect_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
+            tls,
+        },
     });
     if let Err(e) = dispatch(cli.command) {
         eprintln!("error: {e:#}");
@@ -242,7 +312,15 @@ fn dispatch(command: Command) -> Result<()> {
             data_dir,
             listen,
             nodes,
-        } => run_dev(data_dir, listen, nodes),
+            tls,
+        } => run_dev(data_dir, listen, nodes, tls),
+        Command::Certs {
+            out,
+            nodes,
+            hosts,
+            users,
+            days,
+        } => certs(out, nodes, &hosts, &users, days),
         Command::Node {
             config,
             id,
@@ -261,6 +339,10 @@ fn dispatch(command: Command) -> Result<()> {
             log_retain_entries,
             snapshot_chunk_bytes,
             log_kind,
+            tls_cert,
+            tls_key,
+            peer_ca,
+            client_ca,
         } => {
             let config = match config {
                 Some(path) => {
@@ -300,6 +382,14 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                     if let Some(k) = log_kind {
                         config.log_kind = k;
+                    }
+                    if let (Some(cert), Some(key), Some(peer_ca)) = (tls_cert, tls_key, peer_ca) {
+                        config.tls = Some(understudy::tls::TlsSettings {
+                            cert,
+                            key,
+                            peer_ca,
+                            client_ca,
+                        });
                     }
                     if let Some((min, max)) = election_timeout_ms {
                         config.timing.election_timeout_min_ms = min;
@@ -469,9 +559,73 @@ fn run_node(config: NodeConfig) -> Result<()> {
     })
 }
 
+/// `understudy certs`: a CA (made once), node and user certificates.
+fn certs(out: PathBuf, nodes: u64, hosts: &[String], users: &[String], days: u32) -> Result<()> {
+    use understudy::tls::issue::{Layout, Validity, write_file, write_private};
+    let layout = Layout { dir: out };
+    let validity = Validity::days(days);
+    let (ca, made) = layout.ca(validity)?;
+    if made {
+        println!(
+            "made a CA: {} (its key: {})",
+            layout.ca_cert().display(),
+            layout.ca_key().display()
+        );
+    } else {
+        println!("using the CA in {}", layout.ca_cert().display());
+    }
+    for id in 1..=nodes {
+        let issued = ca.node(id, hosts, validity)?;
+        write_file(&layout.node_cert(id), &issued.cert_pem)?;
+        write_private(&layout.node_key(id), &issued.key_pem)?;
+        println!(
+            "node {id}: {} (hosts {})",
+            layout.node_cert(id).display(),
+            hosts.join(", ")
+        );
+    }
+    for user in users {
+        let issued = ca.user(user, validity)?;
+        write_file(&layout.user_cert(user), &issued.cert_pem)?;
+        write_private(&layout.user_key(user), &issued.key_pem)?;
+        println!("user {user}: {}", layout.user_cert(user).display());
+    }
+    Ok(())
+}
+
+/// The certificates of a dev group with TLS, made once in `dir`.
+fn dev_certs(dir: PathBuf, listen: SocketAddr, n: u64) -> Result<understudy::tls::issue::Layout> {
+    use understudy::tls::issue::{Layout, Validity, write_file, write_private};
+    let layout = Layout { dir };
+    let validity = Validity::days(365);
+    let (ca, _) = layout.ca(validity)?;
+    let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !hosts.contains(&listen.ip().to_string()) {
+        hosts.push(listen.ip().to_string());
+    }
+    for id in 1..=n {
+        if !layout.node_cert(id).exists() {
+            let issued = ca.node(id, &hosts, validity)?;
+            write_file(&layout.node_cert(id), &issued.cert_pem)?;
+            write_private(&layout.node_key(id), &issued.key_pem)?;
+        }
+    }
+    if !layout.user_cert("admin").exists() {
+        let issued = ca.user("admin", validity)?;
+        write_file(&layout.user_cert("admin"), &issued.cert_pem)?;
+        write_private(&layout.user_key("admin"), &issued.key_pem)?;
+    }
+    Ok(layout)
+}
+
 /// `understudy dev`: a group of `n` nodes in this process, kv deployed.
-fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
+fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64, tls: bool) -> Result<()> {
     anyhow::ensure!((1..=7).contains(&n), "--nodes must be between 1 and 7");
+    let layout = if tls {
+        Some(dev_certs(data_dir.join("tls"), listen, n)?)
+    } else {
+        None
+    };
     let system = actix::System::new();
     system.block_on(async move {
         use tokio::net::TcpListener;
@@ -507,6 +661,7 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
             );
             config.peer_listen = Some(p.local_addr()?);
             config.peers = PeerConfig::others(id, &peer_addrs);
+            config.tls = layout.as_ref().map(|l| l.node_settings(id));
             let addr = understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?.client;
             // Tests and scripts read these lines to learn the bound ports.
             println!(
@@ -517,7 +672,23 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
         }
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        let client = Client::connect_group(clients.clone()).await?;
+        let mut options = ClientOptions::default();
+        // What the printed commands add to reach the group.
+        let mut flags = String::new();
+        if let Some(l) = &layout {
+            let (cert, key) = (l.user_cert("admin"), l.user_key("admin"));
+            options.tls = Some(understudy::tls::ClientTls::load(
+                &l.ca_cert(),
+                Some((&cert, &key)),
+            )?);
+            flags = format!(
+                " --ca {} --cert {} --key {}",
+                l.ca_cert().display(),
+                cert.display(),
+                key.display()
+            );
+        }
+        let client = Client::connect_group_with_options(clients.clone(), options).await?;
         let deployed = loop {
             // Wait for a leader, then deploy kv once.
             match client.call(understudy::api::Request::Status).await {
@@ -540,13 +711,13 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64) -> Result<()> {
         let first = clients[0];
         println!("a {n}-node group is up; actor `kv` (examples/kv) is deployed. In another terminal:");
         println!(
-            "  cargo run -q -- send --addr {first} kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
+            "  cargo run -q -- send{flags} --addr {first} kv '{{\"put\":{{\"key\":\"hello\",\"value\":\"world\"}}}}'"
         );
         println!(
-            "  cargo run -q -- query --addr {} --level linearizable kv '{{\"get\":{{\"key\":\"hello\"}}}}'",
+            "  cargo run -q -- query{flags} --addr {} --level linearizable kv '{{\"get\":{{\"key\":\"hello\"}}}}'",
             clients[clients.len() - 1]
         );
-        println!("  cargo run -q -- status --addr {first}");
+        println!("  cargo run -q -- status{flags} --addr {first}");
         println!(
             "Ctrl-C stops the group; the data stays in {}.",
             data_dir.display()
@@ -715,11 +886,11 @@ where
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let t = timeouts();
+        let r = reaching();
         let client = match reach {
-            Reach::Leader => Client::connect_group_with(vec![addr], t.connect)
+            Reach::Leader => Client::connect_group_with_options(vec![addr], r.options)
                 .await
-                .map(|c| c.request_timeout(t.request).retry_for(t.request)),
+                .map(|c| c.request_timeout(r.request).retry_for(r.request)),
             Reach::Node => connect_node(addr).await,
         }
         .with_context(|| {

@@ -1180,6 +1180,7 @@ async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
             &g.node(other).addr.to_string(),
             understudy::node::LogKind::Statement,
             timing,
+            None,
             &snap,
             &meta,
         ),

@@ -72,29 +72,66 @@ pub struct WriteResult {
 /// so a request can never be registered after the reader has given up.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
+/// How a client reaches nodes: how long it waits to connect, and over
+/// what transport.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long to wait for a connection (and its TLS handshake).
+    pub connect_timeout: Duration,
+    /// TLS: the CA to trust and, optionally, a client certificate (`None`:
+    /// plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            tls: None,
+        }
+    }
+}
+
 /// One TCP connection to one node.
 struct Conn {
     addr: SocketAddr,
     tx: mpsc::Sender<Frame<Request>>,
     pending: Pending,
+    /// The error a node sent for the whole connection (id 0) before it
+    /// closed it, if it did: what later calls on it are told.
+    farewell: Arc<Mutex<Option<ApiError>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, timeout: std::time::Duration) -> Result<Self, ClientError> {
+    async fn open(addr: SocketAddr, options: &ClientOptions) -> Result<Self, ClientError> {
+        let timeout = options.connect_timeout;
+        let timed_out = || ClientError::Timeout {
+            addr,
+            after_ms: timeout.as_millis() as u64,
+            what: "connect",
+        };
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Timeout {
-                addr,
-                after_ms: timeout.as_millis() as u64,
-                what: "connect",
-            })?
+            .map_err(|_| timed_out())?
             .map_err(|e| ClientError::Connection {
                 addr,
                 message: e.to_string(),
             })?;
         let _ = stream.set_nodelay(true);
-        let framed = Framed::new(stream, crate::net::codec());
+        let io: crate::tls::BoxedIo = match &options.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(
+                tokio::time::timeout(timeout, tls.connect(addr, stream))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| ClientError::Connection {
+                        addr,
+                        message: crate::tls::explain_handshake_error(&e),
+                    })?,
+            ),
+        };
+        let framed = Framed::new(io, crate::net::codec());
         let (mut sink, mut stream) = framed.split();
         let (tx, mut rx) = mpsc::channel::<Frame<Request>>(1024);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -106,6 +143,8 @@ impl Conn {
             }
         });
         let reader_pending = pending.clone();
+        let farewell = Arc::new(Mutex::new(None));
+        let reader_farewell = farewell.clone();
         tokio::spawn(async move {
             while let Some(Ok(bytes)) = stream.next().await {
                 let Ok(frame) = crate::net::decode::<Frame<Response>>(&bytes) else {
@@ -118,7 +157,11 @@ impl Conn {
                         let _ = w.send(frame.body);
                     }
                     None if frame.id == 0 => {
-                        // A connection-level error: fail everyone.
+                        // A connection-level error: fail everyone, and
+                        // tell later calls.
+                        if let Response::Error(e) = &frame.body {
+                            *reader_farewell.lock().expect("farewell lock") = Some(e.clone());
+                        }
                         for (_, w) in pending.drain() {
                             let _ = w.send(frame.body.clone());
                         }
@@ -134,6 +177,7 @@ impl Conn {
             addr,
             tx,
             pending,
+            farewell,
             next_id: 1.into(),
         })
     }
@@ -155,9 +199,12 @@ impl Conn {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let broken = |message: &str| ClientError::Connection {
-            addr: self.addr,
-            message: message.to_string(),
+        let broken = |message: &str| match self.farewell.lock().expect("farewell lock").clone() {
+            Some(e) => ClientError::Api(e),
+            None => ClientError::Connection {
+                addr: self.addr,
+                message: message.to_string(),
+            },
         };
         match self.pending.lock().expect("pending lock").as_mut() {
             Some(pending) => pending.insert(id, tx),
@@ -211,7 +258,7 @@ pub struct Client {
     /// Index into `nodes` of the last node tried.
     cursor: std::sync::atomic::AtomicUsize,
     retry_for: std::time::Duration,
-    connect_timeout: std::time::Duration,
+    options: ClientOptions,
     request_timeout: std::time::Duration,
     client_id: u64,
     next_seq: std::sync::atomic::AtomicU64,
@@ -230,8 +277,24 @@ impl Client {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let conn = Conn::open(addr, connect_timeout).await?;
-        Ok(Self::new(vec![addr], false, Some(conn)).connect_timeout(connect_timeout))
+        Self::connect_node_with(
+            addr,
+            ClientOptions {
+                connect_timeout,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connect to exactly the node at `addr` with `options` (also used
+    /// for its reconnects).
+    pub async fn connect_node_with(
+        addr: SocketAddr,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let conn = Conn::open(addr, &options).await?;
+        Ok(Self::new(vec![addr], false, Some(conn), options))
     }
 
     /// Connect to a group through any of its nodes; follows the leader.
@@ -244,12 +307,26 @@ impl Client {
         nodes: Vec<SocketAddr>,
         connect_timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_group_with_options(
+            nodes,
+            ClientOptions {
+                connect_timeout,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Client::connect_group`] with `options`.
+    pub async fn connect_group_with_options(
+        nodes: Vec<SocketAddr>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         let mut last = None;
         for (i, &addr) in nodes.iter().enumerate() {
-            match Conn::open(addr, connect_timeout).await {
+            match Conn::open(addr, &options).await {
                 Ok(conn) => {
-                    let c =
-                        Self::new(nodes.clone(), true, Some(conn)).connect_timeout(connect_timeout);
+                    let c = Self::new(nodes.clone(), true, Some(conn), options.clone());
                     c.cursor.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(c);
                 }
@@ -262,14 +339,19 @@ impl Client {
         }))
     }
 
-    fn new(nodes: Vec<SocketAddr>, follow: bool, conn: Option<Conn>) -> Self {
+    fn new(
+        nodes: Vec<SocketAddr>,
+        follow: bool,
+        conn: Option<Conn>,
+        options: ClientOptions,
+    ) -> Self {
         Client {
             nodes,
             follow,
             conn: Mutex::new(conn.map(Arc::new)),
             cursor: 0.into(),
             retry_for: std::time::Duration::from_secs(10),
-            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            options,
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             client_id: rand::random::<u64>() | 1,
             next_seq: 1.into(),
@@ -286,7 +368,7 @@ impl Client {
     /// How long to wait for a connection to a node (default
     /// [`CONNECT_TIMEOUT_MS`]).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.options.connect_timeout = d;
         self
     }
 
@@ -316,7 +398,7 @@ impl Client {
         }
         if !self.follow {
             // A single-node client reconnects to its node, once per call.
-            let conn = Arc::new(Conn::open(self.nodes[0], self.connect_timeout).await?);
+            let conn = Arc::new(Conn::open(self.nodes[0], &self.options).await?);
             *self.conn.lock().expect("conn lock") = Some(conn.clone());
             return Ok(conn);
         }
@@ -333,7 +415,7 @@ impl Client {
                 self.nodes[i]
             }
         };
-        let conn = Arc::new(Conn::open(addr, self.connect_timeout).await?);
+        let conn = Arc::new(Conn::open(addr, &self.options).await?);
         *self.conn.lock().expect("conn lock") = Some(conn.clone());
         Ok(conn)
     }

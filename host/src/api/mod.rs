@@ -194,6 +194,12 @@ pub enum ErrorCode {
     /// The request (or a part of it) is over a limit; the message names
     /// the limit and its value (see [`crate::limits`]).
     TooLarge,
+    /// The connection did not prove who it is: TLS required, a bad or
+    /// unknown certificate or token, or none where the node requires one.
+    Unauthenticated,
+    /// The caller is known but not allowed to do this (see the roles in
+    /// [`crate::auth`]).
+    PermissionDenied,
 }
 
 /// An error answer.

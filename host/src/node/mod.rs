@@ -104,6 +104,9 @@ pub struct NodeConfig {
     /// What the log holds (equal on every member).
     #[serde(default)]
     pub log_kind: LogKind,
+    /// TLS on both ports (`None`: plaintext). See [`crate::tls`].
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// The replication-log kind of a group.
@@ -257,6 +260,7 @@ impl NodeConfig {
             idle_timeout_ms: default_idle_timeout_ms(),
             compaction: Compaction::default(),
             log_kind: LogKind::default(),
+            tls: None,
         }
     }
 
@@ -1155,6 +1159,8 @@ struct Speculation {
 /// The node actor.
 pub struct Node {
     config: NodeConfig,
+    /// TLS for dialing members (snapshot transfers); `None`: plaintext.
+    tls: Option<crate::tls::NodeTls>,
     core: Core,
     writer: Addr<LogWriter>,
     applier: Addr<ApplierActor>,
@@ -1272,6 +1278,12 @@ impl Node {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid node config: {e}"))?;
+        let tls = match &config.tls {
+            Some(settings) => Some(
+                crate::tls::NodeTls::load(settings, config.node_id).context("setting up TLS")?,
+            ),
+            None => None,
+        };
         let identity = config.identity();
         let (lock, log, state) = storage::open(&config.data_dir, &identity, &config.storage)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -1385,6 +1397,7 @@ impl Node {
             timing: config.timing,
             incarnation,
             book: Some(crate::peer::PeerBook::new(log.clone(), published.clone())),
+            tls: tls.clone(),
         };
         let peer_addresses = config
             .peers
@@ -1398,6 +1411,7 @@ impl Node {
             let _ = answers_tx.send(HelloAnswered { from, answer });
         });
         let node = Node {
+            tls,
             client_addresses: BTreeMap::from([(config.node_id, client_address)]),
             peer_heard_ms: BTreeMap::new(),
             recovering_persisted: recovering,
@@ -1688,6 +1702,7 @@ impl Node {
         let log_kind = self.config.log_kind;
         let timing = self.config.timing;
         let client_address = self.client_addresses.get(&me).cloned().unwrap_or_default();
+        let tls = self.tls.clone();
         tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
         let transfer = async move {
             let (dir, meta) = maker
@@ -1702,6 +1717,7 @@ impl Node {
                 &client_address,
                 log_kind,
                 timing,
+                tls.as_ref(),
                 &dir,
                 &meta,
             )
@@ -3167,13 +3183,14 @@ pub fn run_bound(
         idle_ms: config.idle_timeout_ms,
     };
     let (node, me) = Node::start_parts(config, natives, Some(bound))?;
+    let tls = me.tls.clone();
     let mut peer = None;
     if let Some(l) = peer_listener {
         peer = Some(l.local_addr()?);
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
-    server::serve(listener, node.clone(), budget, timeouts);
+    server::serve(listener, node.clone(), budget, timeouts, tls);
     Ok(Running {
         node,
         client: bound,

@@ -33,11 +33,13 @@
 use super::{ClientCall, Node};
 use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
 use crate::net;
+use crate::tls::{CertIdentity, HANDSHAKE_TIMEOUT_MS, NodeTls, TLS_HANDSHAKE_BYTE};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -151,6 +153,7 @@ pub fn serve(
     node: Addr<Node>,
     budget: DescriptorBudget,
     timeouts: Timeouts,
+    tls: Option<NodeTls>,
 ) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
@@ -178,14 +181,27 @@ pub fn serve(
                         Ok(held) => held,
                         Err(why) => {
                             tracing::warn!(%peer, "client connection refused: {why}");
-                            refuse_connection(stream, why);
+                            let why = format!("{why}; retry later or close idle ones");
+                            refuse_connection(&stream, ErrorCode::Overloaded, why);
                             continue;
                         }
                     };
                     tracing::debug!(%peer, "client connected");
-                    let node = node.clone();
+                    let (node, tls) = (node.clone(), tls.clone());
                     actix::spawn(async move {
-                        connection(stream, node, timeouts).await;
+                        match admit(stream, tls.as_ref(), timeouts).await {
+                            Ok(Admitted::Plain(stream)) => {
+                                let (r, w) = stream.into_split();
+                                connection(r, w, node, timeouts).await;
+                            }
+                            Ok(Admitted::Tls(stream, _user)) => {
+                                let (r, w) = tokio::io::split(stream);
+                                connection(r, w, node, timeouts).await;
+                            }
+                            Err(why) => {
+                                tracing::warn!(%peer, reason = %why, "client connection refused");
+                            }
+                        }
                         drop(held);
                     });
                 }
@@ -198,29 +214,126 @@ pub fn serve(
     });
 }
 
-/// Tell a client over a connection limit why, and close at once: the
-/// frame is small and the socket's send buffer empty, so it is written
-/// without waiting (if not, the client sees the connection closed).
-fn refuse_connection(stream: tokio::net::TcpStream, why: String) {
+/// Tell a client why its connection is refused, in plaintext, and close
+/// at once: the frame is small and the socket's send buffer empty, so it
+/// is written without waiting (if not, the client sees the connection
+/// closed).
+fn refuse_connection(stream: &tokio::net::TcpStream, code: ErrorCode, why: String) {
     use tokio_util::codec::Encoder as _;
-    let message = format!("{why}; retry later or close idle ones");
-    let body = Response::Error(ApiError::new(ErrorCode::Overloaded, message));
+    let body = Response::Error(ApiError::new(code, why));
     let mut bytes = BytesMut::new();
     if net::codec().encode(frame(0, body), &mut bytes).is_ok() {
         let _ = stream.try_write(&bytes);
     }
 }
 
+/// A client connection past its transport's checks.
+enum Admitted {
+    /// Plaintext (the node runs without TLS).
+    Plain(tokio::net::TcpStream),
+    /// TLS, and the user its client certificate names, if it gave one.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        Option<String>,
+    ),
+}
+
+/// Take a new client connection through the port's transport: its first
+/// byte tells TLS from our plaintext frames, and a connection in the
+/// wrong one gets an error frame in plaintext naming the mistake (a
+/// plaintext client reads it; a TLS client reports the handshake broke
+/// on a plaintext answer). With TLS, the handshake must finish within
+/// `HANDSHAKE_TIMEOUT_MS`, and a client certificate must name a user.
+async fn admit(
+    stream: tokio::net::TcpStream,
+    tls: Option<&NodeTls>,
+    timeouts: Timeouts,
+) -> Result<Admitted, String> {
+    let wait_ms = if tls.is_some() {
+        HANDSHAKE_TIMEOUT_MS
+    } else {
+        timeouts.idle_ms
+    };
+    let first = match crate::tls::first_byte(&stream, wait_ms).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err("closed before sending anything".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(tls) = tls else {
+        if first == TLS_HANDSHAKE_BYTE {
+            let why = "a TLS handshake reached a plaintext client port: this node runs without \
+                       [tls]; connect without --ca"
+                .to_string();
+            refuse_connection(&stream, ErrorCode::BadFrame, why.clone());
+            crate::tls::linger(&mut { stream }).await;
+            return Err(why);
+        }
+        return Ok(Admitted::Plain(stream));
+    };
+    if first != TLS_HANDSHAKE_BYTE {
+        let why = "plaintext reached a client port that speaks only TLS: connect with --ca \
+                   (the CA that signed the node's certificate)"
+            .to_string();
+        refuse_connection(&stream, ErrorCode::Unauthenticated, why.clone());
+        crate::tls::linger(&mut { stream }).await;
+        return Err(why);
+    }
+    let handshake = tokio::time::timeout(
+        std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        tls.client_acceptor.accept(stream),
+    );
+    let mut stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake not done within HANDSHAKE_TIMEOUT_MS = {HANDSHAKE_TIMEOUT_MS} ms"
+            ));
+        }
+    };
+    let why = match crate::tls::peer_identity(stream.get_ref().1.peer_certificates()) {
+        None => return Ok(Admitted::Tls(Box::new(stream), None)),
+        Some(Ok(CertIdentity::User(user))) => {
+            return Ok(Admitted::Tls(Box::new(stream), Some(user)));
+        }
+        Some(Ok(other)) => format!(
+            "the client certificate names {other}: node certificates are not valid on the \
+             client port"
+        ),
+        Some(Err(e)) => format!("bad client certificate: {e}"),
+    };
+    // Over TLS now: one error frame, written within the handshake bound.
+    let body = Response::Error(ApiError::new(ErrorCode::Unauthenticated, why.clone()));
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        async {
+            use tokio::io::AsyncWriteExt as _;
+            let mut bytes = BytesMut::new();
+            use tokio_util::codec::Encoder as _;
+            if net::codec().encode(frame(0, body), &mut bytes).is_ok() {
+                let _ = stream.write_all(&bytes).await;
+            }
+        },
+    )
+    .await;
+    crate::tls::linger(&mut stream).await;
+    Err(why)
+}
+
 /// An answer on its way to the wire, holding its request's slot.
 type Answer = (Bytes, OwnedSemaphorePermit);
 
-/// Serve one connection until the client closes it or sends a bad frame.
-async fn connection(stream: tokio::net::TcpStream, node: Addr<Node>, timeouts: Timeouts) {
+/// Serve one connection (its read and write halves) until the client
+/// closes it or sends a bad frame.
+async fn connection<R, W>(r: R, w: W, node: Addr<Node>, timeouts: Timeouts)
+where
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin + 'static,
+{
     let Timeouts {
         frame_read_ms,
         idle_ms,
     } = timeouts;
-    let (r, w) = stream.into_split();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let query_slots = Arc::new(Semaphore::new(QUERIES_PER_CONNECTION_MAX));
     // Never full: every answer holds one of the slots.

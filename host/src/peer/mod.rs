@@ -22,6 +22,7 @@ pub mod snapshot;
 
 use crate::net;
 use crate::replication::Message;
+use crate::tls::{BoxedIo, CertIdentity, NodeTls, TLS_HANDSHAKE_BYTE};
 use crate::types::NodeId;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
@@ -186,6 +187,8 @@ pub struct LocalIdentity {
     /// Where the acceptor records its peers' incarnations (`None`: it
     /// does not, as in tests of the hello alone).
     pub book: Option<PeerBook>,
+    /// Mutual TLS on the peer port and on every dial (`None`: plaintext).
+    pub tls: Option<NodeTls>,
 }
 
 /// What a node tells its peers in hello answers: its term and log
@@ -348,8 +351,15 @@ pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + 
                     let _ = stream.set_nodelay(true);
                     let (me, sink) = (me.clone(), sink.clone());
                     actix::spawn(async move {
-                        if let Err(e) = receive(stream, &me, sink).await {
-                            tracing::debug!(%addr, error = %e, "peer connection ended");
+                        match accept_member(stream, me.tls.as_ref()).await {
+                            Ok((io, certified)) => {
+                                if let Err(e) = receive(io, addr, certified, &me, sink).await {
+                                    tracing::debug!(%addr, error = %e, "peer connection ended");
+                                }
+                            }
+                            Err(reason) => {
+                                tracing::warn!(%addr, %reason, "peer connection refused");
+                            }
                         }
                         drop(slot);
                     });
@@ -363,14 +373,82 @@ pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + 
     });
 }
 
-async fn receive(
+/// Take a new peer connection through the port's transport: with TLS, a
+/// handshake in which the dialer proves with its certificate which member
+/// it is (returned); without, plaintext. A connection in the other
+/// transport is answered with a refusal naming the mistake, in plaintext
+/// (what a dialer of the other kind can read, if anything), and closed.
+async fn accept_member(
     stream: TcpStream,
+    tls: Option<&NodeTls>,
+) -> Result<(BoxedIo, Option<NodeId>), String> {
+    let first = crate::tls::first_byte(&stream, HELLO_TIMEOUT.as_millis() as u64)
+        .await
+        .map_err(|e| format!("no hello: {e}"))?;
+    let Some(first) = first else {
+        return Err("closed before its hello".into());
+    };
+    let Some(tls) = tls else {
+        if first == TLS_HANDSHAKE_BYTE {
+            let reason = "a TLS handshake reached a plaintext peer port: this node runs without \
+                          [tls], its members must too"
+                .to_string();
+            refuse_io(Box::new(stream), &reason).await;
+            return Err(reason);
+        }
+        return Ok((Box::new(stream), None));
+    };
+    if first != TLS_HANDSHAKE_BYTE {
+        let reason = "plaintext reached a peer port that speaks only mutual TLS: configure [tls] \
+                      on every member"
+            .to_string();
+        refuse_io(Box::new(stream), &reason).await;
+        return Err(reason);
+    }
+    let stream = tokio::time::timeout(HELLO_TIMEOUT, tls.peer_acceptor.accept(stream))
+        .await
+        .map_err(|_| format!("TLS handshake not done within {HELLO_TIMEOUT:?}"))?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let identity = crate::tls::peer_identity(stream.get_ref().1.peer_certificates());
+    match identity {
+        Some(Ok(CertIdentity::Node(id))) => Ok((Box::new(stream), Some(id))),
+        Some(Ok(other)) => {
+            let reason = format!(
+                "the certificate names {other}: only node certificates are valid on the peer port"
+            );
+            refuse_io(Box::new(stream), &reason).await;
+            Err(reason)
+        }
+        Some(Err(e)) => {
+            let reason = format!("bad peer certificate: {e}");
+            refuse_io(Box::new(stream), &reason).await;
+            Err(reason)
+        }
+        None => Err("no peer certificate (mutual TLS requires one)".into()),
+    }
+}
+
+/// Send a hello refusal on a connection not yet framed, and close it.
+async fn refuse_io(io: BoxedIo, reason: &str) {
+    let mut framed = Framed::new(io, net::codec());
+    let _ = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let _ = framed
+            .send(net::encode(&HelloReply::Refused(reason.to_string())))
+            .await;
+    })
+    .await;
+    crate::tls::linger(framed.get_mut()).await;
+}
+
+async fn receive(
+    io: BoxedIo,
+    addr: std::net::SocketAddr,
+    certified: Option<NodeId>,
     me: &LocalIdentity,
     sink: impl Fn(Inbound),
 ) -> Result<(), String> {
-    let addr = stream.peer_addr().map_err(|e| e.to_string())?;
     // Until it has said who it is, a connection may send only a small hello.
-    let mut framed = Framed::new(stream, net::FrameCodec::with_max(HELLO_BYTES_MAX));
+    let mut framed = Framed::new(io, net::FrameCodec::with_max(HELLO_BYTES_MAX));
     let first = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
         .await
         .map_err(|_| "no hello in time".to_string())?
@@ -381,6 +459,15 @@ async fn receive(
         Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
     };
     if let Err(reason) = me.check(&hello) {
+        return Err(refuse(&mut framed, addr, reason).await);
+    }
+    if let Some(id) = certified
+        && id != hello.from
+    {
+        let reason = format!(
+            "the hello claims to come from node {}, but the certificate names node {id}",
+            hello.from
+        );
         return Err(refuse(&mut framed, addr, reason).await);
     }
     let lost = match (&me.book, hello.incarnation) {
@@ -460,11 +547,7 @@ fn read_hello(frame: &BytesMut) -> Result<Hello, String> {
     net::decode(frame).map_err(|e| format!("not a peer hello: {e}"))
 }
 
-async fn refuse(
-    framed: &mut Framed<TcpStream, crate::net::FrameCodec>,
-    addr: std::net::SocketAddr,
-    reason: String,
-) -> String {
+async fn refuse(framed: &mut PeerConn, addr: std::net::SocketAddr, reason: String) -> String {
     tracing::warn!(%addr, %reason, "peer refused");
     let _ = framed
         .send(net::encode(&HelloReply::Refused(reason.clone())))
@@ -502,7 +585,13 @@ impl Peers {
                     timing: me.timing,
                     incarnation: me.incarnation,
                 };
-                actix::spawn(dial(address.clone(), hello, rx, answered.clone()));
+                actix::spawn(dial(
+                    address.clone(),
+                    hello,
+                    me.tls.clone(),
+                    rx,
+                    answered.clone(),
+                ));
                 pair.push(tx);
             }
             let [control, data]: [mpsc::Sender<PeerMessage>; 2] =
@@ -529,13 +618,14 @@ impl Peers {
 async fn dial(
     address: String,
     hello: Hello,
+    tls: Option<NodeTls>,
     mut rx: mpsc::Receiver<PeerMessage>,
     answered: impl Fn(NodeId, HelloAnswer),
 ) {
     let mut backoff = Duration::from_millis(20);
     let mut refused_logged = false;
     loop {
-        match connect(&address, &hello).await {
+        match connect(&address, &hello, tls.as_ref()).await {
             Ok((mut framed, answer)) => {
                 answered(hello.to, answer);
                 backoff = Duration::from_millis(20);
@@ -585,9 +675,61 @@ async fn dial(
     }
 }
 
-enum DialError {
+/// Why a dial failed.
+#[derive(Debug)]
+pub enum DialError {
+    /// Unreachable, or the connection broke (retried quietly).
     Io(String),
+    /// The peer (or its certificate) refused us, or we refused it (logged).
     Refused(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Io(e) => write!(f, "{e}"),
+            DialError::Refused(e) => write!(f, "refused: {e}"),
+        }
+    }
+}
+
+/// A peer connection's frames, over plaintext or TLS.
+pub type PeerConn = Framed<BoxedIo, net::FrameCodec>;
+
+/// Reach member `to` at `address` within `timeout`: TCP, then with `tls`
+/// a mutual-TLS handshake in which the member must prove with its
+/// certificate that it is `to`.
+pub async fn dial_member(
+    address: &str,
+    to: NodeId,
+    tls: Option<&NodeTls>,
+    timeout: Duration,
+) -> Result<BoxedIo, DialError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| DialError::Io("connect timed out".into()))?
+        .map_err(|e| DialError::Io(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Box::new(stream));
+    };
+    let name = crate::tls::server_name_of(address).map_err(DialError::Refused)?;
+    let stream = tokio::time::timeout(timeout, tls.peer_connector.connect(name, stream))
+        .await
+        .map_err(|_| DialError::Io("TLS handshake timed out".into()))?
+        .map_err(|e| DialError::Refused(crate::tls::explain_handshake_error(&e)))?;
+    match crate::tls::peer_identity(stream.get_ref().1.peer_certificates()) {
+        Some(Ok(CertIdentity::Node(id))) if id == to => Ok(Box::new(stream)),
+        Some(Ok(other)) => Err(DialError::Refused(format!(
+            "the member at {address} presented a certificate of {other}, not of node {to}"
+        ))),
+        Some(Err(e)) => Err(DialError::Refused(format!(
+            "the member at {address} presented a bad certificate: {e}"
+        ))),
+        None => Err(DialError::Refused(format!(
+            "the member at {address} presented no certificate"
+        ))),
+    }
 }
 
 /// What a peer's answer to a hello says of the peer and of this node.
@@ -603,15 +745,15 @@ pub struct HelloAnswer {
 }
 
 /// A welcomed connection and the answer.
-type Welcomed = (Framed<TcpStream, crate::net::FrameCodec>, HelloAnswer);
+type Welcomed = (PeerConn, HelloAnswer);
 
-async fn connect(address: &str, hello: &Hello) -> Result<Welcomed, DialError> {
+async fn connect(
+    address: &str,
+    hello: &Hello,
+    tls: Option<&NodeTls>,
+) -> Result<Welcomed, DialError> {
     let io = |e: std::io::Error| DialError::Io(e.to_string());
-    let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(address))
-        .await
-        .map_err(|_| DialError::Io("connect timed out".into()))?
-        .map_err(io)?;
-    let _ = stream.set_nodelay(true);
+    let stream = dial_member(address, hello.to, tls, HELLO_TIMEOUT).await?;
     let mut framed = Framed::new(stream, net::codec());
     framed.send(net::encode(hello)).await.map_err(io)?;
     let reply = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
@@ -657,6 +799,7 @@ mod tests {
             timing: crate::node::Timing::default(),
             incarnation: 1,
             book: None,
+            tls: None,
         }
     }
 

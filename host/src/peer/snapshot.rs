@@ -26,7 +26,6 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 /// How long one step of the dialogue may take (installing a large snapshot
@@ -73,7 +72,7 @@ pub enum Answer {
     Failed(String),
 }
 
-type Conn = Framed<TcpStream, net::FrameCodec>;
+type Conn = super::PeerConn;
 
 async fn recv<T: serde::de::DeserializeOwned>(c: &mut Conn, within: Duration) -> Result<T, String> {
     let frame = tokio::time::timeout(within, c.next())
@@ -105,14 +104,13 @@ pub async fn send_snapshot(
     client_address: &str,
     log_kind: crate::node::LogKind,
     timing: crate::node::Timing,
+    tls: Option<&crate::tls::NodeTls>,
     dir: &Path,
     meta: &SnapshotMeta,
 ) -> Result<(), String> {
-    let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(address))
+    let stream = super::dial_member(address, to, tls, STEP_TIMEOUT)
         .await
-        .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
     let mut c = Framed::new(stream, net::codec());
     let hello = Hello {
         v: PEER_PROTOCOL_VERSION,
@@ -328,11 +326,11 @@ mod tests {
     }
 
     async fn dial(addr: std::net::SocketAddr) -> Conn {
-        let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .expect("connected in time")
             .unwrap();
-        Framed::new(stream, net::codec())
+        Framed::new(Box::new(stream) as crate::tls::BoxedIo, net::codec())
     }
 
     fn chunk(seq: u64, data: &[u8]) -> Offer {
@@ -382,7 +380,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let c = Framed::new(stream, net::codec());
+                let c = Framed::new(Box::new(stream) as crate::tls::BoxedIo, net::codec());
                 let r = receive_snapshot(c, &root_path, limit, |p| {
                     if let Progress::Complete { done, .. } = p {
                         let _ = done.send(Ok(()));
@@ -441,7 +439,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let c = Framed::new(stream, net::codec());
+                let c = Framed::new(Box::new(stream) as crate::tls::BoxedIo, net::codec());
                 let seen = seen.clone();
                 let _ = receive_snapshot(c, &root_path, u64::MAX, move |p| {
                     if let Progress::Complete { meta, dir, done } = p {
