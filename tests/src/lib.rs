@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use understudy::api::client::Client;
+use understudy::api::client::{Client, ClientOptions};
 
 static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
@@ -53,6 +53,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     /// Node id.
     pub id: u64,
+    /// How clients of the harness reach it (TLS for a TLS group).
+    pub client_options: ClientOptions,
     stderr_path: PathBuf,
 }
 
@@ -84,7 +86,14 @@ impl NodeProc {
 
     /// Start `understudy dev` (the README's first command) on `data_dir`.
     pub fn start_dev(data_dir: &Path) -> Result<NodeProc> {
-        Self::spawn(&["dev", "--listen", "127.0.0.1:0"], data_dir, 1)
+        Self::start_dev_with(data_dir, &[])
+    }
+
+    /// `understudy dev` with `extra` flags (`--tls`).
+    pub fn start_dev_with(data_dir: &Path, extra: &[&str]) -> Result<NodeProc> {
+        let mut args = vec!["dev", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        Self::spawn(&args, data_dir, 1)
     }
 
     /// Start node `id` of a group with extra flags (peers, timing).
@@ -182,6 +191,7 @@ impl NodeProc {
             peer_addr,
             data_dir: data_dir.to_path_buf(),
             id,
+            client_options: ClientOptions::default(),
             stderr_path,
         })
     }
@@ -190,7 +200,7 @@ impl NodeProc {
     pub async fn client(&self) -> Result<Client> {
         let mut last = None;
         for _ in 0..50 {
-            match Client::connect(self.addr).await {
+            match Client::connect_node_with(self.addr, self.client_options.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -498,6 +508,8 @@ pub struct Group {
     direct: Option<std::collections::BTreeMap<u64, u16>>,
     /// The open-file limit of nodes (re)started from now on, if set.
     pub open_files: Option<u64>,
+    /// The group's certificates (a TLS group), made by [`Group::start_tls`].
+    pub tls: Option<understudy::tls::issue::Layout>,
 }
 
 impl Group {
@@ -507,12 +519,30 @@ impl Group {
         Self::start_limited(root, n, extra, None)
     }
 
+    /// [`Group::start`] with TLS on every port: a CA, node certificates
+    /// and an `admin` client certificate are made under `root/tls`
+    /// ([`tls_layout`]); the harness's clients present the admin one.
+    pub fn start_tls(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        let layout = tls_layout(&root.join("tls"), n)?;
+        Self::start_with(root, n, extra, None, Some(layout))
+    }
+
     /// [`Group::start`] with every node's open-file limit at `open_files`.
     pub fn start_limited(
         root: &Path,
         n: u64,
         extra: &[&str],
         open_files: Option<u64>,
+    ) -> Result<Group> {
+        Self::start_with(root, n, extra, open_files, None)
+    }
+
+    fn start_with(
+        root: &Path,
+        n: u64,
+        extra: &[&str],
+        open_files: Option<u64>,
+        tls: Option<understudy::tls::issue::Layout>,
     ) -> Result<Group> {
         let ids: Vec<u64> = (1..=n).collect();
         let net = ProxyNet::new(&ids)?;
@@ -527,6 +557,7 @@ impl Group {
             extra,
             direct: None,
             open_files,
+            tls,
         };
         for id in ids {
             g.restart(id)?;
@@ -552,6 +583,7 @@ impl Group {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             direct: Some(ports),
             open_files: None,
+            tls: None,
         };
         for id in ids {
             g.restart(id)?;
@@ -576,8 +608,20 @@ impl Group {
             args.push("--peer-listen".into());
             args.push(format!("127.0.0.1:{}", ports[&id]));
         }
+        if let Some(layout) = &self.tls {
+            for (flag, path) in [
+                ("--tls-cert", layout.node_cert(id)),
+                ("--tls-key", layout.node_key(id)),
+                ("--peer-ca", layout.ca_cert()),
+            ] {
+                args.push(flag.into());
+                args.push(path.display().to_string());
+            }
+        }
         let dir = self.root.join(format!("node{id}"));
-        let node = NodeProc::start_member_limited(&dir, id, &self.cluster, &args, self.open_files)?;
+        let mut node =
+            NodeProc::start_member_limited(&dir, id, &self.cluster, &args, self.open_files)?;
+        node.client_options = self.client_options()?;
         let peer = node.peer_addr.context("a member prints its peer address")?;
         if self.direct.is_none() {
             self.net.retarget(id, peer);
@@ -603,9 +647,23 @@ impl Group {
         self.nodes.values().flatten().map(|n| n.addr).collect()
     }
 
+    /// How the harness's clients reach this group: plaintext, or TLS with
+    /// the `admin` client certificate.
+    pub fn client_options(&self) -> Result<ClientOptions> {
+        let mut options = ClientOptions::default();
+        if let Some(layout) = &self.tls {
+            let (cert, key) = (layout.user_cert("admin"), layout.user_key("admin"));
+            options.tls = Some(understudy::tls::ClientTls::load(
+                &layout.ca_cert(),
+                Some((&cert, &key)),
+            )?);
+        }
+        Ok(options)
+    }
+
     /// A client that follows the leader.
     pub async fn client(&self) -> Result<Client> {
-        Ok(Client::connect_group(self.addrs()).await?)
+        Ok(Client::connect_group_with_options(self.addrs(), self.client_options()?).await?)
     }
 
     /// A client of exactly node `id`.
@@ -618,7 +676,11 @@ impl Group {
         let mut out = Vec::new();
         for n in self.nodes.values().flatten() {
             // A frozen member answers nothing: give each two seconds.
-            if let Ok(c) = Client::connect_with(n.addr, Duration::from_secs(2)).await
+            let options = ClientOptions {
+                connect_timeout: Duration::from_secs(2),
+                ..n.client_options.clone()
+            };
+            if let Ok(c) = Client::connect_node_with(n.addr, options).await
                 && let Ok(s) = c.request_timeout(Duration::from_secs(2)).status().await
             {
                 out.push(s);
@@ -720,6 +782,27 @@ impl Group {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// Certificates for a TLS group of `n` in `dir` (made once): a CA, node
+/// certificates for 127.0.0.1 and localhost, and an `admin` user's.
+pub fn tls_layout(dir: &Path, n: u64) -> Result<understudy::tls::issue::Layout> {
+    use understudy::tls::issue::{Layout, Validity, write_file, write_private};
+    let layout = Layout {
+        dir: dir.to_path_buf(),
+    };
+    let validity = Validity::days(1);
+    let (ca, _) = layout.ca(validity)?;
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+    for id in 1..=n {
+        let issued = ca.node(id, &hosts, validity)?;
+        write_file(&layout.node_cert(id), &issued.cert_pem)?;
+        write_private(&layout.node_key(id), &issued.key_pem)?;
+    }
+    let issued = ca.user("admin", validity)?;
+    write_file(&layout.user_cert("admin"), &issued.cert_pem)?;
+    write_private(&layout.user_key("admin"), &issued.key_pem)?;
+    Ok(layout)
 }
 
 /// A component whose one core module holds `functions` functions of

@@ -126,3 +126,142 @@ fn errors_are_one_clear_line_and_a_nonzero_exit() {
         );
     }
 }
+
+/// The walk-through a new user follows against `understudy dev` (with
+/// `dev_flags`), every command through the CLI with `client_flags`:
+/// deploy, send, read on another node, status, a switchover, and a write
+/// and read after it.
+async fn cli_walk_through(
+    dev_flags: &[&str],
+    client_flags: impl Fn(&std::path::Path) -> Vec<String>,
+) {
+    use understudy_tests::run_cli_within;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let node = NodeProc::start_dev_with(&data, dev_flags).unwrap();
+    let flags = client_flags(&data);
+    let addr = node.addr.to_string();
+    let cli = |args: &[&str]| {
+        let mut all: Vec<String> = flags.clone();
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_cli_within(120, &args).await
+        }
+    };
+    // The group is up once status names a leader and lists three members,
+    // and dev has deployed `kv` (as its "group is up" line says).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (ok, out, err) = cli(&["status", "--addr", &addr]).await;
+        if ok
+            && out.contains("; leader ")
+            && !out.contains("leader none")
+            && out.contains("actors: kv")
+            && out.lines().count() >= 5
+        {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "no group: {out}{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (ok, out, err) = cli(&["deploy", "--addr", &addr, "counter", "--example", "counter"]).await;
+    assert!(ok && out.contains("deployed actor counter"), "{out}{err}");
+    let (ok, out, err) = cli(&[
+        "send",
+        "--addr",
+        &addr,
+        "counter",
+        r#"{"add":{"name":"c","by":5}}"#,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    // Read on every member, linearizably.
+    let c =
+        understudy::api::client::Client::connect_node_with(node.addr, walk_through_options(&flags));
+    let members = understudy_tests::within(10, "a status", async {
+        c.await.unwrap().status().await.unwrap()
+    })
+    .await
+    .client_addresses;
+    assert_eq!(members.len(), 3, "{status}");
+    for a in members.values() {
+        let (ok, out, err) = cli(&[
+            "query",
+            "--addr",
+            a,
+            "--level",
+            "linearizable",
+            "counter",
+            r#"{"name":"c"}"#,
+        ])
+        .await;
+        assert!(ok && out.trim() == "5", "{a}: {out}{err}");
+    }
+    // Hand leadership to a follower, then write and read through it.
+    let leader: u64 = status
+        .lines()
+        .last()
+        .and_then(|l| l.split("leader ").nth(1))
+        .and_then(|l| l.split(';').next())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    let to = (1..=3).find(|&i| i != leader).unwrap().to_string();
+    let (ok, out, err) = cli(&["promote", "--addr", &addr, &to]).await;
+    assert!(
+        ok && out.contains(&format!("node {to} leads")),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cli(&[
+        "send",
+        "--addr",
+        &addr,
+        "counter",
+        r#"{"add":{"name":"c","by":2}}"#,
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(&["query", "--addr", &addr, "counter", r#"{"name":"c"}"#]).await;
+    assert!(ok && out.trim() == "7", "{out}{err}");
+    let (ok, out, err) = cli(&["status", "--addr", &addr]).await;
+    assert!(ok && out.contains(&format!("; leader {to};")), "{out}{err}");
+}
+
+/// The client options the CLI flags of a walk-through stand for.
+fn walk_through_options(flags: &[String]) -> understudy::api::client::ClientOptions {
+    let mut options = understudy::api::client::ClientOptions::default();
+    let arg = |name: &str| {
+        flags
+            .iter()
+            .position(|f| f == name)
+            .map(|i| std::path::PathBuf::from(&flags[i + 1]))
+    };
+    if let Some(ca) = arg("--ca") {
+        let (cert, key) = (arg("--cert").unwrap(), arg("--key").unwrap());
+        options.tls = Some(understudy::tls::ClientTls::load(&ca, Some((&cert, &key))).unwrap());
+    }
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_walk_through_works_against_dev() {
+    understudy_tests::setup!();
+    cli_walk_through(&[], |_| Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_walk_through_works_against_dev_with_tls() {
+    understudy_tests::setup!();
+    cli_walk_through(&["--tls"], |data| {
+        let tls = data.join("tls");
+        [
+            ("--ca", "ca.pem"),
+            ("--cert", "user-admin.pem"),
+            ("--key", "user-admin-key.pem"),
+        ]
+        .iter()
+        .flat_map(|(flag, file)| [flag.to_string(), tls.join(file).display().to_string()])
+        .collect()
+    })
+    .await;
+}

@@ -92,14 +92,24 @@ impl Default for ClientOptions {
     }
 }
 
+/// Why a connection ended.
+#[derive(Clone, Debug)]
+enum Farewell {
+    /// The node refused the whole connection with this error.
+    Refused(ApiError),
+    /// The transport broke (the text of its error).
+    Broken(String),
+}
+
 /// One TCP connection to one node.
 struct Conn {
     addr: SocketAddr,
     tx: mpsc::Sender<Frame<Request>>,
     pending: Pending,
-    /// The error a node sent for the whole connection (id 0) before it
-    /// closed it, if it did: what later calls on it are told.
-    farewell: Arc<Mutex<Option<ApiError>>>,
+    /// Why the connection ended, if it did with a reason: the error a
+    /// node sent for the whole connection (id 0), or the transport's
+    /// (a TLS alert, say). What later calls on it are told.
+    farewell: Arc<Mutex<Option<Farewell>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -146,7 +156,15 @@ impl Conn {
         let farewell = Arc::new(Mutex::new(None));
         let reader_farewell = farewell.clone();
         tokio::spawn(async move {
-            while let Some(Ok(bytes)) = stream.next().await {
+            while let Some(read) = stream.next().await {
+                let bytes = match read {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let mut farewell = reader_farewell.lock().expect("farewell lock");
+                        farewell.get_or_insert(Farewell::Broken(e.to_string()));
+                        break;
+                    }
+                };
                 let Ok(frame) = crate::net::decode::<Frame<Response>>(&bytes) else {
                     break;
                 };
@@ -160,7 +178,8 @@ impl Conn {
                         // A connection-level error: fail everyone, and
                         // tell later calls.
                         if let Response::Error(e) = &frame.body {
-                            *reader_farewell.lock().expect("farewell lock") = Some(e.clone());
+                            *reader_farewell.lock().expect("farewell lock") =
+                                Some(Farewell::Refused(e.clone()));
                         }
                         for (_, w) in pending.drain() {
                             let _ = w.send(frame.body.clone());
@@ -200,7 +219,11 @@ impl Conn {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let broken = |message: &str| match self.farewell.lock().expect("farewell lock").clone() {
-            Some(e) => ClientError::Api(e),
+            Some(Farewell::Refused(e)) => ClientError::Api(e),
+            Some(Farewell::Broken(why)) => ClientError::Connection {
+                addr: self.addr,
+                message: format!("{message}: {why}"),
+            },
             None => ClientError::Connection {
                 addr: self.addr,
                 message: message.to_string(),

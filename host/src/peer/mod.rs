@@ -717,7 +717,14 @@ pub async fn dial_member(
     let stream = tokio::time::timeout(timeout, tls.peer_connector.connect(name, stream))
         .await
         .map_err(|_| DialError::Io("TLS handshake timed out".into()))?
-        .map_err(|e| DialError::Refused(crate::tls::explain_handshake_error(&e)))?;
+        .map_err(|e| match e.kind() {
+            // The peer went away mid-handshake (it is starting or
+            // stopping, or a proxy lost it): retried quietly.
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                DialError::Io(format!("TLS handshake: {e}"))
+            }
+            _ => DialError::Refused(crate::tls::explain_handshake_error(&e)),
+        })?;
     match crate::tls::peer_identity(stream.get_ref().1.peer_certificates()) {
         Some(Ok(CertIdentity::Node(id))) if id == to => Ok(Box::new(stream)),
         Some(Ok(other)) => Err(DialError::Refused(format!(

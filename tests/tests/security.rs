@@ -1,0 +1,467 @@
+//! Security at the ports: with TLS on, only members join the group (mutual
+//! TLS, the certificate's node id must be the hello's), and clients reach
+//! a node only over TLS with a certificate of the right CA, if any.
+//! Every network wait has a timeout (`within`).
+
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use understudy::api::ErrorCode;
+use understudy::api::client::{Client, ClientError, ClientOptions};
+use understudy::peer::{HelloReply, Lane, PeerMessage};
+use understudy::replication::Message;
+use understudy::tls::ClientTls;
+use understudy::tls::issue::{Ca, Layout, Validity, write_file, write_private};
+use understudy_tests::{Group, kv_get, kv_put, member_hello, within};
+
+/// How a forger reaches a member's peer port.
+enum Forger {
+    Plain,
+    Tls(ClientTls),
+}
+
+/// Say hello as member `from` to member `to` at `peer`, and if welcomed,
+/// send `then`. `Ok(reply)` if the hello was answered, `Err(why)` if the
+/// connection failed first (a refused handshake).
+async fn forge(
+    peer: SocketAddr,
+    forger: &Forger,
+    from: u64,
+    to: u64,
+    then: Vec<PeerMessage>,
+) -> Result<HelloReply, String> {
+    let stream = within(
+        10,
+        "a peer connection",
+        tokio::net::TcpStream::connect(peer),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let io: understudy::tls::BoxedIo = match forger {
+        Forger::Plain => Box::new(stream),
+        Forger::Tls(tls) => Box::new(
+            within(10, "a TLS handshake", tls.connect(peer, stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?,
+        ),
+    };
+    let mut framed = tokio_util::codec::Framed::new(io, understudy::net::codec());
+    let hello = understudy::peer::Hello {
+        // A forger would redirect clients to itself.
+        client_address: "127.0.0.1:1".into(),
+        ..member_hello(from, to, Lane::Data)
+    };
+    within(10, "a hello", framed.send(understudy::net::encode(&hello)))
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+    let reply = within(10, "a hello reply", framed.next())
+        .await
+        .ok_or("closed without a reply")?
+        .map_err(|e| format!("reply: {e}"))?;
+    let reply: HelloReply = understudy::net::decode(&reply).map_err(|e| e.to_string())?;
+    if matches!(reply, HelloReply::Welcome { .. }) {
+        for m in then {
+            within(
+                10,
+                "a forged message",
+                framed.send(understudy::net::encode(&m)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        // Give the messages time to land before the connection closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(reply)
+}
+
+/// A heartbeat of a term far ahead: it deposes whoever leads.
+fn deposing_heartbeat(term: u64) -> PeerMessage {
+    PeerMessage::Raft(Message::Append {
+        term: term + 1000,
+        prev_index: 0,
+        prev_term: 0,
+        entries: Vec::new(),
+        commit: 0,
+    })
+}
+
+async fn max_term(g: &Group) -> u64 {
+    g.statuses().await.iter().map(|s| s.term).max().unwrap_or(0)
+}
+
+/// Issue a certificate with `ca` into `dir` as NAME.pem / NAME-key.pem.
+fn save(
+    dir: &std::path::Path,
+    name: &str,
+    issued: understudy::tls::issue::Issued,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    write_file(&cert, &issued.cert_pem).unwrap();
+    write_private(&key, &issued.key_pem).unwrap();
+    (cert, key)
+}
+
+/// Without TLS a forged heartbeat deposes the leader (the attack is
+/// real); with TLS every way a non-member may try is refused at the
+/// handshake or the hello, logged with its address, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_peers_are_refused_once_tls_is_on() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Control: the same forgery against a plaintext group is welcomed.
+    {
+        let g = Group::start(&dir.path().join("plain"), 3, &[]).unwrap();
+        let leader = g.leader(Duration::from_secs(30)).await.unwrap();
+        let target = (1..=3).find(|&i| i != leader).unwrap();
+        let term = max_term(&g).await;
+        let reply = forge(
+            g.node(target).peer_addr.unwrap(),
+            &Forger::Plain,
+            leader,
+            target,
+            vec![deposing_heartbeat(term)],
+        )
+        .await;
+        assert!(matches!(reply, Ok(HelloReply::Welcome { .. })), "{reply:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while max_term(&g).await < term + 1000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the forged term never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let g = Group::start_tls(&dir.path().join("tls-group"), 3, &[]).unwrap();
+    let leader = g.leader(Duration::from_secs(30)).await.unwrap();
+    let c = within(10, "a client", g.client()).await.unwrap();
+    let w = within(
+        120,
+        "a deploy",
+        c.deploy("kv", understudy_examples::KV.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+    let w = within(30, "a write", c.command("kv", kv_put("before", "1")))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    let target = (1..=3).find(|&i| i != leader).unwrap();
+    let third = (1..=3).find(|&i| i != leader && i != target).unwrap();
+    let peer = g.node(target).peer_addr.unwrap();
+    let term = max_term(&g).await;
+
+    // The attacker's material: the group's CA certificate is public; its
+    // key is not.
+    let layout = g.tls.as_ref().unwrap();
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let rogue = Ca::new("rogue CA", Validity::days(1)).unwrap();
+    let hosts = ["127.0.0.1".to_string()];
+    let (rogue_cert, rogue_key) = save(
+        &forged,
+        "rogue-leader",
+        rogue.node(leader, &hosts, Validity::days(1)).unwrap(),
+    );
+    let (real_ca, _) = Layout {
+        dir: layout.dir.clone(),
+    }
+    .ca(Validity::days(1))
+    .unwrap();
+    let expired = Validity {
+        from_s: -7200,
+        until_s: -3600,
+    };
+    let (old_cert, old_key) = save(
+        &forged,
+        "expired-leader",
+        real_ca.node(leader, &hosts, expired).unwrap(),
+    );
+    let (user_cert, user_key) = save(
+        &forged,
+        "user",
+        real_ca.user("mallory", Validity::days(1)).unwrap(),
+    );
+    let tls = |cert: Option<(&std::path::Path, &std::path::Path)>| {
+        Forger::Tls(ClientTls::load(&layout.ca_cert(), cert).unwrap())
+    };
+    let (third_cert, third_key) = (layout.node_cert(third), layout.node_key(third));
+    let attempts = [
+        ("plaintext", Forger::Plain, "speaks only mutual TLS"),
+        (
+            "TLS without a certificate",
+            tls(None),
+            "TLS handshake failed",
+        ),
+        (
+            "a certificate of another CA",
+            tls(Some((&rogue_cert, &rogue_key))),
+            "TLS handshake failed",
+        ),
+        (
+            "an expired certificate",
+            tls(Some((&old_cert, &old_key))),
+            "TLS handshake failed",
+        ),
+        (
+            "a client's certificate",
+            tls(Some((&user_cert, &user_key))),
+            "only node certificates",
+        ),
+        (
+            "another member's certificate",
+            tls(Some((&third_cert, &third_key))),
+            "but the certificate names node",
+        ),
+    ];
+    for (what, forger, logged) in &attempts {
+        let reply = forge(peer, forger, leader, target, vec![deposing_heartbeat(term)]).await;
+        assert!(
+            !matches!(
+                reply,
+                Ok(HelloReply::Welcome { .. }) | Ok(HelloReply::LostData { .. })
+            ),
+            "{what}: welcomed ({reply:?})"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = g.node(target).stderr();
+            if log.contains(logged) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not logged ({logged:?}): {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A forged snapshot, offered as the leader over plaintext.
+    let snap = dir.path().join("snap");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::write(
+        snap.join(understudy::peer::snapshot::chunk_name(0)),
+        b"forged",
+    )
+    .unwrap();
+    let meta = understudy::storage::SnapshotMeta {
+        index: 1_000_000,
+        term: term + 1000,
+        digest: [0; 32],
+        chunks: 1,
+        bytes: 6,
+        checksums: vec![[0; 32]],
+    };
+    let hello = member_hello(leader, target, Lane::Snapshot);
+    let sent = within(
+        30,
+        "a snapshot offer",
+        understudy::peer::snapshot::send_snapshot(
+            &peer.to_string(),
+            "test",
+            leader,
+            target,
+            &hello.client_address,
+            hello.log_kind,
+            hello.timing,
+            None,
+            &snap,
+            &meta,
+        ),
+    )
+    .await;
+    let err = sent.expect_err("a forged snapshot is refused");
+    assert!(err.contains("TLS"), "{err}");
+
+    // Nothing changed: the same leader and term, the real client address
+    // for the leader, and the group takes and serves writes.
+    let log = g.node(target).stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer connection refused") && l.contains("127.0.0.1:")),
+        "refusals are logged with the remote address: {log}"
+    );
+    assert_eq!(
+        max_term(&g).await,
+        term,
+        "a forged message changed the term"
+    );
+    assert_eq!(g.leader(Duration::from_secs(10)).await.unwrap(), leader);
+    let status = within(10, "a status", async {
+        g.client_of(target).await.unwrap().status().await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        status.client_addresses.get(&leader),
+        Some(&g.node(leader).addr.to_string()),
+        "the leader hint comes from an authenticated hello only"
+    );
+    let w = within(30, "a write", c.command("kv", kv_put("after", "2")))
+        .await
+        .unwrap();
+    assert!(w.outcome.is_ok());
+    for id in 1..=3 {
+        let n = within(10, "a client", g.client_of(id)).await.unwrap();
+        for (key, value) in [("before", "1"), ("after", "2")] {
+            let (out, _) = within(30, "a read", n.query("kv", kv_get(key)))
+                .await
+                .unwrap();
+            let understudy::types::Outcome::Ok(b) = out else {
+                panic!("{out:?}")
+            };
+            let got: Option<String> = understudy_tests::decode(&b);
+            assert_eq!(got.as_deref(), Some(value), "node {id}, key {key}");
+        }
+    }
+    g.assert_same_state(Duration::from_secs(30)).await;
+}
+
+/// The wrong transport or the wrong certificate on the client port is
+/// refused at once, with an error that says what is wrong on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_the_wrong_transport_or_certificate_are_refused_clearly() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start_tls(&dir.path().join("g"), 1, &[]).unwrap();
+    let node = g.node(1);
+    let layout = g.tls.as_ref().unwrap();
+    let connect = |tls: Option<ClientTls>| {
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            tls,
+        };
+        async move {
+            let c = Client::connect_node_with(node.addr, options).await?;
+            c.request_timeout(Duration::from_secs(10)).status().await
+        }
+    };
+    // The harness's admin certificate works.
+    within(20, "a status", connect(g.client_options().unwrap().tls))
+        .await
+        .unwrap();
+
+    // Plaintext to the TLS port.
+    let err = within(20, "a plaintext status", connect(None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+    assert!(err.to_string().contains("speaks only TLS"), "{err}");
+
+    // A client that trusts another CA refuses the node.
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let rogue = Ca::new("rogue CA", Validity::days(1)).unwrap();
+    write_file(&forged.join("rogue-ca.pem"), &rogue.cert_pem).unwrap();
+    let err = within(
+        20,
+        "a status",
+        connect(Some(
+            ClientTls::load(&forged.join("rogue-ca.pem"), None).unwrap(),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Connection { .. }) && err.to_string().contains("certificate"),
+        "{err}"
+    );
+
+    // Certificates the node refuses: another CA's, expired, a node's.
+    let (real_ca, _) = Layout {
+        dir: layout.dir.clone(),
+    }
+    .ca(Validity::days(1))
+    .unwrap();
+    let (rc, rk) = save(
+        &forged,
+        "rogue-user",
+        rogue.user("admin", Validity::days(1)).unwrap(),
+    );
+    let (ec, ek) = save(
+        &forged,
+        "expired-user",
+        real_ca
+            .user(
+                "admin",
+                Validity {
+                    from_s: -7200,
+                    until_s: -3600,
+                },
+            )
+            .unwrap(),
+    );
+    let (nc, nk) = (layout.node_cert(1), layout.node_key(1));
+    for (what, cert, key, says) in [
+        ("another CA's", &rc, &rk, "UnknownIssuer"),
+        ("an expired", &ec, &ek, "certificate expired"),
+        (
+            "a node's",
+            &nc,
+            &nk,
+            "node certificates are not valid on the client port",
+        ),
+    ] {
+        let tls = ClientTls::load(&layout.ca_cert(), Some((cert, key))).unwrap();
+        let err = within(20, "a status", connect(Some(tls)))
+            .await
+            .unwrap_err();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !node.stderr().contains(says) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} certificate: node did not log {says:?}: {}",
+                node.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if what == "a node's" {
+            assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+        } else {
+            // The node's alert reaches the client as the reason.
+            assert!(
+                err.to_string().contains("alert"),
+                "{what} certificate: {err}"
+            );
+        }
+    }
+
+    // The CLI without --ca says what to do.
+    let addr = node.addr.to_string();
+    let (ok, _, err) = understudy_tests::run_cli_within(30, &["status", "--addr", &addr]).await;
+    assert!(
+        !ok && err.contains("speaks only TLS") && err.contains("--ca"),
+        "{err}"
+    );
+
+    // TLS to a plaintext node: the client says the port is not TLS.
+    let plain = understudy_tests::NodeProc::start(&dir.path().join("plain"), 1).unwrap();
+    let tls = g.client_options().unwrap().tls;
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        tls,
+    };
+    let err = within(
+        20,
+        "a TLS connect",
+        Client::connect_node_with(plain.addr, options),
+    )
+    .await
+    .err()
+    .expect("a TLS client cannot talk to a plaintext port");
+    assert!(err.to_string().contains("does not speak TLS"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !plain
+        .stderr()
+        .contains("a TLS handshake reached a plaintext client port")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", plain.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
