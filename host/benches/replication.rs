@@ -5,7 +5,10 @@
 //! - the physical floor: fdatasync of a 4 KiB append and a loopback TCP
 //!   round trip (p50/p99), and the floor of a majority write they imply;
 //! - majority-write throughput and p50/p99 latency with 1, 16 and 64
-//!   closed-loop clients (each its own connection to the leader);
+//!   closed-loop clients (each its own connection to the leader), and
+//!   with 1 and 64 over TLS on both ports (another group, mutual TLS
+//!   between members, client certificates), beside the plaintext figures
+//!   (`UNDERSTUDY_BENCH_TLS=0` skips it);
 //! - read throughput with 64 clients, all on the leader against spread over
 //!   the three nodes, at the `any` and `linearizable` levels;
 //! - catch-up speed of a follower that was down while N entries were
@@ -27,7 +30,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use understudy::api::ReadLevel;
-use understudy::api::client::Client;
+use understudy::api::client::{Client, ClientOptions};
 use understudy_load::{Run, pct, us};
 use understudy_tests::{Group, cbor};
 
@@ -110,13 +113,33 @@ where
     F: Fn(std::sync::Arc<Client>, u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    closed_loop_with(targets, ClientOptions::default(), clients, secs, op).await
+}
+
+/// [`closed_loop`] with clients that connect with `options` (TLS).
+async fn closed_loop_with<F, Fut>(
+    targets: &[SocketAddr],
+    options: ClientOptions,
+    clients: usize,
+    secs: f64,
+    op: F,
+) -> Run
+where
+    F: Fn(std::sync::Arc<Client>, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let targets = targets.to_vec();
     understudy_load::closed_loop(
         clients,
         secs,
         |c| {
             let target = targets[c % targets.len()];
-            async move { Client::connect(target).await.expect("connect") }
+            let options = options.clone();
+            async move {
+                Client::connect_node_with(target, options)
+                    .await
+                    .expect("connect")
+            }
         },
         op,
     )
@@ -158,8 +181,12 @@ async fn write_table(leader: SocketAddr, secs: f64) -> Vec<(usize, Run)> {
 
 /// A group of `n` with the kv example deployed: (group, leader, its address).
 async fn start_group(dir: &std::path::Path, n: u64, flags: &[&str]) -> (Group, u64, SocketAddr) {
-    let (g, leader, c) =
-        understudy_tests::with_kv(Group::start_direct(dir, n, flags).unwrap()).await;
+    start(Group::start_direct(dir, n, flags).unwrap()).await
+}
+
+/// [`start_group`] with `g`, once it runs.
+async fn start(g: Group) -> (Group, u64, SocketAddr) {
+    let (g, leader, c) = understudy_tests::with_kv(g).await;
     // The leader compiled the module before proposing it; followers of the
     // statement kind compile it when they apply it. Measure once every node
     // has (else their compiles share the two cores with the first figure).
@@ -266,6 +293,7 @@ fn log_append(dir: &std::path::Path, journal_bytes: u64) -> (Duration, Duration)
                 actor: "kv".into(),
                 client: None,
                 command: serde_bytes::ByteBuf::from(vec![7u8; 100]),
+                by: None,
             },
         };
         let t = Instant::now();
@@ -344,6 +372,35 @@ fn main() {
 
         println!("\n== majority writes (kv put through the leader, fsync on every node) ==");
         let results = write_table(leader_addr, secs).await;
+
+        // The same writes with TLS on both ports (mutual TLS between the
+        // members, clients with a certificate), beside the plaintext
+        // figures of this run. UNDERSTUDY_BENCH_TLS=0 skips it.
+        if env_or("UNDERSTUDY_BENCH_TLS", 1u8) != 0 {
+            let (tg, _, tls_leader) =
+                start(Group::start_direct_tls(&dir.path().join("tls"), nodes, &[]).unwrap()).await;
+            let options = tg.client_options().unwrap();
+            println!("\n== majority writes, TLS on both ports, against plaintext (this run) ==");
+            println!(
+                "{:>8} {:>12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
+                "clients", "TLS w/s", "p50", "p99", "plain w/s", "p50", "p99", "TLS cost"
+            );
+            for clients in [1usize, 64] {
+                let r = closed_loop_with(&[tls_leader], options.clone(), clients, secs, write_op).await;
+                let plain = &results.iter().find(|(c, _)| *c == clients).expect("measured").1;
+                println!(
+                    "{clients:>8} {:>12.0} {:>10} {:>10} {:>12.0} {:>10} {:>10} {:>9.0}%",
+                    r.ops_per_s,
+                    us(r.p50),
+                    us(r.p99),
+                    plain.ops_per_s,
+                    us(plain.p50),
+                    us(plain.p99),
+                    100.0 * (1.0 - r.ops_per_s / plain.ops_per_s)
+                );
+            }
+            drop(tg);
+        }
 
         // UNDERSTUDY_BENCH_READS=0: writes only (repeated comparison rounds).
         let reads = if env_or("UNDERSTUDY_BENCH_READS", 1u8) == 0 {

@@ -179,7 +179,11 @@ impl Sender {
                     client: Some(tag),
                     concern: WriteConcern::Majority,
                 };
-                node.do_send(ClientCall { request, reply: tx });
+                node.do_send(ClientCall {
+                    request,
+                    reply: tx,
+                    by: None,
+                });
                 match rx.await.unwrap() {
                     Response::Written { outcome, .. } => outcome,
                     other => panic!("{other:?}"),

@@ -7,8 +7,9 @@
 //! executes the core's decisions), [`net`] (framing), [`peer`] (the transport between members), [`api`] (the actor
 //! message API and the Rust client). `ARCHITECTURE.md` has the map.
 
-pub use understudy_core::{replication, types};
+pub use understudy_core::{auth, replication, types};
 
+pub mod access;
 pub mod api;
 pub mod codec;
 pub mod limits;

@@ -40,6 +40,9 @@ struct Cli {
     /// Private key (PEM) of --cert.
     #[arg(long, global = true, env = "UNDERSTUDY_KEY", requires = "cert")]
     key: Option<PathBuf>,
+    /// Authenticate with this token (`understudy auth token create`).
+    #[arg(long, global = true, env = "UNDERSTUDY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// How this CLI run reaches nodes (`--timeout-ms`, `--connect-timeout-ms`,
@@ -56,10 +59,7 @@ fn reaching() -> Reaching {
     REACHING
         .get_or_init(|| Reaching {
             request: std::time::Duration::from_millis(15_000),
-            options: ClientOptions {
-                connect_timeout: std::time::Duration::from_millis(3_000),
-                tls: None,
-            },
+            options: ClientOptions::default(),
         })
         .clone()
 }
@@ -118,7 +118,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -135,7 +135,9 @@ enum Command {
         /// Address other members connect to.
         #[arg(long)]
         peer_listen: Option<SocketAddr>,
-        /// Another member, as ID=HOST:PORT (its peer address); repeat per member.
+        /// Another member, as ID=HOST:PORT (its peer address), optionally
+        /// ,CLIENT-HOST:PORT (where it serves clients, for leader hints);
+        /// repeat per member.
         #[arg(long, value_parser = parse_peer)]
         peer: Vec<PeerConfig>,
         /// Leader heartbeat interval (ms).
@@ -185,6 +187,10 @@ enum Command {
         /// CA that signs client certificates (default: --peer-ca).
         #[arg(long, requires = "tls_cert")]
         client_ca: Option<PathBuf>,
+        /// Allow listening on non-loopback addresses without TLS (logged
+        /// at every start). Only on a network you trust.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -256,6 +262,23 @@ enum Command {
         #[arg(long, default_value = DEFAULT_ADDR)]
         addr: SocketAddr,
     },
+    /// Users, roles, tokens and the module allow-list of a group (changed through its leader's log).
+    Auth {
+        /// Address of any node of the group.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: SocketAddr,
+        #[command(subcommand)]
+        what: AuthCommand,
+    },
+    /// The audit trail of admin actions (deploys, promotions, auth changes), newest first.
+    Audit {
+        /// Node to ask (any member; each keeps the whole trail).
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: SocketAddr,
+        /// Most records to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Offline check of a stopped node's data directory: replay its log into
     /// a scratch state and compare with the stored state.
     Verify {
@@ -269,6 +292,112 @@ enum Command {
         #[arg(long, default_value = "understudy")]
         cluster: String,
     },
+}
+
+/// `understudy auth …`.
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Start checking every request (refused unless a user holds the admin role).
+    Enable,
+    /// Stop checking requests (anyone the ports let in may do anything).
+    Disable,
+    /// Show users, roles, token ids and the module allow-list.
+    Show,
+    /// Users.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+    /// Roles: named sets of permissions (admin, write:<actor pattern>, read:<actor pattern>).
+    Role {
+        #[command(subcommand)]
+        what: RoleCommand,
+    },
+    /// Tokens: secrets that stand for a user.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+    /// Stop accepting a client certificate (PEM file), on every node from the index it commits at.
+    RevokeCert {
+        /// The certificate.
+        file: PathBuf,
+    },
+    /// The module allow-list: once a hash is allowed, only allowed modules may be deployed.
+    Module {
+        #[command(subcommand)]
+        what: ModuleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (or replace its roles).
+    Add {
+        /// User name (a client certificate names it as urn:understudy:user:NAME).
+        name: String,
+        /// A role to give it (admin, or one made by `auth role grant`); repeat per role.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Remove a user and its tokens.
+    Remove {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Give a role a permission (creates the role).
+    Grant {
+        /// Role name.
+        role: String,
+        /// admin, write:<actor pattern> or read:<actor pattern> (a name, a prefix ending in *, or *).
+        permission: String,
+    },
+    /// Take a permission from a role.
+    Revoke {
+        /// Role name.
+        role: String,
+        /// The permission.
+        permission: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token for a user; it is printed once (the group keeps only its hash).
+    Create {
+        /// The user.
+        user: String,
+        /// Lifetime in seconds (0: until revoked).
+        #[arg(long, default_value_t = 0)]
+        ttl_s: u64,
+    },
+    /// Revoke a token by its id (the part after ust_ and before the next _).
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModuleCommand {
+    /// Allow a module: a wasm file (hashed as the group hashes it) or --hash.
+    Allow {
+        /// The module file.
+        #[arg(required_unless_present_any = ["hash", "example"])]
+        file: Option<PathBuf>,
+        /// A built-in example instead: kv, counter, bank.
+        #[arg(long, conflicts_with = "file")]
+        example: Option<String>,
+        /// The component hash (64 hex digits), as `deploy` prints it.
+        #[arg(long, conflicts_with_all = ["file", "example"])]
+        hash: Option<String>,
+    },
+    /// Turn the allow-list off: any module may be deployed.
+    Any,
 }
 
 fn main() {
@@ -298,6 +427,7 @@ fn main() {
         options: ClientOptions {
             connect_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
             tls,
+            token: cli.token.clone(),
         },
     });
     if let Err(e) = dispatch(cli.command) {
@@ -343,6 +473,7 @@ fn dispatch(command: Command) -> Result<()> {
             tls_key,
             peer_ca,
             client_ca,
+            insecure,
         } => {
             let config = match config {
                 Some(path) => {
@@ -383,6 +514,7 @@ fn dispatch(command: Command) -> Result<()> {
                     if let Some(k) = log_kind {
                         config.log_kind = k;
                     }
+                    config.insecure = insecure;
                     if let (Some(cert), Some(key), Some(peer_ca)) = (tls_cert, tls_key, peer_ca) {
                         config.tls = Some(understudy::tls::TlsSettings {
                             cert,
@@ -533,6 +665,173 @@ fn dispatch(command: Command) -> Result<()> {
             id,
             cluster,
         } => verify(data_dir, id, &cluster),
+        Command::Auth { addr, what } => auth(addr, what),
+        Command::Audit { addr, limit } => client_call(addr, Reach::Node, |c| async move {
+            let records = c.audit(limit).await?;
+            if records.is_empty() {
+                println!("no admin actions recorded");
+            }
+            for r in records {
+                let by =
+                    r.by.map_or("(nobody authenticated)".to_string(), |p| p.to_string());
+                println!(
+                    "{:>8}  {}  {by}: {}",
+                    r.index,
+                    format_ms(r.timestamp_ms),
+                    r.action
+                );
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// `understudy auth …`.
+fn auth(addr: SocketAddr, what: AuthCommand) -> Result<()> {
+    use understudy::api::{AuthRequest, Response};
+    let request = match what {
+        AuthCommand::Enable => AuthRequest::Enable,
+        AuthCommand::Disable => AuthRequest::Disable,
+        AuthCommand::Show => AuthRequest::Show,
+        AuthCommand::User {
+            what: UserCommand::Add { name, roles },
+        } => AuthRequest::UserAdd { name, roles },
+        AuthCommand::User {
+            what: UserCommand::Remove { name },
+        } => AuthRequest::UserRemove { name },
+        AuthCommand::Role {
+            what: RoleCommand::Grant { role, permission },
+        } => AuthRequest::RoleGrant { role, permission },
+        AuthCommand::Role {
+            what: RoleCommand::Revoke { role, permission },
+        } => AuthRequest::RoleRevoke { role, permission },
+        AuthCommand::Token {
+            what: TokenCommand::Create { user, ttl_s },
+        } => AuthRequest::TokenCreate {
+            user,
+            ttl_ms: ttl_s.saturating_mul(1000),
+        },
+        AuthCommand::Token {
+            what: TokenCommand::Revoke { id },
+        } => AuthRequest::TokenRevoke { id },
+        AuthCommand::RevokeCert { file } => {
+            let certs = understudy::tls::load_certs(&file)?;
+            AuthRequest::CertRevoke {
+                fingerprint: understudy::access::fingerprint(&certs[0]).into(),
+            }
+        }
+        AuthCommand::Module {
+            what:
+                ModuleCommand::Allow {
+                    file,
+                    example,
+                    hash,
+                },
+        } => {
+            let hash = match (file, example, hash) {
+                (_, _, Some(hex)) => parse_hex32(&hex)?,
+                (Some(path), _, _) => module_hash(
+                    &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                )?,
+                (None, Some(name), None) => module_hash(
+                    understudy_examples::by_name(&name)
+                        .with_context(|| format!("no example named {name:?}"))?,
+                )?,
+                (None, None, None) => bail!("give a wasm file, --example or --hash"),
+            };
+            AuthRequest::ModuleAllow {
+                hash: hash.to_vec().into(),
+            }
+        }
+        AuthCommand::Module {
+            what: ModuleCommand::Any,
+        } => AuthRequest::ModulesAny,
+    };
+    let show = matches!(request, AuthRequest::Show);
+    let reach = if show { Reach::Node } else { Reach::Leader };
+    client_call(addr, reach, |c| async move {
+        match c.auth(request).await? {
+            Response::AuthState(s) => {
+                println!("auth is {}", if s.enabled { "enabled" } else { "disabled" });
+                for (user, roles) in &s.users {
+                    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                    println!("user {user}: roles {}", roles.join(", "));
+                }
+                for (role, perms) in &s.roles {
+                    let perms: Vec<String> = perms.iter().map(|p| p.to_string()).collect();
+                    println!("role {role}: {}", perms.join(", "));
+                }
+                for (id, t) in &s.tokens {
+                    let until = if t.expires_ms == 0 {
+                        "no expiry".to_string()
+                    } else {
+                        format!("expires {}", format_ms(t.expires_ms))
+                    };
+                    println!("token {id}: user {} ({until})", t.user);
+                }
+                match &s.allowed_modules {
+                    None => println!("modules: any may be deployed"),
+                    Some(list) => {
+                        for h in list {
+                            println!("module allowed: {}", understudy::auth::hex(h));
+                        }
+                    }
+                }
+                println!("revoked certificates: {}", s.revoked_certs.len());
+            }
+            Response::TokenCreated {
+                id, token, index, ..
+            } => {
+                println!("{token}");
+                eprintln!(
+                    "(token {id}, committed at index {index}; shown once: the group keeps only its hash. Use it with --token or UNDERSTUDY_TOKEN)"
+                );
+            }
+            Response::Written { outcome, index, .. } => match outcome {
+                Outcome::Ok(_) => println!("done at index {index}"),
+                other => bail!("{}", describe(&other)),
+            },
+            other => bail!("unexpected answer: {other:?}"),
+        }
+        Ok(())
+    })
+}
+
+/// The hash a group gives a module file (after making it a component).
+fn module_hash(wasm: &[u8]) -> Result<[u8; 32]> {
+    let component = understudy::sandbox::Sandbox::normalize(wasm)
+        .map_err(|e| anyhow::anyhow!("not a module the group could deploy: {e}"))?;
+    Ok(understudy::sandbox::Sandbox::hash(&component))
+}
+
+fn parse_hex32(hex: &str) -> Result<[u8; 32]> {
+    anyhow::ensure!(
+        hex.len() == 64,
+        "a hash is 64 hex digits, got {}",
+        hex.len()
+    );
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("not hex: {hex}"))?;
+    }
+    Ok(out)
+}
+
+/// A time in ms since the Unix epoch, as UTC.
+fn format_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000);
+    match t {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{ms} ms"),
     }
 }
 
@@ -901,13 +1200,18 @@ where
 }
 
 fn parse_peer(s: &str) -> Result<PeerConfig, String> {
-    let (id, address) = s
+    let (id, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected ID=HOST:PORT, got {s:?}"))?;
+        .ok_or_else(|| format!("expected ID=HOST:PORT[,CLIENT-HOST:PORT], got {s:?}"))?;
     let id = id.parse().map_err(|e| format!("bad node id {id:?}: {e}"))?;
+    let (address, client_address) = match rest.split_once(',') {
+        Some((peer, client)) => (peer.to_string(), Some(client.to_string())),
+        None => (rest.to_string(), None),
+    };
     Ok(PeerConfig {
         id,
-        address: address.to_string(),
+        address,
+        client_address,
     })
 }
 
@@ -977,6 +1281,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::MemoryLimit => "machine hit its memory limit; its writes were rolled back".into(),
         Outcome::NoSuchActor => "no such actor (deploy it first)".into(),
         Outcome::DeployRefused { reason } => format!("deploy refused: {reason}"),
+        Outcome::Denied { reason } => format!("denied when applied: {reason}"),
     }
 }
 

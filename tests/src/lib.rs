@@ -569,6 +569,21 @@ impl Group {
     /// benchmarks: no extra hop). Peer ports are picked free beforehand;
     /// `extra` flags as given (default timing).
     pub fn start_direct(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        Self::start_direct_with(root, n, extra, None)
+    }
+
+    /// [`Group::start_direct`] with TLS on every port ([`tls_layout`]).
+    pub fn start_direct_tls(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
+        let layout = tls_layout(&root.join("tls"), n)?;
+        Self::start_direct_with(root, n, extra, Some(layout))
+    }
+
+    fn start_direct_with(
+        root: &Path,
+        n: u64,
+        extra: &[&str],
+        tls: Option<understudy::tls::issue::Layout>,
+    ) -> Result<Group> {
         let ids: Vec<u64> = (1..=n).collect();
         let mut ports = std::collections::BTreeMap::new();
         for &id in &ids {
@@ -583,7 +598,7 @@ impl Group {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             direct: Some(ports),
             open_files: None,
-            tls: None,
+            tls,
         };
         for id in ids {
             g.restart(id)?;

@@ -336,6 +336,7 @@ async fn clients_with_the_wrong_transport_or_certificate_are_refused_clearly() {
         let options = ClientOptions {
             connect_timeout: Duration::from_secs(5),
             tls,
+            ..ClientOptions::default()
         };
         async move {
             let c = Client::connect_node_with(node.addr, options).await?;
@@ -446,6 +447,7 @@ async fn clients_with_the_wrong_transport_or_certificate_are_refused_clearly() {
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(5),
         tls,
+        ..ClientOptions::default()
     };
     let err = within(
         20,
@@ -464,4 +466,251 @@ async fn clients_with_the_wrong_transport_or_certificate_are_refused_clearly() {
         assert!(std::time::Instant::now() < deadline, "{}", plain.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A client of the group over TLS that proves itself with `token` only.
+async fn with_token(g: &Group, token: &str) -> Result<Client, ClientError> {
+    let layout = g.tls.as_ref().unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        tls: Some(ClientTls::load(&layout.ca_cert(), None).unwrap()),
+        token: Some(token.to_string()),
+    };
+    Ok(Client::connect_group_with_options(g.addrs(), options)
+        .await?
+        .request_timeout(Duration::from_secs(20))
+        .retry_for(Duration::from_secs(20)))
+}
+
+/// The same, to exactly node `id`.
+async fn with_token_to(g: &Group, id: u64, token: &str) -> Result<Client, ClientError> {
+    let layout = g.tls.as_ref().unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        tls: Some(ClientTls::load(&layout.ca_cert(), None).unwrap()),
+        token: Some(token.to_string()),
+    };
+    Ok(Client::connect_node_with(g.node(id).addr, options)
+        .await?
+        .request_timeout(Duration::from_secs(20)))
+}
+
+fn denied(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode, what: &str) {
+    match r {
+        Err(e) => assert_eq!(e.code(), Some(code), "{what}: {e}"),
+        Ok(v) => panic!("{what}: allowed ({v:?})"),
+    }
+}
+
+/// The CLI, as the group's admin (the harness's admin certificate).
+async fn admin_cli(g: &Group, args: &[&str]) -> String {
+    let layout = g.tls.as_ref().unwrap();
+    let (ca, cert, key) = (
+        layout.ca_cert().display().to_string(),
+        layout.user_cert("admin").display().to_string(),
+        layout.user_key("admin").display().to_string(),
+    );
+    let addr = g.addrs()[0].to_string();
+    let mut all = vec!["--ca", &ca, "--cert", &cert, "--key", &key];
+    let (command, rest) = args.split_at(1);
+    all.extend(command);
+    all.extend(["--addr", &addr]);
+    all.extend(rest);
+    let (ok, out, err) = understudy_tests::run_cli_within(60, &all).await;
+    assert!(ok, "{args:?}: {out}{err}");
+    out
+}
+
+/// Roles decide what each user may do, checked on the node that takes the
+/// request and again, deterministically, where the entry applies; a
+/// revoked token stops working on every node once the revocation is
+/// applied there; admin actions land in the audit trail with who did them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start_tls(&dir.path().join("g"), 3, &[]).unwrap();
+    g.leader(Duration::from_secs(30)).await.unwrap();
+    let admin = within(10, "a client", g.client()).await.unwrap();
+    for actor in ["orders", "billing"] {
+        let w = within(
+            120,
+            "a deploy",
+            admin.deploy(actor, understudy_examples::KV.to_vec()),
+        )
+        .await
+        .unwrap();
+        assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+    }
+    // Set up users and roles through the CLI, as an operator would.
+    admin_cli(
+        &g,
+        &["auth", "role", "grant", "orders-writer", "write:orders"],
+    )
+    .await;
+    admin_cli(&g, &["auth", "role", "grant", "reader", "read:*"]).await;
+    admin_cli(&g, &["auth", "user", "add", "admin", "--role", "admin"]).await;
+    admin_cli(&g, &["auth", "user", "add", "w", "--role", "orders-writer"]).await;
+    admin_cli(&g, &["auth", "user", "add", "r", "--role", "reader"]).await;
+    let w_token = admin_cli(&g, &["auth", "token", "create", "w"])
+        .await
+        .trim()
+        .to_string();
+    let r_token = admin_cli(&g, &["auth", "token", "create", "r"])
+        .await
+        .trim()
+        .to_string();
+    assert!(w_token.starts_with("ust_"), "{w_token}");
+    let out = admin_cli(&g, &["auth", "enable"]).await;
+    assert!(out.contains("done at index"), "{out}");
+
+    // The writer of `orders`.
+    let w = within(20, "a client", with_token(&g, &w_token))
+        .await
+        .unwrap();
+    let put = within(30, "a write", w.command("orders", kv_put("a", "1")))
+        .await
+        .unwrap();
+    assert!(put.outcome.is_ok(), "{:?}", put.outcome);
+    denied(
+        within(30, "a write", w.command("billing", kv_put("a", "1"))).await,
+        ErrorCode::PermissionDenied,
+        "w writes billing",
+    );
+    denied(
+        within(30, "a read", w.query("orders", kv_get("a"))).await,
+        ErrorCode::PermissionDenied,
+        "w reads",
+    );
+    denied(
+        within(
+            30,
+            "a deploy",
+            w.deploy("orders", understudy_examples::KV.to_vec()),
+        )
+        .await,
+        ErrorCode::PermissionDenied,
+        "w deploys",
+    );
+    denied(
+        within(30, "a promote", w.promote(1)).await,
+        ErrorCode::PermissionDenied,
+        "w promotes",
+    );
+    // The reader.
+    let r = within(20, "a client", with_token(&g, &r_token))
+        .await
+        .unwrap();
+    let (out, _) = within(30, "a read", r.query("orders", kv_get("a")))
+        .await
+        .unwrap();
+    assert!(out.is_ok(), "{out:?}");
+    denied(
+        within(30, "a write", r.command("orders", kv_put("b", "2"))).await,
+        ErrorCode::PermissionDenied,
+        "r writes",
+    );
+    denied(
+        within(
+            30,
+            "a deploy",
+            r.deploy("x", understudy_examples::KV.to_vec()),
+        )
+        .await,
+        ErrorCode::PermissionDenied,
+        "r deploys",
+    );
+    denied(
+        within(30, "a promote", r.promote(2)).await,
+        ErrorCode::PermissionDenied,
+        "r promotes",
+    );
+    denied(
+        within(30, "an audit", r.audit(10)).await,
+        ErrorCode::PermissionDenied,
+        "r reads the audit trail",
+    );
+    // Nobody: TLS without a certificate or a token.
+    let layout = g.tls.as_ref().unwrap();
+    let nobody = ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        tls: Some(ClientTls::load(&layout.ca_cert(), None).unwrap()),
+        token: None,
+    };
+    let anon = within(
+        20,
+        "a client",
+        Client::connect_node_with(g.node(1).addr, nobody),
+    )
+    .await
+    .unwrap();
+    denied(
+        within(20, "a status", anon.status()).await,
+        ErrorCode::Unauthenticated,
+        "nobody",
+    );
+    // A token that is not one.
+    let forged = format!("{}0", &w_token[..w_token.len() - 1]);
+    denied(
+        within(20, "a client", with_token_to(&g, 1, &forged))
+            .await
+            .map(|_| "a client"),
+        ErrorCode::Unauthenticated,
+        "a forged token",
+    );
+
+    // Revoke w's token; its connections on every node fail once the
+    // revocation is applied there.
+    let on_each: Vec<Client> =
+        futures::future::join_all((1..=3).map(|id| with_token_to(&g, id, &w_token)))
+            .await
+            .into_iter()
+            .map(|c| c.unwrap())
+            .collect();
+    for c in &on_each {
+        within(20, "a status", c.status()).await.unwrap();
+    }
+    let id = w_token
+        .trim_start_matches("ust_")
+        .split('_')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = admin_cli(&g, &["auth", "token", "revoke", &id]).await;
+    let at: u64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    g.converged(at, Duration::from_secs(30)).await.unwrap();
+    for (i, c) in on_each.iter().enumerate() {
+        denied(
+            within(20, "a status", c.status()).await,
+            ErrorCode::Unauthenticated,
+            &format!("revoked token, node {}", i + 1),
+        );
+        denied(
+            within(20, "a client", with_token_to(&g, i as u64 + 1, &w_token))
+                .await
+                .map(|_| "a client"),
+            ErrorCode::Unauthenticated,
+            "revoked token, new connection",
+        );
+    }
+
+    // The admin promotes; the audit trail names who did what.
+    let leader = g.leader(Duration::from_secs(10)).await.unwrap();
+    let to = (1..=3).find(|&i| i != leader).unwrap();
+    within(30, "a promote", admin.promote(to)).await.unwrap();
+    let out = admin_cli(&g, &["audit"]).await;
+    for expected in [
+        "deploy orders",
+        "deploy billing",
+        "role grant orders-writer write:orders",
+        "user add w",
+        "token create",
+        "auth enable",
+        &format!("token revoke {id}"),
+        &format!("promote node {to}"),
+    ] {
+        assert!(out.contains(expected), "audit misses {expected:?}: {out}");
+    }
+    assert!(out.contains("admin (certificate): auth enable"), "{out}");
+    g.assert_same_state(Duration::from_secs(30)).await;
 }

@@ -4,5 +4,6 @@
 //! `wasm32-unknown-unknown` as well as natively, and a seeded simulator can
 //! drive whole groups of it deterministically.
 
+pub mod auth;
 pub mod replication;
 pub mod types;

@@ -1,6 +1,7 @@
 //! Domain types shared by the core, storage, sandbox and API: log entries,
 //! their payloads, and the deterministic outcome of applying one.
 
+use crate::auth::{AuthChange, Principal};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -65,6 +66,10 @@ pub enum Payload {
         actor: String,
         /// The component bytes.
         wasm: ByteBuf,
+        /// Who asked for it (checked against the auth state at this
+        /// entry; recorded in the audit trail).
+        #[serde(default)]
+        by: Option<Principal>,
     },
     /// A command for an actor's machine.
     Command {
@@ -74,6 +79,24 @@ pub enum Payload {
         client: Option<ClientTag>,
         /// The command bytes (CBOR, as the machine defines them).
         command: ByteBuf,
+        /// Who asked for it (checked against the auth state at this entry).
+        #[serde(default)]
+        by: Option<Principal>,
+    },
+    /// A change to the auth state (see [`crate::auth`]).
+    Auth {
+        /// The change.
+        change: AuthChange,
+        /// Who asked for it.
+        by: Option<Principal>,
+    },
+    /// An administrative action outside the state (a promotion, a forced
+    /// recovery), recorded in the audit trail.
+    Audit {
+        /// What was done.
+        action: String,
+        /// Who asked for it.
+        by: Option<Principal>,
     },
     /// The `row` log kind: what a command or deploy did, as the leader
     /// computed it; followers apply it without running guest code.
@@ -134,6 +157,12 @@ pub enum Outcome {
     NoSuchActor,
     /// A deploy was refused (the module is not a valid machine).
     DeployRefused {
+        /// Why.
+        reason: String,
+    },
+    /// Who asked may not do this (by the auth state at the entry's index):
+    /// nothing was changed.
+    Denied {
         /// Why.
         reason: String,
     },

@@ -6,8 +6,8 @@
 //! result; [`Client::command_tagged`] lets a caller retry with the same tag.
 
 use super::{
-    ApiError, ErrorCode, Frame, PROTOCOL_VERSION, ReadLevel, Request, Response, Status,
-    WriteConcern,
+    ApiError, AuthRequest, ErrorCode, Frame, PROTOCOL_VERSION, ReadLevel, Request, Response,
+    Status, WriteConcern,
 };
 use crate::types::{ClientTag, Index, NodeId, Outcome, Term};
 use futures::{SinkExt, StreamExt};
@@ -81,6 +81,8 @@ pub struct ClientOptions {
     /// TLS: the CA to trust and, optionally, a client certificate (`None`:
     /// plaintext).
     pub tls: Option<crate::tls::ClientTls>,
+    /// A token to authenticate every connection with (`ust_…`).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -88,6 +90,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
             tls: None,
+            token: None,
         }
     }
 }
@@ -192,13 +195,27 @@ impl Conn {
             // `None` refuses new requests.
             reader_pending.lock().expect("pending lock").take();
         });
-        Ok(Conn {
+        let conn = Conn {
             addr,
             tx,
             pending,
             farewell,
             next_id: 1.into(),
-        })
+        };
+        if let Some(token) = &options.token {
+            let answer = conn
+                .call(
+                    Request::Authenticate {
+                        token: token.clone(),
+                    },
+                    timeout,
+                )
+                .await?;
+            if !matches!(answer, Response::Authenticated { .. }) {
+                return Err(ClientError::Unexpected(Box::new(answer)));
+            }
+        }
+        Ok(conn)
     }
 
     fn is_closed(&self) -> bool {
@@ -656,6 +673,31 @@ impl Client {
     pub async fn force_promote(&self, node: NodeId) -> Result<Term, ClientError> {
         match self.call(Request::Promote { node, force: true }).await? {
             Response::Promoting { term, .. } => Ok(term),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Change the group's auth state through its leader (answered
+    /// `Written`, or `TokenCreated` for a new token), or show it
+    /// ([`AuthRequest::Show`], from the node asked).
+    pub async fn auth(&self, request: AuthRequest) -> Result<Response, ClientError> {
+        let show = matches!(request, AuthRequest::Show);
+        let body = Request::Auth(request);
+        let response = if show {
+            self.call(body).await?
+        } else {
+            self.call_following(body).await?
+        };
+        match response {
+            Response::Error(e) => Err(ClientError::Api(e)),
+            r => Ok(r),
+        }
+    }
+
+    /// The audit trail of the node asked, newest first (at most `limit`).
+    pub async fn audit(&self, limit: u32) -> Result<Vec<crate::access::AuditRecord>, ClientError> {
+        match self.call(Request::Audit { limit }).await? {
+            Response::Audit(records) => Ok(records),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

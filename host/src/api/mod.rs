@@ -1,4 +1,4 @@
-//! The actor message API v0: what clients send to a node and what they get
+//! The actor message API (protocol 1): what clients send to a node and what they get
 //! back, plus the Rust [`client::Client`].
 //!
 //! Every frame is `{ v, id, body }`: `v` is the protocol version (a node
@@ -8,6 +8,7 @@
 
 pub mod client;
 
+use crate::auth::AuthChange;
 use crate::replication::Role;
 use crate::types::{ClientTag, Index, NodeId, Outcome, Term};
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,157 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Prove who this connection is with a token (answered
+    /// `Authenticated`); later requests on it act as that user.
+    Authenticate {
+        /// The token (`ust_<id>_<secret>`).
+        token: String,
+    },
+    /// Change the auth state (through the log) or show it (admin).
+    Auth(AuthRequest),
+    /// The audit trail, newest first (admin).
+    Audit {
+        /// Most records to return (at most `AUDIT_RECORDS_MAX`).
+        limit: u32,
+    },
+}
+
+/// Longest token text a node reads, in bytes.
+pub const TOKEN_TEXT_BYTES_MAX: usize = 256;
+
+/// What an `Auth` request asks (see [`crate::auth`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AuthRequest {
+    /// Start checking requests.
+    Enable,
+    /// Stop checking requests.
+    Disable,
+    /// Add a user with roles (or replace its roles).
+    UserAdd {
+        /// User name.
+        name: String,
+        /// Its roles.
+        roles: Vec<String>,
+    },
+    /// Remove a user and its tokens.
+    UserRemove {
+        /// User name.
+        name: String,
+    },
+    /// Give a role a permission (`admin`, `write:<pattern>`, `read:<pattern>`).
+    RoleGrant {
+        /// Role name.
+        role: String,
+        /// The permission.
+        permission: String,
+    },
+    /// Take a permission from a role.
+    RoleRevoke {
+        /// Role name.
+        role: String,
+        /// The permission.
+        permission: String,
+    },
+    /// Make a token for a user; the answer carries its text, once.
+    TokenCreate {
+        /// The user.
+        user: String,
+        /// Lifetime in ms (0: until revoked).
+        ttl_ms: u64,
+    },
+    /// Revoke a token by its id.
+    TokenRevoke {
+        /// Token id.
+        id: String,
+    },
+    /// Stop accepting a client certificate (BLAKE3 of its DER).
+    CertRevoke {
+        /// The fingerprint.
+        fingerprint: ByteBuf,
+    },
+    /// Allow a module hash at deploy (turns the allow-list on).
+    ModuleAllow {
+        /// Component hash.
+        hash: ByteBuf,
+    },
+    /// Turn the module allow-list off.
+    ModulesAny,
+    /// Show users, roles, token ids and the allow-list.
+    Show,
+}
+
+impl AuthRequest {
+    /// The log change this asks for at `now_ms`, and for a new token the
+    /// text to hand back; `None` for `Show`. Names and permissions are
+    /// checked here so that a malformed request never reaches the log.
+    pub fn to_change(&self, now_ms: u64) -> Result<Option<(AuthChange, Option<String>)>, ApiError> {
+        use crate::auth::{NAME_BYTES_MAX, Permission, ROLES_PER_USER_MAX};
+        let bad = |m: String| ApiError::new(ErrorCode::BadRequest, m);
+        let name = |what: &str, n: &str| {
+            if n.is_empty() || n.len() > NAME_BYTES_MAX {
+                Err(bad(format!(
+                    "bad {what} name {n:?}: 1 to NAME_BYTES_MAX = {NAME_BYTES_MAX} bytes"
+                )))
+            } else {
+                Ok(n.to_string())
+            }
+        };
+        let change = match self {
+            AuthRequest::Show => return Ok(None),
+            AuthRequest::Enable => AuthChange::Enable,
+            AuthRequest::Disable => AuthChange::Disable,
+            AuthRequest::UserAdd { name: n, roles } => {
+                if roles.len() > ROLES_PER_USER_MAX {
+                    return Err(bad(format!(
+                        "{} roles: at most ROLES_PER_USER_MAX = {ROLES_PER_USER_MAX}",
+                        roles.len()
+                    )));
+                }
+                AuthChange::UserAdd {
+                    name: name("user", n)?,
+                    roles: roles
+                        .iter()
+                        .map(|r| name("role", r))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+            AuthRequest::UserRemove { name: n } => AuthChange::UserRemove {
+                name: name("user", n)?,
+            },
+            AuthRequest::RoleGrant { role, permission } => AuthChange::RoleGrant {
+                role: name("role", role)?,
+                permission: Permission::parse(permission).map_err(bad)?,
+            },
+            AuthRequest::RoleRevoke { role, permission } => AuthChange::RoleRevoke {
+                role: name("role", role)?,
+                permission: Permission::parse(permission).map_err(bad)?,
+            },
+            AuthRequest::TokenCreate { user, ttl_ms } => {
+                let (id, text, hash) = crate::access::new_token();
+                let token = crate::auth::Token {
+                    user: name("user", user)?,
+                    hash,
+                    expires_ms: if *ttl_ms == 0 {
+                        0
+                    } else {
+                        now_ms.saturating_add(*ttl_ms)
+                    },
+                };
+                return Ok(Some((AuthChange::TokenCreate { id, token }, Some(text))));
+            }
+            AuthRequest::TokenRevoke { id } => AuthChange::TokenRevoke {
+                id: name("token", id)?,
+            },
+            AuthRequest::CertRevoke { fingerprint } => AuthChange::CertRevoke {
+                fingerprint: fingerprint.to_vec(),
+            },
+            AuthRequest::ModuleAllow { hash } => AuthChange::ModuleAllow {
+                hash: hash.to_vec(),
+            },
+            AuthRequest::ModulesAny => AuthChange::ModulesAny,
+        };
+        Ok(Some((change, None)))
+    }
 }
 
 impl Request {
@@ -159,7 +311,21 @@ impl Request {
                 )
                 .map_err(too_large)
             }
-            Request::Status | Request::Promote { .. } => Ok(()),
+            Request::Authenticate { token } => check(
+                "the token",
+                token.len(),
+                "TOKEN_TEXT_BYTES_MAX",
+                TOKEN_TEXT_BYTES_MAX,
+            )
+            .map_err(too_large),
+            Request::Audit { limit } => check(
+                "the audit limit",
+                *limit as usize,
+                "AUDIT_RECORDS_MAX",
+                crate::access::AUDIT_RECORDS_MAX as usize,
+            )
+            .map_err(too_large),
+            Request::Status | Request::Promote { .. } | Request::Auth(_) => Ok(()),
         }
     }
 }
@@ -340,6 +506,26 @@ pub enum Response {
         /// The term of the leader handing over.
         term: Term,
     },
+    /// This connection now acts as this user.
+    Authenticated {
+        /// The user.
+        user: String,
+    },
+    /// A token was made; its text is shown this once.
+    TokenCreated {
+        /// Its id (to revoke it).
+        id: String,
+        /// The token to hand to its user.
+        token: String,
+        /// Term of the entry.
+        term: Term,
+        /// Index of the entry (it is valid on a node once applied there).
+        index: Index,
+    },
+    /// The auth state (token hashes left out).
+    AuthState(Box<crate::auth::AuthState>),
+    /// The audit trail, newest first.
+    Audit(Vec<crate::access::AuditRecord>),
     /// An error.
     Error(ApiError),
 }
@@ -348,6 +534,37 @@ pub enum Response {
 mod tests {
     use super::*;
     use crate::limits::{COMMAND_BYTES_MAX, MODULE_BYTES_MAX, QUERY_BYTES_MAX};
+
+    #[test]
+    fn a_token_and_an_audit_limit_are_admitted_at_and_refused_one_past() {
+        let token = |n: usize| Request::Authenticate {
+            token: "t".repeat(n),
+        };
+        assert!(token(TOKEN_TEXT_BYTES_MAX).admit().is_ok());
+        let err = token(TOKEN_TEXT_BYTES_MAX + 1).admit().unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(
+            err.message.contains("TOKEN_TEXT_BYTES_MAX"),
+            "{}",
+            err.message
+        );
+        let max = crate::access::AUDIT_RECORDS_MAX as u32;
+        assert!(Request::Audit { limit: max }.admit().is_ok());
+        assert!(Request::Audit { limit: max + 1 }.admit().is_err());
+        // A malformed auth request never reaches the log.
+        let roles = |n: usize| AuthRequest::UserAdd {
+            name: "u".into(),
+            roles: (0..n).map(|i| format!("r{i}")).collect(),
+        };
+        let max = crate::auth::ROLES_PER_USER_MAX;
+        assert!(roles(max).to_change(0).is_ok());
+        assert!(roles(max + 1).to_change(0).is_err());
+        let bad = AuthRequest::RoleGrant {
+            role: "r".into(),
+            permission: "delete:*".into(),
+        };
+        assert_eq!(bad.to_change(0).unwrap_err().code, ErrorCode::BadRequest);
+    }
 
     fn command(actor: &str, len: usize) -> Request {
         Request::Command {

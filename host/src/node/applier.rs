@@ -18,6 +18,8 @@
 //! with fresh instances), and the leader's ahead-of-commit execution keeps
 //! runs of its own that start only where the log's runs start.
 
+use crate::access::{self, AuthView};
+use crate::auth::{Action, AuthState, Principal};
 use crate::codec;
 use crate::sandbox::view::{self, KvRead, WriteSet};
 use crate::sandbox::{CallContext, LoadError, LoadedMachine, ModuleHash, Sandbox, SandboxError};
@@ -446,6 +448,11 @@ pub struct Applier {
     /// Commands run through their machine (not answered from a session or
     /// taken from a speculation), for tests.
     calls: u64,
+    /// The auth state last decoded, with the bytes it came from (entries
+    /// check against the state their view holds; it rarely changes).
+    auth_cache: Option<(Vec<u8>, Arc<AuthState>)>,
+    /// Where the auth state of the applied entries is published.
+    auth_view: AuthView,
 }
 
 /// What applying one entry changes.
@@ -552,7 +559,11 @@ fn check_effects(fx: &Effects) -> Result<(), String> {
             .get(1..1 + name_len)
             .and_then(|n| std::str::from_utf8(n).ok())
             .ok_or("a key without an actor prefix")?;
-        validate_actor_name(name)?;
+        // The group's own records (auth, audit) are written by the
+        // leader's host, never by a machine.
+        if name != access::SYSTEM_NAMESPACE {
+            validate_actor_name(name)?;
+        }
         if k.len() > LMDB_KEY_BYTES_MAX {
             return Err(format!("a key of {} bytes", k.len()));
         }
@@ -597,7 +608,121 @@ impl Applier {
             run: Run::after(durable.index),
             spec_run: Run::default(),
             calls: 0,
+            auth_cache: None,
+            auth_view: AuthView::default(),
         })
+        .and_then(|mut a| {
+            a.publish_auth()?;
+            Ok(a)
+        })
+    }
+
+    /// Where this applier publishes the auth state of what it applied.
+    pub fn auth_view(&self) -> AuthView {
+        self.auth_view.clone()
+    }
+
+    /// Publish the auth state the applied entries left (durable and
+    /// pending).
+    fn publish_auth(&mut self) -> Result<(), StorageError> {
+        let view = BatchView {
+            snap: self.state.snapshot()?,
+            overlay: WriteSet::new(),
+        };
+        let raw = view::layered_get(&self.pending.kv, &view.snap, &access::auth_key());
+        let state = self.decode_auth(raw)?;
+        self.auth_view.set(state);
+        Ok(())
+    }
+
+    /// The auth state stored as `raw` (absent: the default, auth off).
+    fn decode_auth(&mut self, raw: Option<Vec<u8>>) -> Result<Arc<AuthState>, StorageError> {
+        let Some(raw) = raw else {
+            return Ok(Arc::new(AuthState::default()));
+        };
+        if let Some((bytes, state)) = &self.auth_cache
+            && *bytes == raw
+        {
+            return Ok(state.clone());
+        }
+        let state: AuthState =
+            codec::decode("auth state", &raw).map_err(|source| StorageError::Corrupt {
+                path: "state".into(),
+                what: "the auth state".into(),
+                source,
+            })?;
+        let state = Arc::new(state);
+        self.auth_cache = Some((raw, state.clone()));
+        Ok(state)
+    }
+
+    /// The auth state as `view` holds it.
+    fn auth_at(&mut self, view: &BatchView) -> Result<Arc<AuthState>, ApplyError> {
+        let raw = view.get(&access::auth_key());
+        Ok(self.decode_auth(raw)?)
+    }
+
+    /// Add an audit record of `action` by `by` at entry `ctx` to `writes`.
+    fn audit(
+        view: &BatchView,
+        writes: &mut WriteSet,
+        ctx: CallContext,
+        by: &Option<Principal>,
+        action: String,
+    ) -> Result<(), ApplyError> {
+        let seq = match view.get(&access::audit_seq_key()) {
+            None => 0,
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                StorageError::Invariant("the audit sequence is not 8 bytes".into())
+            })?),
+        };
+        let record = access::AuditRecord {
+            index: ctx.index,
+            timestamp_ms: ctx.entry.timestamp_ms,
+            by: by.clone(),
+            action,
+        };
+        writes.insert(
+            access::audit_key(seq % access::AUDIT_RECORDS_MAX),
+            Some(codec::encode(&record)),
+        );
+        writes.insert(
+            access::audit_seq_key(),
+            Some((seq + 1).to_be_bytes().to_vec()),
+        );
+        Ok(())
+    }
+
+    /// The audit trail as applied (durable and pending), newest first, at
+    /// most `limit` records.
+    pub fn audit_trail(&self, limit: usize) -> Result<Vec<access::AuditRecord>, StorageError> {
+        let snap = self.state.snapshot()?;
+        let (start, end) = access::audit_range();
+        let pairs = view::layered_range(
+            &self.pending.kv,
+            &snap,
+            &start,
+            Some(&end),
+            access::AUDIT_RECORDS_MAX as usize,
+        );
+        if let Some(e) = snap.corruption() {
+            return Err(e);
+        }
+        let mut records = pairs
+            .iter()
+            .map(|(_, v)| {
+                codec::decode::<access::AuditRecord>("audit record", v).map_err(|source| {
+                    StorageError::Corrupt {
+                        path: "state".into(),
+                        what: "an audit record".into(),
+                        source,
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by_key(|r| std::cmp::Reverse(r.index));
+        records.truncate(limit);
+        Ok(records)
     }
 
     /// Last executed index and the digest after it (what reads see).
@@ -659,6 +784,7 @@ impl Applier {
             overlay: std::mem::take(&mut batch.kv),
         };
         let mut digest = executed.digest;
+        let mut auth_changed = None;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(
@@ -698,6 +824,9 @@ impl Applier {
                 }
             };
             view = v;
+            if let Some(raw) = change.writes.get(&access::auth_key()) {
+                auth_changed = Some(raw.clone());
+            }
             digest = chain_digest(&digest, e.index, &change.writes);
             if e.index.is_multiple_of(DIGEST_SAMPLE_EVERY) {
                 self.samples.push((e.index, digest));
@@ -712,6 +841,10 @@ impl Applier {
         batch.kv = view.overlay;
         self.pending_entries += outcomes.len();
         self.pending = batch;
+        if let Some(raw) = auth_changed {
+            let state = self.decode_auth(raw)?;
+            self.auth_view.set(state);
+        }
         Ok(outcomes)
     }
 
@@ -820,6 +953,7 @@ impl Applier {
             index: meta.index,
             digest: meta.digest,
         };
+        self.publish_auth()?;
         Ok(true)
     }
 
@@ -850,22 +984,90 @@ impl Applier {
         batch: &StateBatch,
         chain: Chain,
     ) -> Result<(Change, BatchView), ApplyError> {
+        let now_ms = ctx.entry.timestamp_ms;
+        let denied = |d: crate::auth::Denied| {
+            Change::of_outcome(Outcome::Denied {
+                reason: d.to_string(),
+            })
+        };
         match &e.payload {
             Payload::Noop => Ok((Change::of_outcome(Outcome::Ok(ByteBuf::new())), view)),
             Payload::Effects(fx) => Ok((Change::from_effects(fx), view)),
-            Payload::Deploy { actor, wasm } => {
+            Payload::Deploy { actor, wasm, by } => {
+                let auth = self.auth_at(&view)?;
+                if let Err(d) = auth.check(by.as_ref(), Action::Admin, now_ms) {
+                    return Ok((denied(d), view));
+                }
                 // A new machine for the actor: its instance ends here.
                 chain
                     .of(&mut self.run, &mut self.spec_run)
                     .warm
                     .remove(actor.as_str());
-                self.deploy(actor, wasm, ctx, view, batch)
+                let (mut change, view) = self.deploy(actor, wasm, ctx, view, batch, &auth)?;
+                if let Some((_, hash, _)) = &change.deploy {
+                    let action = format!("deploy {actor} (module {})", crate::auth::hex(hash));
+                    Self::audit(&view, &mut change.writes, ctx, by, action)?;
+                }
+                Ok((change, view))
+            }
+            Payload::Auth { change, by } => {
+                let auth = self.auth_at(&view)?;
+                if let Err(d) = auth.check(by.as_ref(), Action::Admin, now_ms) {
+                    return Ok((denied(d), view));
+                }
+                match auth.apply(change, now_ms) {
+                    Err(message) => Ok((
+                        Change::of_outcome(Outcome::Refused {
+                            code: "bad-request".into(),
+                            message,
+                        }),
+                        view,
+                    )),
+                    Ok(next) => {
+                        let encoded = codec::encode(&next);
+                        let limit = crate::limits::VALUE_BYTES_MAX;
+                        if encoded.len() > limit {
+                            let message = format!(
+                                "the auth state would take {} bytes, over VALUE_BYTES_MAX = \
+                                 {limit}: remove users, roles or tokens first",
+                                encoded.len()
+                            );
+                            let refused = Outcome::Refused {
+                                code: "too-large".into(),
+                                message,
+                            };
+                            return Ok((Change::of_outcome(refused), view));
+                        }
+                        let mut done = Change::of_outcome(Outcome::Ok(ByteBuf::new()));
+                        done.writes.insert(access::auth_key(), Some(encoded));
+                        Self::audit(&view, &mut done.writes, ctx, by, change.to_string())?;
+                        Ok((done, view))
+                    }
+                }
+            }
+            Payload::Audit { action, by } => {
+                let auth = self.auth_at(&view)?;
+                if let Err(d) = auth.check(by.as_ref(), Action::Admin, now_ms) {
+                    return Ok((denied(d), view));
+                }
+                let mut done = Change::of_outcome(Outcome::Ok(ByteBuf::new()));
+                Self::audit(&view, &mut done.writes, ctx, by, action.clone())?;
+                Ok((done, view))
             }
             Payload::Command {
                 actor,
                 client,
                 command,
+                by,
             } => {
+                let auth = self.auth_at(&view)?;
+                if let Err(d) = auth.check(by.as_ref(), Action::Write(actor), now_ms) {
+                    // Remembered like any outcome: a retry of the same tag
+                    // gets the same answer.
+                    let mut change = denied(d);
+                    change.session = *client;
+                    return Ok((change, view));
+                }
                 if let Some(tag) = client {
                     let key = session_key(tag.client_id, tag.seq);
                     let remembered = match batch.sessions.get(&key) {
@@ -966,6 +1168,7 @@ impl Applier {
         ctx: CallContext,
         view: BatchView,
         _batch: &StateBatch,
+        auth: &AuthState,
     ) -> Result<(Change, BatchView), ApplyError> {
         let refused = |reason: String| Change::of_outcome(Outcome::DeployRefused { reason });
         if let Err(reason) = validate_actor_name(actor) {
@@ -987,6 +1190,15 @@ impl Applier {
             return Ok((refused(reason), view));
         }
         let hash = Sandbox::hash(&component);
+        if !auth.module_allowed(&hash) {
+            return Ok((
+                refused(format!(
+                    "module {} is not on this group's allow-list (`understudy auth module allow`)",
+                    crate::auth::hex(&hash)
+                )),
+                view,
+            ));
+        }
         let bytes = component.clone();
         let loaded = self
             .machines
@@ -1318,6 +1530,7 @@ mod tests {
                     acked_below: seq,
                 }),
                 command: codec::to_cbor(&serde_json::json!({"add": {"name": "n", "by": 1}})).into(),
+                by: None,
             },
         )
     }
@@ -1334,6 +1547,7 @@ mod tests {
             Payload::Deploy {
                 actor: "c".into(),
                 wasm: understudy_examples::COUNTER.to_vec().into(),
+                by: None,
             },
         )];
         entries.extend((2..=6).map(|i| add(i, i)));
@@ -1409,6 +1623,7 @@ mod tests {
             Payload::Deploy {
                 actor: "c".into(),
                 wasm: understudy_examples::KV.to_vec().into(),
+                by: None,
             },
         );
         a.execute(&[redeploy]).unwrap();
@@ -1453,6 +1668,7 @@ mod tests {
             Payload::Deploy {
                 actor: "m".into(),
                 wasm: understudy_examples::MISBEHAVE.to_vec().into(),
+                by: None,
             },
         );
         a.apply(&[deploy]).unwrap();
@@ -1462,6 +1678,7 @@ mod tests {
                 actor: "m".into(),
                 client: None,
                 command: codec::to_cbor(&serde_json::json!({"loop": {"key": "x"}})).into(),
+                by: None,
             },
         );
         let err = a.apply(&[spin]).unwrap_err();
@@ -1544,6 +1761,157 @@ mod tests {
         // The retry (entry 7) was answered from the session, as in statements.
         assert_eq!(outcomes.last(), on_follower.last());
         assert_eq!(counter(&mut follower), counter(&mut statement));
+    }
+
+    /// Auth changes through the log: a command is checked against the
+    /// auth state at its own index, so a revocation takes effect at one
+    /// index on every replica, in both log kinds; admin actions leave
+    /// audit records; the published auth state follows the applied one.
+    #[test]
+    fn auth_is_checked_at_each_entrys_index_in_both_log_kinds() {
+        use crate::auth::{AuthChange, Permission, Principal, Token};
+        let admin = Principal {
+            user: "root".into(),
+            token: None,
+            cert: Some(vec![1; 32]),
+        };
+        let w = Principal {
+            user: "w".into(),
+            token: Some("t1".into()),
+            cert: None,
+        };
+        let auth = |i, change| {
+            entry(
+                i,
+                Payload::Auth {
+                    change,
+                    by: Some(admin.clone()),
+                },
+            )
+        };
+        let command = |i, by: Option<Principal>| {
+            entry(
+                i,
+                Payload::Command {
+                    actor: "c".into(),
+                    client: None,
+                    command: codec::to_cbor(&serde_json::json!({"add": {"name": "n", "by": 1}}))
+                        .into(),
+                    by,
+                },
+            )
+        };
+        let entries = vec![
+            entry(
+                1,
+                Payload::Deploy {
+                    actor: "c".into(),
+                    wasm: understudy_examples::COUNTER.to_vec().into(),
+                    by: Some(admin.clone()),
+                },
+            ),
+            auth(
+                2,
+                AuthChange::RoleGrant {
+                    role: "writer".into(),
+                    permission: Permission::Write("c".into()),
+                },
+            ),
+            auth(
+                3,
+                AuthChange::UserAdd {
+                    name: "root".into(),
+                    roles: ["admin".to_string()].into(),
+                },
+            ),
+            auth(
+                4,
+                AuthChange::UserAdd {
+                    name: "w".into(),
+                    roles: ["writer".to_string()].into(),
+                },
+            ),
+            auth(
+                5,
+                AuthChange::TokenCreate {
+                    id: "t1".into(),
+                    token: Token {
+                        user: "w".into(),
+                        hash: vec![0; 32],
+                        expires_ms: 0,
+                    },
+                },
+            ),
+            auth(6, AuthChange::Enable),
+            command(7, Some(w.clone())),
+            auth(8, AuthChange::TokenRevoke { id: "t1".into() }),
+            command(9, Some(w.clone())),
+            command(10, None),
+            entry(
+                11,
+                Payload::Deploy {
+                    actor: "d".into(),
+                    wasm: understudy_examples::KV.to_vec().into(),
+                    by: Some(Principal {
+                        token: None,
+                        ..w.clone()
+                    }),
+                },
+            ),
+            // Auth on, so an enable with nobody named is denied too.
+            entry(
+                12,
+                Payload::Auth {
+                    change: AuthChange::Disable,
+                    by: None,
+                },
+            ),
+        ];
+        let check = |outcomes: &[(Index, Outcome)]| {
+            let at = |i: Index| &outcomes[i as usize - 1].1;
+            assert!(at(7).is_ok(), "{:?}", at(7));
+            for i in [9, 10, 11, 12] {
+                assert!(matches!(at(i), Outcome::Denied { .. }), "{i}: {:?}", at(i));
+            }
+        };
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut statement = applier(dirs[0].path());
+        let view = statement.auth_view();
+        assert!(!view.get().enabled);
+        let outcomes = statement.apply(&entries).unwrap();
+        check(&outcomes);
+        assert!(view.get().enabled && !view.get().tokens.contains_key("t1"));
+        // Row kind: the leader executes ahead of commit, followers apply
+        // its effects.
+        let mut leader = applier(dirs[1].path());
+        let effects: Vec<Entry> = leader
+            .speculate(&entries, true, 1)
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        check(&leader.execute(&effects).unwrap());
+        let mut follower = applier(dirs[2].path());
+        check(&follower.apply(&effects).unwrap());
+        assert_eq!(leader.applied(), statement.applied(), "same digest");
+        assert_eq!(follower.applied(), statement.applied(), "same digest");
+        assert!(follower.auth_view().get().enabled);
+        // The audit trail: the deploy and the six auth changes, newest first.
+        let trail = statement.audit_trail(100).unwrap();
+        let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(trail.len(), 7, "{actions:?}");
+        assert_eq!(trail[0].index, 8);
+        assert!(actions[0].starts_with("token revoke t1"), "{actions:?}");
+        assert!(actions[6].starts_with("deploy c"), "{actions:?}");
+        assert_eq!(trail[6].by.as_ref(), Some(&admin));
+        assert_eq!(follower.audit_trail(100).unwrap(), trail);
+        // It survives a restart (durable with the state, at a window end).
+        let noops: Vec<Entry> = (13..=RUN_WINDOW).map(|i| entry(i, Payload::Noop)).collect();
+        statement.apply(&noops).unwrap();
+        assert_eq!(statement.durable().index, RUN_WINDOW);
+        drop(statement);
+        let again = applier(dirs[0].path());
+        assert!(again.auth_view().get().enabled);
     }
 
     #[test]
@@ -1636,6 +2004,7 @@ mod tests {
                         &serde_json::from_str::<serde_json::Value>(json).unwrap(),
                     )
                     .into(),
+                    by: None,
                 },
             )
         }
@@ -1650,6 +2019,7 @@ mod tests {
             Payload::Deploy {
                 actor: "m".into(),
                 wasm: understudy_examples::MISBEHAVE.to_vec().into(),
+                by: None,
             },
         )];
         for i in 2..=200 {
@@ -1786,6 +2156,7 @@ mod tests {
                 Payload::Deploy {
                     actor: "m".into(),
                     wasm: wasm.to_vec().into(),
+                    by: None,
                 },
             )
         };
@@ -1819,6 +2190,7 @@ mod tests {
                     Payload::Deploy {
                         actor: format!("m{i}"),
                         wasm: understudy_examples::MISBEHAVE.to_vec().into(),
+                        by: None,
                     },
                 )
             })
@@ -1877,6 +2249,7 @@ mod tests {
                 Payload::Deploy {
                     actor: actor.into(),
                     wasm: wasm.into(),
+                    by: None,
                 },
             )
         };
@@ -1887,6 +2260,7 @@ mod tests {
                     actor: actor.into(),
                     client: None,
                     command: codec::to_cbor(&json).into(),
+                    by: None,
                 },
             )
         };
@@ -2051,13 +2425,14 @@ mod tests {
                     actor,
                     client: None,
                     command: command.into(),
+                    by: None,
                 }),
                 1 => (actor(), prop_oneof![
                     Just(understudy_examples::KV.to_vec()),
                     Just(understudy_examples::MISBEHAVE.to_vec()),
                     proptest::collection::vec(any::<u8>(), 0..64),
                 ])
-                .prop_map(|(actor, wasm)| Payload::Deploy { actor, wasm: wasm.into() }),
+                .prop_map(|(actor, wasm)| Payload::Deploy { actor, wasm: wasm.into(), by: None }),
             ]
         }
 
@@ -2075,8 +2450,8 @@ mod tests {
                 split in 1..8usize,
             ) {
                 let mut log = vec![
-                    entry(1, Payload::Deploy { actor: "kv".into(), wasm: understudy_examples::KV.to_vec().into() }),
-                    entry(2, Payload::Deploy { actor: "m".into(), wasm: understudy_examples::MISBEHAVE.to_vec().into() }),
+                    entry(1, Payload::Deploy { actor: "kv".into(), wasm: understudy_examples::KV.to_vec().into(), by: None }),
+                    entry(2, Payload::Deploy { actor: "m".into(), wasm: understudy_examples::MISBEHAVE.to_vec().into(), by: None }),
                 ];
                 log.extend(payloads.into_iter().enumerate().map(|(i, p)| entry(3 + i as Index, p)));
                 let end = log.len() as Index;
@@ -2108,6 +2483,7 @@ mod tests {
                             &serde_json::json!({"put": {"key": "n", "value": i.to_string()}}),
                         )
                         .into(),
+                        by: None,
                     },
                 )
             })

@@ -107,6 +107,10 @@ pub struct NodeConfig {
     /// TLS on both ports (`None`: plaintext). See [`crate::tls`].
     #[serde(default)]
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Listen on addresses other than loopback without TLS (refused
+    /// otherwise; logged at every start).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// The replication-log kind of a group.
@@ -154,6 +158,10 @@ pub struct PeerConfig {
     pub id: NodeId,
     /// Its peer address (`host:port`).
     pub address: String,
+    /// Where it serves clients (for leader hints). Unset: what its hello
+    /// says (authenticated by its certificate when TLS is on).
+    #[serde(default)]
+    pub client_address: Option<String>,
 }
 
 impl PeerConfig {
@@ -166,6 +174,7 @@ impl PeerConfig {
             .map(|(other, address)| PeerConfig {
                 id: *other,
                 address: address.to_string(),
+                client_address: None,
             })
             .collect()
     }
@@ -261,6 +270,7 @@ impl NodeConfig {
             compaction: Compaction::default(),
             log_kind: LogKind::default(),
             tls: None,
+            insecure: false,
         }
     }
 
@@ -284,6 +294,20 @@ impl NodeConfig {
         }
         if !self.peers.is_empty() && self.peer_listen.is_none() {
             return Err("peer_listen is required when the group has peers".into());
+        }
+        let exposed: Vec<String> = std::iter::once(self.listen)
+            .chain(self.peer_listen)
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| a.to_string())
+            .collect();
+        if !exposed.is_empty() && self.tls.is_none() && !self.insecure {
+            return Err(format!(
+                "listening on {} (not loopback) without TLS: anyone who reaches the ports could \
+                 join the group, deploy or read. Configure [tls] (`understudy certs` makes \
+                 certificates; then enable auth), or start with --insecure (insecure = true) on \
+                 a network you trust",
+                exposed.join(", ")
+            ));
         }
         let t = self.timing;
         if !(t.heartbeat_interval_ms > 0
@@ -330,6 +354,10 @@ pub struct ClientCall {
     pub request: Request,
     /// The answer goes here.
     pub reply: oneshot::Sender<Response>,
+    /// Who asked, as its connection verified it (`None`: nobody proved
+    /// who it is). The connection has checked the request against the
+    /// auth state; entries carry it so every replica checks again.
+    pub by: Option<crate::auth::Principal>,
 }
 
 /// A message from a peer (or news of its connection).
@@ -1094,6 +1122,23 @@ impl Handler<RunQuery> for ApplierActor {
     }
 }
 
+/// Read the audit trail (newest first, at most `limit` records).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::access::AuditRecord>, String>")]
+pub struct ReadAudit {
+    /// Most records.
+    pub limit: usize,
+}
+
+impl Handler<ReadAudit> for ApplierActor {
+    type Result = Result<Vec<crate::access::AuditRecord>, String>;
+    fn handle(&mut self, msg: ReadAudit, _ctx: &mut Self::Context) -> Self::Result {
+        self.applier
+            .audit_trail(msg.limit)
+            .map_err(|e| format!("reading the audit trail: {e}"))
+    }
+}
+
 impl Handler<Damaged> for ApplierActor {
     type Result = ();
     fn handle(&mut self, msg: Damaged, _: &mut Self::Context) {
@@ -1159,6 +1204,10 @@ struct Speculation {
 /// The node actor.
 pub struct Node {
     config: NodeConfig,
+    /// The auth state of the applied entries (published by the applier).
+    auth: crate::access::AuthView,
+    /// An audit record to log once this node leads (a forced promotion).
+    audit_when_leading: Option<(String, Option<crate::auth::Principal>)>,
     /// TLS for dialing members (snapshot transfers); `None`: plaintext.
     tls: Option<crate::tls::NodeTls>,
     core: Core,
@@ -1268,12 +1317,17 @@ impl Node {
     ///
     /// Returns the identity the peer acceptor ([`crate::peer::serve`])
     /// checks hellos with, which records the peers' incarnations in this
-    /// node's log.
+    /// node's log, and the auth state the client connections check
+    /// requests against.
     pub fn start_parts(
         config: NodeConfig,
         natives: Natives,
         client_address: Option<SocketAddr>,
-    ) -> anyhow::Result<(Addr<Node>, crate::peer::LocalIdentity)> {
+    ) -> anyhow::Result<(
+        Addr<Node>,
+        crate::peer::LocalIdentity,
+        crate::access::AuthView,
+    )> {
         use anyhow::Context as _;
         config
             .validate()
@@ -1306,6 +1360,7 @@ impl Node {
         }
         let compiler = sandbox.compiler();
         let applier = Applier::new(sandbox, state)?;
+        let auth = applier.auth_view();
         let applied = applier.applied();
         anyhow::ensure!(
             applied.index <= last.0,
@@ -1411,8 +1466,17 @@ impl Node {
             let _ = answers_tx.send(HelloAnswered { from, answer });
         });
         let node = Node {
+            auth: auth.clone(),
+            audit_when_leading: None,
             tls,
-            client_addresses: BTreeMap::from([(config.node_id, client_address)]),
+            client_addresses: std::iter::once((config.node_id, client_address))
+                .chain(
+                    config
+                        .peers
+                        .iter()
+                        .filter_map(|p| p.client_address.clone().map(|a| (p.id, a))),
+                )
+                .collect(),
             peer_heard_ms: BTreeMap::new(),
             recovering_persisted: recovering,
             log_fault: None,
@@ -1464,7 +1528,7 @@ impl Node {
                 to_node.do_send(lost);
             }
         });
-        Ok((addr, me))
+        Ok((addr, me, auth))
     }
 
     fn now_ms() -> u64 {
@@ -1476,6 +1540,18 @@ impl Node {
 
     /// Execute the core's outputs.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        if self.core.role() == Role::Leader
+            && let Some((action, by)) = self.audit_when_leading.take()
+        {
+            // Answered to nobody: the promotion was answered already.
+            let (done, _) = oneshot::channel();
+            self.propose(
+                Payload::Audit { action, by },
+                WriteConcern::Majority,
+                done,
+                ctx,
+            );
+        }
         let recovering = (self.core.recovery_floor(), !self.core.lost_terms_pending());
         if recovering != self.recovering_persisted {
             // Synced before this turn's messages leave: a vote this node
@@ -1942,6 +2018,7 @@ impl Node {
         &mut self,
         actor: String,
         wasm: Vec<u8>,
+        by: Option<crate::auth::Principal>,
         reply: oneshot::Sender<Response>,
         ctx: &mut Context<Self>,
     ) {
@@ -2031,16 +2108,90 @@ impl Node {
                 let _ = reply.send(refused(ErrorCode::TooLarge, m));
                 return;
             }
+            let hash = crate::sandbox::Sandbox::hash(&component);
+            if !node.auth.get().module_allowed(&hash) {
+                let _ = reply.send(refused(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "module {} is not on this group's allow-list (`understudy auth module \
+                         allow`)",
+                        crate::auth::hex(&hash)
+                    ),
+                ));
+                return;
+            }
             node.propose(
                 Payload::Deploy {
                     actor,
                     wasm: ByteBuf::from(component),
+                    by,
                 },
                 WriteConcern::Majority,
                 reply,
                 ctx,
             );
         }));
+    }
+
+    /// An `Auth` request: `Show` from the applied state; a change through
+    /// the log (a new token's text is answered once it committed).
+    fn auth_request(
+        &mut self,
+        req: crate::api::AuthRequest,
+        by: Option<crate::auth::Principal>,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (change, token) = match req.to_change(Self::now_ms()) {
+            Err(e) => {
+                let _ = reply.send(Response::Error(e));
+                return;
+            }
+            Ok(None) => {
+                let shown = crate::access::shown(&self.auth.get());
+                let _ = reply.send(Response::AuthState(Box::new(shown)));
+                return;
+            }
+            Ok(Some(x)) => x,
+        };
+        let id = match &change {
+            crate::auth::AuthChange::TokenCreate { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        let (written, answer) = oneshot::channel();
+        self.propose(
+            Payload::Auth { change, by },
+            WriteConcern::Majority,
+            written,
+            ctx,
+        );
+        ctx.spawn(
+            async move {
+                let response = match (answer.await, id, token) {
+                    (
+                        Ok(Response::Written {
+                            outcome: Outcome::Ok(_),
+                            term,
+                            index,
+                        }),
+                        Some(id),
+                        Some(token),
+                    ) => Response::TokenCreated {
+                        id,
+                        token,
+                        term,
+                        index,
+                    },
+                    (Ok(r), _, _) => r,
+                    (Err(_), _, _) => Response::Error(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the node dropped the request",
+                    )),
+                };
+                let _ = reply.send(response);
+            }
+            .into_actor(self),
+        );
     }
 
     /// The leader asks this follower to compile a module it is about to
@@ -2832,7 +2983,7 @@ impl Handler<StorageFault> for Node {
 impl Handler<ClientCall> for Node {
     type Result = ();
     fn handle(&mut self, msg: ClientCall, ctx: &mut Self::Context) {
-        let ClientCall { request, reply } = msg;
+        let ClientCall { request, reply, by } = msg;
         if let Err(e) = request.admit() {
             let _ = reply.send(Response::Error(e));
             return;
@@ -2848,12 +2999,47 @@ impl Handler<ClientCall> for Node {
                     actor,
                     client,
                     command,
+                    by,
                 },
                 concern,
                 reply,
                 ctx,
             ),
-            Request::Deploy { actor, wasm } => self.deploy(actor, wasm.into_vec(), reply, ctx),
+            Request::Deploy { actor, wasm } => self.deploy(actor, wasm.into_vec(), by, reply, ctx),
+            Request::Authenticate { .. } => {
+                // Connections answer these themselves.
+                let _ = reply.send(Response::Error(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "authenticate on a client connection",
+                )));
+            }
+            Request::Auth(req) => self.auth_request(req, by, reply, ctx),
+            Request::Audit { limit } => {
+                let read = self.applier.send(ReadAudit {
+                    limit: limit as usize,
+                });
+                let within = Duration::from_millis(self.config.read_timeout_ms);
+                ctx.spawn(
+                    async move {
+                        let answer = match tokio::time::timeout(within, read).await {
+                            Ok(Ok(Ok(records))) => Response::Audit(records),
+                            Ok(Ok(Err(e))) => {
+                                Response::Error(ApiError::new(ErrorCode::Unavailable, e))
+                            }
+                            Ok(Err(_)) => Response::Error(ApiError::new(
+                                ErrorCode::Unavailable,
+                                "the applier stopped",
+                            )),
+                            Err(_) => Response::Error(ApiError::new(
+                                ErrorCode::Timeout,
+                                "the applier did not answer within read_timeout_ms",
+                            )),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    .into_actor(self),
+                );
+            }
             Request::Query {
                 actor,
                 request,
@@ -2873,22 +3059,72 @@ impl Handler<ClientCall> for Node {
             }
             Request::Promote { node, force: true } => {
                 let response = self.force_alone(node);
+                if matches!(response, Response::Promoting { .. }) {
+                    self.audit_when_leading = Some((
+                        format!(
+                            "forced promotion of node {node}: it leads alone; writes it lacked are lost"
+                        ),
+                        by,
+                    ));
+                }
                 let _ = reply.send(response);
                 self.drive(ctx);
             }
             Request::Promote { node, force: false } => {
-                let response = match self.core.transfer_leadership(node) {
-                    Ok(()) => Response::Promoting {
-                        node,
-                        term: self.core.term(),
-                    },
-                    Err(crate::replication::TransferError::NotLeader { .. }) => {
-                        Response::Error(self.not_leader("only the leader can hand over"))
-                    }
-                    Err(e) => Response::Error(ApiError::new(ErrorCode::BadRequest, e.to_string())),
-                };
-                let _ = reply.send(response);
-                self.drive(ctx);
+                if self.core.role() != Role::Leader {
+                    let _ = reply.send(Response::Error(
+                        self.not_leader("only the leader can hand over"),
+                    ));
+                    return;
+                }
+                if node == self.config.node_id || !self.config.members().contains(&node) {
+                    let _ = reply.send(Response::Error(ApiError::new(
+                        ErrorCode::BadRequest,
+                        crate::replication::TransferError::NotAMember(node).to_string(),
+                    )));
+                    return;
+                }
+                // The audit record goes into the log first (the leader
+                // takes no entries while it hands over); the handover
+                // starts once the leader has it.
+                let (logged, accepted) = oneshot::channel();
+                let action = format!("promote node {node} (switchover)");
+                self.propose(
+                    Payload::Audit { action, by },
+                    WriteConcern::Leader,
+                    logged,
+                    ctx,
+                );
+                ctx.spawn(accepted.into_actor(self).map(move |answer, me, ctx| {
+                    let response = match answer {
+                        Ok(Response::Accepted { .. } | Response::Written { .. }) => {
+                            match me.core.transfer_leadership(node) {
+                                Ok(()) => Response::Promoting {
+                                    node,
+                                    term: me.core.term(),
+                                },
+                                Err(crate::replication::TransferError::NotLeader { .. }) => {
+                                    Response::Error(me.not_leader("only the leader can hand over"))
+                                }
+                                Err(e) => Response::Error(ApiError::new(
+                                    ErrorCode::BadRequest,
+                                    e.to_string(),
+                                )),
+                            }
+                        }
+                        Ok(Response::Error(e)) => Response::Error(e),
+                        Ok(other) => Response::Error(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("the audit record was answered {other:?}"),
+                        )),
+                        Err(_) => Response::Error(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "the node dropped the audit record",
+                        )),
+                    };
+                    let _ = reply.send(response);
+                    me.drive(ctx);
+                }));
             }
         }
     }
@@ -2972,7 +3208,15 @@ impl Handler<FromPeer> for Node {
                 from,
                 client_address,
             } => {
-                self.client_addresses.insert(from, client_address);
+                // A configured address wins over what a hello says.
+                let configured = self
+                    .config
+                    .peers
+                    .iter()
+                    .any(|p| p.id == from && p.client_address.is_some());
+                if !configured {
+                    self.client_addresses.insert(from, client_address);
+                }
             }
             crate::peer::Inbound::PeerLostData { from } => {
                 self.core.peer_lost_data(from, &self.log);
@@ -3177,12 +3421,20 @@ pub fn run_bound(
         peer_listener.is_some() || config.peers.is_empty(),
         "a node with peers needs a peer listener"
     );
+    if config.insecure && config.tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            peer_listen = ?config.peer_listen,
+            "INSECURE: started with --insecure and without TLS; anyone who reaches these ports \
+             can join the group, deploy, write and read"
+        );
+    }
     let budget = server::DescriptorBudget::of_process()?;
     let timeouts = server::Timeouts {
         frame_read_ms: config.frame_read_timeout_ms,
         idle_ms: config.idle_timeout_ms,
     };
-    let (node, me) = Node::start_parts(config, natives, Some(bound))?;
+    let (node, me, auth) = Node::start_parts(config, natives, Some(bound))?;
     let tls = me.tls.clone();
     let mut peer = None;
     if let Some(l) = peer_listener {
@@ -3190,7 +3442,7 @@ pub fn run_bound(
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
-    server::serve(listener, node.clone(), budget, timeouts, tls);
+    server::serve(listener, node.clone(), budget, timeouts, tls, auth);
     Ok(Running {
         node,
         client: bound,

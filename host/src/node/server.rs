@@ -31,7 +31,9 @@
 //! node's memory or file descriptors.
 
 use super::{ClientCall, Node};
+use crate::access::AuthView;
 use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
+use crate::auth::{Action, AuthState, Denied, Principal};
 use crate::net;
 use crate::tls::{CertIdentity, HANDSHAKE_TIMEOUT_MS, NodeTls, TLS_HANDSHAKE_BYTE};
 use actix::prelude::*;
@@ -154,6 +156,7 @@ pub fn serve(
     budget: DescriptorBudget,
     timeouts: Timeouts,
     tls: Option<NodeTls>,
+    auth: AuthView,
 ) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
@@ -188,15 +191,28 @@ pub fn serve(
                     };
                     tracing::debug!(%peer, "client connected");
                     let (node, tls) = (node.clone(), tls.clone());
+                    let auth = auth.clone();
                     actix::spawn(async move {
                         match admit(stream, tls.as_ref(), timeouts).await {
                             Ok(Admitted::Plain(stream)) => {
+                                let caller = Caller {
+                                    peer,
+                                    tls: false,
+                                    cert: None,
+                                    auth,
+                                };
                                 let (r, w) = stream.into_split();
-                                connection(r, w, node, timeouts).await;
+                                connection(r, w, node, timeouts, caller).await;
                             }
-                            Ok(Admitted::Tls(stream, _user)) => {
+                            Ok(Admitted::Tls(stream, cert)) => {
+                                let caller = Caller {
+                                    peer,
+                                    tls: true,
+                                    cert,
+                                    auth,
+                                };
                                 let (r, w) = tokio::io::split(stream);
-                                connection(r, w, node, timeouts).await;
+                                connection(r, w, node, timeouts, caller).await;
                             }
                             Err(why) => {
                                 tracing::warn!(%peer, reason = %why, "client connection refused");
@@ -234,8 +250,63 @@ enum Admitted {
     /// TLS, and the user its client certificate names, if it gave one.
     Tls(
         Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-        Option<String>,
+        Option<Principal>,
     ),
+}
+
+/// Who is at the other end of a client connection, as far as its
+/// transport tells, and the auth state its requests are checked against.
+struct Caller {
+    peer: std::net::SocketAddr,
+    /// Whether the connection is TLS.
+    tls: bool,
+    /// The user its client certificate names (with the fingerprint).
+    cert: Option<Principal>,
+    auth: AuthView,
+}
+
+/// Whether `principal` may make `request` by `state` at `now_ms`, on a
+/// connection that is TLS or not. Until auth is enabled, a TLS port takes
+/// only clients that proved who they are (a client certificate of its CA,
+/// or a token made earlier); a plaintext one takes everyone.
+fn allowed(
+    state: &AuthState,
+    tls: bool,
+    principal: Option<&Principal>,
+    request: &Request,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    if !state.enabled {
+        if tls && principal.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this node takes only clients with a certificate of its client CA (--cert, \
+                 --key) until auth is enabled; then a certificate or a token (--token) of a \
+                 user of the group",
+            ));
+        }
+        return Ok(());
+    }
+    let action = match request {
+        Request::Command { actor, .. } => Action::Write(actor),
+        Request::Query { actor, .. } => Action::Read(actor),
+        Request::Status => Action::Status,
+        Request::Deploy { .. }
+        | Request::Promote { .. }
+        | Request::Auth(_)
+        | Request::Audit { .. }
+        | Request::Authenticate { .. } => Action::Admin,
+    };
+    state.check(principal, action, now_ms).map_err(|d| match d {
+        Denied::Unauthenticated(m) => ApiError::new(ErrorCode::Unauthenticated, m),
+        Denied::Permission(m) => ApiError::new(ErrorCode::PermissionDenied, m),
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Take a new client connection through the port's transport: its first
@@ -291,10 +362,19 @@ async fn admit(
             ));
         }
     };
-    let why = match crate::tls::peer_identity(stream.get_ref().1.peer_certificates()) {
+    let certs = stream.get_ref().1.peer_certificates();
+    let fingerprint = certs
+        .and_then(|c| c.first())
+        .map(|der| crate::access::fingerprint(der));
+    let why = match crate::tls::peer_identity(certs) {
         None => return Ok(Admitted::Tls(Box::new(stream), None)),
         Some(Ok(CertIdentity::User(user))) => {
-            return Ok(Admitted::Tls(Box::new(stream), Some(user)));
+            let principal = Principal {
+                user,
+                token: None,
+                cert: fingerprint,
+            };
+            return Ok(Admitted::Tls(Box::new(stream), Some(principal)));
         }
         Some(Ok(other)) => format!(
             "the client certificate names {other}: node certificates are not valid on the \
@@ -325,7 +405,7 @@ type Answer = (Bytes, OwnedSemaphorePermit);
 
 /// Serve one connection (its read and write halves) until the client
 /// closes it or sends a bad frame.
-async fn connection<R, W>(r: R, w: W, node: Addr<Node>, timeouts: Timeouts)
+async fn connection<R, W>(r: R, w: W, node: Addr<Node>, timeouts: Timeouts, caller: Caller)
 where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin + 'static,
@@ -360,6 +440,8 @@ where
     // since when nothing was read or in flight.
     let mut frame_started: Option<std::time::Instant> = None;
     let mut idle_since = std::time::Instant::now();
+    // Who a token said this connection is (it outranks a certificate).
+    let mut token_principal: Option<Principal> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -401,7 +483,37 @@ where
             return; // the client closed
         };
         match request(item) {
+            Ok((id, Request::Authenticate { token })) => {
+                let answer = match crate::access::verify_token(&caller.auth.get(), &token, now_ms())
+                {
+                    Ok(p) => {
+                        let user = p.user.clone();
+                        tracing::debug!(peer = %caller.peer, %user, "client authenticated");
+                        token_principal = Some(p);
+                        Response::Authenticated { user }
+                    }
+                    Err(d) => {
+                        tracing::warn!(peer = %caller.peer, reason = %d, "client token refused");
+                        Response::Error(ApiError::new(ErrorCode::Unauthenticated, d.to_string()))
+                    }
+                };
+                let _ = tx.send((frame(id, answer), slot)).await;
+            }
             Ok((id, request)) => {
+                let principal = token_principal.clone().or_else(|| caller.cert.clone());
+                let state = caller.auth.get();
+                if let Err(e) = allowed(&state, caller.tls, principal.as_ref(), &request, now_ms())
+                {
+                    tracing::info!(
+                        peer = %caller.peer,
+                        user = principal.as_ref().map(|p| p.user.as_str()),
+                        code = ?e.code,
+                        reason = %e.message,
+                        "client request refused"
+                    );
+                    let _ = tx.send((frame(id, Response::Error(e)), slot)).await;
+                    continue;
+                }
                 let query_slot = match request {
                     Request::Query { .. } => match query_slots.clone().acquire_owned().await {
                         Ok(s) => Some(s),
@@ -410,7 +522,11 @@ where
                     _ => None,
                 };
                 let (reply, answer) = oneshot::channel();
-                node.do_send(ClientCall { request, reply });
+                node.do_send(ClientCall {
+                    request,
+                    reply,
+                    by: principal,
+                });
                 let tx = tx.clone();
                 actix::spawn(async move {
                     let _query_slot = query_slot;

@@ -40,7 +40,10 @@ use tokio_util::codec::Framed;
 /// commands that version 2 applied. 4: hello answers carry the receiver's
 /// term and durable log position (a node that lost its data votes by
 /// them), and `FUNCTION_BODY_BYTES_MAX` refuses some modules 3 deployed.
-pub const PEER_PROTOCOL_VERSION: u16 = 5;
+/// 5: followers precompile deployed modules. 6: entries carry who asked
+/// for them and are checked against the replicated auth state (auth and
+/// audit entries, the `Denied` outcome).
+pub const PEER_PROTOCOL_VERSION: u16 = 6;
 
 /// Messages queued per control lane before new ones are dropped.
 const CONTROL_QUEUE: usize = 4096;

@@ -25,6 +25,7 @@ fn entry(index: Index, term: Term, bytes: usize) -> Entry {
             actor: "a".into(),
             client: None,
             command: ByteBuf::from(vec![7u8; bytes]),
+            by: None,
         },
     }
 }

@@ -2051,8 +2051,10 @@ impl Core {
 fn entry_size(e: &Entry) -> usize {
     48 + match &e.payload {
         Payload::Noop => 0,
-        Payload::Deploy { actor, wasm } => actor.len() + wasm.len(),
+        Payload::Deploy { actor, wasm, .. } => actor.len() + wasm.len(),
         Payload::Command { actor, command, .. } => actor.len() + command.len(),
+        // Bounded by the auth limits; an estimate is enough here.
+        Payload::Auth { .. } | Payload::Audit { .. } => 256,
         Payload::Effects(fx) => {
             fx.writes
                 .iter()
@@ -2134,6 +2136,7 @@ mod tests {
             actor: "a".into(),
             client: None,
             command: ByteBuf::new(),
+            by: None,
         }
     }
 

@@ -801,6 +801,7 @@ impl Sim {
                     acked_below: 0,
                 }),
                 command: ByteBuf::from(self.proposals.to_be_bytes().to_vec()),
+                by: None,
             };
             let prepared = self.rng.chance(500);
             let n = self.nodes.get_mut(&id).expect("node");
