@@ -123,6 +123,12 @@ impl NodeProc {
         Self::spawn_limited(args, data_dir, id, None)
     }
 
+    /// Start `understudy` with exactly `args` (and `--data-dir`), as node
+    /// `id`; fails with its error output if it does not start listening.
+    pub fn spawn_args(args: &[&str], data_dir: &Path, id: u64) -> Result<NodeProc> {
+        Self::spawn(args, data_dir, id)
+    }
+
     fn spawn_limited(
         args: &[&str],
         data_dir: &Path,

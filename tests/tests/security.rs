@@ -714,3 +714,100 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
     assert!(out.contains("admin (certificate): auth enable"), "{out}");
     g.assert_same_state(Duration::from_secs(30)).await;
 }
+
+/// Secure by default: a node that listens beyond loopback without TLS
+/// refuses to start and says what to do; with --insecure it starts and
+/// says so in its log; `understudy certs` makes what a TLS node and its
+/// clients need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_beyond_loopback_need_tls_or_insecure_and_certs_makes_what_tls_needs() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n").display().to_string();
+    let (ok, _, err) = understudy_tests::run_cli_within(
+        30,
+        &[
+            "node",
+            "--id",
+            "1",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            &data,
+        ],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("not loopback") && err.contains("--insecure"),
+        "{err}"
+    );
+    let node = understudy_tests::NodeProc::spawn_args(
+        &["node", "--id", "1", "--listen", "0.0.0.0:0", "--insecure"],
+        &dir.path().join("insecure"),
+        1,
+    )
+    .unwrap();
+    assert!(node.stderr().contains("INSECURE"), "{}", node.stderr());
+    drop(node);
+
+    // `certs`, then a TLS node from its files, reached by the CLI.
+    let certs = dir.path().join("certs").display().to_string();
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        60,
+        &["certs", "--out", &certs, "--nodes", "1", "--user", "bob"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("made a CA") && out.contains("user bob"),
+        "{out}{err}"
+    );
+    let file = |f: &str| format!("{certs}/{f}");
+    let tls_node = understudy_tests::NodeProc::spawn_args(
+        &[
+            "node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &file("node-1.pem"),
+            "--tls-key",
+            &file("node-1-key.pem"),
+            "--peer-ca",
+            &file("ca.pem"),
+        ],
+        &dir.path().join("tls"),
+        1,
+    )
+    .unwrap();
+    let addr = tls_node.addr.to_string();
+    let (ca, cert, key) = (
+        file("ca.pem"),
+        file("user-bob.pem"),
+        file("user-bob-key.pem"),
+    );
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        30,
+        &[
+            "status", "--ca", &ca, "--cert", &cert, "--key", &key, "--addr", &addr,
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("Leader"), "{out}{err}");
+    // A second run reuses the CA: a certificate it makes is trusted too.
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        60,
+        &["certs", "--out", &certs, "--nodes", "0", "--user", "carol"],
+    )
+    .await;
+    assert!(ok && out.contains("using the CA"), "{out}{err}");
+    let (cert, key) = (file("user-carol.pem"), file("user-carol-key.pem"));
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        30,
+        &[
+            "status", "--ca", &ca, "--cert", &cert, "--key", &key, "--addr", &addr,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+}
