@@ -136,6 +136,38 @@ async fn forged_peers_are_refused_once_tls_is_on() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // TLS to this plaintext peer port: refused, said on both sides.
+        let layout = understudy_tests::tls_layout(&dir.path().join("other-tls"), 3).unwrap();
+        let member = Forger::Tls(
+            ClientTls::load(
+                &layout.ca_cert(),
+                Some((&layout.node_cert(leader), &layout.node_key(leader))),
+            )
+            .unwrap(),
+        );
+        let reply = forge(
+            g.node(target).peer_addr.unwrap(),
+            &member,
+            leader,
+            target,
+            vec![],
+        )
+        .await;
+        let err = reply.expect_err("a TLS hello cannot reach a plaintext port");
+        assert!(err.contains("handshake"), "{err}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !g
+            .node(target)
+            .stderr()
+            .contains("a TLS handshake reached a plaintext peer port")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                g.node(target).stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     let g = Group::start_tls(&dir.path().join("tls-group"), 3, &[]).unwrap();
@@ -502,6 +534,28 @@ fn denied(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode, what: &
     }
 }
 
+/// What a user without `admin` may not do: deploy, promote, read the
+/// audit trail.
+async fn cannot_administer(c: &Client, who: &str) {
+    let deploy = c.deploy("orders", understudy_examples::KV.to_vec());
+    let code = ErrorCode::PermissionDenied;
+    denied(
+        within(30, "a deploy", deploy).await,
+        code,
+        &format!("{who} deploys"),
+    );
+    denied(
+        within(30, "a promote", c.promote(1)).await,
+        code,
+        &format!("{who} promotes"),
+    );
+    denied(
+        within(30, "an audit", c.audit(10)).await,
+        code,
+        &format!("{who} reads the audit trail"),
+    );
+}
+
 /// The CLI, as the group's admin (the harness's admin certificate).
 async fn admin_cli(g: &Group, args: &[&str]) -> String {
     let layout = g.tls.as_ref().unwrap();
@@ -582,21 +636,7 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
         ErrorCode::PermissionDenied,
         "w reads",
     );
-    denied(
-        within(
-            30,
-            "a deploy",
-            w.deploy("orders", understudy_examples::KV.to_vec()),
-        )
-        .await,
-        ErrorCode::PermissionDenied,
-        "w deploys",
-    );
-    denied(
-        within(30, "a promote", w.promote(1)).await,
-        ErrorCode::PermissionDenied,
-        "w promotes",
-    );
+    cannot_administer(&w, "w").await;
     // The reader.
     let r = within(20, "a client", with_token(&g, &r_token))
         .await
@@ -610,26 +650,7 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
         ErrorCode::PermissionDenied,
         "r writes",
     );
-    denied(
-        within(
-            30,
-            "a deploy",
-            r.deploy("x", understudy_examples::KV.to_vec()),
-        )
-        .await,
-        ErrorCode::PermissionDenied,
-        "r deploys",
-    );
-    denied(
-        within(30, "a promote", r.promote(2)).await,
-        ErrorCode::PermissionDenied,
-        "r promotes",
-    );
-    denied(
-        within(30, "an audit", r.audit(10)).await,
-        ErrorCode::PermissionDenied,
-        "r reads the audit trail",
-    );
+    cannot_administer(&r, "r").await;
     // Nobody: TLS without a certificate or a token.
     let layout = g.tls.as_ref().unwrap();
     let nobody = ClientOptions {
@@ -657,6 +678,55 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
             .map(|_| "a client"),
         ErrorCode::Unauthenticated,
         "a forged token",
+    );
+
+    // A client certificate of a user: valid until revoked.
+    let (real_ca, _) = Layout {
+        dir: layout.dir.clone(),
+    }
+    .ca(Validity::days(1))
+    .unwrap();
+    let carol_dir = dir.path().join("carol");
+    std::fs::create_dir_all(&carol_dir).unwrap();
+    let (cc, ck) = save(
+        &carol_dir,
+        "carol",
+        real_ca.user("r", Validity::days(1)).unwrap(),
+    );
+    let carol = ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        tls: Some(ClientTls::load(&layout.ca_cert(), Some((&cc, &ck))).unwrap()),
+        token: None,
+    };
+    let by_cert = within(
+        20,
+        "a client",
+        Client::connect_node_with(g.node(1).addr, carol),
+    )
+    .await
+    .unwrap();
+    let (out, _) = within(
+        30,
+        "a read",
+        by_cert.query_at("orders", kv_get("a"), understudy::api::ReadLevel::Any),
+    )
+    .await
+    .unwrap();
+    assert!(out.is_ok(), "{out:?}");
+    let cc_arg = cc.display().to_string();
+    let out = admin_cli(&g, &["auth", "revoke-cert", &cc_arg]).await;
+    let at: u64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    g.converged(at, Duration::from_secs(30)).await.unwrap();
+    let err = within(
+        30,
+        "a read",
+        by_cert.query_at("orders", kv_get("a"), understudy::api::ReadLevel::Any),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.code() == Some(ErrorCode::Unauthenticated) && err.to_string().contains("revoked"),
+        "{err}"
     );
 
     // Revoke w's token; its connections on every node fail once the
@@ -707,6 +777,7 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
         "token create",
         "auth enable",
         &format!("token revoke {id}"),
+        "certificate revoke",
         &format!("promote node {to}"),
     ] {
         assert!(out.contains(expected), "audit misses {expected:?}: {out}");

@@ -775,6 +775,57 @@ mod tests {
     }
 
     #[test]
+    fn roles_permissions_revocations_and_allowed_modules_are_bounded_at_and_one_past() {
+        let grant = |role: &str, p: &str| AuthChange::RoleGrant {
+            role: role.into(),
+            permission: Permission::Read(p.into()),
+        };
+        // Roles.
+        let mut s = AuthState::default();
+        for i in 0..ROLES_MAX - 1 {
+            s.roles
+                .insert(format!("r{i}"), BTreeSet::from([Permission::Admin]));
+        }
+        let at = s.apply(&grant("last", "*"), 0).unwrap();
+        assert_eq!(at.roles.len(), ROLES_MAX);
+        assert!(at.apply(&grant("past", "*"), 0).is_err());
+        // Permissions of one role.
+        let mut s = AuthState::default();
+        let perms: BTreeSet<Permission> = (0..PERMISSIONS_PER_ROLE_MAX - 1)
+            .map(|i| Permission::Read(format!("a{i}")))
+            .collect();
+        s.roles.insert("r".into(), perms);
+        let at = s.apply(&grant("r", "last"), 0).unwrap();
+        assert_eq!(at.roles["r"].len(), PERMISSIONS_PER_ROLE_MAX);
+        assert!(at.apply(&grant("r", "past"), 0).is_err());
+        // Revoked certificates.
+        let mut s = AuthState::default();
+        for i in 0..REVOKED_CERTS_MAX - 1 {
+            let mut fp = vec![0u8; 32];
+            fp[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            s.revoked_certs.insert(serde_bytes::ByteBuf::from(fp));
+        }
+        let revoke = |b: u8| AuthChange::CertRevoke {
+            fingerprint: vec![b; 32],
+        };
+        let at = s.apply(&revoke(0xfe), 0).unwrap();
+        assert_eq!(at.revoked_certs.len(), REVOKED_CERTS_MAX);
+        assert!(at.apply(&revoke(0xff), 0).is_err());
+        // Allowed modules.
+        let mut s = AuthState::default();
+        let mut list = BTreeSet::new();
+        for i in 0..ALLOWED_MODULES_MAX - 1 {
+            let mut h = vec![0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            list.insert(serde_bytes::ByteBuf::from(h));
+        }
+        s.allowed_modules = Some(list);
+        let allow = |b: u8| AuthChange::ModuleAllow { hash: vec![b; 32] };
+        let at = s.apply(&allow(0xfe), 0).unwrap();
+        assert!(at.apply(&allow(0xff), 0).is_err());
+    }
+
+    #[test]
     fn the_module_allow_list_is_off_until_a_hash_is_allowed() {
         let s = AuthState::default();
         assert!(s.module_allowed(&[7; 32]));

@@ -1914,6 +1914,72 @@ mod tests {
         assert!(again.auth_view().get().enabled);
     }
 
+    /// The auth state is one value: a change that would make it larger
+    /// than `VALUE_BYTES_MAX` is committed as a refusal (a change that
+    /// keeps it at the limit or under goes through).
+    #[test]
+    fn an_auth_change_past_value_bytes_max_is_refused_and_one_within_is_not() {
+        use crate::auth::{AuthChange, AuthState};
+        let limit = crate::limits::VALUE_BYTES_MAX;
+        let mut state = AuthState::default();
+        let mut i = 0u64;
+        // Roles of long permissions fill it fast (within ROLES_MAX and
+        // PERMISSIONS_PER_ROLE_MAX); short users fill the rest.
+        while codec::encode(&state).len() < limit - 10_000 {
+            let perms = (0..crate::auth::PERMISSIONS_PER_ROLE_MAX)
+                .map(|p| crate::auth::Permission::Read(format!("{p:03}{}", "x".repeat(60))))
+                .collect();
+            state.roles.insert(format!("role-{i}"), perms);
+            i += 1;
+        }
+        while codec::encode(&state).len() < limit - 40 {
+            state.users.insert(format!("s{i}"), Default::default());
+            i += 1;
+        }
+        let add = |name: String| AuthChange::UserAdd {
+            name,
+            roles: Default::default(),
+        };
+        let small = add("a".into());
+        let large = add("b".repeat(crate::auth::NAME_BYTES_MAX));
+        let within = state.apply(&small, 0).unwrap();
+        assert!(codec::encode(&within).len() <= limit);
+        let past = within.apply(&large, 0).unwrap();
+        assert!(
+            codec::encode(&past).len() > limit,
+            "the test's second change must pass the limit"
+        );
+        // Stored as the applier keeps it, at a window end.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), &identity(), &StorageOptions::default()).unwrap();
+        let mut batch = StateBatch::default();
+        batch
+            .kv
+            .insert(access::auth_key(), Some(codec::encode(&state)));
+        batch.applied_index = RUN_WINDOW;
+        store.commit(&batch).unwrap();
+        drop(store);
+        let mut a = applier(dir.path());
+        let entries = [small, large]
+            .into_iter()
+            .enumerate()
+            .map(|(k, change)| {
+                entry(
+                    RUN_WINDOW + 1 + k as u64,
+                    Payload::Auth { change, by: None },
+                )
+            })
+            .collect::<Vec<_>>();
+        let outcomes = a.apply(&entries).unwrap();
+        assert!(outcomes[0].1.is_ok(), "{:?}", outcomes[0].1);
+        assert!(
+            matches!(&outcomes[1].1, Outcome::Refused { code, message } if code == "too-large" && message.contains("VALUE_BYTES_MAX")),
+            "{:?}",
+            outcomes[1].1
+        );
+        assert_eq!(a.auth_view().get().users.len(), state.users.len() + 1);
+    }
+
     #[test]
     fn discarded_speculation_leaves_no_trace() {
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
