@@ -520,7 +520,8 @@ pub struct Group {
 
 impl Group {
     /// Start `n` nodes (ids 1..=n) under `root`, with fast test timing
-    /// (heartbeat 25 ms, election timeout 150–300 ms) plus `extra` flags.
+    /// (heartbeat 25 ms, election timeout 150–300 ms, unless `extra` sets
+    /// `--heartbeat-ms` and `--election-timeout-ms`) plus `extra` flags.
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> Result<Group> {
         Self::start_limited(root, n, extra, None)
     }
@@ -553,8 +554,12 @@ impl Group {
         let ids: Vec<u64> = (1..=n).collect();
         let net = ProxyNet::new(&ids)?;
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        extra
-            .extend(["--heartbeat-ms", "25", "--election-timeout-ms", "150-300"].map(String::from));
+        // Fast test timing, unless the test sets its own.
+        if !extra.iter().any(|a| a == "--heartbeat-ms") {
+            extra.extend(
+                ["--heartbeat-ms", "25", "--election-timeout-ms", "150-300"].map(String::from),
+            );
+        }
         let mut g = Group {
             nodes: ids.iter().map(|&id| (id, None)).collect(),
             net,

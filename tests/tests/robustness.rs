@@ -831,7 +831,18 @@ async fn a_module_compiling_past_its_budget_is_refused_and_writes_go_on() {
     // the followers compile it alongside on the same two cores and other
     // tests run; 64 functions just under FUNCTION_BODY_BYTES_MAX of the
     // slow code take 5 s and more.
-    let flags = ["--module-compile-timeout-ms", "3000"];
+    // Slower failure detection than the harness's: the test needs one
+    // leader from the slow deploy to the next (seen in CI under load: an
+    // election in between sent the second deploy to a leader whose compile
+    // slot was free).
+    let flags = [
+        "--module-compile-timeout-ms",
+        "3000",
+        "--heartbeat-ms",
+        "100",
+        "--election-timeout-ms",
+        "1500-3000",
+    ];
     let (g, _, c) = group_with_kv(dir.path(), &flags).await;
     let slow = understudy_tests::slow_to_compile_component(64, 13_000);
     assert!(slow.len() <= understudy::limits::MODULE_BYTES_MAX);
