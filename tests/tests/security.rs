@@ -764,6 +764,28 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
         );
     }
 
+    // The module allow-list: once on, only listed modules deploy.
+    admin_cli(&g, &["auth", "module", "allow", "--example", "kv"]).await;
+    let refused = within(
+        60,
+        "a deploy",
+        admin.deploy("c", understudy_examples::COUNTER.to_vec()),
+    )
+    .await;
+    denied(
+        refused,
+        ErrorCode::PermissionDenied,
+        "a module off the allow-list",
+    );
+    let w = within(
+        120,
+        "a deploy",
+        admin.deploy("kv2", understudy_examples::KV.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+
     // The admin promotes; the audit trail names who did what.
     let leader = g.leader(Duration::from_secs(10)).await.unwrap();
     let to = (1..=3).find(|&i| i != leader).unwrap();
@@ -778,6 +800,8 @@ async fn users_may_do_what_their_roles_grant_and_revocation_reaches_every_node()
         "auth enable",
         &format!("token revoke {id}"),
         "certificate revoke",
+        "module allow",
+        "deploy kv2",
         &format!("promote node {to}"),
     ] {
         assert!(out.contains(expected), "audit misses {expected:?}: {out}");

@@ -1866,6 +1866,16 @@ mod tests {
                     by: None,
                 },
             ),
+            // With an allow-list, a module off it is refused at apply.
+            auth(13, AuthChange::ModuleAllow { hash: vec![9; 32] }),
+            entry(
+                14,
+                Payload::Deploy {
+                    actor: "e".into(),
+                    wasm: understudy_examples::KV.to_vec().into(),
+                    by: Some(admin.clone()),
+                },
+            ),
         ];
         let check = |outcomes: &[(Index, Outcome)]| {
             let at = |i: Index| &outcomes[i as usize - 1].1;
@@ -1873,6 +1883,11 @@ mod tests {
             for i in [9, 10, 11, 12] {
                 assert!(matches!(at(i), Outcome::Denied { .. }), "{i}: {:?}", at(i));
             }
+            assert!(
+                matches!(at(14), Outcome::DeployRefused { reason } if reason.contains("allow-list")),
+                "{:?}",
+                at(14)
+            );
         };
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut statement = applier(dirs[0].path());
@@ -1896,17 +1911,19 @@ mod tests {
         assert_eq!(leader.applied(), statement.applied(), "same digest");
         assert_eq!(follower.applied(), statement.applied(), "same digest");
         assert!(follower.auth_view().get().enabled);
-        // The audit trail: the deploy and the six auth changes, newest first.
+        // The audit trail: the deploy and the seven auth changes, newest
+        // first (refusals and denials leave none).
         let trail = statement.audit_trail(100).unwrap();
         let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();
-        assert_eq!(trail.len(), 7, "{actions:?}");
-        assert_eq!(trail[0].index, 8);
-        assert!(actions[0].starts_with("token revoke t1"), "{actions:?}");
-        assert!(actions[6].starts_with("deploy c"), "{actions:?}");
-        assert_eq!(trail[6].by.as_ref(), Some(&admin));
+        assert_eq!(trail.len(), 8, "{actions:?}");
+        assert_eq!(trail[0].index, 13);
+        assert_eq!(trail[1].index, 8);
+        assert!(actions[1].starts_with("token revoke t1"), "{actions:?}");
+        assert!(actions[7].starts_with("deploy c"), "{actions:?}");
+        assert_eq!(trail[7].by.as_ref(), Some(&admin));
         assert_eq!(follower.audit_trail(100).unwrap(), trail);
         // It survives a restart (durable with the state, at a window end).
-        let noops: Vec<Entry> = (13..=RUN_WINDOW).map(|i| entry(i, Payload::Noop)).collect();
+        let noops: Vec<Entry> = (15..=RUN_WINDOW).map(|i| entry(i, Payload::Noop)).collect();
         statement.apply(&noops).unwrap();
         assert_eq!(statement.durable().index, RUN_WINDOW);
         drop(statement);
