@@ -493,6 +493,8 @@ where
                         Response::Authenticated { user }
                     }
                     Err(d) => {
+                        // A failed attempt leaves no identity behind.
+                        token_principal = None;
                         tracing::warn!(peer = %caller.peer, reason = %d, "client token refused");
                         Response::Error(ApiError::new(ErrorCode::Unauthenticated, d.to_string()))
                     }
