@@ -214,7 +214,10 @@ pub fn serve(
                                 let (r, w) = tokio::io::split(stream);
                                 connection(r, w, node, timeouts, caller).await;
                             }
-                            Err(why) => {
+                            Err(NotAdmitted::Silent(why)) => {
+                                tracing::debug!(%peer, reason = %why, "client connection ended");
+                            }
+                            Err(NotAdmitted::Refused(why)) => {
                                 tracing::warn!(%peer, reason = %why, "client connection refused");
                             }
                         }
@@ -309,6 +312,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why a client connection was not taken.
+enum NotAdmitted {
+    /// It sent nothing, or closed (logged at debug).
+    Silent(String),
+    /// It was refused for what it sent or presented (logged at warn).
+    Refused(String),
+}
+
 /// Take a new client connection through the port's transport: its first
 /// byte tells TLS from our plaintext frames, and a connection in the
 /// wrong one gets an error frame in plaintext naming the mistake (a
@@ -319,7 +330,8 @@ async fn admit(
     stream: tokio::net::TcpStream,
     tls: Option<&NodeTls>,
     timeouts: Timeouts,
-) -> Result<Admitted, String> {
+) -> Result<Admitted, NotAdmitted> {
+    use NotAdmitted::{Refused, Silent};
     let wait_ms = if tls.is_some() {
         HANDSHAKE_TIMEOUT_MS
     } else {
@@ -327,8 +339,8 @@ async fn admit(
     };
     let first = match crate::tls::first_byte(&stream, wait_ms).await {
         Ok(Some(b)) => b,
-        Ok(None) => return Err("closed before sending anything".into()),
-        Err(e) => return Err(e.to_string()),
+        Ok(None) => return Err(Silent("closed before sending anything".into())),
+        Err(e) => return Err(Silent(e.to_string())),
     };
     let Some(tls) = tls else {
         if first == TLS_HANDSHAKE_BYTE {
@@ -337,7 +349,7 @@ async fn admit(
                 .to_string();
             refuse_connection(&stream, ErrorCode::BadFrame, why.clone());
             crate::tls::linger(&mut { stream }).await;
-            return Err(why);
+            return Err(Refused(why));
         }
         return Ok(Admitted::Plain(stream));
     };
@@ -347,7 +359,7 @@ async fn admit(
             .to_string();
         refuse_connection(&stream, ErrorCode::Unauthenticated, why.clone());
         crate::tls::linger(&mut { stream }).await;
-        return Err(why);
+        return Err(Refused(why));
     }
     let handshake = tokio::time::timeout(
         std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
@@ -355,11 +367,11 @@ async fn admit(
     );
     let mut stream = match handshake.await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+        Ok(Err(e)) => return Err(Refused(format!("TLS handshake failed: {e}"))),
         Err(_) => {
-            return Err(format!(
+            return Err(Refused(format!(
                 "TLS handshake not done within HANDSHAKE_TIMEOUT_MS = {HANDSHAKE_TIMEOUT_MS} ms"
-            ));
+            )));
         }
     };
     let certs = stream.get_ref().1.peer_certificates();
@@ -397,7 +409,7 @@ async fn admit(
     )
     .await;
     crate::tls::linger(&mut stream).await;
-    Err(why)
+    Err(Refused(why))
 }
 
 /// An answer on its way to the wire, holding its request's slot.

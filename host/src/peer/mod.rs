@@ -360,7 +360,10 @@ pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + 
                                     tracing::debug!(%addr, error = %e, "peer connection ended");
                                 }
                             }
-                            Err(reason) => {
+                            Err(NotAdmitted::Silent(reason)) => {
+                                tracing::debug!(%addr, %reason, "peer connection ended");
+                            }
+                            Err(NotAdmitted::Refused(reason)) => {
                                 tracing::warn!(%addr, %reason, "peer connection refused");
                             }
                         }
@@ -376,6 +379,15 @@ pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + 
     });
 }
 
+/// Why a peer connection was not taken.
+enum NotAdmitted {
+    /// It sent nothing, or closed: not worth a warning (a port scan, a
+    /// proxy's probe).
+    Silent(String),
+    /// It was refused for what it sent or presented (logged at warn).
+    Refused(String),
+}
+
 /// Take a new peer connection through the port's transport: with TLS, a
 /// handshake in which the dialer proves with its certificate which member
 /// it is (returned); without, plaintext. A connection in the other
@@ -384,12 +396,13 @@ pub fn serve(listener: TcpListener, me: LocalIdentity, sink: impl Fn(Inbound) + 
 async fn accept_member(
     stream: TcpStream,
     tls: Option<&NodeTls>,
-) -> Result<(BoxedIo, Option<NodeId>), String> {
+) -> Result<(BoxedIo, Option<NodeId>), NotAdmitted> {
+    use NotAdmitted::{Refused, Silent};
     let first = crate::tls::first_byte(&stream, HELLO_TIMEOUT.as_millis() as u64)
         .await
-        .map_err(|e| format!("no hello: {e}"))?;
+        .map_err(|e| Silent(format!("no hello: {e}")))?;
     let Some(first) = first else {
-        return Err("closed before its hello".into());
+        return Err(Silent("closed before its hello".into()));
     };
     let Some(tls) = tls else {
         if first == TLS_HANDSHAKE_BYTE {
@@ -397,7 +410,7 @@ async fn accept_member(
                           [tls], its members must too"
                 .to_string();
             refuse_io(Box::new(stream), &reason).await;
-            return Err(reason);
+            return Err(Refused(reason));
         }
         return Ok((Box::new(stream), None));
     };
@@ -406,12 +419,12 @@ async fn accept_member(
                       on every member"
             .to_string();
         refuse_io(Box::new(stream), &reason).await;
-        return Err(reason);
+        return Err(Refused(reason));
     }
     let stream = tokio::time::timeout(HELLO_TIMEOUT, tls.peer_acceptor.accept(stream))
         .await
-        .map_err(|_| format!("TLS handshake not done within {HELLO_TIMEOUT:?}"))?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|_| Refused(format!("TLS handshake not done within {HELLO_TIMEOUT:?}")))?
+        .map_err(|e| Refused(format!("TLS handshake failed: {e}")))?;
     let identity = crate::tls::peer_identity(stream.get_ref().1.peer_certificates());
     match identity {
         Some(Ok(CertIdentity::Node(id))) => Ok((Box::new(stream), Some(id))),
@@ -420,14 +433,16 @@ async fn accept_member(
                 "the certificate names {other}: only node certificates are valid on the peer port"
             );
             refuse_io(Box::new(stream), &reason).await;
-            Err(reason)
+            Err(Refused(reason))
         }
         Some(Err(e)) => {
             let reason = format!("bad peer certificate: {e}");
             refuse_io(Box::new(stream), &reason).await;
-            Err(reason)
+            Err(Refused(reason))
         }
-        None => Err("no peer certificate (mutual TLS requires one)".into()),
+        None => Err(Refused(
+            "no peer certificate (mutual TLS requires one)".into(),
+        )),
     }
 }
 

@@ -388,8 +388,8 @@ pub fn explain_handshake_error(e: &std::io::Error) -> String {
     let text = e.to_string();
     if text.contains("corrupt message") || text.contains("InvalidContentType") {
         format!(
-            "TLS handshake failed ({text}): the port does not speak TLS (is the node started \
-             without [tls]? connect without --ca)"
+            "TLS handshake failed ({text}): the port does not speak TLS (the node runs \
+             without [tls]; a client reaches it without --ca)"
         )
     } else {
         format!("TLS handshake failed: {text}")
