@@ -12,6 +12,7 @@ pub use understudy_core::{auth, replication, types};
 pub mod access;
 pub mod api;
 pub mod codec;
+pub mod config;
 pub mod limits;
 pub mod net;
 pub mod node;

@@ -75,7 +75,11 @@ pub const FUNCTION_BODY_BYTES_MAX: usize = 128 << 10;
 /// limit, so a client that pipelines is never refused by it. A query that
 /// waited past `read_timeout_ms` is answered `Timeout` when its turn comes
 /// (a query runs for at most its fuel: about 0.3 s at the default 200 M).
-pub const QUERIES_WAITING_MAX: usize = 4 * crate::node::server::IN_FLIGHT_MAX;
+pub const QUERIES_WAITING_MAX: usize = 4 * IN_FLIGHT_MAX;
+
+/// Requests of one client connection read and not yet answered on the
+/// wire (see [`crate::node::server`]).
+pub const IN_FLIGHT_MAX: usize = 1024;
 
 /// Room for an entry's framing, names, tags and context.
 const ENTRY_OVERHEAD_BYTES_MAX: usize = 64 << 10;

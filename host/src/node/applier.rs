@@ -924,7 +924,7 @@ impl Applier {
             .into());
         }
         let chunks = (0..meta.chunks).map(|seq| {
-            let path = dir.join(crate::peer::snapshot::chunk_name(seq));
+            let path = dir.join(crate::storage::chunk_name(seq));
             let bytes = std::fs::read(&path).map_err(|source| StorageError::Io {
                 path: path.clone(),
                 source,

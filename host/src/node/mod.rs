@@ -13,6 +13,8 @@
 //! The log and the state are separate LMDB environments, so the writer's
 //! fsync of batch N+1 overlaps the applier's work on batch N.
 
+pub use crate::config::{LogKind, Timing};
+
 pub mod applier;
 pub mod server;
 #[cfg(test)]
@@ -113,18 +115,6 @@ pub struct NodeConfig {
     pub insecure: bool,
 }
 
-/// The replication-log kind of a group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogKind {
-    /// The log holds commands; every node runs the machine.
-    #[default]
-    Statement,
-    /// The leader runs the machine (ahead of commit) and logs the effects;
-    /// followers apply them without running guest code.
-    Row,
-}
-
 /// Log compaction bounds. The log keeps the last `retain_entries` applied
 /// entries and those younger than `retain_ms` (by entry timestamp); the
 /// prefix beyond either bound is removed once its effects are durable in
@@ -177,30 +167,6 @@ impl PeerConfig {
                 client_address: None,
             })
             .collect()
-    }
-}
-
-/// Failure-detection timing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Timing {
-    /// Leader heartbeat interval.
-    pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in
-    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
-    pub election_timeout_min_ms: u64,
-    /// Upper bound of the election timeout.
-    pub election_timeout_max_ms: u64,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        let g = GroupConfig::new(1, vec![1]);
-        Timing {
-            heartbeat_interval_ms: g.heartbeat_interval_ms,
-            election_timeout_min_ms: g.election_timeout_min_ms,
-            election_timeout_max_ms: g.election_timeout_max_ms,
-        }
     }
 }
 

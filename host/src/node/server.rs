@@ -46,8 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// Requests of one connection read and not yet answered on the wire.
-pub const IN_FLIGHT_MAX: usize = 1024;
+pub use crate::limits::IN_FLIGHT_MAX;
 
 /// Queries of one connection between being read and having their answer
 /// written: past it the connection is not read until one is answered, so

@@ -122,11 +122,11 @@ pub struct Hello {
     pub lane: Lane,
     /// The sender's replication-log kind (must match the receiver's).
     #[serde(default)]
-    pub log_kind: crate::node::LogKind,
+    pub log_kind: crate::config::LogKind,
     /// The sender's failure-detection timing (must match: leases and
     /// elections count on every member waiting as long).
     #[serde(default)]
-    pub timing: crate::node::Timing,
+    pub timing: crate::config::Timing,
     /// The sender's data-directory incarnation (see
     /// [`crate::storage::LogStore::incarnation`]); 0: not given.
     #[serde(default)]
@@ -182,9 +182,9 @@ pub struct LocalIdentity {
     /// can hold (`storage.map_size_bytes`).
     pub snapshot_bytes_max: u64,
     /// This group's replication-log kind.
-    pub log_kind: crate::node::LogKind,
+    pub log_kind: crate::config::LogKind,
     /// This group's timing.
-    pub timing: crate::node::Timing,
+    pub timing: crate::config::Timing,
     /// This node's data-directory incarnation, sent in every hello.
     pub incarnation: u64,
     /// Where the acceptor records its peers' incarnations (`None`: it
@@ -820,8 +820,8 @@ mod tests {
             client_address: "127.0.0.1:1".into(),
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
             snapshot_bytes_max: u64::MAX,
-            log_kind: crate::node::LogKind::Statement,
-            timing: crate::node::Timing::default(),
+            log_kind: crate::config::LogKind::Statement,
+            timing: crate::config::Timing::default(),
             incarnation: 1,
             book: None,
             tls: None,
@@ -836,8 +836,8 @@ mod tests {
             to: 1,
             client_address: "127.0.0.1:2".into(),
             lane: Lane::Control,
-            log_kind: crate::node::LogKind::Statement,
-            timing: crate::node::Timing::default(),
+            log_kind: crate::config::LogKind::Statement,
+            timing: crate::config::Timing::default(),
             incarnation: 2,
         }
     }
@@ -858,16 +858,16 @@ mod tests {
             (Hello { to: 3, ..hello() }, "meant for node 3"),
             (
                 Hello {
-                    log_kind: crate::node::LogKind::Row,
+                    log_kind: crate::config::LogKind::Row,
                     ..hello()
                 },
                 "log kind",
             ),
             (
                 Hello {
-                    timing: crate::node::Timing {
+                    timing: crate::config::Timing {
                         heartbeat_interval_ms: 1,
-                        ..crate::node::Timing::default()
+                        ..crate::config::Timing::default()
                     },
                     ..hello()
                 },

@@ -20,6 +20,7 @@
 use super::{Hello, HelloReply, PEER_PROTOCOL_VERSION};
 use crate::net;
 use crate::storage::SnapshotMeta;
+pub use crate::storage::chunk_name;
 use crate::types::NodeId;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -102,8 +103,8 @@ pub async fn send_snapshot(
     from: NodeId,
     to: NodeId,
     client_address: &str,
-    log_kind: crate::node::LogKind,
-    timing: crate::node::Timing,
+    log_kind: crate::config::LogKind,
+    timing: crate::config::Timing,
     tls: Option<&crate::tls::NodeTls>,
     dir: &Path,
     meta: &SnapshotMeta,
@@ -171,11 +172,6 @@ pub async fn send_snapshot(
         Answer::Failed(why) => Err(why),
         other => Err(format!("unexpected answer {other:?}")),
     }
-}
-
-/// File name of chunk `seq`.
-pub fn chunk_name(seq: u64) -> String {
-    format!("chunk-{seq:08}")
 }
 
 /// Where a follower stages the chunks of the snapshot `(index, term)`.

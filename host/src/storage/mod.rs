@@ -1123,6 +1123,13 @@ pub struct StateBatch {
     pub digest: [u8; 32],
 }
 
+/// The file of a snapshot's chunk `seq` in its directory (written by
+/// [`StateStore::write_snapshot`], staged by a follower as it arrives, read
+/// back by [`crate::node::applier::Applier::install_snapshot`]).
+pub fn chunk_name(seq: u64) -> String {
+    format!("chunk-{seq:08}")
+}
+
 /// Key of a session record.
 pub fn session_key(client_id: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -1357,7 +1364,7 @@ impl StateStore {
                 let bytes = codec::encode(&*chunk);
                 checksums.push(*blake3::hash(&bytes).as_bytes());
                 total += bytes.len() as u64;
-                let path = dir.join(format!("chunk-{:08}", checksums.len() - 1));
+                let path = dir.join(chunk_name(checksums.len() as u64 - 1));
                 std::fs::write(&path, &bytes).map_err(io)?;
                 chunk.clear();
                 *size = 0;

@@ -1,0 +1,44 @@
+//! Settings every member of a group must share, used by the node and by
+//! the peer transport alike (a peer's hello carries them, and a member of
+//! other settings is refused): the replication-log kind and the
+//! failure-detection timing. At the bottom of the house: it imports only
+//! the protocol core.
+
+use serde::{Deserialize, Serialize};
+use understudy_core::replication::GroupConfig;
+
+/// The replication-log kind of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// The log holds commands; every node runs the machine.
+    #[default]
+    Statement,
+    /// The leader runs the machine (ahead of commit) and logs the effects;
+    /// followers apply them without running guest code.
+    Row,
+}
+
+/// Failure-detection timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let g = GroupConfig::new(1, vec![1]);
+        Timing {
+            heartbeat_interval_ms: g.heartbeat_interval_ms,
+            election_timeout_min_ms: g.election_timeout_min_ms,
+            election_timeout_max_ms: g.election_timeout_max_ms,
+        }
+    }
+}
