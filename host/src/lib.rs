@@ -13,6 +13,7 @@ pub mod access;
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod kv;
 pub mod limits;
 pub mod net;
 pub mod node;

@@ -21,7 +21,7 @@
 //! [`SandboxError`], and those must never be committed as a result.
 
 mod host;
-pub mod view;
+pub use crate::kv as view;
 
 use crate::types::{EntryContext, Index, Outcome, Term};
 use serde_bytes::ByteBuf;
@@ -54,8 +54,7 @@ mod bindings {
 
 pub use bindings::MachinePre;
 
-/// A machine's identity: the BLAKE3 hash of its component bytes.
-pub type ModuleHash = [u8; 32];
+pub use crate::kv::ModuleHash;
 
 /// Limits applied to every machine call. Part of the group's configuration:
 /// every replica must use the same values or results diverge.

@@ -19,8 +19,7 @@
 pub mod journal;
 
 use crate::codec::{self, CodecError};
-use crate::sandbox::ModuleHash;
-use crate::sandbox::view::{KvRead, Pairs, WriteSet};
+use crate::kv::{KvRead, ModuleHash, Pairs, WriteSet};
 use crate::types::{Entry, Index, NodeId, Term};
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls, byteorder::BigEndian};

@@ -1,4 +1,8 @@
-//! Read views of machine state and the write overlay a call builds.
+//! The state's shared vocabulary, below both the sandbox and storage:
+//! read views of machine state ([`KvRead`]), the write overlay a call
+//! builds ([`WriteSet`]), and a module's identity ([`ModuleHash`]).
+//! Re-exported as `sandbox::view` (and `ModuleHash` as
+//! `sandbox::ModuleHash`), where the code that uses them looks.
 //!
 //! A machine call never writes to LMDB directly. Its `kv.put`/`kv.delete`
 //! land in a [`WriteSet`] layered over a read-only view; the caller keeps the
@@ -8,6 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+
+/// A machine's identity: the BLAKE3 hash of its component bytes.
+pub type ModuleHash = [u8; 32];
 
 /// Most pairs one `range` call returns, whatever the guest asks.
 pub const RANGE_LIMIT_MAX: usize = 10_000;
