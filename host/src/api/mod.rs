@@ -31,7 +31,10 @@ pub struct Frame<T> {
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteConcern {
-    /// After a majority has it durable and the leader applied it (never lost).
+    /// After a majority has it durable (never lost). The answer carries
+    /// the outcome every replica computes: the leader executed the entry
+    /// while it was replicated (or, row kind, before logging its effects)
+    /// and answers at commit.
     #[default]
     Majority,
     /// After the leader's fsync; may be lost on failover.

@@ -1,11 +1,14 @@
 //! Applies committed log entries to the machine state through the sandbox.
 //!
-//! One call of [`Applier::apply`] is one batch: every entry runs against a
-//! read snapshot plus the writes of the entries before it in the batch, and
-//! the whole batch — machine writes, client sessions, new actors and
-//! modules, `applied_index` and the state digest — is committed in one LMDB
-//! write transaction. A crash before the commit re-applies the whole batch
-//! from the log; after it, none of it: never twice, never skipped.
+//! [`Applier::execute`] runs committed entries: each against a read
+//! snapshot plus the pending writes of every entry executed before it, and
+//! its effects join the pending batch, which reads see at once.
+//! [`Applier::checkpoint`] commits the pending batch — machine writes,
+//! client sessions, new actors and modules, `applied_index` and the state
+//! digest — in one LMDB write transaction, at a window end of
+//! [`RUN_WINDOW`] only ([`Applier::apply`] is both). A crash before a
+//! checkpoint re-executes those entries from the log to the same outcomes;
+//! after it, none of them: never twice, never skipped.
 //!
 //! The digest chains, per entry, the index and the (prefixed) write-set the
 //! entry produced, so two replicas — or a replay of the log — that agree on

@@ -3,8 +3,11 @@
 //! other's single writer:
 //!
 //! * `log/` — [`LogStore`]: the replicated log (index → entry) and the hard
-//!   state (term, vote). Every append is one write transaction and one fsync,
-//!   however many entries it carries (group commit).
+//!   state (term, vote). An append, however many entries it carries (group
+//!   commit), is one record in the log's write-ahead journal and one
+//!   `fdatasync` ([`journal`]); journaled entries move into LMDB in large
+//!   batches. With `journal_bytes = 0` an append is one LMDB write
+//!   transaction and its flush.
 //! * `state/` — [`StateStore`]: every actor's key-value state, the actor
 //!   table, module bytes, precompiled artifacts, client sessions, and the
 //!   `applied_index` with its state digest. One applied batch is one write

@@ -124,7 +124,8 @@ pub enum TransferError {
 /// term; a higher term makes the receiver step down at once (fencing).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Log shipping and heartbeat.
+    /// Log shipping (an empty one probes where a follower's log ends;
+    /// liveness and the commit index travel in [`Message::Heartbeat`]).
     Append {
         /// Leader's term.
         term: Term,
