@@ -29,6 +29,15 @@ pub fn auth_key() -> Vec<u8> {
     crate::storage::actor_key(SYSTEM_NAMESPACE, b"auth")
 }
 
+/// State key of the index of the last auth change: entries read it (8
+/// bytes) to know whether the auth state they hold decoded is current,
+/// instead of reading the whole state for every command.
+pub fn auth_version_key() -> &'static [u8] {
+    static KEY: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| crate::storage::actor_key(SYSTEM_NAMESPACE, b"auth-version"));
+    &KEY
+}
+
 /// State key of the audit trail's next sequence number.
 pub fn audit_seq_key() -> Vec<u8> {
     crate::storage::actor_key(SYSTEM_NAMESPACE, b"audit-seq")
@@ -194,5 +203,7 @@ mod tests {
         }
         assert!(auth_key() < start || auth_key() >= end);
         assert!(audit_seq_key() < start || audit_seq_key() >= end);
+        let version = auth_version_key().to_vec();
+        assert!(version < start || version >= end);
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use understudy::api::client::{Client, ClientError};
 use understudy::api::{ErrorCode, ReadLevel, WriteConcern};
 use understudy::types::Outcome;
-use understudy_tests::{Group, cbor, decode, deploy_kv, kv_get as get, kv_put as put, with_kv};
+use understudy_tests::{
+    Group, cbor, decode, deploy_kv, kv_get as get, kv_put as put, with_kv, within,
+};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -449,18 +451,16 @@ async fn statement_and_row_kinds_end_with_equal_digests_on_every_node() {
         // digests differ: the audit records of the deploys carry their
         // entries' times, which differ between two groups).
         for id in 1..=3 {
-            let n = g.client_of(id).await.unwrap();
+            let n = within(10, "a client", g.client_of(id)).await.unwrap();
             let mut seen = Vec::new();
             for k in 0..9 {
-                let (out, _) = n
-                    .query_at("kv", get(&format!("k{k}")), ReadLevel::Any)
-                    .await
-                    .unwrap();
-                seen.push(out);
+                let read = n.query_at("kv", get(&format!("k{k}")), ReadLevel::Any);
+                seen.push(within(30, "a read", read).await.unwrap().0);
             }
             for acct in ["alice", "bob"] {
                 let q = cbor(&format!(r#"{{"balance":{{"account":"{acct}"}}}}"#));
-                seen.push(n.query_at("bank", q, ReadLevel::Any).await.unwrap().0);
+                let read = n.query_at("bank", q, ReadLevel::Any);
+                seen.push(within(30, "a read", read).await.unwrap().0);
             }
             answers.push((name, id, seen));
         }

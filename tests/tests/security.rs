@@ -136,6 +136,16 @@ async fn forged_peers_are_refused_once_tls_is_on() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // And its hello's client address became the leader hint.
+        let status = within(10, "a status", async {
+            g.client_of(target).await.unwrap().status().await.unwrap()
+        })
+        .await;
+        assert_eq!(
+            status.client_addresses.get(&leader).map(String::as_str),
+            Some("127.0.0.1:1"),
+            "the forged hello redirects clients of a plaintext group"
+        );
         // TLS to this plaintext peer port: refused, said on both sides.
         let layout = understudy_tests::tls_layout(&dir.path().join("other-tls"), 3).unwrap();
         let member = Forger::Tls(
@@ -500,31 +510,33 @@ async fn clients_with_the_wrong_transport_or_certificate_are_refused_clearly() {
     }
 }
 
-/// A client of the group over TLS that proves itself with `token` only.
-async fn with_token(g: &Group, token: &str) -> Result<Client, ClientError> {
+/// How a client reaches the TLS group `g` proving itself with `token` only.
+fn token_options(g: &Group, token: &str) -> ClientOptions {
     let layout = g.tls.as_ref().unwrap();
-    let options = ClientOptions {
+    ClientOptions {
         connect_timeout: Duration::from_secs(5),
         tls: Some(ClientTls::load(&layout.ca_cert(), None).unwrap()),
         token: Some(token.to_string()),
-    };
-    Ok(Client::connect_group_with_options(g.addrs(), options)
-        .await?
-        .request_timeout(Duration::from_secs(20))
-        .retry_for(Duration::from_secs(20)))
+    }
+}
+
+/// A client of the group over TLS that proves itself with `token` only.
+async fn with_token(g: &Group, token: &str) -> Result<Client, ClientError> {
+    Ok(
+        Client::connect_group_with_options(g.addrs(), token_options(g, token))
+            .await?
+            .request_timeout(Duration::from_secs(20))
+            .retry_for(Duration::from_secs(20)),
+    )
 }
 
 /// The same, to exactly node `id`.
 async fn with_token_to(g: &Group, id: u64, token: &str) -> Result<Client, ClientError> {
-    let layout = g.tls.as_ref().unwrap();
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(5),
-        tls: Some(ClientTls::load(&layout.ca_cert(), None).unwrap()),
-        token: Some(token.to_string()),
-    };
-    Ok(Client::connect_node_with(g.node(id).addr, options)
-        .await?
-        .request_timeout(Duration::from_secs(20)))
+    Ok(
+        Client::connect_node_with(g.node(id).addr, token_options(g, token))
+            .await?
+            .request_timeout(Duration::from_secs(20)),
+    )
 }
 
 fn denied(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode, what: &str) {

@@ -451,9 +451,11 @@ pub struct Applier {
     /// Commands run through their machine (not answered from a session or
     /// taken from a speculation), for tests.
     calls: u64,
-    /// The auth state last decoded, with the bytes it came from (entries
-    /// check against the state their view holds; it rarely changes).
-    auth_cache: Option<(Vec<u8>, Arc<AuthState>)>,
+    /// The auth state last decoded and the index of the auth change it
+    /// is from (`None`: auth never configured). Entries check against the
+    /// state their view holds; it rarely changes, so a command reads only
+    /// the 8-byte version to know the cached state is the one.
+    auth_cache: (Option<Index>, Arc<AuthState>),
     /// Where the auth state of the applied entries is published.
     auth_view: AuthView,
 }
@@ -611,7 +613,7 @@ impl Applier {
             run: Run::after(durable.index),
             spec_run: Run::default(),
             calls: 0,
-            auth_cache: None,
+            auth_cache: (None, Arc::default()),
             auth_view: AuthView::default(),
         })
         .and_then(|mut a| {
@@ -628,41 +630,46 @@ impl Applier {
     /// Publish the auth state the applied entries left (durable and
     /// pending).
     fn publish_auth(&mut self) -> Result<(), StorageError> {
-        let view = BatchView {
-            snap: self.state.snapshot()?,
-            overlay: WriteSet::new(),
-        };
-        let raw = view::layered_get(&self.pending.kv, &view.snap, &access::auth_key());
-        let state = self.decode_auth(raw)?;
-        self.auth_view.set(state);
+        let snap = self.state.snapshot()?;
+        let pending = std::mem::take(&mut self.pending.kv);
+        let state = self.auth_from(|k| view::layered_get(&pending, &snap, k));
+        self.pending.kv = pending;
+        self.auth_view.set(state?);
         Ok(())
     }
 
-    /// The auth state stored as `raw` (absent: the default, auth off).
-    fn decode_auth(&mut self, raw: Option<Vec<u8>>) -> Result<Arc<AuthState>, StorageError> {
-        let Some(raw) = raw else {
-            return Ok(Arc::new(AuthState::default()));
-        };
-        if let Some((bytes, state)) = &self.auth_cache
-            && *bytes == raw
-        {
-            return Ok(state.clone());
-        }
-        let state: AuthState =
-            codec::decode("auth state", &raw).map_err(|source| StorageError::Corrupt {
-                path: "state".into(),
-                what: "the auth state".into(),
-                source,
-            })?;
-        let state = Arc::new(state);
-        self.auth_cache = Some((raw, state.clone()));
-        Ok(state)
+    /// The auth state as `view` holds it (none stored: the default, auth
+    /// off), decoded only when its version differs from the cached one.
+    fn auth_at(&mut self, view: &BatchView) -> Result<Arc<AuthState>, StorageError> {
+        self.auth_from(|k| view.get(k))
     }
 
-    /// The auth state as `view` holds it.
-    fn auth_at(&mut self, view: &BatchView) -> Result<Arc<AuthState>, ApplyError> {
-        let raw = view.get(&access::auth_key());
-        Ok(self.decode_auth(raw)?)
+    /// [`Self::auth_at`] over any way of reading a key.
+    fn auth_from(
+        &mut self,
+        get: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Arc<AuthState>, StorageError> {
+        let version = match get(access::auth_version_key()) {
+            None => None,
+            Some(b) => Some(u64::from_be_bytes(b.as_slice().try_into().map_err(
+                |_| StorageError::Invariant("the auth version is not 8 bytes".into()),
+            )?)),
+        };
+        if version == self.auth_cache.0 {
+            return Ok(self.auth_cache.1.clone());
+        }
+        let state = match get(&access::auth_key()) {
+            None => AuthState::default(),
+            Some(raw) => {
+                codec::decode("auth state", &raw).map_err(|source| StorageError::Corrupt {
+                    path: "state".into(),
+                    what: "the auth state".into(),
+                    source,
+                })?
+            }
+        };
+        self.auth_cache = (version, Arc::new(state));
+        Ok(self.auth_cache.1.clone())
     }
 
     /// Add an audit record of `action` by `by` at entry `ctx` to `writes`.
@@ -787,7 +794,7 @@ impl Applier {
             overlay: std::mem::take(&mut batch.kv),
         };
         let mut digest = executed.digest;
-        let mut auth_changed = None;
+        let mut auth_changed = false;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(
@@ -827,9 +834,7 @@ impl Applier {
                 }
             };
             view = v;
-            if let Some(raw) = change.writes.get(&access::auth_key()) {
-                auth_changed = Some(raw.clone());
-            }
+            auth_changed |= change.writes.contains_key(access::auth_version_key());
             digest = chain_digest(&digest, e.index, &change.writes);
             if e.index.is_multiple_of(DIGEST_SAMPLE_EVERY) {
                 self.samples.push((e.index, digest));
@@ -844,9 +849,8 @@ impl Applier {
         batch.kv = view.overlay;
         self.pending_entries += outcomes.len();
         self.pending = batch;
-        if let Some(raw) = auth_changed {
-            let state = self.decode_auth(raw)?;
-            self.auth_view.set(state);
+        if auth_changed {
+            self.publish_auth()?;
         }
         Ok(outcomes)
     }
@@ -1043,6 +1047,10 @@ impl Applier {
                         }
                         let mut done = Change::of_outcome(Outcome::Ok(ByteBuf::new()));
                         done.writes.insert(access::auth_key(), Some(encoded));
+                        done.writes.insert(
+                            access::auth_version_key().to_vec(),
+                            Some(ctx.index.to_be_bytes().to_vec()),
+                        );
                         Self::audit(&view, &mut done.writes, ctx, by, change.to_string())?;
                         Ok((done, view))
                     }
@@ -1976,6 +1984,10 @@ mod tests {
         batch
             .kv
             .insert(access::auth_key(), Some(codec::encode(&state)));
+        batch.kv.insert(
+            access::auth_version_key().to_vec(),
+            Some(1u64.to_be_bytes().to_vec()),
+        );
         batch.applied_index = RUN_WINDOW;
         store.commit(&batch).unwrap();
         drop(store);

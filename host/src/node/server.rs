@@ -237,12 +237,17 @@ pub fn serve(
 /// is written without waiting (if not, the client sees the connection
 /// closed).
 fn refuse_connection(stream: &tokio::net::TcpStream, code: ErrorCode, why: String) {
+    let _ = stream.try_write(&refusal(code, why));
+}
+
+/// A connection-level error frame (id 0), length prefix included.
+fn refusal(code: ErrorCode, why: String) -> BytesMut {
     use tokio_util::codec::Encoder as _;
     let body = Response::Error(ApiError::new(code, why));
     let mut bytes = BytesMut::new();
-    if net::codec().encode(frame(0, body), &mut bytes).is_ok() {
-        let _ = stream.try_write(&bytes);
-    }
+    // A refusal is far under the frame limit: encoding cannot fail.
+    let _ = net::codec().encode(frame(0, body), &mut bytes);
+    bytes
 }
 
 /// A client connection past its transport's checks.
@@ -394,17 +399,11 @@ async fn admit(
         Some(Err(e)) => format!("bad client certificate: {e}"),
     };
     // Over TLS now: one error frame, written within the handshake bound.
-    let body = Response::Error(ApiError::new(ErrorCode::Unauthenticated, why.clone()));
+    use tokio::io::AsyncWriteExt as _;
+    let bytes = refusal(ErrorCode::Unauthenticated, why.clone());
     let _ = tokio::time::timeout(
         std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
-        async {
-            use tokio::io::AsyncWriteExt as _;
-            let mut bytes = BytesMut::new();
-            use tokio_util::codec::Encoder as _;
-            if net::codec().encode(frame(0, body), &mut bytes).is_ok() {
-                let _ = stream.write_all(&bytes).await;
-            }
-        },
+        stream.write_all(&bytes),
     )
     .await;
     crate::tls::linger(&mut stream).await;
