@@ -1397,10 +1397,14 @@ async fn an_idle_connection_is_closed_after_its_timeout_and_a_busy_one_is_not() 
     let flags = ["--idle-timeout-ms".to_string(), "1000".to_string()];
     let node = NodeProc::start_member(&dir.path().join("n1"), 1, "test", &flags).unwrap();
     let busy = within(10, "a client", node.client()).await.unwrap();
+    // Taken before connecting: the node's clock for this connection
+    // starts when it accepts it, which is after this instant, while the
+    // moment this task resumes after the connect may come well after it
+    // on a loaded machine (this test once saw the close "early" that way).
+    let opened = std::time::Instant::now();
     let mut idle = within(5, "a connection", tokio::net::TcpStream::connect(node.addr))
         .await
         .unwrap();
-    let opened = std::time::Instant::now();
     let mut buf = [0u8; 64];
     let read = within(10, "the idle connection's end", idle.read(&mut buf)).await;
     assert!(matches!(read, Ok(0)), "closed without a frame: {read:?}");
