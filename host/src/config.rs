@@ -7,17 +7,9 @@
 use serde::{Deserialize, Serialize};
 use understudy_core::replication::GroupConfig;
 
-/// The replication-log kind of a group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogKind {
-    /// The log holds commands; every node runs the machine.
-    #[default]
-    Statement,
-    /// The leader runs the machine (ahead of commit) and logs the effects;
-    /// followers apply them without running guest code.
-    Row,
-}
+/// The replication-log kind lives in the core (the node's decisions
+/// depend on it); re-exported here with the other shared settings.
+pub use understudy_core::types::LogKind;
 
 /// Failure-detection timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,5 +5,7 @@
 //! drive whole groups of it deterministically.
 
 pub mod auth;
+pub mod client;
+pub mod node;
 pub mod replication;
 pub mod types;

@@ -12,6 +12,18 @@ pub type Term = u64;
 /// A node's id inside its group.
 pub type NodeId = u64;
 
+/// The replication-log kind of a group (equal on every member).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// The log holds commands; every node runs the machine.
+    #[default]
+    Statement,
+    /// The leader runs the machine (ahead of commit) and logs the effects;
+    /// followers apply them without running guest code.
+    Row,
+}
+
 /// Longest actor name accepted.
 pub const ACTOR_NAME_MAX_BYTES: usize = 64;
 

@@ -22,7 +22,7 @@ mod tests;
 
 use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, Status, WriteConcern};
 use crate::peer::{PeerMessage, Peers};
-use crate::replication::{Core, GroupConfig, Message, ProposeError, Ready, Role};
+use crate::replication::{Core, GroupConfig, Role};
 use crate::sandbox::{Sandbox, SandboxLimits};
 use crate::storage::{self, AppliedState, DirLock, HardState, Identity, LogStore, StorageOptions};
 use crate::types::{Entry, Index, NodeId, Outcome, Payload, Term};
@@ -30,11 +30,14 @@ use actix::prelude::*;
 use applier::Applier;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+use understudy_core::client::WriteAnswer;
+use understudy_core::node::{
+    Effect, FaultSource, NodeState, Read, Settings, SnapshotIn, SpeculationFailed,
+};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -205,12 +208,7 @@ fn default_apply_batch_max() -> usize {
 /// Interval of the node's clock tick (elections later; checkpoints now).
 const TICK_MS: u64 = 20;
 
-/// Most entries written in one log transaction.
-const APPEND_BATCH_ENTRIES_MAX: usize = 4096;
-
-/// A peer heard from within this many maximum election timeouts counts as
-/// alive when a forced promotion is asked for.
-pub const PEER_ALIVE_ELECTION_TIMEOUTS: u64 = 3;
+pub use understudy_core::node::PEER_ALIVE_ELECTION_TIMEOUTS;
 
 impl NodeConfig {
     /// A config with defaults for everything but the essentials.
@@ -340,15 +338,6 @@ struct Persist {
     entries: Vec<Entry>,
     reply_to: Recipient<Persisted>,
     fault_to: Recipient<StorageFault>,
-}
-
-/// Which storage has a host fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FaultSource {
-    /// The log writer cannot persist.
-    Log,
-    /// The applier cannot checkpoint the state.
-    Applier,
 }
 
 /// A host fault of the node's storage began (`reason`) or cleared
@@ -1114,94 +1103,50 @@ impl Handler<Damaged> for ApplierActor {
     }
 }
 
-/// A read waiting for its index to be applied.
-struct PendingRead {
+/// A read as the shell holds it: the query, and where to answer.
+pub(crate) struct PendingRead {
     actor: String,
     request: ByteBuf,
     reply: oneshot::Sender<Response>,
-    deadline_ms: u64,
-    /// For a session read: the write's (index, term) must be in the log.
-    token: Option<(Index, Term)>,
 }
 
-/// A write waiting for its entry: answered when applied (majority), or
-/// when durable on this node (leader concern).
-struct Waiter {
-    term: Term,
-    concern: WriteConcern,
-    reply: oneshot::Sender<Response>,
-    /// The outcome, once the leader executed the entry ahead of its commit
-    /// (row kind: it is in the entry): final once the entry commits in
-    /// this term, so the writer is answered at commit, not after the apply.
-    outcome: Option<Outcome>,
-    /// When the writer is answered `Timeout` if nothing else came first.
-    deadline_ms: u64,
+/// The node's decisions, with the shell's reply channels as handles.
+type State = NodeState<oneshot::Sender<Response>, PendingRead>;
+
+/// A snapshot install that failed, and whether the node can go on.
+#[derive(Debug, thiserror::Error)]
+enum InstallFailed {
+    /// The state was not replaced (nothing changed).
+    #[error("{0}")]
+    State(String),
+    /// The applier or the log writer stopped.
+    #[error("{0} stopped")]
+    Stopped(&'static str),
+    /// The state was replaced but the log was not reset to it: the node
+    /// cannot go on (it halts).
+    #[error("state installed but the log reset failed: {0}")]
+    LogReset(String),
 }
 
-/// The leader's speculation: proposals the applier executes ahead of their
-/// commit. Statement kind: alongside replication (the entries are logged
-/// at once); row kind: before they are logged (the log takes the `Effects`
-/// they produce), which the row-only fields below track.
-#[derive(Default)]
-struct Speculation {
-    /// Bumped whenever speculation is discarded; answers of an older epoch
-    /// are dropped.
-    epoch: u64,
-    /// Entries proposed during this turn of the actor, sent to the applier
-    /// together by [`Node::drive_soon`]'s turn.
-    to_speculate: Vec<Entry>,
-    /// The term this node last led in (to notice a new or lost term).
-    led: Option<Term>,
-    /// Row kind: entries sent (or about to be sent) to the applier and not
-    /// yet back.
-    outstanding: u64,
-    /// Row kind: their writers, in log order: (index, concern, reply).
-    waiting: std::collections::VecDeque<(Index, WriteConcern, oneshot::Sender<Response>)>,
-    /// Row kind: speculation may start only once the applied index reaches
-    /// this (so it builds on every entry already in the log; the statement
-    /// kind's applier refuses a gap by itself).
-    barrier: Index,
-    /// Row kind: proposals held until the barrier is reached.
-    held: Vec<(Payload, WriteConcern, oneshot::Sender<Response>, u64)>,
-    /// Row kind: newest timestamp handed out.
-    last_ts: u64,
-}
-
-/// The node actor.
+/// The node actor: the shell that executes what [`NodeState`] decides.
 pub struct Node {
     config: NodeConfig,
+    /// The node's decisions (and the protocol core inside them).
+    state: State,
     /// The auth state of the applied entries (published by the applier).
     auth: crate::access::AuthView,
     /// An audit record to log once this node leads (a forced promotion).
     audit_when_leading: Option<(String, Option<crate::auth::Principal>)>,
     /// TLS for dialing members (snapshot transfers); `None`: plaintext.
     tls: Option<crate::tls::NodeTls>,
-    core: Core,
     writer: Addr<LogWriter>,
     applier: Addr<ApplierActor>,
     peers: Peers,
-    /// Client addresses of members (ours, and as peers announced them).
-    client_addresses: BTreeMap<NodeId, String>,
-    /// When each peer was last heard from (any connection or message), by
-    /// this node's clock: a forced promotion is refused while a majority
-    /// may still be alive.
-    peer_heard_ms: BTreeMap<NodeId, u64>,
     /// What the log's meta holds of a data loss (see
     /// [`LogStore::recovering`]).
     recovering_persisted: ((Term, Index), bool),
-    /// Host faults: the log writer or the applier cannot write (it keeps
-    /// trying). The node steps down, does not campaign, and refuses reads
-    /// and writes with the reason until they clear.
-    log_fault: Option<String>,
-    applier_fault: Option<String>,
     /// The term and log position, for the peer acceptor's hello answers.
     published: crate::peer::Published,
-    /// Queries waiting for a query thread (see `run_read`), and how many
-    /// are with the applier or a query thread now (at most
-    /// `query_threads` × `QUERIES_HANDED_PER_THREAD`).
-    queries_waiting: std::collections::VecDeque<PendingRead>,
-    queries_running: usize,
-    query_threads: usize,
     /// This actor's address, once started (for the applier's `QueryDone`).
     me: Option<Addr<Node>>,
     /// The applier's part of a status (see [`ApplierActor::show`]).
@@ -1211,53 +1156,11 @@ pub struct Node {
     /// A compile is running (set by `deploy`, cleared by its thread when
     /// it ends, even after its deploy was answered).
     compiling: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The term and log position each peer's last answer to this node's
-    /// hello carried.
-    hello_terms: BTreeMap<NodeId, (Term, (Term, Index))>,
-    /// Clients waiting for their entry, by index.
-    waiters: BTreeMap<Index, Waiter>,
-    /// Linearizable reads waiting for their read index, by request id,
-    /// with when it was last asked (the request or its answer may be lost:
-    /// it is asked again after a few heartbeat intervals).
-    read_index_waiting: BTreeMap<u64, (u64, PendingRead)>,
-    /// Linearizable reads waiting for a leader to be known (an election).
-    reads_without_leader: Vec<(u64, PendingRead)>,
-    next_read_ctx: u64,
-    /// Reads waiting for the applied index to reach a point.
-    reads_waiting: BTreeMap<Index, Vec<PendingRead>>,
     /// The durable log, read by the core for terms and log shipping.
     log: LogStore,
-    persist_hard_state: Option<(HardState, u64)>,
-    persist_truncate_from: Option<Index>,
-    persist_queue: Vec<Entry>,
-    persist_in_flight: bool,
-    /// Hard states handed to the writer / known durable (sequence numbers).
-    hard_state_queued: u64,
-    hard_state_durable: u64,
-    /// Messages that must wait until a hard state is durable (a vote is
-    /// never sent before it is on disk).
-    held: Vec<(u64, NodeId, Message)>,
-    /// This node's digest samples (the most recent ones).
-    digests: BTreeMap<Index, [u8; 32]>,
-    /// Peers' samples this node has not reached yet.
-    peer_digests: BTreeMap<(Index, NodeId), [u8; 32]>,
-    /// Per peer: (last index compared, whether it agreed).
-    digest_checks: BTreeMap<NodeId, (Index, bool)>,
-    /// Set when this node's state is found to differ: it serves no reads.
-    quarantined: Option<String>,
     snapshot_maker: Addr<SnapshotMaker>,
-    /// Peers a snapshot is being sent to.
-    snapshots_out: std::collections::BTreeSet<NodeId>,
-    /// A snapshot is being installed: appends are dropped, the clock of the
-    /// core stands still (no elections).
-    installing: bool,
-    /// Incoming snapshot: (index, chunks staged, chunks, bytes).
-    snapshot_in: Option<(Index, u64, u64, u64)>,
-    /// The speculation in flight (see [`Speculation`]).
-    spec: Speculation,
     /// A [`DriveSoon`] is queued.
     drive_soon: bool,
-    halted: Option<String>,
     _lock: DirLock,
 }
 
@@ -1431,60 +1334,46 @@ impl Node {
         let peers = Peers::start(&me, &peer_addresses, move |from, answer| {
             let _ = answers_tx.send(HelloAnswered { from, answer });
         });
+        let settings = Settings {
+            log_kind: config.log_kind,
+            pending_writes_max: config.pending_writes_max,
+            write_timeout_ms: config.write_timeout_ms,
+            read_timeout_ms: config.read_timeout_ms,
+            query_slots: query_threads * QUERIES_HANDED_PER_THREAD,
+            queries_waiting_max: crate::limits::QUERIES_WAITING_MAX,
+            configured_addresses: config
+                .peers
+                .iter()
+                .filter(|p| p.client_address.is_some())
+                .map(|p| p.id)
+                .collect(),
+        };
+        let addresses = std::iter::once((config.node_id, client_address))
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.client_address.clone().map(|a| (p.id, a))),
+            )
+            .collect();
         let node = Node {
+            state: NodeState::new(core, settings, rand::random(), addresses),
             auth: auth.clone(),
             audit_when_leading: None,
             tls,
-            client_addresses: std::iter::once((config.node_id, client_address))
-                .chain(
-                    config
-                        .peers
-                        .iter()
-                        .filter_map(|p| p.client_address.clone().map(|a| (p.id, a))),
-                )
-                .collect(),
-            peer_heard_ms: BTreeMap::new(),
             recovering_persisted: recovering,
-            log_fault: None,
-            applier_fault: None,
             published,
-            hello_terms: BTreeMap::new(),
             compiler,
             shown,
             compiling: Default::default(),
-            queries_waiting: Default::default(),
-            queries_running: 0,
-            query_threads,
             me: None,
             config,
-            core,
             writer,
             applier,
             peers,
-            waiters: BTreeMap::new(),
-            read_index_waiting: BTreeMap::new(),
-            reads_without_leader: Vec::new(),
-            next_read_ctx: 0,
-            reads_waiting: BTreeMap::new(),
             log,
-            persist_hard_state: None,
-            persist_truncate_from: None,
-            persist_queue: Vec::new(),
-            persist_in_flight: false,
-            hard_state_queued: 0,
-            hard_state_durable: 0,
-            held: Vec::new(),
-            digests: BTreeMap::new(),
-            peer_digests: BTreeMap::new(),
-            digest_checks: BTreeMap::new(),
-            quarantined: None,
             snapshot_maker,
-            snapshots_out: Default::default(),
-            installing: false,
-            snapshot_in: None,
-            spec: Speculation::default(),
             drive_soon: false,
-            halted: None,
             _lock: lock,
         };
         let addr = node.start();
@@ -1504,21 +1393,23 @@ impl Node {
             .unwrap_or(0)
     }
 
-    /// Execute the core's outputs.
+    /// One turn of the node's decisions, then their effects.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        if self.core.role() == Role::Leader
+        if self.state.core().role() == Role::Leader
             && let Some((action, by)) = self.audit_when_leading.take()
         {
             // Answered to nobody: the promotion was answered already.
             let (done, _) = oneshot::channel();
-            self.propose(
+            self.state.propose(
                 Payload::Audit { action, by },
                 WriteConcern::Majority,
                 done,
-                ctx,
+                Self::now_ms(),
+                &self.log,
             );
         }
-        let recovering = (self.core.recovery_floor(), !self.core.lost_terms_pending());
+        let core = self.state.core();
+        let recovering = (core.recovery_floor(), !core.lost_terms_pending());
         if recovering != self.recovering_persisted {
             // Synced before this turn's messages leave: a vote this node
             // grants is judged by the floor it will also have after a
@@ -1526,134 +1417,77 @@ impl Node {
             // them is in this turn's hard state — a restart need not learn
             // them again.)
             if let Err(e) = self.log.set_recovering(recovering.0, recovering.1) {
-                return self.halt(format!("cannot record that this node is recovering: {e}"));
+                self.state
+                    .halt(format!("cannot record that this node is recovering: {e}"));
+                return self.execute(ctx);
             }
             self.recovering_persisted = recovering;
         }
-        self.published
-            .set(self.core.term(), self.core.durable_position());
-        if !self.reads_without_leader.is_empty() && self.core.leader().is_some() {
-            for (read_ctx, read) in std::mem::take(&mut self.reads_without_leader) {
-                match self.core.read_index(read_ctx) {
-                    Ok(()) => {
-                        self.read_index_waiting
-                            .insert(read_ctx, (Self::now_ms(), read));
+        self.published.set(
+            self.state.core().term(),
+            self.state.core().durable_position(),
+        );
+        self.state.drive(Self::now_ms(), &self.log);
+        self.execute(ctx);
+    }
+
+    /// Execute the effects the state queued, in order; proposals waiting
+    /// to be executed ahead of commit go once the mailbox is drained.
+    fn execute(&mut self, ctx: &mut Context<Self>) {
+        if self.state.wants_speculation() && !self.drive_soon {
+            // Actix polls a notification after the mailbox: a burst of
+            // client writes becomes one log append, one append message per
+            // follower and one execution, instead of one of each per write.
+            self.drive_soon = true;
+            ctx.notify(DriveSoon);
+        }
+        for effect in self.state.take_effects() {
+            match effect {
+                Effect::Send { to, message } => self.peers.send(to, PeerMessage::Raft(message)),
+                Effect::ShareDigest { index, digest } => {
+                    for p in self.config.peers.iter().map(|p| p.id) {
+                        self.peers.send(p, PeerMessage::Digest { index, digest });
                     }
-                    Err(_) => self.reads_without_leader.push((read_ctx, read)),
+                }
+                Effect::Persist(batch) => self.writer.do_send(Persist {
+                    hard_state: batch.hard_state,
+                    truncate_from: batch.truncate_from,
+                    entries: batch.entries,
+                    reply_to: ctx.address().recipient(),
+                    fault_to: ctx.address().recipient(),
+                }),
+                Effect::ApplyUpTo(up_to) => self.applier.do_send(ApplyUpTo {
+                    up_to,
+                    reply_to: ctx.address().recipient(),
+                    fault_to: ctx.address().recipient(),
+                }),
+                Effect::Speculate(batch) => self.applier.do_send(Speculate {
+                    entries: batch.entries,
+                    as_effects: batch.as_effects,
+                    term_start: batch.term_start,
+                    epoch: batch.epoch,
+                    reply_to: ctx.address().recipient(),
+                }),
+                Effect::DiscardSpeculation => self.applier.do_send(DiscardSpeculation),
+                Effect::SendSnapshot(peer) => self.send_snapshot(peer, ctx),
+                Effect::Answer(reply, answer) => {
+                    let _ = reply.send(written(answer));
+                }
+                Effect::RunRead(read) => self.hand_query(read),
+                Effect::RefuseRead(read, e) => {
+                    let _ = read.reply.send(Response::Error(e));
                 }
             }
         }
-        let Ready {
-            hard_state,
-            truncate_from,
-            append,
-            messages,
-            apply_up_to,
-            reads,
-            failed_reads,
-            snapshots,
-        } = self.core.ready();
-        for peer in snapshots {
-            self.send_snapshot(peer, ctx);
-        }
-        if let Some(hs) = hard_state {
-            self.hard_state_queued += 1;
-            self.persist_hard_state = Some((hs, self.hard_state_queued));
-        }
-        if let Some(t) = truncate_from {
-            // Queued entries at or after the cut are replaced, too.
-            self.persist_queue.retain(|e| e.index < t);
-            self.persist_truncate_from = Some(self.persist_truncate_from.map_or(t, |p| p.min(t)));
-            self.supersede_from(t);
-        }
-        if let Some(first) = append.first() {
-            // Entries replaced without a durable truncation.
-            self.supersede_from(first.index);
-        }
-        self.persist_queue.extend(append);
-        self.flush_persist(ctx);
-        for (to, msg) in messages {
-            if self.hard_state_queued > self.hard_state_durable {
-                self.held.push((self.hard_state_queued, to, msg));
-            } else {
-                self.peers.send(to, PeerMessage::Raft(msg));
-            }
-        }
-        if !self.waiters.is_empty() {
-            self.answer_committed();
-        }
-        if let Some(up_to) = apply_up_to {
-            self.applier.do_send(ApplyUpTo {
-                up_to,
-                reply_to: ctx.address().recipient(),
-                fault_to: ctx.address().recipient(),
-            });
-        }
-        for (read_ctx, index) in reads {
-            if let Some((_, read)) = self.read_index_waiting.remove(&read_ctx) {
-                self.read_at(index, read);
-            }
-        }
-        for read_ctx in failed_reads {
-            if let Some((_, read)) = self.read_index_waiting.remove(&read_ctx) {
-                let e = self.not_leader("leadership changed during the read; retry");
-                let _ = read.reply.send(Response::Error(e));
-            }
-        }
-        self.track_leadership(ctx);
     }
 
     /// The operator's forced promotion for a group that lost its majority:
     /// this node becomes a group of one and leads. Every write that the lost
     /// majority acknowledged and this node lacks is lost — that is the
     /// decision being made, and it is logged as such. Recorded in a file of
-    /// the data directory so that a restart keeps it.
-    /// `Err` with the reason while this node has signs that its group can
-    /// still elect a leader without it being forced: it leads a group of
-    /// more than one, it heard from a leader, or it heard from enough
-    /// peers to make a majority with itself, within
-    /// [`PEER_ALIVE_ELECTION_TIMEOUTS`] maximum election timeouts. Forcing
-    /// it then would make two groups that both take writes.
-    fn majority_may_be_alive(&self) -> Result<(), String> {
-        let members = self.core.members().len();
-        if members <= 1 {
-            return Ok(());
-        }
-        if self.core.role() == Role::Leader {
-            return Err(format!(
-                "this node leads its group of {members} (term {})",
-                self.core.term()
-            ));
-        }
-        let window_ms = PEER_ALIVE_ELECTION_TIMEOUTS * self.config.timing.election_timeout_max_ms;
-        let now = Self::now_ms();
-        let recent = |id: &NodeId| {
-            self.peer_heard_ms
-                .get(id)
-                .is_some_and(|t| now.saturating_sub(*t) <= window_ms)
-        };
-        if let Some(leader) = self.core.leader().filter(recent) {
-            return Err(format!(
-                "this node heard from leader {leader} (term {}) within the last {window_ms} ms",
-                self.core.term()
-            ));
-        }
-        let alive: Vec<NodeId> = self
-            .core
-            .members()
-            .iter()
-            .copied()
-            .filter(|id| *id != self.config.node_id && recent(id))
-            .collect();
-        if alive.len() + 1 > members / 2 {
-            return Err(format!(
-                "members {alive:?} were heard from within the last {window_ms} ms: with this \
-                 node they are a majority of {members}, which can elect a leader"
-            ));
-        }
-        Ok(())
-    }
-
+    /// the data directory so that a restart keeps it. Refused while this
+    /// node has signs that its group can still elect a leader without it
+    /// ([`NodeState::may_still_elect`]).
     fn force_alone(&mut self, node: NodeId) -> Response {
         if node != self.config.node_id {
             return Response::Error(ApiError::new(
@@ -1664,7 +1498,7 @@ impl Node {
                 ),
             ));
         }
-        if let Err(why) = self.majority_may_be_alive() {
+        if let Err(why) = self.state.may_still_elect(Self::now_ms()) {
             return Response::Error(ApiError::new(
                 ErrorCode::BadRequest,
                 format!(
@@ -1672,19 +1506,20 @@ impl Node {
                 ),
             ));
         }
-        if self.persist_in_flight || !self.persist_queue.is_empty() || self.installing {
+        if self.state.log_busy() {
             return Response::Error(ApiError::new(
                 ErrorCode::Unavailable,
                 "log writes are in flight; retry in a moment",
             ));
         }
         let path = self.config.forced_path();
+        let core = self.state.core();
         let record = format!(
             "forced promotion of node {} at {} ms since the epoch, term {}, last index {}\n",
             self.config.node_id,
             Self::now_ms(),
-            self.core.term(),
-            self.core.last_index()
+            core.term(),
+            core.last_index()
         );
         if let Err(e) =
             std::fs::write(&path, record).and_then(|()| std::fs::File::open(&path)?.sync_all())
@@ -1699,36 +1534,24 @@ impl Node {
         }
         tracing::error!(
             node = self.config.node_id,
-            term = self.core.term(),
-            last_index = self.core.last_index(),
+            term = core.term(),
+            last_index = core.last_index(),
             "FORCED PROMOTION by the operator: this node now leads alone; acknowledged writes it lacks are lost, and the other members are no longer part of the group"
-        );
-        let hard = crate::replication::HardState {
-            term: self.core.term(),
-            vote: self.core.vote(),
-        };
-        let last = (
-            self.core.last_index(),
-            crate::replication::LogRead::term(&self.log, self.core.last_index()).unwrap_or(0),
         );
         let group = GroupConfig {
             members: vec![self.config.node_id],
             ..self.config.group()
         };
-        self.core = Core::new(group, hard, last, self.core.applied_index(), rand::random());
-        self.core.tick(Self::now_ms(), &self.log);
+        self.state.lead_alone(group, Self::now_ms(), &self.log);
         Response::Promoting {
             node,
-            term: self.core.term(),
+            term: self.state.core().term(),
         }
     }
 
     /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
     /// core offers it again after a pause.
     fn send_snapshot(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
-        if !self.snapshots_out.insert(peer) {
-            return;
-        }
         let Some(address) = self
             .config
             .peers
@@ -1736,14 +1559,14 @@ impl Node {
             .find(|p| p.id == peer)
             .map(|p| p.address.clone())
         else {
-            return;
+            return self.state.snapshot_not_sent(peer);
         };
         let maker = self.snapshot_maker.clone();
         let cluster = self.config.cluster_id.clone();
         let me = self.config.node_id;
         let log_kind = self.config.log_kind;
         let timing = self.config.timing;
-        let client_address = self.client_addresses.get(&me).cloned().unwrap_or_default();
+        let client_address = self.state.addresses().get(&me).cloned().unwrap_or_default();
         let tls = self.tls.clone();
         tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
         let transfer = async move {
@@ -1767,17 +1590,17 @@ impl Node {
             .map(|()| meta.index)
         };
         ctx.spawn(transfer.into_actor(self).map(move |result, node, ctx| {
-            node.snapshots_out.remove(&peer);
             match result {
                 Ok(index) => {
                     tracing::info!(peer, index, "snapshot delivered");
-                    node.core.snapshot_sent(peer, index, &node.log);
+                    node.state.snapshot_sent(peer, index, &node.log);
                     node.drive(ctx);
                 }
                 Err(e) => {
+                    node.state.snapshot_not_sent(peer);
                     tracing::warn!(peer, error = %e, "snapshot transfer failed; retrying in 1 s");
-                    ctx.run_later(Duration::from_secs(1), move |node, ctx| {
-                        node.core.snapshot_failed(peer);
+                    ctx.run_later(SNAPSHOT_RETRY, move |node, ctx| {
+                        node.state.snapshot_failed(peer);
                         node.drive(ctx);
                     });
                 }
@@ -1795,184 +1618,53 @@ impl Node {
         done: oneshot::Sender<Result<(), String>>,
         ctx: &mut Context<Self>,
     ) {
-        if self.installing || self.core.role() != Role::Follower {
-            let _ = done.send(Err("not a follower ready to install a snapshot".into()));
+        if let Err(e) = self
+            .state
+            .install_begin(from, meta.index, meta.term, &self.log)
+        {
+            let _ = done.send(Err(e.to_string()));
             return;
         }
-        // Only the leader this node follows may replace its state and log:
-        // a snapshot from an old leader, still on its way, would roll back
-        // entries this node acknowledged to the new one.
-        if self.core.leader() != Some(from) {
-            tracing::warn!(
-                from,
-                leader = ?self.core.leader(),
-                index = meta.index,
-                "refused a snapshot from a member that is not this node's leader"
-            );
-            let _ = done.send(Err(format!(
-                "node {from} is not this node's leader ({:?}): snapshot refused",
-                self.core.leader()
-            )));
-            return;
-        }
-        // A log that holds the snapshot's last entry holds everything the
-        // snapshot stands for: apply it from the log, and keep the entries
-        // after it (they may be acknowledged; Raft §7).
-        let held = self
-            .core
-            .unstable_entry(meta.index)
-            .map(|e| e.term)
-            .or_else(|| crate::replication::LogRead::term(&self.log, meta.index));
-        if meta.index > 0 && held == Some(meta.term) {
-            tracing::info!(
-                from,
-                index = meta.index,
-                "a snapshot this node's log already covers: applying from the log instead"
-            );
-            let _ = done.send(Err(format!(
-                "this node's log already holds entry {} of term {}",
-                meta.index, meta.term
-            )));
-            return;
-        }
-        self.installing = true;
-        // Entries not yet written belong to the log being replaced.
-        self.persist_queue.clear();
-        self.persist_truncate_from = None;
         let (applier, writer) = (self.applier.clone(), self.writer.clone());
         let (index, term) = (meta.index, meta.term);
         let work = async move {
             let installed = applier
                 .send(InstallSnapshot { dir, meta })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|_| InstallFailed::Stopped("the applier"))?
+                .map_err(InstallFailed::State)?;
             if installed {
                 writer
                     .send(ResetLog { index, term })
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("FATAL: state installed but the log reset failed: {e}"))?;
+                    .map_err(|_| InstallFailed::Stopped("the log writer"))?
+                    .map_err(InstallFailed::LogReset)?;
             }
-            Ok::<bool, String>(installed)
+            Ok::<bool, InstallFailed>(installed)
         };
-        ctx.spawn(work.into_actor(self).map(move |result, node, ctx| {
-            node.installing = false;
-            node.snapshot_in = None;
-            match result {
-                Ok(installed) => {
-                    if installed {
-                        tracing::info!(index, term, "snapshot installed");
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, node, ctx| match result {
+                    Ok(installed) => {
+                        if installed {
+                            tracing::info!(index, term, "snapshot installed");
+                        }
+                        node.state.install_end(Some((index, term)), &node.log);
+                        node.drive(ctx);
+                        let _ = done.send(Ok(()));
                     }
-                    node.core.restore(index, term);
-                    node.release_reads();
-                    node.drive(ctx);
-                    let _ = done.send(Ok(()));
-                }
-                Err(e) => {
-                    if e.starts_with("FATAL") {
-                        node.halt(e.clone());
+                    Err(e) => {
+                        node.state.install_end(None, &node.log);
+                        if let InstallFailed::LogReset(_) = e {
+                            node.state.halt(e.to_string());
+                        }
+                        tracing::error!(error = %e, "snapshot install failed");
+                        node.execute(ctx);
+                        let _ = done.send(Err(e.to_string()));
                     }
-                    tracing::error!(error = %e, "snapshot install failed");
-                    let _ = done.send(Err(e));
-                }
-            }
-        }));
+                }),
+        );
     }
-
-    /// Answer writers whose entry (of the term they wrote in) is committed
-    /// and whose outcome is known: fixed when the leader executed it ahead
-    /// of the commit (both log kinds).
-    fn answer_committed(&mut self) {
-        let commit = self.core.commit_index();
-        let term = self.core.term();
-        let ready: Vec<Index> = self
-            .waiters
-            .range(..=commit)
-            .filter(|(_, w)| {
-                w.outcome.is_some() && w.term == term && w.concern == WriteConcern::Majority
-            })
-            .map(|(&i, _)| i)
-            .collect();
-        for index in ready {
-            let w = self.waiters.remove(&index).expect("listed");
-            // Committed in this term by this leader: the entry at `index`
-            // is the one it appended (log matching).
-            let _ = w.reply.send(Response::Written {
-                outcome: w.outcome.expect("filtered"),
-                term: w.term,
-                index,
-            });
-        }
-    }
-
-    /// Waiters for entries at `index` and after that this node no longer
-    /// holds learn that their write was replaced (never applied).
-    fn supersede_from(&mut self, index: Index) {
-        let gone = self.waiters.split_off(&index);
-        for (i, w) in gone {
-            // A re-appended entry of the same term is the same entry.
-            if self.core.role() == Role::Leader && self.core.term() == w.term {
-                self.waiters.insert(i, w);
-                continue;
-            }
-            let _ = w.reply.send(Response::Error(ApiError {
-                leader: self.core.leader(),
-                leader_address: self.leader_address(),
-                ..ApiError::new(
-                    ErrorCode::Superseded,
-                    format!(
-                        "entry {i} of term {} was replaced by another leader's; not applied",
-                        w.term
-                    ),
-                )
-            }));
-        }
-    }
-
-    fn flush_persist(&mut self, ctx: &mut Context<Self>) {
-        if self.persist_in_flight
-            || (self.persist_queue.is_empty() && self.persist_hard_state.is_none())
-        {
-            return;
-        }
-        let n = self.persist_queue.len().min(APPEND_BATCH_ENTRIES_MAX);
-        let entries: Vec<Entry> = self.persist_queue.drain(..n).collect();
-        self.persist_in_flight = true;
-        self.writer.do_send(Persist {
-            hard_state: self.persist_hard_state.take(),
-            truncate_from: self.persist_truncate_from.take(),
-            entries,
-            reply_to: ctx.address().recipient(),
-            fault_to: ctx.address().recipient(),
-        });
-    }
-
-    /// The host fault this node has now (a full disk, an I/O error), if any.
-    fn fault(&self) -> Option<&String> {
-        self.log_fault.as_ref().or(self.applier_fault.as_ref())
-    }
-
-    fn halt(&mut self, why: String) {
-        tracing::error!(reason = %why, "node halted: refusing writes");
-        // A halted leader would keep the group from writing: it leaves
-        // leadership to a member that can apply (it still logs and votes).
-        self.core.step_down();
-        self.core.set_candidacy(false);
-        self.halted = Some(why.clone());
-        for (_, w) in std::mem::take(&mut self.waiters) {
-            let _ = w.reply.send(Response::Error(ApiError::new(
-                ErrorCode::Unavailable,
-                why.clone(),
-            )));
-        }
-    }
-
-    fn leader_address(&self) -> Option<String> {
-        self.core
-            .leader()
-            .and_then(|l| self.client_addresses.get(&l).cloned())
-    }
-
     /// A deploy: refused at once unless this node leads and no other
     /// module is compiling; then normalized, compiled and checked as a
     /// machine on a thread of its own, within `module_compile_timeout_ms`,
@@ -1989,9 +1681,9 @@ impl Node {
         ctx: &mut Context<Self>,
     ) {
         use std::sync::atomic::Ordering;
-        if self.core.role() != Role::Leader {
+        if self.state.core().role() != Role::Leader {
             let _ = reply.send(Response::Error(
-                self.not_leader("only the leader takes deploys"),
+                self.state.not_leader("only the leader takes deploys"),
             ));
             return;
         }
@@ -2169,7 +1861,7 @@ impl Node {
     /// within `MODULE_BYTES_MAX`.
     fn precompile(&mut self, from: NodeId, wasm: Vec<u8>) {
         use std::sync::atomic::Ordering;
-        if self.core.leader() != Some(from) || self.core.role() == Role::Leader {
+        if self.state.core().leader() != Some(from) || self.state.core().role() == Role::Leader {
             tracing::warn!(
                 from,
                 "a module to precompile from a member that is not the leader: ignored"
@@ -2214,26 +1906,7 @@ impl Node {
         }
     }
 
-    fn not_leader(&self, message: &str) -> ApiError {
-        ApiError {
-            leader: self.core.leader(),
-            leader_address: self.leader_address(),
-            ..ApiError::new(ErrorCode::NotLeader, message)
-        }
-    }
-
-    /// The answer to a write while leadership is handed to `to`.
-    fn handing_over_to(&self, to: NodeId) -> ApiError {
-        ApiError {
-            leader: Some(to),
-            leader_address: self.client_addresses.get(&to).cloned(),
-            ..ApiError::new(
-                ErrorCode::NotLeader,
-                format!("leadership is being handed to node {to}; retry there"),
-            )
-        }
-    }
-
+    /// A write: proposed through the state, its effects executed.
     fn propose(
         &mut self,
         payload: Payload,
@@ -2241,395 +1914,31 @@ impl Node {
         reply: oneshot::Sender<Response>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(why) = &self.halted {
-            let _ = reply.send(Response::Error(ApiError::new(
-                ErrorCode::Unavailable,
-                format!("node halted: {why}"),
-            )));
-            return;
-        }
-        if let Some(why) = self.fault() {
-            let _ = reply.send(Response::Error(ApiError {
-                leader: self.core.leader(),
-                leader_address: self.leader_address(),
-                ..ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("this node has a host fault: {why}"),
-                )
-            }));
-            return;
-        }
-        if self.waiters.len() + self.spec.waiting.len() >= self.config.pending_writes_max {
-            let _ = reply.send(Response::Error(ApiError::new(
-                ErrorCode::Overloaded,
-                format!("{} writes already waiting; retry later", self.waiters.len()),
-            )));
-            return;
-        }
-        if self.config.log_kind == LogKind::Row {
-            return self.propose_row(payload, concern, reply, ctx);
-        }
-        match self
-            .core
-            .propose(payload, Self::now_ms(), rand::random(), &self.log)
-        {
-            Ok(index) => {
-                let waiter = Waiter {
-                    term: self.core.term(),
-                    concern,
-                    reply,
-                    outcome: None,
-                    deadline_ms: Self::now_ms() + self.config.write_timeout_ms,
-                };
-                self.waiters.insert(index, waiter);
-                // Execute it while it is replicated: its outcome is final
-                // once it commits in this term, so the writer is answered
-                // at commit (see `answer_committed`); the applier runs it
-                // again on apply and checks that it gets the same.
-                let entry = self.core.unstable_entry(index).expect("just proposed");
-                self.spec.to_speculate.push(entry.clone());
-                self.drive_soon(ctx);
-            }
-            Err(ProposeError::NotLeader { .. }) => {
-                let _ = reply.send(Response::Error(
-                    self.not_leader("this node is not the leader"),
-                ));
-            }
-            Err(ProposeError::Transferring { to }) => {
-                let _ = reply.send(Response::Error(self.handing_over_to(to)));
-            }
-        }
-    }
-
-    /// Row log kind: fix the entry's index, term and context, and have the
-    /// applier execute it against the executed state plus the entries
-    /// speculated before it; the `Effects` it returns is what gets logged.
-    fn propose_row(
-        &mut self,
-        payload: Payload,
-        concern: WriteConcern,
-        reply: oneshot::Sender<Response>,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.core.role() != Role::Leader {
-            let _ = reply.send(Response::Error(
-                self.not_leader("this node is not the leader"),
-            ));
-            return;
-        }
-        if let Some(to) = self.core.transferring_to() {
-            let _ = reply.send(Response::Error(self.handing_over_to(to)));
-            return;
-        }
-        if self.core.applied_index() < self.spec.barrier {
-            let deadline = Self::now_ms() + self.config.read_timeout_ms;
-            self.spec.held.push((payload, concern, reply, deadline));
-            return;
-        }
-        let index = self.core.last_index() + 1 + self.spec.outstanding;
-        let ts = Self::now_ms()
-            .max(self.spec.last_ts)
-            .max(self.core.last_timestamp_ms());
-        self.spec.last_ts = ts;
-        let entry = Entry {
-            index,
-            term: self.core.term(),
-            context: crate::types::EntryContext {
-                timestamp_ms: ts,
-                seed: rand::random(),
-            },
-            payload,
-        };
-        self.spec.outstanding += 1;
-        self.spec.waiting.push_back((index, concern, reply));
-        self.spec.to_speculate.push(entry);
-        self.drive_soon(ctx);
-    }
-
-    /// Drive the core after the messages already in the mailbox (actix
-    /// polls a notification after the mailbox): a burst of client writes
-    /// becomes one log append, one append message per follower and, for the
-    /// row kind, one speculation, instead of one of each per write.
-    fn drive_soon(&mut self, ctx: &mut Context<Self>) {
-        if !self.drive_soon {
-            self.drive_soon = true;
-            ctx.notify(DriveSoon);
-        }
-    }
-
-    /// Drop every speculation (lost term, refused append, failed
-    /// execution): writers waiting for one are told to retry, and new
-    /// speculation waits until everything now in the log is applied.
-    fn discard_speculation(&mut self, why: &str) {
-        self.spec.epoch += 1;
-        self.spec.outstanding = 0;
-        self.spec.to_speculate.clear();
-        self.spec.barrier = self.core.last_index();
-        self.applier.do_send(DiscardSpeculation);
-        for (_, _, reply) in std::mem::take(&mut self.spec.waiting) {
-            let _ = reply.send(Response::Error(ApiError {
-                code: if self.core.role() == Role::Leader {
-                    ErrorCode::Unavailable
-                } else {
-                    ErrorCode::NotLeader
-                },
-                ..self.not_leader(&format!("write not logged ({why}); retry"))
-            }));
-        }
-    }
-
-    /// Notice a new or lost term: speculation of an older term is dropped
-    /// before any of the new one starts (both log kinds).
-    fn track_leadership(&mut self, ctx: &mut Context<Self>) {
-        let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
-        if leading == self.spec.led {
-            return;
-        }
-        if self.spec.led.is_some() {
-            self.discard_speculation("leadership changed");
-            if leading.is_none() {
-                self.release_uncommitted_writers();
-            }
-        }
-        self.spec.led = leading;
-        if leading.is_some() {
-            // Build on everything before this term's no-op.
-            self.spec.barrier = self.spec.barrier.max(self.core.term_start_index());
-        } else {
-            for (_, _, reply, _) in std::mem::take(&mut self.spec.held) {
-                let _ = reply.send(Response::Error(
-                    self.not_leader("leadership changed; retry"),
-                ));
-            }
-        }
-        let _ = ctx;
-    }
-
-    /// A leader that lost its term answers every writer whose entry has
-    /// not committed (BRIEF invariant 10): it will not learn their outcome
-    /// as leader, and as a follower it may never hear of their entry again
-    /// (a cut-off old leader keeps it until it rejoins). The entry may
-    /// still commit under the next leader, so the answer says the outcome
-    /// is unknown; a retry with the same client tag (the Rust client
-    /// retries `NotLeader`) is applied at most once and gets the first
-    /// outcome. Writers of committed entries are answered at apply.
-    fn release_uncommitted_writers(&mut self) {
-        let commit = self.core.commit_index();
-        let gone = self.waiters.split_off(&(commit + 1));
-        for (index, w) in gone {
-            let _ = w.reply.send(Response::Error(self.not_leader(&format!(
-                "this node lost its leadership (term {}) before entry {index} committed; \
-                 its outcome is unknown: retry with the same client tag",
-                w.term
-            ))));
-        }
-    }
-
-    /// Writers whose deadline passed are answered `Timeout` (outcome
-    /// unknown; see [`NodeConfig::write_timeout_ms`]).
-    fn expire_writes(&mut self) {
-        let now = Self::now_ms();
-        let expired: Vec<Index> = self
-            .waiters
-            .iter()
-            .filter(|(_, w)| w.deadline_ms <= now)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in expired {
-            let w = self.waiters.remove(&index).expect("listed");
-            let _ = w.reply.send(Response::Error(ApiError {
-                leader: self.core.leader(),
-                leader_address: self.leader_address(),
-                ..ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "entry {index} (term {}) got no outcome within write_timeout_ms = {} ms \
-                         (commit {}, applied {}); its outcome is unknown: retry with the same \
-                         client tag",
-                        w.term,
-                        self.config.write_timeout_ms,
-                        self.core.commit_index(),
-                        self.core.applied_index()
-                    ),
-                )
-            }));
-        }
-    }
-
-    /// Release writes held for the barrier, or expire them.
-    fn release_held_rows(&mut self, ctx: &mut Context<Self>) {
-        if self.spec.held.is_empty() {
-            return;
-        }
-        let now = Self::now_ms();
-        if self.core.applied_index() >= self.spec.barrier {
-            for (payload, concern, reply, _) in std::mem::take(&mut self.spec.held) {
-                self.propose_row(payload, concern, reply, ctx);
-            }
-        } else {
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spec.held)
-                .into_iter()
-                .partition(|h| h.3 <= now);
-            self.spec.held = keep;
-            for (_, _, reply, _) in gone {
-                let _ = reply.send(Response::Error(ApiError::new(
-                    ErrorCode::Timeout,
-                    "the new leader did not catch up in time; retry",
-                )));
-            }
-        }
-    }
-
-    fn refuse_read(read: PendingRead, code: ErrorCode, message: String) {
-        let _ = read
-            .reply
-            .send(Response::Error(ApiError::new(code, message)));
-    }
-
-    fn query(&mut self, read: PendingRead, level: ReadLevel, ctx: &mut Context<Self>) {
-        if let Some(why) = &self.quarantined {
-            let message = format!("this node is quarantined: {why}");
-            return Self::refuse_read(read, ErrorCode::Quarantined, message);
-        }
-        if let Some(why) = &self.halted {
-            let message = format!("this node halted: {why}");
-            return Self::refuse_read(read, ErrorCode::Unavailable, message);
-        }
-        if let Some(why) = self.fault() {
-            let message = format!("this node has a host fault: {why}");
-            return Self::refuse_read(read, ErrorCode::Unavailable, message);
-        }
-        match level {
-            ReadLevel::Any => self.run_read(read),
-            ReadLevel::Bounded {
-                max_lag_entries,
-                max_lag_ms,
-            } => {
-                let (lag_entries, lag_ms) = self.lag();
-                if let Some(max) = max_lag_entries
-                    && lag_entries > max
-                {
-                    let message = format!(
-                        "{lag_entries} committed entries are not applied here yet (at most {max} allowed)"
-                    );
-                    return Self::refuse_read(read, ErrorCode::Stale, message);
-                }
-                if let Some(max) = max_lag_ms {
-                    match lag_ms {
-                        Some(ms) if ms <= max => {}
-                        Some(ms) => {
-                            let message =
-                                format!("{ms} ms behind the leader (at most {max} ms allowed)");
-                            return Self::refuse_read(read, ErrorCode::Stale, message);
-                        }
-                        None => {
-                            let message = "no leader heard from: lag unknown".to_string();
-                            return Self::refuse_read(read, ErrorCode::Stale, message);
-                        }
-                    }
-                }
-                self.run_read(read)
-            }
-            ReadLevel::Session { term, index } => {
-                let read = PendingRead {
-                    token: Some((index, term)),
-                    ..read
-                };
-                self.read_at(index, read)
-            }
-            ReadLevel::Lease if self.core.role() != Role::Leader => {
-                let e = self.not_leader("lease reads are served by the leader only");
-                let _ = read.reply.send(Response::Error(e));
-            }
-            ReadLevel::Lease
-                if self.core.lease_read_ok(Self::now_ms())
-                    && self.core.applied_index() >= self.core.commit_index() =>
-            {
-                self.run_read(read)
-            }
-            // No valid lease (or not caught up): confirm with a majority.
-            ReadLevel::Lease | ReadLevel::Linearizable => {
-                self.next_read_ctx += 1;
-                let read_ctx = self.next_read_ctx;
-                match self.core.read_index(read_ctx) {
-                    Ok(()) => {
-                        self.read_index_waiting
-                            .insert(read_ctx, (Self::now_ms(), read));
-                        self.drive(ctx);
-                    }
-                    Err(_) => {
-                        // An election is running: wait for its outcome.
-                        self.reads_without_leader.push((read_ctx, read));
-                    }
-                }
-            }
-        }
-    }
-
-    /// (committed entries not applied here, milliseconds behind the leader
-    /// if one is known).
-    fn lag(&self) -> (u64, Option<u64>) {
-        let applied = self.core.applied_index();
-        let entries = self.core.commit_index().saturating_sub(applied);
-        let heard = self.core.leader_heard_ms_ago();
-        let oldest_unapplied = if entries > 0 {
-            self.log
-                .read(applied + 1, applied + 1, 1)
-                .ok()
-                .and_then(|v| v.first().map(|e| e.context.timestamp_ms))
-                .map(|t| Self::now_ms().saturating_sub(t))
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        (entries, heard.map(|h| h.max(oldest_unapplied)))
-    }
-
-    /// Serve `read` once this node has applied `index`.
-    fn read_at(&mut self, index: Index, read: PendingRead) {
-        if self.core.applied_index() >= index {
-            self.run_read(read);
-        } else {
-            self.reads_waiting.entry(index).or_default().push(read);
-        }
-    }
-
-    fn run_read(&mut self, read: PendingRead) {
-        if let Some((index, term)) = read.token
-            && crate::replication::LogRead::term(&self.log, index) != Some(term)
-        {
-            let message = format!(
-                "the session's write ({term}, {index}) is not in this node's log: it was lost (a `leader`-concern write that never committed)"
-            );
-            return Self::refuse_read(read, ErrorCode::Superseded, message);
-        }
-        if self.queries_running < self.query_threads * QUERIES_HANDED_PER_THREAD {
-            return self.hand_query(read);
-        }
-        let max = crate::limits::QUERIES_WAITING_MAX;
-        if self.queries_waiting.len() >= max {
-            let message = format!(
-                "{max} queries already wait for this node's query threads (QUERIES_WAITING_MAX); retry later"
-            );
-            return Self::refuse_read(read, ErrorCode::Overloaded, message);
-        }
-        self.queries_waiting.push_back(read);
+        self.state
+            .propose(payload, concern, reply, Self::now_ms(), &self.log);
+        self.execute(ctx);
     }
 
     /// Hand `read` to the applier, which prepares it (pending writes,
     /// machine) and passes it to a query thread: the machine runs there,
     /// over a read snapshot taken then, never on the applier's thread, so
-    /// queries that exhaust their fuel cannot delay writes. At most `query_threads` × `QUERIES_HANDED_PER_THREAD`
-    /// queries are handed over at once; the rest wait here, in order.
-    fn hand_query(&mut self, read: PendingRead) {
+    /// queries that exhaust their fuel cannot delay writes. At most
+    /// `query_threads` × [`QUERIES_HANDED_PER_THREAD`] queries are handed
+    /// over at once; the rest wait in the state, in order.
+    fn hand_query(&mut self, read: Read<PendingRead>) {
         let Some(me) = &self.me else {
-            return Self::refuse_read(read, ErrorCode::Unavailable, "starting".into());
+            let _ = read.handle.reply.send(Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                "starting",
+            )));
+            return self
+                .state
+                .query_done(Self::now_ms(), |r| r.reply.is_closed());
         };
-        self.queries_running += 1;
         self.applier.do_send(RunQuery {
-            actor: read.actor,
-            request: read.request,
-            reply: read.reply,
+            actor: read.handle.actor,
+            request: read.handle.request,
+            reply: read.handle.reply,
             done: QueryDoneGuard {
                 to: me.clone().recipient(),
                 halted: None,
@@ -2638,211 +1947,76 @@ impl Node {
         });
     }
 
-    /// Reads whose index is now applied run; expired reads fail.
-    fn release_reads(&mut self) {
-        let applied = self.core.applied_index();
-        let later = self.reads_waiting.split_off(&(applied + 1));
-        let ready = std::mem::replace(&mut self.reads_waiting, later);
-        for read in ready.into_values().flatten() {
-            self.run_read(read);
-        }
-    }
-
-    /// Ask again for read indexes not answered within a few heartbeat
-    /// intervals (the request or the answer was lost, or the leader changed).
-    fn reask_reads(&mut self) {
-        let now = Self::now_ms();
-        let patience = 4 * self.config.timing.heartbeat_interval_ms;
-        let stale: Vec<u64> = self
-            .read_index_waiting
-            .iter()
-            .filter(|(_, (asked, _))| now.saturating_sub(*asked) >= patience)
-            .map(|(&c, _)| c)
-            .collect();
-        for c in stale {
-            let (_, read) = self.read_index_waiting.remove(&c).expect("listed");
-            match self.core.read_index(c) {
-                Ok(()) => {
-                    self.read_index_waiting.insert(c, (now, read));
-                }
-                Err(_) => self.reads_without_leader.push((c, read)),
-            }
-        }
-    }
-
-    fn expire_reads(&mut self) {
-        let now = Self::now_ms();
-        let applied = self.core.applied_index();
-        let expired: Vec<u64> = self
-            .read_index_waiting
-            .iter()
-            .filter(|(_, (_, r))| r.deadline_ms <= now)
-            .map(|(&c, _)| c)
-            .collect();
-        for c in expired {
-            let (_, read) = self.read_index_waiting.remove(&c).expect("listed");
-            let message = "the leader did not confirm a read index in time".to_string();
-            Self::refuse_read(read, ErrorCode::Timeout, message);
-        }
-        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_without_leader)
-            .into_iter()
-            .partition(|(_, r)| r.deadline_ms <= now);
-        self.reads_without_leader = keep;
-        for (_, read) in gone {
-            let message = "no leader known in time: a linearizable read needs one".to_string();
-            Self::refuse_read(read, ErrorCode::Timeout, message);
-        }
-        for (index, reads) in self.reads_waiting.iter_mut() {
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(reads)
-                .into_iter()
-                .partition(|r| r.deadline_ms <= now);
-            *reads = keep;
-            for read in gone {
-                let message = format!("not caught up to index {index} in time (applied {applied})");
-                Self::refuse_read(read, ErrorCode::Timeout, message);
-            }
-        }
-        self.reads_waiting.retain(|_, v| !v.is_empty());
-    }
-
-    /// Keep this node's new digest samples, share them with every peer,
-    /// and compare them with samples peers sent earlier.
-    fn record_samples(&mut self, samples: Samples) {
-        for (index, digest) in samples {
-            self.digests.insert(index, digest);
-            while self.digests.len() > 1024 {
-                self.digests.pop_first();
-            }
-            for p in self.config.peers.iter().map(|p| p.id) {
-                self.peers.send(p, PeerMessage::Digest { index, digest });
-            }
-            let theirs: Vec<(NodeId, [u8; 32])> = self
-                .peer_digests
-                .range((index, 0)..=(index, NodeId::MAX))
-                .map(|(&(_, from), &d)| (from, d))
-                .collect();
-            for (from, d) in theirs {
-                self.peer_digests.remove(&(index, from));
-                self.compare_digest(from, index, d, digest);
-            }
-        }
-        let applied = self.core.applied_index();
-        self.peer_digests.retain(|&(i, _), _| i > applied);
-    }
-
-    /// A determinism alarm: a follower whose state differs from the
-    /// leader's at the same index, or a leader whose state differs from a
-    /// majority of the group and agrees with no one, is quarantined — it
-    /// serves no reads — and says so in its status and log. Any mismatch is
-    /// logged as an error on both sides.
-    fn compare_digest(&mut self, from: NodeId, index: Index, theirs: [u8; 32], mine: [u8; 32]) {
-        let agree = theirs == mine;
-        self.digest_checks.insert(from, (index, agree));
-        if agree || self.quarantined.is_some() {
-            return;
-        }
-        let hex = |d: &[u8; 32]| {
-            d[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        tracing::error!(
-            peer = from,
-            index,
-            mine = %hex(&mine),
-            theirs = %hex(&theirs),
-            "state digest differs from a peer's at the same index (determinism alarm)"
-        );
-        let leader = self.core.leader();
-        let me = self.config.node_id;
-        let why = if leader == Some(from) {
-            Some(format!(
-                "state digest at index {index} ({}) differs from the leader's (node {from}: {})",
-                hex(&mine),
-                hex(&theirs)
-            ))
-        } else if leader == Some(me) {
-            let quorum = self.config.members().len() / 2 + 1;
-            let differ = self.digest_checks.values().filter(|(_, a)| !a).count();
-            let agree = self.digest_checks.values().filter(|(_, a)| *a).count();
-            // The leader is the odd one out only if a majority of the
-            // group (not counting it) disagrees with it.
-            (differ >= quorum && agree == 0).then(|| {
-                format!(
-                    "state digest at index {index} ({}) differs from every follower compared ({differ})",
-                    hex(&mine)
-                )
-            })
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            tracing::error!(reason = %why, "quarantined: this node serves no reads");
-            self.quarantined = Some(why);
-        }
-    }
-
     fn status(&self) -> Status {
         // The applier's part as it last published it (an apply or a
         // compile in progress does not hold a status up).
         let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, core) = (&self.state, self.state.core());
         Status {
             node_id: self.config.node_id,
             cluster_id: self.config.cluster_id.clone(),
-            role: self.core.role(),
-            term: self.core.term(),
-            leader: self.core.leader(),
-            last_index: self.core.last_index(),
+            role: core.role(),
+            term: core.term(),
+            leader: core.leader(),
+            last_index: core.last_index(),
             log_first_index: crate::replication::LogRead::first_index(&self.log),
-            commit_index: self.core.commit_index(),
+            commit_index: core.commit_index(),
             applied_index: shown.0,
             digest: shown.1.iter().map(|b| format!("{b:02x}")).collect(),
             actors: shown.2.clone(),
-            pending_writes: self.waiters.len(),
-            vote: self.core.vote(),
-            leader_heard_ms_ago: self.core.leader_heard_ms_ago(),
-            leader_address: self.leader_address(),
-            followers: self.core.followers(&self.log),
+            pending_writes: state.pending_writes(),
+            vote: core.vote(),
+            leader_heard_ms_ago: core.leader_heard_ms_ago(),
+            leader_address: state.leader_address(),
+            followers: core.followers(&self.log),
             // A halted node (its state damaged, or applying failed) serves
             // no reads either.
-            quarantined: self.quarantined.clone().or_else(|| self.halted.clone()),
-            recovering_until: self.core.recovering_until(),
-            fault: self.fault().cloned(),
-            snapshot_in: self.snapshot_in.map(|(index, done, chunks, bytes)| {
-                crate::api::SnapshotProgress {
-                    index,
-                    chunks_done: done,
-                    chunks,
-                    bytes,
-                }
+            quarantined: state.quarantined().or(state.halted()).cloned(),
+            recovering_until: core.recovering_until(),
+            fault: state.fault().cloned(),
+            snapshot_in: state.snapshot_in().map(|s| crate::api::SnapshotProgress {
+                index: s.index,
+                chunks_done: s.chunks_done,
+                chunks: s.chunks,
+                bytes: s.bytes,
             }),
-            client_addresses: self.client_addresses.clone(),
+            client_addresses: state.addresses().clone(),
         }
     }
 }
+
+/// A writer's answer on the wire.
+fn written(answer: WriteAnswer) -> Response {
+    match answer {
+        WriteAnswer::Written {
+            outcome,
+            term,
+            index,
+        } => Response::Written {
+            outcome,
+            term,
+            index,
+        },
+        WriteAnswer::Accepted { term, index } => Response::Accepted { term, index },
+        WriteAnswer::Refused(e) => Response::Error(e),
+    }
+}
+
+/// How long after a failed snapshot transfer the core may offer one again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 impl Actor for Node {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.me = Some(ctx.address());
-        self.core.tick(Self::now_ms(), &self.log);
+        self.state.tick(Self::now_ms(), &self.log);
         self.drive(ctx);
         ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
-            // A node that cannot write its log is out of the protocol
-            // until it can (no campaigns, no votes, no acks): its peers
-            // see it as unreachable.
-            if !node.installing && node.log_fault.is_none() {
-                node.core.tick(Self::now_ms(), &node.log);
-            } else {
-                node.core.advance_clock(Self::now_ms());
-            }
-            node.reask_reads();
+            node.state.tick(Self::now_ms(), &node.log);
             node.drive(ctx);
-            node.expire_reads();
-            node.expire_writes();
-            node.release_held_rows(ctx);
+            node.state.expire(Self::now_ms());
+            node.execute(ctx);
             node.applier.do_send(Checkpoint {
                 reply_to: ctx.address().recipient(),
                 fault_to: ctx.address().recipient(),
@@ -2863,55 +2037,22 @@ struct HelloAnswered {
 
 impl Handler<QueryDone> for Node {
     type Result = ();
-    fn handle(&mut self, done: QueryDone, _: &mut Self::Context) {
-        self.queries_running = self.queries_running.saturating_sub(1);
+    fn handle(&mut self, done: QueryDone, ctx: &mut Self::Context) {
         if let Some(why) = done.halted {
-            self.halt(why);
+            self.state.halt(why);
         }
-        let now = Self::now_ms();
-        while let Some(read) = self.queries_waiting.pop_front() {
-            if read.reply.is_closed() {
-                continue; // the client is gone
-            }
-            if now >= read.deadline_ms {
-                let message =
-                    "the query waited for a query thread past read_timeout_ms".to_string();
-                Self::refuse_read(read, ErrorCode::Timeout, message);
-                continue;
-            }
-            return self.hand_query(read);
-        }
+        self.state
+            .query_done(Self::now_ms(), |r| r.reply.is_closed());
+        self.execute(ctx);
     }
 }
 
 impl Handler<HelloAnswered> for Node {
     type Result = ();
     fn handle(&mut self, msg: HelloAnswered, ctx: &mut Self::Context) {
-        // Every answer since this node started carries a term at least as
-        // new as any its old incarnation saw: kept, for if it learns later
-        // (from another peer) that it lost its data.
-        let answer = msg.answer;
-        self.hello_terms.insert(msg.from, (answer.term, answer.log));
-        if !answer.lost_data {
-            self.core.hello_answered(msg.from, answer.term, answer.log);
-            self.drive(ctx);
-            return;
-        }
-        let first = !self.core.lost_terms_pending() && self.core.recovering_until().is_none();
-        self.core.told_lost_data();
-        for (&peer, &(term, log)) in &self.hello_terms {
-            self.core.hello_answered(peer, term, log);
-        }
-        if first {
-            tracing::warn!(
-                node = self.config.node_id,
-                told_by = msg.from,
-                "peer {} knew this node under another incarnation: its data directory was lost; \
-                 it votes only once it has heard enough peers, and then only for logs at least \
-                 as up-to-date as theirs",
-                msg.from,
-            );
-        }
+        let a = msg.answer;
+        self.state
+            .hello_answered(msg.from, a.term, a.log, a.lost_data);
         self.drive(ctx);
     }
 }
@@ -2919,33 +2060,10 @@ impl Handler<HelloAnswered> for Node {
 impl Handler<StorageFault> for Node {
     type Result = ();
     fn handle(&mut self, msg: StorageFault, ctx: &mut Self::Context) {
-        let slot = match msg.source {
-            FaultSource::Log => &mut self.log_fault,
-            FaultSource::Applier => &mut self.applier_fault,
-        };
-        *slot = msg.reason.clone();
-        match msg.reason {
-            Some(why) => {
-                tracing::error!(
-                    node = self.config.node_id,
-                    source = ?msg.source,
-                    reason = %why,
-                    "host fault: stepping down and refusing reads and writes until it clears"
-                );
-                self.core.step_down();
-                self.core.set_candidacy(false);
-            }
-            None => {
-                tracing::warn!(node = self.config.node_id, source = ?msg.source, "host fault cleared");
-                if self.fault().is_none() {
-                    self.core.set_candidacy(true);
-                }
-            }
-        }
+        self.state.storage_fault(msg.source, msg.reason);
         self.drive(ctx);
     }
 }
-
 impl Handler<ClientCall> for Node {
     type Result = ();
     fn handle(&mut self, msg: ClientCall, ctx: &mut Self::Context) {
@@ -3015,10 +2133,15 @@ impl Handler<ClientCall> for Node {
                     actor,
                     request,
                     reply,
-                    deadline_ms: Self::now_ms() + self.config.read_timeout_ms,
-                    token: None,
                 };
-                self.query(read, level, ctx);
+                let now = Self::now_ms();
+                let deadline = now + self.config.read_timeout_ms;
+                self.state.query(read, level, now, deadline, &self.log);
+                match level {
+                    // A read index was asked: its message goes now.
+                    ReadLevel::Lease | ReadLevel::Linearizable => self.drive(ctx),
+                    _ => self.execute(ctx),
+                }
             }
             Request::Status => {
                 let _ = reply.send(Response::Status(Box::new(self.status())));
@@ -3037,9 +2160,9 @@ impl Handler<ClientCall> for Node {
                 self.drive(ctx);
             }
             Request::Promote { node, force: false } => {
-                if self.core.role() != Role::Leader {
+                if self.state.core().role() != Role::Leader {
                     let _ = reply.send(Response::Error(
-                        self.not_leader("only the leader can hand over"),
+                        self.state.not_leader("only the leader can hand over"),
                     ));
                     return;
                 }
@@ -3064,13 +2187,15 @@ impl Handler<ClientCall> for Node {
                 ctx.spawn(accepted.into_actor(self).map(move |answer, me, ctx| {
                     let response = match answer {
                         Ok(Response::Accepted { .. } | Response::Written { .. }) => {
-                            match me.core.transfer_leadership(node) {
+                            match me.state.transfer_leadership(node) {
                                 Ok(()) => Response::Promoting {
                                     node,
-                                    term: me.core.term(),
+                                    term: me.state.core().term(),
                                 },
                                 Err(crate::replication::TransferError::NotLeader { .. }) => {
-                                    Response::Error(me.not_leader("only the leader can hand over"))
+                                    Response::Error(
+                                        me.state.not_leader("only the leader can hand over"),
+                                    )
                                 }
                                 Err(e) => Response::Error(ApiError::new(
                                     ErrorCode::BadRequest,
@@ -3099,62 +2224,13 @@ impl Handler<ClientCall> for Node {
 impl Handler<Speculated> for Node {
     type Result = ();
     fn handle(&mut self, msg: Speculated, ctx: &mut Self::Context) {
-        if msg.epoch != self.spec.epoch {
-            return; // discarded meanwhile; its writers were answered
-        }
-        if self.config.log_kind == LogKind::Statement {
-            // The entries are in the log already; only the outcomes are
-            // news. A speculation that could not run (a gap after a new
-            // term, a host failure) leaves them to be answered on apply.
-            match msg.result {
-                Ok(done) => {
-                    for (e, outcome) in done {
-                        if let Some(w) = self.waiters.get_mut(&e.index)
-                            && w.term == e.term
-                        {
-                            w.outcome = Some(outcome);
-                        }
-                    }
-                    self.answer_committed();
-                }
-                Err(why) => tracing::debug!(%why, "statement not executed ahead of commit"),
-            }
-            return;
-        }
-        let entries = match msg.result {
-            Ok(e) => e,
-            Err(why) => return self.discard_speculation(&why),
-        };
-        self.spec.outstanding -= entries.len() as u64;
-        let term = self.core.term();
-        let (entries, outcomes): (Vec<Entry>, BTreeMap<Index, Outcome>) = entries
-            .into_iter()
-            .map(|(e, outcome)| {
-                let index = e.index;
-                (e, (index, outcome))
-            })
-            .unzip();
-        match self.core.append_prepared(entries, &self.log) {
-            Ok(last) => {
-                while let Some(&(index, _, _)) = self.spec.waiting.front() {
-                    if index > last {
-                        break;
-                    }
-                    let (index, concern, reply) = self.spec.waiting.pop_front().expect("front");
-                    self.waiters.insert(
-                        index,
-                        Waiter {
-                            term,
-                            concern,
-                            reply,
-                            outcome: outcomes.get(&index).cloned(),
-                            deadline_ms: Self::now_ms() + self.config.write_timeout_ms,
-                        },
-                    );
-                }
-                self.drive(ctx);
-            }
-            Err(e) => self.discard_speculation(&e.to_string()),
+        let result = msg.result.map_err(SpeculationFailed);
+        self.state
+            .speculated(msg.epoch, result, Self::now_ms(), &self.log);
+        match self.config.log_kind {
+            // The entries it prepared were appended: they go out now.
+            LogKind::Row => self.drive(ctx),
+            LogKind::Statement => self.execute(ctx),
         }
     }
 }
@@ -3162,80 +2238,54 @@ impl Handler<Speculated> for Node {
 impl Handler<FromPeer> for Node {
     type Result = ();
     fn handle(&mut self, msg: FromPeer, ctx: &mut Self::Context) {
+        use crate::peer::Inbound;
         let from = match &msg.0 {
-            crate::peer::Inbound::Connected { from, .. }
-            | crate::peer::Inbound::Snapshot { from, .. }
-            | crate::peer::Inbound::PeerLostData { from }
-            | crate::peer::Inbound::Message { from, .. } => *from,
+            Inbound::Connected { from, .. }
+            | Inbound::Snapshot { from, .. }
+            | Inbound::PeerLostData { from }
+            | Inbound::Message { from, .. } => *from,
         };
-        self.peer_heard_ms.insert(from, Self::now_ms());
+        self.state.heard_from(from, Self::now_ms());
         match msg.0 {
-            crate::peer::Inbound::Connected {
+            Inbound::Connected {
                 from,
                 client_address,
-            } => {
-                // A configured address wins over what a hello says.
-                let configured = self
-                    .config
-                    .peers
-                    .iter()
-                    .any(|p| p.id == from && p.client_address.is_some());
-                if !configured {
-                    self.client_addresses.insert(from, client_address);
-                }
-            }
-            crate::peer::Inbound::PeerLostData { from } => {
-                self.core.peer_lost_data(from, &self.log);
+            } => self.state.peer_connected(from, client_address),
+            Inbound::PeerLostData { from } => {
+                self.state.peer_lost_data(from, &self.log);
                 self.drive(ctx);
             }
-            crate::peer::Inbound::Message {
-                msg: PeerMessage::Raft(Message::Append { .. }),
-                ..
-            } if self.installing => {
-                // The log is being replaced; the leader resends.
-            }
-            crate::peer::Inbound::Message {
-                msg: PeerMessage::Raft(_),
-                ..
-            } if self.log_fault.is_some() => {
-                // Out of the protocol until the log can be written.
-            }
-            crate::peer::Inbound::Message {
+            Inbound::Message {
                 from,
                 msg: PeerMessage::Raft(msg),
             } => {
-                self.core.step(from, msg, &self.log);
+                self.state.step(from, msg, &self.log);
                 self.drive(ctx);
             }
-            crate::peer::Inbound::Snapshot { from, progress } => match progress {
+            Inbound::Snapshot { from, progress } => match progress {
                 crate::peer::snapshot::Progress::Chunk { meta, done } => {
-                    self.snapshot_in = Some((meta.index, done, meta.chunks, meta.bytes));
+                    self.state.snapshot_progress(SnapshotIn {
+                        index: meta.index,
+                        chunks_done: done,
+                        chunks: meta.chunks,
+                        bytes: meta.bytes,
+                    });
                 }
                 crate::peer::snapshot::Progress::Complete { meta, dir, done } => {
                     self.install_snapshot(from, meta, dir, done, ctx);
                 }
             },
-            crate::peer::Inbound::Message {
+            Inbound::Message {
                 from,
                 msg: PeerMessage::Precompile { wasm },
             } => self.precompile(from, wasm.into_vec()),
-            crate::peer::Inbound::Message {
+            Inbound::Message {
                 from,
                 msg: PeerMessage::Digest { index, digest },
-            } => match self.digests.get(&index) {
-                Some(mine) => {
-                    let mine = *mine;
-                    self.compare_digest(from, index, digest, mine);
-                }
-                None if index > self.core.applied_index() => {
-                    self.peer_digests.insert((index, from), digest);
-                    // Bounded: keep the most recent samples.
-                    while self.peer_digests.len() > 4096 {
-                        self.peer_digests.pop_first();
-                    }
-                }
-                None => {} // too old to compare
-            },
+            } => {
+                self.state.digest_from_peer(from, index, digest);
+                self.execute(ctx);
+            }
         }
     }
 }
@@ -3243,40 +2293,15 @@ impl Handler<FromPeer> for Node {
 impl Handler<Persisted> for Node {
     type Result = ();
     fn handle(&mut self, msg: Persisted, ctx: &mut Self::Context) {
-        self.persist_in_flight = false;
         match msg.result {
             Ok(last) => {
-                if let Some(seq) = msg.hard_state_seq {
-                    self.hard_state_durable = seq;
-                    let durable = self.hard_state_durable;
-                    let (go, hold): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                        .into_iter()
-                        .partition(|(s, _, _)| *s <= durable);
-                    self.held = hold;
-                    for (_, to, m) in go {
-                        self.peers.send(to, PeerMessage::Raft(m));
-                    }
-                }
-                if let Some((index, term)) = last {
-                    self.core.persisted(index, term, &self.log);
-                    // `leader` concern: durable here is enough.
-                    let acked: Vec<Index> = self
-                        .waiters
-                        .range(..=index)
-                        .filter(|(_, w)| w.concern == WriteConcern::Leader && w.term == term)
-                        .map(|(&i, _)| i)
-                        .collect();
-                    for i in acked {
-                        let w = self.waiters.remove(&i).expect("listed");
-                        let _ = w.reply.send(Response::Accepted {
-                            term: w.term,
-                            index: i,
-                        });
-                    }
-                }
+                self.state.persisted(msg.hard_state_seq, last, &self.log);
                 self.drive(ctx);
             }
-            Err(e) => self.halt(format!("log write failed: {e}")),
+            Err(e) => {
+                self.state.persist_failed(e);
+                self.execute(ctx);
+            }
         }
     }
 }
@@ -3285,15 +2310,7 @@ impl Handler<DriveSoon> for Node {
     type Result = ();
     fn handle(&mut self, _: DriveSoon, ctx: &mut Self::Context) {
         self.drive_soon = false;
-        if !self.spec.to_speculate.is_empty() {
-            self.applier.do_send(Speculate {
-                entries: std::mem::take(&mut self.spec.to_speculate),
-                as_effects: self.config.log_kind == LogKind::Row,
-                term_start: self.core.term_start_index(),
-                epoch: self.spec.epoch,
-                reply_to: ctx.address().recipient(),
-            });
-        }
+        self.state.flush_speculation();
         self.drive(ctx);
     }
 }
@@ -3303,36 +2320,12 @@ impl Handler<Applied> for Node {
     fn handle(&mut self, msg: Applied, ctx: &mut Self::Context) {
         match msg.0 {
             Ok((outcomes, applied, samples)) => {
-                // After a snapshot install, a report from before it is stale.
-                if applied.index >= self.core.applied_index() {
-                    self.core.applied(applied.index);
-                }
-                self.record_samples(samples);
-                for (index, term, outcome) in outcomes {
-                    if let Some(w) = self.waiters.remove(&index) {
-                        let response = if w.term == term {
-                            Response::Written {
-                                outcome,
-                                term,
-                                index,
-                            }
-                        } else {
-                            Response::Error(ApiError::new(
-                                ErrorCode::Superseded,
-                                format!(
-                                    "entry {index} of term {} was replaced by one of term {term}; not applied",
-                                    w.term
-                                ),
-                            ))
-                        };
-                        let _ = w.reply.send(response);
-                    }
-                }
-                self.release_reads();
-                self.release_held_rows(ctx);
+                self.state
+                    .applied(applied.index, outcomes, samples, Self::now_ms(), &self.log);
             }
-            Err(e) => self.halt(format!("applying failed: {e}")),
+            Err(e) => self.state.halt(format!("applying failed: {e}")),
         }
+        self.execute(ctx);
     }
 }
 

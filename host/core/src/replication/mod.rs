@@ -361,12 +361,13 @@ struct PendingRead {
     seq: u64,
 }
 
-/// SplitMix64, for election timeouts: deterministic per seed.
+/// SplitMix64, for election timeouts (and the node state's entry seeds):
+/// deterministic per seed.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -741,7 +742,12 @@ impl Core {
         }
     }
 
-    /// The group's voting members, this node included.
+    /// The group configuration this core runs with (members, timing).
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Every voting member, this node included.
     pub fn members(&self) -> &[NodeId] {
         &self.config.members
     }
