@@ -1169,7 +1169,9 @@ async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
     state.commit(&batch).unwrap();
     let snap = forged.join("snapshot");
     std::fs::create_dir_all(&snap).unwrap();
-    let meta = state.write_snapshot(&snap, 1 << 20, |_| Some(1)).unwrap();
+    let meta = state
+        .write_snapshot(&snap, 1 << 20, |_| Some((1, 0)))
+        .unwrap();
     let victim_peer = g
         .node(victim)
         .peer_addr

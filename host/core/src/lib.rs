@@ -8,4 +8,6 @@ pub mod auth;
 pub mod client;
 pub mod node;
 pub mod replication;
+#[cfg(test)]
+mod sim;
 pub mod types;

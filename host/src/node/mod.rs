@@ -420,6 +420,8 @@ struct DiscardSpeculation;
 struct ResetLog {
     index: Index,
     term: Term,
+    /// The timestamp of the snapshot's last entry.
+    timestamp_ms: u64,
 }
 
 /// Produce (or reuse) a snapshot to send.
@@ -652,7 +654,7 @@ impl Handler<ResetLog> for LogWriter {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: ResetLog, _: &mut Self::Context) -> Self::Result {
         self.log
-            .reset_to(msg.index, msg.term)
+            .reset_to(msg.index, msg.term, msg.timestamp_ms)
             .map_err(|e| e.to_string())
     }
 }
@@ -687,7 +689,8 @@ impl Handler<MakeSnapshot> for SnapshotMaker {
         let meta = self
             .state
             .write_snapshot(&tmp, self.chunk_bytes, |i| {
-                crate::replication::LogRead::term(&log, i)
+                let term = crate::replication::LogRead::term(&log, i)?;
+                Some((term, log.timestamp_of(i).ok().flatten().unwrap_or(0)))
             })
             .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&current);
@@ -1219,7 +1222,9 @@ impl Node {
             // A snapshot was installed but the node stopped before the log
             // was reset to it: finish the install.
             tracing::info!(index, term, "completing an interrupted snapshot install");
-            log.reset_to(index, term)?;
+            // (The entry's timestamp is not known here: 0, as before
+            // timestamps were kept with the compacted point.)
+            log.reset_to(index, term, 0)?;
         }
         let last = log.last()?;
         let snapshot_state = state.clone();
@@ -1626,7 +1631,7 @@ impl Node {
             return;
         }
         let (applier, writer) = (self.applier.clone(), self.writer.clone());
-        let (index, term) = (meta.index, meta.term);
+        let (index, term, timestamp_ms) = (meta.index, meta.term, meta.last_timestamp_ms);
         let work = async move {
             let installed = applier
                 .send(InstallSnapshot { dir, meta })
@@ -1635,7 +1640,11 @@ impl Node {
                 .map_err(InstallFailed::State)?;
             if installed {
                 writer
-                    .send(ResetLog { index, term })
+                    .send(ResetLog {
+                        index,
+                        term,
+                        timestamp_ms,
+                    })
                     .await
                     .map_err(|_| InstallFailed::Stopped("the log writer"))?
                     .map_err(InstallFailed::LogReset)?;

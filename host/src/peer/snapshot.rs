@@ -318,6 +318,7 @@ mod tests {
             chunks: chunks.len() as u64,
             bytes: chunks.iter().map(|c| c.len() as u64).sum(),
             checksums: chunks.iter().map(|c| *blake3::hash(c).as_bytes()).collect(),
+            last_timestamp_ms: 0,
         }
     }
 

@@ -235,6 +235,9 @@ impl Default for StorageOptions {
 
 pub use crate::replication::HardState;
 
+/// The log meta key of the last compacted entry's timestamp.
+const COMPACTED_TIMESTAMP: &str = "compacted-timestamp";
+
 /// How an environment syncs its commits.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SyncMode {
@@ -806,11 +809,11 @@ impl LogStore {
         if to <= done {
             return Ok(done);
         }
-        let term = match self.entries.get(&wtxn, &to).map_err(self.err())? {
+        let (term, timestamp_ms) = match self.entries.get(&wtxn, &to).map_err(self.err())? {
             Some(b) => {
-                codec::decode::<Entry>("entry", b)
-                    .map_err(self.corrupt(format!("entry {to}")))?
-                    .term
+                let e = codec::decode::<Entry>("entry", b)
+                    .map_err(self.corrupt(format!("entry {to}")))?;
+                (e.term, e.context.timestamp_ms)
             }
             None => {
                 return Err(StorageError::Invariant(format!(
@@ -824,22 +827,69 @@ impl LogStore {
         self.meta
             .put(&mut wtxn, "compacted", &codec::encode(&(to, term)))
             .map_err(self.err())?;
+        self.meta
+            .put(
+                &mut wtxn,
+                COMPACTED_TIMESTAMP,
+                &codec::encode(&timestamp_ms),
+            )
+            .map_err(self.err())?;
         wtxn.commit().map_err(self.err())?;
         self.refresh_compacted()?;
         Ok(to)
     }
 
     /// Replace the whole log by the compacted point `(index, term)` (after
-    /// a snapshot of the state at `index` was installed).
-    pub fn reset_to(&self, index: Index, term: Term) -> Result<(), StorageError> {
+    /// a snapshot of the state at `index` was installed), whose entry was
+    /// stamped `timestamp_ms` (0 if unknown).
+    pub fn reset_to(
+        &self,
+        index: Index,
+        term: Term,
+        timestamp_ms: u64,
+    ) -> Result<(), StorageError> {
         let mut writer = self.shared.writer.lock().expect("log writer lock");
         self.move_tail(&mut writer, true, |wtxn| {
             self.entries.clear(wtxn).map_err(self.err())?;
             self.meta
                 .put(wtxn, "compacted", &codec::encode(&(index, term)))
+                .map_err(self.err())?;
+            self.meta
+                .put(wtxn, COMPACTED_TIMESTAMP, &codec::encode(&timestamp_ms))
                 .map_err(self.err())
         })?;
         self.refresh_compacted()
+    }
+
+    /// The timestamp of the last compacted entry (0 if none, or if its
+    /// data directory predates this record).
+    pub fn compacted_timestamp_ms(&self) -> Result<u64, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self
+            .meta
+            .get(&rtxn, COMPACTED_TIMESTAMP)
+            .map_err(self.err())?
+        {
+            None => Ok(0),
+            Some(b) => codec::decode(COMPACTED_TIMESTAMP, b)
+                .map_err(self.corrupt(COMPACTED_TIMESTAMP.into())),
+        }
+    }
+
+    /// The timestamp of the entry at `index`, in the log or at its
+    /// compacted point.
+    pub fn timestamp_of(&self, index: Index) -> Result<Option<u64>, StorageError> {
+        if let Some(e) = self
+            .read(index, index, 1)?
+            .first()
+            .filter(|e| e.index == index)
+        {
+            return Ok(Some(e.context.timestamp_ms));
+        }
+        if self.compacted()?.0 == index {
+            return self.compacted_timestamp_ms().map(Some);
+        }
+        Ok(None)
     }
 
     /// Index of the first entry with a timestamp at or after `ms`, searched
@@ -1078,6 +1128,13 @@ impl crate::replication::LogRead for LogStore {
         found.unwrap_or_else(|e| {
             tracing::error!(error = %e, index, "log read failed");
             None
+        })
+    }
+
+    fn compacted_timestamp_ms(&self) -> u64 {
+        LogStore::compacted_timestamp_ms(self).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "log read failed");
+            0
         })
     }
 
@@ -1342,7 +1399,7 @@ impl StateStore {
         &self,
         dir: &Path,
         chunk_bytes: usize,
-        term_of: impl FnOnce(Index) -> Option<Term>,
+        position_of: impl FnOnce(Index) -> Option<(Term, u64)>,
     ) -> Result<SnapshotMeta, StorageError> {
         let io = |source: std::io::Error| StorageError::Io {
             path: dir.to_path_buf(),
@@ -1353,7 +1410,7 @@ impl StateStore {
             None => AppliedState::default(),
             Some(b) => codec::decode("applied", b).map_err(self.corrupt("applied".into()))?,
         };
-        let term = term_of(applied.index).ok_or_else(|| {
+        let (term, last_timestamp_ms) = position_of(applied.index).ok_or_else(|| {
             StorageError::Invariant(format!("no term for applied index {}", applied.index))
         })?;
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -1410,6 +1467,7 @@ impl StateStore {
             chunks: checksums.len() as u64,
             bytes: total,
             checksums,
+            last_timestamp_ms,
         };
         std::fs::write(dir.join("meta"), codec::encode(&meta)).map_err(io)?;
         Ok(meta)
@@ -1565,6 +1623,12 @@ pub struct SnapshotMeta {
     pub bytes: u64,
     /// BLAKE3 of each chunk.
     pub checksums: Vec<[u8; 32]>,
+    /// Timestamp of the entry at `index` (0 if unknown: a snapshot made
+    /// by an older version). The receiver's log keeps it with its
+    /// compacted point, so that leading later it never stamps an entry
+    /// earlier than the ones before.
+    #[serde(default)]
+    pub last_timestamp_ms: u64,
 }
 
 /// An owned read snapshot of the state environment.

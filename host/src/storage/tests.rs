@@ -184,10 +184,20 @@ fn compaction_keeps_the_last_compacted_term_and_the_log_continues() {
     assert_eq!(log.last().unwrap(), (10, 3));
     log.append(&[entry(11, 3, 4)]).unwrap();
     assert!(log.append(&[entry(13, 3, 4)]).is_err(), "still no gaps");
+    // The compacted point keeps its entry's timestamp (here, the index).
+    assert_eq!(log.compacted_timestamp_ms().unwrap(), 10);
+    assert_eq!(log.timestamp_of(10).unwrap(), Some(10));
+    assert_eq!(log.timestamp_of(11).unwrap(), Some(11));
+    assert_eq!(log.timestamp_of(9).unwrap(), None);
     // A snapshot install resets the log to its point.
-    log.reset_to(50, 4).unwrap();
+    log.reset_to(50, 4, 777).unwrap();
     assert_eq!(log.last().unwrap(), (50, 4));
     assert_eq!(log.first_index(), 51);
+    assert_eq!(log.timestamp_of(50).unwrap(), Some(777));
+    assert_eq!(
+        crate::replication::LogRead::compacted_timestamp_ms(&log),
+        777
+    );
     log.append(&[entry(51, 4, 4)]).unwrap();
 }
 
@@ -218,7 +228,7 @@ fn a_state_snapshot_installs_into_another_store_exactly() {
     };
     sb.commit(&old).unwrap();
     let snap = a.path().join("snap");
-    let meta = sa.write_snapshot(&snap, 1024, |_| Some(4)).unwrap();
+    let meta = sa.write_snapshot(&snap, 1024, |_| Some((4, 0))).unwrap();
     assert!(meta.chunks > 5, "small chunks: {}", meta.chunks);
     assert_eq!((meta.index, meta.term, meta.digest), (9, 4, [9; 32]));
     let chunks = (0..meta.chunks).map(|seq| {
@@ -540,7 +550,7 @@ mod model {
                     Op::Reset(k) => {
                         let at = last.0 + k as u64;
                         term += 1;
-                        log.reset_to(at, term).unwrap();
+                        log.reset_to(at, term, 0).unwrap();
                         compacted = (at, term);
                         entries.clear();
                     }

@@ -25,8 +25,6 @@
 
 #[cfg(test)]
 mod fuzz;
-#[cfg(test)]
-mod sim;
 
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
 use serde::{Deserialize, Serialize};
@@ -245,6 +243,12 @@ pub trait LogRead {
     /// into a snapshot (`term(first_index - 1)` is still known).
     fn first_index(&self) -> Index {
         1
+    }
+    /// Timestamp of the last compacted entry (0 if unknown or none): a
+    /// leader whose log's last entry was compacted (or replaced by a
+    /// snapshot) never stamps an entry earlier than it.
+    fn compacted_timestamp_ms(&self) -> u64 {
+        0
     }
 }
 
@@ -1110,7 +1114,8 @@ impl Core {
             None if self.last_index > 0 => log
                 .entries(self.last_index, self.last_index, 1)
                 .first()
-                .map(|e| e.context.timestamp_ms),
+                .map(|e| e.context.timestamp_ms)
+                .or(Some(log.compacted_timestamp_ms())),
             None => None,
         };
         self.last_timestamp_ms = self
@@ -2157,6 +2162,54 @@ mod tests {
         if let Some(last) = r.append.last() {
             c.persisted(last.index, last.term, log);
         }
+    }
+
+    /// A log whose every entry was compacted (or replaced by a snapshot)
+    /// up to `(index, term)`, the last one stamped `ts`.
+    struct Compacted {
+        index: Index,
+        term: Term,
+        ts: u64,
+    }
+    impl LogRead for Compacted {
+        fn term(&self, index: Index) -> Option<Term> {
+            (index == self.index).then_some(self.term)
+        }
+        fn entries(&self, _: Index, _: Index, _: usize) -> Vec<Entry> {
+            Vec::new()
+        }
+        fn first_index(&self) -> Index {
+            self.index + 1
+        }
+        fn compacted_timestamp_ms(&self) -> u64 {
+            self.ts
+        }
+    }
+
+    /// Found by the simulator once it ran each node on its own clock: a
+    /// node whose log ended at a snapshot's entry, leading with a clock
+    /// behind the old leader's, stamped its no-op earlier than that entry.
+    #[test]
+    fn a_leader_whose_last_entry_was_compacted_never_stamps_earlier_than_it() {
+        let log = Compacted {
+            index: 40,
+            term: 2,
+            ts: 9_000,
+        };
+        let hard = HardState {
+            term: 2,
+            vote: None,
+        };
+        let mut c = Core::new(GroupConfig::new(1, vec![1]), hard, (40, 2), 40, 7);
+        c.tick(5_000, &log);
+        let r = c.ready();
+        let noop = r.append.first().expect("a new leader appends its no-op");
+        assert_eq!(noop.index, 41);
+        assert!(
+            noop.context.timestamp_ms >= 9_000,
+            "stamped {} after an entry of 9000",
+            noop.context.timestamp_ms
+        );
     }
 
     #[test]
