@@ -2,6 +2,7 @@
 //! easily stage: a node whose machine is not deterministic.
 
 use super::*;
+use super::writer::SLOW_PERSISTS;
 use crate::api::client::Client;
 use crate::sandbox::{CallContext, NativeKv, NativeMachine};
 use std::sync::Arc;

@@ -133,7 +133,10 @@ fn a_vote_leaves_only_once_the_hard_state_that_records_it_is_durable() {
     s.persisted(batch.hard_state.map(|(_, seq)| seq), None, &disk);
     match s.take_effects().as_slice() {
         [Effect::Send { to: 2, message }] => {
-            assert!(matches!(message, Message::VoteResponse { .. }), "{message:?}")
+            assert!(
+                matches!(message, Message::VoteResponse { .. }),
+                "{message:?}"
+            )
         }
         other => panic!("the held vote leaves once durable: {other:?}"),
     }

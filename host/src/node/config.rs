@@ -1,0 +1,278 @@
+//! A node's configuration: what it needs to start (its ids, addresses,
+//! data directory, limits, timeouts, peers, TLS), with defaults and
+//! validation. Read from `node.toml` or built from CLI flags.
+
+use super::{LogKind, Timing};
+use crate::replication::GroupConfig;
+use crate::sandbox::SandboxLimits;
+use crate::storage::{self, Identity, StorageOptions};
+use crate::types::NodeId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The group's cluster id (a node refuses a data dir of another cluster).
+    pub cluster_id: String,
+    /// Client API address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// LMDB settings.
+    #[serde(default)]
+    pub storage: StorageOptions,
+    /// Sandbox limits (must be equal on every node of a group).
+    #[serde(default)]
+    pub limits: SandboxLimits,
+    /// Most writes waiting for commit before new ones are refused.
+    #[serde(default = "default_pending_writes_max")]
+    pub pending_writes_max: usize,
+    /// Most entries executed in one applier step.
+    #[serde(default = "default_apply_batch_max")]
+    pub apply_batch_entries_max: usize,
+    /// Executed entries kept in memory before their effects are made
+    /// durable in one state transaction (also done every tick).
+    #[serde(default = "default_checkpoint_entries_max")]
+    pub checkpoint_entries_max: usize,
+    /// Where other members connect (required when `peers` is not empty).
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The other members of the group and their peer addresses. Empty: a
+    /// group of one.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Heartbeat and election timing (equal on every member).
+    #[serde(default)]
+    pub timing: Timing,
+    /// How long a read may wait (for a leader, or to catch up) before it
+    /// fails with `Timeout`.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// How long a write may wait for its outcome (the log, a majority,
+    /// the apply) before it is answered `Timeout` ("outcome unknown":
+    /// retried with the same client tag it is applied at most once).
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// How long the leader may compile a deployed module before it
+    /// refuses it (`TooLarge`, nothing reaches the log). The leader
+    /// compiles before it proposes, off the node and applier threads, one
+    /// module at a time (another deploy meanwhile is `Overloaded`); every
+    /// replica later compiles the same code, so this bounds how long
+    /// each replica's applier spends on one deploy.
+    #[serde(default = "default_module_compile_timeout_ms")]
+    pub module_compile_timeout_ms: u64,
+    /// How long a client's frame may take to arrive, from its first byte
+    /// to its last, before the connection is refused (`BadFrame`) and
+    /// closed: a slow sender cannot hold a read buffer for long.
+    #[serde(default = "default_frame_read_timeout_ms")]
+    pub frame_read_timeout_ms: u64,
+    /// How long a client connection with nothing in flight may stay
+    /// silent before it is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// When the applied prefix of the log is compacted.
+    #[serde(default)]
+    pub compaction: Compaction,
+    /// What the log holds (equal on every member).
+    #[serde(default)]
+    pub log_kind: LogKind,
+    /// TLS on both ports (`None`: plaintext). See [`crate::tls`].
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Listen on addresses other than loopback without TLS (refused
+    /// otherwise; logged at every start).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Log compaction bounds. The log keeps the last `retain_entries` applied
+/// entries and those younger than `retain_ms` (by entry timestamp); the
+/// prefix beyond either bound is removed once its effects are durable in
+/// the state. A follower that needs removed entries gets a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compaction {
+    /// Size bound: applied entries kept in the log.
+    pub retain_entries: u64,
+    /// Age bound: applied entries older than this are removed.
+    pub retain_ms: u64,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            retain_entries: 100_000,
+            retain_ms: 24 * 3600 * 1000,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Another member of the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its peer address (`host:port`).
+    pub address: String,
+    /// Where it serves clients (for leader hints). Unset: what its hello
+    /// says (authenticated by its certificate when TLS is on).
+    #[serde(default)]
+    pub client_address: Option<String>,
+}
+
+impl PeerConfig {
+    /// The peers of node `id` in a group whose members listen for peers
+    /// at `members` (id, address), `id` among them.
+    pub fn others(id: NodeId, members: &[(NodeId, SocketAddr)]) -> Vec<PeerConfig> {
+        members
+            .iter()
+            .filter(|(other, _)| *other != id)
+            .map(|(other, address)| PeerConfig {
+                id: *other,
+                address: address.to_string(),
+                client_address: None,
+            })
+            .collect()
+    }
+}
+
+fn default_read_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_module_compile_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_frame_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+
+fn default_checkpoint_entries_max() -> usize {
+    8192
+}
+
+fn default_pending_writes_max() -> usize {
+    100_000
+}
+
+fn default_apply_batch_max() -> usize {
+    1024
+}
+
+impl NodeConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(node_id: NodeId, cluster_id: &str, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            node_id,
+            cluster_id: cluster_id.to_string(),
+            listen,
+            data_dir,
+            storage: StorageOptions::default(),
+            limits: SandboxLimits::default(),
+            pending_writes_max: default_pending_writes_max(),
+            apply_batch_entries_max: default_apply_batch_max(),
+            checkpoint_entries_max: default_checkpoint_entries_max(),
+            peer_listen: None,
+            peers: Vec::new(),
+            timing: Timing::default(),
+            read_timeout_ms: default_read_timeout_ms(),
+            write_timeout_ms: default_write_timeout_ms(),
+            module_compile_timeout_ms: default_module_compile_timeout_ms(),
+            frame_read_timeout_ms: default_frame_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            compaction: Compaction::default(),
+            log_kind: LogKind::default(),
+            tls: None,
+            insecure: false,
+        }
+    }
+
+    /// Every member's id, this node's included, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut m: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        m.push(self.node_id);
+        m.sort_unstable();
+        m
+    }
+
+    /// Check the group description; errors name what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let members = self.members();
+        if members.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!(
+                "node ids must be unique in a group (this node {} and peers {:?})",
+                self.node_id,
+                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
+            ));
+        }
+        if !self.peers.is_empty() && self.peer_listen.is_none() {
+            return Err("peer_listen is required when the group has peers".into());
+        }
+        let exposed: Vec<String> = std::iter::once(self.listen)
+            .chain(self.peer_listen)
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| a.to_string())
+            .collect();
+        if !exposed.is_empty() && self.tls.is_none() && !self.insecure {
+            return Err(format!(
+                "listening on {} (not loopback) without TLS: anyone who reaches the ports could \
+                 join the group, deploy or read. Configure [tls] (`understudy certs` makes \
+                 certificates; then enable auth), or start with --insecure (insecure = true) on \
+                 a network you trust",
+                exposed.join(", ")
+            ));
+        }
+        let t = self.timing;
+        if !(t.heartbeat_interval_ms > 0
+            && t.heartbeat_interval_ms < t.election_timeout_min_ms
+            && t.election_timeout_min_ms < t.election_timeout_max_ms)
+        {
+            return Err(format!(
+                "timing must satisfy 0 < heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
+                t.heartbeat_interval_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn group(&self) -> GroupConfig {
+        GroupConfig {
+            heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+            election_timeout_min_ms: self.timing.election_timeout_min_ms,
+            election_timeout_max_ms: self.timing.election_timeout_max_ms,
+            ..GroupConfig::new(self.node_id, self.members())
+        }
+    }
+
+    /// The file that records a forced promotion (see [`Request::Promote`]
+    /// with `force`): while it exists, this node is a group of one.
+    pub fn forced_path(&self) -> PathBuf {
+        self.data_dir.join("FORCED-ALONE")
+    }
+
+    pub(super) fn identity(&self) -> Identity {
+        Identity {
+            format_version: storage::FORMAT_VERSION,
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+        }
+    }
+}

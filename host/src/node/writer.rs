@@ -1,0 +1,137 @@
+//! The log writer: persists the hard state and appends entries on its own
+//! thread; while one fsync runs, new entries accumulate in the node state
+//! and go out together in the next batch (group commit). Host faults (a
+//! full disk, an I/O error) are retried until they clear.
+
+use super::messages::{Persist, Persisted, ResetLog, StorageFault};
+use super::{FAULT_RETRY_MS, Node};
+use crate::storage::LogStore;
+use crate::types::Index;
+use actix::prelude::*;
+use std::path::PathBuf;
+use std::time::Duration;
+use understudy_core::node::FaultSource;
+
+/// Persists the hard state and log entries on its own thread.
+pub struct LogWriter {
+    pub(super) log: LogStore,
+    /// Where truncated (never committed) entries are kept for audit.
+    pub(super) quarantine: PathBuf,
+}
+
+impl LogWriter {
+    /// Save the entries from `from` on, which a truncation is about to
+    /// remove, to a file of the quarantine directory (fsynced): a suffix
+    /// that never committed is audited, never silently dropped.
+    fn quarantine_from(&self, from: Index) -> Result<(), String> {
+        let entries = self
+            .log
+            .read(from, Index::MAX, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.quarantine).map_err(|e| e.to_string())?;
+        let name = format!(
+            "truncated-{}-{}-at-{}.cbor",
+            first.index,
+            last.index,
+            Node::now_ms()
+        );
+        let path = self.quarantine.join(name);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&crate::codec::encode(&entries))?;
+            f.sync_all()?;
+            std::fs::File::open(&self.quarantine)?.sync_all()
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        tracing::warn!(
+            from = first.index,
+            to = last.index,
+            file = %path.display(),
+            "a log suffix that never committed was truncated; kept in quarantine"
+        );
+        Ok(())
+    }
+}
+
+impl Actor for LogWriter {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<ResetLog> for LogWriter {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: ResetLog, _: &mut Self::Context) -> Self::Result {
+        self.log
+            .reset_to(msg.index, msg.term, msg.timestamp_ms)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Tests only: log writers under these directories take this long more
+/// per persist (a slow disk on one node).
+#[cfg(test)]
+pub(crate) static SLOW_PERSISTS: std::sync::Mutex<Vec<(PathBuf, Duration)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl Handler<Persist> for LogWriter {
+    type Result = ();
+    fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
+        #[cfg(test)]
+        {
+            let slow = SLOW_PERSISTS.lock().expect("test hook lock").clone();
+            for (dir, delay) in slow {
+                if self.quarantine.starts_with(&dir) {
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+        let last = msg.entries.last().map(|e| (e.index, e.term));
+        let hard_state = msg.hard_state.map(|(hs, _)| hs);
+        // A host fault (a full disk, an I/O error) is tried again until it
+        // clears: a failed persist writes nothing (an aborted transaction,
+        // a journal offset not moved), so the same batch can be written
+        // again. Anything else is a bug, and halts the node.
+        let mut faulted = false;
+        let result = loop {
+            let quarantined = match msg.truncate_from {
+                Some(from) => self.quarantine_from(from).map_err(|e| (true, e)),
+                None => Ok(()),
+            };
+            let attempt = quarantined.and_then(|()| {
+                self.log
+                    .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
+                    .map(|()| last)
+                    .map_err(|e| (e.is_host_fault(), e.describe()))
+            });
+            match attempt {
+                Ok(last) => break Ok(last),
+                Err((true, why)) => {
+                    if !faulted {
+                        faulted = true;
+                        tracing::error!(reason = %why, "log write failed; retrying until it succeeds");
+                        msg.fault_to.do_send(StorageFault {
+                            source: FaultSource::Log,
+                            reason: Some(why),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(FAULT_RETRY_MS));
+                }
+                Err((false, why)) => break Err(why),
+            }
+        };
+        if faulted && result.is_ok() {
+            tracing::warn!("log writes succeed again");
+            msg.fault_to.do_send(StorageFault {
+                source: FaultSource::Log,
+                reason: None,
+            });
+        }
+        msg.reply_to.do_send(Persisted {
+            result,
+            hard_state_seq: msg.hard_state.map(|(_, seq)| seq),
+        });
+    }
+}
