@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// The answer vocabulary lives in the core, where the node's decisions
-/// ([`crate::node::state`]) use it too; the wire format is theirs.
+/// ([`understudy_core::node`]) use it too; the wire format is theirs.
 pub use understudy_core::client::{ApiError, ErrorCode, ReadLevel, WriteConcern};
 
 /// Protocol version spoken by this build.

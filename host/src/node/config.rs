@@ -262,7 +262,7 @@ impl NodeConfig {
         }
     }
 
-    /// The file that records a forced promotion (see [`Request::Promote`]
+    /// The file that records a forced promotion (see [`crate::api::Request::Promote`]
     /// with `force`): while it exists, this node is a group of one.
     pub fn forced_path(&self) -> PathBuf {
         self.data_dir.join("FORCED-ALONE")

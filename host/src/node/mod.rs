@@ -9,13 +9,13 @@
 //! * [`Node`] (this file; on the system arbiter, with the network) owns
 //!   the state, turns messages into its events and executes its effects.
 //!   It never blocks.
-//! * [`LogWriter`] ([`writer`], its own thread) persists the hard state and
+//! * [`LogWriter`] (`writer`, its own thread) persists the hard state and
 //!   appends entries, one batch at a time (group commit).
-//! * [`ApplierActor`] ([`applier_actor`], its own thread) applies committed
+//! * [`ApplierActor`] (`applier_actor`, its own thread) applies committed
 //!   entries through the sandbox ([`applier`]) in batches, executes the
 //!   leader's proposals ahead of commit, and prepares queries for the
-//!   query threads ([`queries`]).
-//! * [`SnapshotMaker`] ([`snapshots`], its own thread) writes snapshots.
+//!   query threads (`queries`).
+//! * [`SnapshotMaker`] (`snapshots`, its own thread) writes snapshots.
 //! * Connections ([`server`]) turn frames into [`ClientCall`] messages;
 //!   [`run`] binds the listeners and starts everything.
 //!
