@@ -94,7 +94,7 @@ impl<W, R> NodeState<W, R> {
     /// host fault, holds `pending_writes_max` writers or does not lead;
     /// else proposed (statement kind: appended now and executed ahead of
     /// its commit; row kind: executed first, see
-    /// [`NodeState::propose_row`]). Effects of the speculation go out
+    /// `propose_row`). Effects of the speculation go out
     /// with the next [`NodeState::flush_speculation`].
     pub fn propose(
         &mut self,
