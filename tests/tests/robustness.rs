@@ -1199,7 +1199,7 @@ async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
         ),
     )
     .await;
-    let err = sent.expect_err("the snapshot is refused");
+    let err = sent.expect_err("the snapshot is refused").to_string();
     assert!(err.contains("not this node's leader"), "{err}");
     let direct = within(10, "a client", g.client_of(victim)).await.unwrap();
     let s = within(10, "a status", direct.status()).await.unwrap();

@@ -320,7 +320,7 @@ async fn forged_peers_are_refused_once_tls_is_on() {
         ),
     )
     .await;
-    let err = sent.expect_err("a forged snapshot is refused");
+    let err = sent.expect_err("a forged snapshot is refused").to_string();
     assert!(err.contains("TLS"), "{err}");
 
     // Nothing changed: the same leader and term, the real client address

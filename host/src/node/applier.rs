@@ -45,6 +45,9 @@ pub enum ApplyError {
     /// A host-side sandbox failure (watchdog, instance pool).
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A committed entry the applier was asked to apply is not in the log.
+    #[error("committed entry {0} is missing from the log")]
+    Missing(Index),
     /// The batch does not continue the applied index.
     #[error("entries must continue the applied index {applied}, got {got}")]
     Gap {

@@ -3,7 +3,8 @@
 //! ahead of commit, installs snapshots, compacts the log, and prepares
 //! queries for the query threads.
 
-use super::applier::{self, Applier};
+use super::applier::{self, Applier, ApplyError};
+use super::error::{ApplierHalted, InstallError};
 use super::messages::*;
 use super::queries::{QueryRunner, query_response};
 use super::{Compaction, FAULT_RETRY_MS, Node, TICK_MS};
@@ -11,7 +12,11 @@ use crate::api::{ApiError, ErrorCode, Response};
 use crate::storage::LogStore;
 use crate::types::{Index, Payload};
 use actix::prelude::*;
-use understudy_core::node::FaultSource;
+use understudy_core::node::{FaultSource, SpeculationFailed};
+
+/// Most bytes of entries the applier reads from the log for one batch
+/// (at least one entry, whatever its size).
+pub const APPLY_READ_BYTES_MAX: usize = 16 << 20;
 
 /// Applies committed entries and answers queries on its own thread.
 pub struct ApplierActor {
@@ -74,7 +79,9 @@ impl ApplierActor {
     ) {
         if let Some(why) = &self.halted {
             // Halted by a query (damaged state): the node hears of it here.
-            reply_to.do_send(Applied(Err(why.clone())));
+            reply_to.do_send(Applied(Err(ApplierHalted {
+                reason: why.clone(),
+            })));
             return;
         }
         if self.fault.is_some() {
@@ -101,13 +108,13 @@ impl ApplierActor {
             }
             let executed = self
                 .log
-                .read(from, to, 16 << 20)
-                .map_err(|e| e.to_string())
+                .read(from, to, APPLY_READ_BYTES_MAX)
+                .map_err(ApplyError::from)
                 .and_then(|entries| {
                     if entries.first().map(|e| e.index) != Some(from) {
-                        return Err(format!("committed entry {from} is missing from the log"));
+                        return Err(ApplyError::Missing(from));
                     }
-                    let outcomes = self.applier.execute(&entries).map_err(|e| e.to_string())?;
+                    let outcomes = self.applier.execute(&entries)?;
                     let deployed = entries
                         .iter()
                         .any(|e| matches!(e.payload, Payload::Deploy { .. }));
@@ -139,7 +146,7 @@ impl ApplierActor {
                         self.wanted = Some(msg.up_to);
                         return self.enter_fault(e.describe(), &msg.fault_to);
                     }
-                    Err(e) => return self.halt(e.to_string(), from, &msg.reply_to),
+                    Err(e) => return self.halt(e, from, &msg.reply_to),
                 }
             }
         }
@@ -189,7 +196,7 @@ impl Handler<Checkpoint> for ApplierActor {
             }
             Err(e) => {
                 let index = self.applier.durable().index + 1;
-                return self.halt(e.to_string(), index, &msg.reply_to);
+                return self.halt(e, index, &msg.reply_to);
             }
         }
         if self.fault.is_none() && self.ticks.is_multiple_of(50) {
@@ -202,11 +209,11 @@ impl Handler<Speculate> for ApplierActor {
     type Result = ();
     fn handle(&mut self, msg: Speculate, _: &mut Self::Context) {
         let result = match &self.halted {
-            Some(why) => Err(format!("applying halted: {why}")),
+            Some(why) => Err(SpeculationFailed(format!("applying halted: {why}"))),
             None => self
                 .applier
                 .speculate(&msg.entries, msg.as_effects, msg.term_start)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| SpeculationFailed(e.to_string())),
         };
         msg.reply_to.do_send(Speculated {
             epoch: msg.epoch,
@@ -223,15 +230,15 @@ impl Handler<DiscardSpeculation> for ApplierActor {
 }
 
 impl Handler<InstallSnapshot> for ApplierActor {
-    type Result = Result<bool, String>;
+    type Result = Result<bool, InstallError>;
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
         if let Some(why) = &self.halted {
-            return Err(format!("applying halted: {why}"));
+            return Err(InstallError::Halted(why.clone()));
         }
         let installed = self
             .applier
             .install_snapshot(&msg.dir, &msg.meta)
-            .map_err(|e| e.to_string());
+            .map_err(InstallError::from);
         self.show(true);
         installed
     }
@@ -276,10 +283,11 @@ impl ApplierActor {
         }
     }
 
-    fn halt(&mut self, error: String, index: Index, reply_to: &Recipient<Applied>) {
+    fn halt(&mut self, error: impl std::fmt::Display, index: Index, reply_to: &Recipient<Applied>) {
+        let error = error.to_string();
         tracing::error!(%error, index, "applying halted");
         self.halted = Some(error.clone());
-        reply_to.do_send(Applied(Err(error)));
+        reply_to.do_send(Applied(Err(ApplierHalted { reason: error })));
     }
 }
 
@@ -324,18 +332,16 @@ impl Handler<RunQuery> for ApplierActor {
 
 /// Read the audit trail (newest first, at most `limit` records).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<crate::access::AuditRecord>, String>")]
+#[rtype(result = "Result<Vec<crate::access::AuditRecord>, crate::storage::StorageError>")]
 pub struct ReadAudit {
     /// Most records.
     pub limit: usize,
 }
 
 impl Handler<ReadAudit> for ApplierActor {
-    type Result = Result<Vec<crate::access::AuditRecord>, String>;
+    type Result = Result<Vec<crate::access::AuditRecord>, crate::storage::StorageError>;
     fn handle(&mut self, msg: ReadAudit, _ctx: &mut Self::Context) -> Self::Result {
-        self.applier
-            .audit_trail(msg.limit)
-            .map_err(|e| format!("reading the audit trail: {e}"))
+        self.applier.audit_trail(msg.limit)
     }
 }
 

@@ -3,6 +3,7 @@
 //! process).
 
 use super::applier;
+use super::error::{ApplierHalted, InstallError, SnapshotError, WriteError};
 use crate::api::Response;
 use crate::storage::{self, AppliedState, HardState};
 use crate::types::{Entry, Index, Outcome, Term};
@@ -11,6 +12,7 @@ use serde_bytes::ByteBuf;
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 use understudy_core::node::FaultSource;
+use understudy_core::node::SpeculationFailed;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -40,7 +42,7 @@ pub const FAULT_RETRY_MS: u64 = 500;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Persisted {
-    pub(super) result: Result<Option<(Index, Term)>, String>,
+    pub(super) result: Result<Option<(Index, Term)>, WriteError>,
     pub(super) hard_state_seq: Option<u64>,
 }
 
@@ -60,11 +62,11 @@ pub(super) type Samples = Vec<(Index, [u8; 32])>;
 
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(super) struct Applied(pub(super) Result<(Outcomes, AppliedState, Samples), String>);
+pub(super) struct Applied(pub(super) Result<(Outcomes, AppliedState, Samples), ApplierHalted>);
 
 /// Replace the state by a staged snapshot (answer: installed, or not needed).
 #[derive(Message)]
-#[rtype(result = "Result<bool, String>")]
+#[rtype(result = "Result<bool, InstallError>")]
 pub(super) struct InstallSnapshot {
     pub(super) dir: PathBuf,
     pub(super) meta: storage::SnapshotMeta,
@@ -89,7 +91,7 @@ pub(super) struct Speculate {
 #[rtype(result = "()")]
 pub(super) struct Speculated {
     pub(super) epoch: u64,
-    pub(super) result: Result<Vec<(Entry, Outcome)>, String>,
+    pub(super) result: Result<Vec<(Entry, Outcome)>, SpeculationFailed>,
 }
 
 /// Forget every speculated entry.
@@ -99,7 +101,7 @@ pub(super) struct DiscardSpeculation;
 
 /// Replace the log by the compacted point of an installed snapshot.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), crate::storage::StorageError>")]
 pub(super) struct ResetLog {
     pub(super) index: Index,
     pub(super) term: Term,
@@ -109,7 +111,7 @@ pub(super) struct ResetLog {
 
 /// Produce (or reuse) a snapshot to send.
 #[derive(Message)]
-#[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), String>")]
+#[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), SnapshotError>")]
 pub(super) struct MakeSnapshot;
 
 /// Drive the core once every message already queued has been handled (see

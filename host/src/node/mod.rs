@@ -27,6 +27,7 @@ pub use crate::config::{LogKind, Timing};
 pub mod applier;
 mod applier_actor;
 mod config;
+pub mod error;
 mod messages;
 mod queries;
 mod run;
@@ -45,9 +46,11 @@ pub use snapshots::SnapshotMaker;
 pub use writer::LogWriter;
 
 use applier_actor::Shown;
+use error::{InstallFailed, SendSnapshotError};
 use messages::*;
 
 use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, Status, WriteConcern};
+use crate::peer::snapshot::NotInstalled;
 use crate::peer::{PeerMessage, Peers};
 use crate::replication::{Core, GroupConfig, Role};
 use crate::sandbox::Sandbox;
@@ -61,7 +64,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use understudy_core::client::WriteAnswer;
-use understudy_core::node::{Effect, NodeState, Read, Settings, SnapshotIn, SpeculationFailed};
+use understudy_core::node::{Effect, NodeState, Read, Settings, SnapshotIn};
 
 /// Interval of the node's clock tick (elections later; checkpoints now).
 const TICK_MS: u64 = 20;
@@ -96,21 +99,6 @@ pub(crate) struct PendingRead {
 
 /// The node's decisions, with the shell's reply channels as handles.
 type State = NodeState<oneshot::Sender<Response>, PendingRead>;
-
-/// A snapshot install that failed, and whether the node can go on.
-#[derive(Debug, thiserror::Error)]
-enum InstallFailed {
-    /// The state was not replaced (nothing changed).
-    #[error("{0}")]
-    State(String),
-    /// The applier or the log writer stopped.
-    #[error("{0} stopped")]
-    Stopped(&'static str),
-    /// The state was replaced but the log was not reset to it: the node
-    /// cannot go on (it halts).
-    #[error("state installed but the log reset failed: {0}")]
-    LogReset(String),
-}
 
 /// The node actor: the shell that executes what [`NodeState`] decides.
 pub struct Node {
@@ -559,7 +547,7 @@ impl Node {
             let (dir, meta) = maker
                 .send(MakeSnapshot)
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|_| SendSnapshotError::MakerStopped)??;
             crate::peer::snapshot::send_snapshot(
                 &address,
                 &cluster,
@@ -572,8 +560,8 @@ impl Node {
                 &dir,
                 &meta,
             )
-            .await
-            .map(|()| meta.index)
+            .await?;
+            Ok::<Index, SendSnapshotError>(meta.index)
         };
         ctx.spawn(transfer.into_actor(self).map(move |result, node, ctx| {
             match result {
@@ -601,14 +589,14 @@ impl Node {
         from: crate::types::NodeId,
         meta: storage::SnapshotMeta,
         dir: PathBuf,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), crate::peer::snapshot::NotInstalled>>,
         ctx: &mut Context<Self>,
     ) {
         if let Err(e) = self
             .state
             .install_begin(from, meta.index, meta.term, &self.log)
         {
-            let _ = done.send(Err(e.to_string()));
+            let _ = done.send(Err(NotInstalled::because(e)));
             return;
         }
         let (applier, writer) = (self.applier.clone(), self.writer.clone());
@@ -617,8 +605,7 @@ impl Node {
             let installed = applier
                 .send(InstallSnapshot { dir, meta })
                 .await
-                .map_err(|_| InstallFailed::Stopped("the applier"))?
-                .map_err(InstallFailed::State)?;
+                .map_err(|_| InstallFailed::Stopped("the applier"))??;
             if installed {
                 writer
                     .send(ResetLog {
@@ -650,7 +637,7 @@ impl Node {
                         }
                         tracing::error!(error = %e, "snapshot install failed");
                         node.execute(ctx);
-                        let _ = done.send(Err(e.to_string()));
+                        let _ = done.send(Err(NotInstalled::because(e)));
                     }
                 }),
         );
@@ -1097,9 +1084,10 @@ impl Handler<ClientCall> for Node {
                     async move {
                         let answer = match tokio::time::timeout(within, read).await {
                             Ok(Ok(Ok(records))) => Response::Audit(records),
-                            Ok(Ok(Err(e))) => {
-                                Response::Error(ApiError::new(ErrorCode::Unavailable, e))
-                            }
+                            Ok(Ok(Err(e))) => Response::Error(ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("reading the audit trail: {e}"),
+                            )),
                             Ok(Err(_)) => Response::Error(ApiError::new(
                                 ErrorCode::Unavailable,
                                 "the applier stopped",
@@ -1214,9 +1202,8 @@ impl Handler<ClientCall> for Node {
 impl Handler<Speculated> for Node {
     type Result = ();
     fn handle(&mut self, msg: Speculated, ctx: &mut Self::Context) {
-        let result = msg.result.map_err(SpeculationFailed);
         self.state
-            .speculated(msg.epoch, result, Self::now_ms(), &self.log);
+            .speculated(msg.epoch, msg.result, Self::now_ms(), &self.log);
         match self.config.log_kind {
             // The entries it prepared were appended: they go out now.
             LogKind::Row => self.drive(ctx),
@@ -1289,7 +1276,7 @@ impl Handler<Persisted> for Node {
                 self.drive(ctx);
             }
             Err(e) => {
-                self.state.persist_failed(e);
+                self.state.persist_failed(e.to_string());
                 self.execute(ctx);
             }
         }

@@ -1,6 +1,7 @@
 //! The snapshot maker: writes snapshots of the durable state (for
 //! followers that need compacted entries) on its own thread.
 
+use super::error::SnapshotError;
 use super::messages::MakeSnapshot;
 use crate::storage::{self, LogStore};
 use actix::prelude::*;
@@ -21,10 +22,10 @@ impl Actor for SnapshotMaker {
 }
 
 impl Handler<MakeSnapshot> for SnapshotMaker {
-    type Result = Result<(PathBuf, storage::SnapshotMeta), String>;
+    type Result = Result<(PathBuf, storage::SnapshotMeta), SnapshotError>;
     fn handle(&mut self, _: MakeSnapshot, _: &mut Self::Context) -> Self::Result {
         let current = self.root.join("current");
-        let (compacted, _) = self.log.compacted().map_err(|e| e.to_string())?;
+        let (compacted, _) = self.log.compacted()?;
         if let Ok(bytes) = std::fs::read(current.join("meta"))
             && let Ok(meta) = crate::codec::decode::<storage::SnapshotMeta>("snapshot meta", &bytes)
             && meta.index >= compacted
@@ -33,15 +34,15 @@ impl Handler<MakeSnapshot> for SnapshotMaker {
         }
         let tmp = self.root.join(format!("tmp-{}", rand::random::<u32>()));
         let log = self.log.clone();
-        let meta = self
-            .state
-            .write_snapshot(&tmp, self.chunk_bytes, |i| {
-                let term = crate::replication::LogRead::term(&log, i)?;
-                Some((term, log.timestamp_of(i).ok().flatten().unwrap_or(0)))
-            })
-            .map_err(|e| e.to_string())?;
+        let meta = self.state.write_snapshot(&tmp, self.chunk_bytes, |i| {
+            let term = crate::replication::LogRead::term(&log, i)?;
+            Some((term, log.timestamp_of(i).ok().flatten().unwrap_or(0)))
+        })?;
         let _ = std::fs::remove_dir_all(&current);
-        std::fs::rename(&tmp, &current).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &current).map_err(|source| SnapshotError::Io {
+            path: current.clone(),
+            source,
+        })?;
         tracing::info!(
             index = meta.index,
             chunks = meta.chunks,

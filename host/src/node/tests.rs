@@ -1,8 +1,8 @@
 //! A group of three nodes in one process, for what real processes cannot
 //! easily stage: a node whose machine is not deterministic.
 
-use super::*;
 use super::writer::SLOW_PERSISTS;
+use super::*;
 use crate::api::client::Client;
 use crate::sandbox::{CallContext, NativeKv, NativeMachine};
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! and go out together in the next batch (group commit). Host faults (a
 //! full disk, an I/O error) are retried until they clear.
 
+use super::error::WriteError;
 use super::messages::{Persist, Persisted, ResetLog, StorageFault};
 use super::{FAULT_RETRY_MS, Node};
 use crate::storage::LogStore;
@@ -23,15 +24,18 @@ impl LogWriter {
     /// Save the entries from `from` on, which a truncation is about to
     /// remove, to a file of the quarantine directory (fsynced): a suffix
     /// that never committed is audited, never silently dropped.
-    fn quarantine_from(&self, from: Index) -> Result<(), String> {
+    fn quarantine_from(&self, from: Index) -> Result<(), WriteError> {
         let entries = self
             .log
             .read(from, Index::MAX, usize::MAX)
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::QuarantineRead)?;
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        std::fs::create_dir_all(&self.quarantine).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.quarantine).map_err(|source| WriteError::Quarantine {
+            path: self.quarantine.clone(),
+            source,
+        })?;
         let name = format!(
             "truncated-{}-{}-at-{}.cbor",
             first.index,
@@ -46,7 +50,10 @@ impl LogWriter {
             f.sync_all()?;
             std::fs::File::open(&self.quarantine)?.sync_all()
         };
-        write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write().map_err(|source| WriteError::Quarantine {
+            path: path.clone(),
+            source,
+        })?;
         tracing::warn!(
             from = first.index,
             to = last.index,
@@ -62,11 +69,9 @@ impl Actor for LogWriter {
 }
 
 impl Handler<ResetLog> for LogWriter {
-    type Result = Result<(), String>;
+    type Result = Result<(), crate::storage::StorageError>;
     fn handle(&mut self, msg: ResetLog, _: &mut Self::Context) -> Self::Result {
-        self.log
-            .reset_to(msg.index, msg.term, msg.timestamp_ms)
-            .map_err(|e| e.to_string())
+        self.log.reset_to(msg.index, msg.term, msg.timestamp_ms)
     }
 }
 
@@ -97,18 +102,19 @@ impl Handler<Persist> for LogWriter {
         let mut faulted = false;
         let result = loop {
             let quarantined = match msg.truncate_from {
-                Some(from) => self.quarantine_from(from).map_err(|e| (true, e)),
+                Some(from) => self.quarantine_from(from),
                 None => Ok(()),
             };
             let attempt = quarantined.and_then(|()| {
                 self.log
                     .persist_with(hard_state.as_ref(), msg.truncate_from, &msg.entries)
                     .map(|()| last)
-                    .map_err(|e| (e.is_host_fault(), e.describe()))
+                    .map_err(WriteError::from)
             });
             match attempt {
                 Ok(last) => break Ok(last),
-                Err((true, why)) => {
+                Err(e) if e.is_host_fault() => {
+                    let why = e.describe();
                     if !faulted {
                         faulted = true;
                         tracing::error!(reason = %why, "log write failed; retrying until it succeeds");
@@ -119,7 +125,7 @@ impl Handler<Persist> for LogWriter {
                     }
                     std::thread::sleep(Duration::from_millis(FAULT_RETRY_MS));
                 }
-                Err((false, why)) => break Err(why),
+                Err(e) => break Err(e),
             }
         };
         if faulted && result.is_ok() {

@@ -245,64 +245,163 @@ impl PeerBook {
 
     /// Record that `peer` said hello with `incarnation` (durably, before it
     /// is welcomed). True if it had another one: it lost its data.
-    async fn observe(&self, peer: NodeId, incarnation: u64) -> Result<bool, String> {
+    async fn observe(&self, peer: NodeId, incarnation: u64) -> Result<bool, HelloRefused> {
         let log = self.log.clone();
         let before = tokio::task::spawn_blocking(move || log.observe_peer(peer, incarnation))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot record the peer's incarnation: {e}"))?;
+            .map_err(|e| HelloRefused::Book(e.to_string()))?
+            .map_err(|e| HelloRefused::Book(e.to_string()))?;
         Ok(before.is_some())
     }
 }
 
 impl LocalIdentity {
     /// Check a hello received by this node.
-    pub fn check(&self, hello: &Hello) -> Result<(), String> {
+    pub fn check(&self, hello: &Hello) -> Result<(), HelloRefused> {
+        use HelloRefused as R;
         if hello.v > PEER_PROTOCOL_VERSION {
-            return Err(format!(
-                "peer protocol version {} is newer than this node's {PEER_PROTOCOL_VERSION}",
-                hello.v
-            ));
+            return Err(R::Newer(hello.v));
         }
         if hello.v < PEER_PROTOCOL_VERSION {
-            return Err(format!(
-                "peer protocol version {} is older than this node's {PEER_PROTOCOL_VERSION}: \
-                 every node of a group must run the same version",
-                hello.v
-            ));
+            return Err(R::Older(hello.v));
         }
         if hello.cluster_id != self.cluster_id {
-            return Err(format!(
-                "cluster id {:?} is not this node's {:?}",
-                hello.cluster_id, self.cluster_id
-            ));
+            return Err(R::Cluster {
+                theirs: hello.cluster_id.clone(),
+                ours: self.cluster_id.clone(),
+            });
         }
         if hello.to != self.node_id {
-            return Err(format!(
-                "hello meant for node {} reached node {}",
-                hello.to, self.node_id
-            ));
+            return Err(R::WrongNode {
+                to: hello.to,
+                me: self.node_id,
+            });
         }
         if hello.log_kind != self.log_kind {
-            return Err(format!(
-                "node {} runs the {:?} log kind, this node {:?}: a group has one kind",
-                hello.from, hello.log_kind, self.log_kind
-            ));
+            return Err(R::LogKind {
+                from: hello.from,
+                theirs: hello.log_kind,
+                ours: self.log_kind,
+            });
         }
         if hello.timing != self.timing {
-            return Err(format!(
-                "node {} runs with timing {:?}, this node {:?}: every member needs the same",
-                hello.from, hello.timing, self.timing
-            ));
+            return Err(R::Timing {
+                from: hello.from,
+                theirs: hello.timing,
+                ours: self.timing,
+            });
         }
         if hello.from == self.node_id || !self.members.contains(&hello.from) {
-            return Err(format!(
-                "node {} is not a member of this group {:?}",
-                hello.from, self.members
-            ));
+            return Err(R::NotAMember {
+                from: hello.from,
+                members: self.members.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a hello is refused (the reason goes back to the dialer, and to
+/// this node's log with the remote address).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HelloRefused {
+    /// Not a hello.
+    #[error("not a peer hello: {0}")]
+    NotAHello(String),
+    /// A newer peer protocol.
+    #[error("peer protocol version {0} is newer than this node's {PEER_PROTOCOL_VERSION}")]
+    Newer(u16),
+    /// An older peer protocol.
+    #[error(
+        "peer protocol version {0} is older than this node's {PEER_PROTOCOL_VERSION}: \
+         every node of a group must run the same version"
+    )]
+    Older(u16),
+    /// Another group.
+    #[error("cluster id {theirs:?} is not this node's {ours:?}")]
+    Cluster {
+        /// The hello's.
+        theirs: String,
+        /// This node's.
+        ours: String,
+    },
+    /// Meant for another member.
+    #[error("hello meant for node {to} reached node {me}")]
+    WrongNode {
+        /// The member it was meant for.
+        to: NodeId,
+        /// This node.
+        me: NodeId,
+    },
+    /// Another log kind.
+    #[error("node {from} runs the {theirs:?} log kind, this node {ours:?}: a group has one kind")]
+    LogKind {
+        /// The peer.
+        from: NodeId,
+        /// Its kind.
+        theirs: crate::config::LogKind,
+        /// This node's.
+        ours: crate::config::LogKind,
+    },
+    /// Other failure-detection timing.
+    #[error(
+        "node {from} runs with timing {theirs:?}, this node {ours:?}: every member needs the same"
+    )]
+    Timing {
+        /// The peer.
+        from: NodeId,
+        /// Its timing.
+        theirs: crate::config::Timing,
+        /// This node's.
+        ours: crate::config::Timing,
+    },
+    /// Not a member of this group.
+    #[error("node {from} is not a member of this group {members:?}")]
+    NotAMember {
+        /// The claimed id.
+        from: NodeId,
+        /// The members.
+        members: Vec<NodeId>,
+    },
+    /// The certificate names another member.
+    #[error(
+        "the hello claims to come from node {claimed}, but the certificate names node {certified}"
+    )]
+    NotCertified {
+        /// The id the hello claims.
+        claimed: NodeId,
+        /// The id its certificate names.
+        certified: NodeId,
+    },
+    /// The peer's incarnation could not be recorded.
+    #[error("cannot record the peer's incarnation: {0}")]
+    Book(String),
+}
+
+/// Why an accepted peer connection ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// No hello within `HELLO_TIMEOUT`.
+    #[error("no hello in time")]
+    NoHello,
+    /// Closed before its hello.
+    #[error("closed before its hello")]
+    ClosedBeforeHello,
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Its hello was refused.
+    #[error("{0}")]
+    Refused(#[from] HelloRefused),
+    /// A message that does not decode.
+    #[error("{0}")]
+    Decode(#[from] crate::codec::CodecError),
+    /// A message on the lane of another kind.
+    #[error("message on the wrong lane")]
+    WrongLane,
+    /// The snapshot transfer of a snapshot lane failed.
+    #[error("{0}")]
+    Snapshot(#[from] snapshot::TransferError),
 }
 
 /// What the acceptor hands to the node.
@@ -464,35 +563,34 @@ async fn receive(
     certified: Option<NodeId>,
     me: &LocalIdentity,
     sink: impl Fn(Inbound),
-) -> Result<(), String> {
+) -> Result<(), ReceiveError> {
     // Until it has said who it is, a connection may send only a small hello.
     let mut framed = Framed::new(io, net::FrameCodec::with_max(HELLO_BYTES_MAX));
     let first = tokio::time::timeout(HELLO_TIMEOUT, framed.next())
         .await
-        .map_err(|_| "no hello in time".to_string())?
-        .ok_or("closed before its hello")?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ReceiveError::NoHello)?
+        .ok_or(ReceiveError::ClosedBeforeHello)??;
     let hello = match read_hello(&first) {
         Ok(h) => h,
-        Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
+        Err(reason) => return Err(refuse(&mut framed, addr, reason).await.into()),
     };
     if let Err(reason) = me.check(&hello) {
-        return Err(refuse(&mut framed, addr, reason).await);
+        return Err(refuse(&mut framed, addr, reason).await.into());
     }
     if let Some(id) = certified
         && id != hello.from
     {
-        let reason = format!(
-            "the hello claims to come from node {}, but the certificate names node {id}",
-            hello.from
-        );
-        return Err(refuse(&mut framed, addr, reason).await);
+        let reason = HelloRefused::NotCertified {
+            claimed: hello.from,
+            certified: id,
+        };
+        return Err(refuse(&mut framed, addr, reason).await.into());
     }
     let lost = match (&me.book, hello.incarnation) {
         (Some(book), incarnation) if incarnation != 0 => {
             match book.observe(hello.from, incarnation).await {
                 Ok(lost) => lost,
-                Err(reason) => return Err(refuse(&mut framed, addr, reason).await),
+                Err(reason) => return Err(refuse(&mut framed, addr, reason).await.into()),
             }
         }
         _ => false,
@@ -510,10 +608,7 @@ async fn receive(
     } else {
         HelloReply::Welcome { term, log }
     };
-    framed
-        .send(net::encode(&reply))
-        .await
-        .map_err(|e| e.to_string())?;
+    framed.send(net::encode(&reply)).await?;
     tracing::debug!(from = hello.from, lane = ?hello.lane, "peer connected");
     sink(Inbound::Connected {
         from: hello.from,
@@ -531,20 +626,20 @@ async fn receive(
         if let Err(e) = &received {
             tracing::warn!(from, error = %e, "a snapshot from a peer was refused or broke off");
         }
-        return received;
+        return Ok(received?);
     }
     while let Some(frame) = framed.next().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame?;
         let msg: PeerMessage = match net::decode(&frame) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(from = hello.from, error = %e, "unreadable peer message; closing");
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         if Lane::of(&msg) != hello.lane {
             tracing::warn!(from = hello.from, "peer message on the wrong lane; closing");
-            return Err("message on the wrong lane".into());
+            return Err(ReceiveError::WrongLane);
         }
         sink(Inbound::Message {
             from: hello.from,
@@ -554,21 +649,23 @@ async fn receive(
     Ok(())
 }
 
-fn read_hello(frame: &BytesMut) -> Result<Hello, String> {
-    let head: HelloHead = net::decode(frame).map_err(|e| format!("not a peer hello: {e}"))?;
+fn read_hello(frame: &BytesMut) -> Result<Hello, HelloRefused> {
+    let not_a_hello = |e: crate::codec::CodecError| HelloRefused::NotAHello(e.to_string());
+    let head: HelloHead = net::decode(frame).map_err(not_a_hello)?;
     if head.v > PEER_PROTOCOL_VERSION {
-        return Err(format!(
-            "peer protocol version {} is newer than this node's {PEER_PROTOCOL_VERSION}",
-            head.v
-        ));
+        return Err(HelloRefused::Newer(head.v));
     }
-    net::decode(frame).map_err(|e| format!("not a peer hello: {e}"))
+    net::decode(frame).map_err(not_a_hello)
 }
 
-async fn refuse(framed: &mut PeerConn, addr: std::net::SocketAddr, reason: String) -> String {
+async fn refuse(
+    framed: &mut PeerConn,
+    addr: std::net::SocketAddr,
+    reason: HelloRefused,
+) -> HelloRefused {
     tracing::warn!(%addr, %reason, "peer refused");
     let _ = framed
-        .send(net::encode(&HelloReply::Refused(reason.clone())))
+        .send(net::encode(&HelloReply::Refused(reason.to_string())))
         .await;
     let _ = SinkExt::<Bytes>::close(framed).await;
     reason
@@ -694,21 +791,14 @@ async fn dial(
 }
 
 /// Why a dial failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// Unreachable, or the connection broke (retried quietly).
+    #[error("{0}")]
     Io(String),
     /// The peer (or its certificate) refused us, or we refused it (logged).
+    #[error("refused: {0}")]
     Refused(String),
-}
-
-impl std::fmt::Display for DialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DialError::Io(e) => write!(f, "{e}"),
-            DialError::Refused(e) => write!(f, "refused: {e}"),
-        }
-    }
 }
 
 /// A peer connection's frames, over plaintext or TLS.
@@ -889,7 +979,7 @@ mod tests {
             ),
         ];
         for (h, why) in cases {
-            let err = me().check(&h).unwrap_err();
+            let err = me().check(&h).unwrap_err().to_string();
             assert!(err.contains(why), "{err} should say {why}");
         }
     }

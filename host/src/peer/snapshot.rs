@@ -75,23 +75,112 @@ pub enum Answer {
 
 type Conn = super::PeerConn;
 
-async fn recv<T: serde::de::DeserializeOwned>(c: &mut Conn, within: Duration) -> Result<T, String> {
-    let frame = tokio::time::timeout(within, c.next())
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .ok_or("connection closed")?
-        .map_err(|e| e.to_string())?;
-    net::decode(&frame).map_err(|e| e.to_string())
+/// Why a snapshot transfer failed, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer sent nothing within the step's bound.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer did not take a frame within the step's bound.
+    #[error("the peer did not take a frame within {0:?}")]
+    SendTimedOut(Duration),
+    /// The connection closed.
+    #[error("connection closed")]
+    Closed,
+    /// The connection or the staging directory failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A frame did not decode.
+    #[error("{0}")]
+    Decode(#[from] crate::codec::CodecError),
+    /// The member could not be reached (or was not the one expected).
+    #[error("{0}")]
+    Dial(#[from] super::DialError),
+    /// The member refused the hello.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// An answer out of the dialogue.
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    /// A chunk of the snapshot being sent could not be read.
+    #[error("reading chunk {seq}: {source}")]
+    ReadChunk {
+        /// The chunk.
+        seq: u64,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The follower asked for a chunk again too often.
+    #[error("chunk {0} refused too often")]
+    ResentTooOften(u64),
+    /// The follower could not stage or install the snapshot (its words).
+    #[error("{0}")]
+    Failed(String),
+    /// The leader broke the dialogue.
+    #[error("{0}")]
+    Protocol(&'static str),
+    /// A chunk out of order.
+    #[error("chunk {seq} arrived, {expected} expected")]
+    OutOfOrder {
+        /// The chunk that came.
+        seq: u64,
+        /// The chunk expected.
+        expected: u64,
+    },
+    /// The offer is larger than this node's state can hold.
+    #[error(
+        "a snapshot of {bytes} bytes is larger than this node's state can hold \
+         (storage.map_size_bytes = {max})"
+    )]
+    TooLarge {
+        /// The offer's size.
+        bytes: u64,
+        /// The state environment's map size.
+        max: u64,
+    },
+    /// The chunks hold more than the offer said.
+    #[error("the snapshot's chunks hold more than the {0} bytes its offer said")]
+    OverOffer(u64),
+    /// The node did not install the staged snapshot.
+    #[error("{0}")]
+    NotInstalled(#[from] NotInstalled),
 }
 
-async fn send<T: Serialize>(c: &mut Conn, value: &T) -> Result<(), String> {
+/// Why the node did not install a staged snapshot (sent to the leader as
+/// the follower's answer).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct NotInstalled {
+    /// The node's reason, as the leader logs it.
+    pub reason: String,
+}
+
+impl NotInstalled {
+    /// From any error of the node's.
+    pub fn because(why: impl std::fmt::Display) -> Self {
+        NotInstalled {
+            reason: why.to_string(),
+        }
+    }
+}
+
+async fn recv<T: serde::de::DeserializeOwned>(
+    c: &mut Conn,
+    within: Duration,
+) -> Result<T, TransferError> {
+    let frame = tokio::time::timeout(within, c.next())
+        .await
+        .map_err(|_| TransferError::TimedOut)?
+        .ok_or(TransferError::Closed)??;
+    Ok(net::decode(&frame)?)
+}
+
+async fn send<T: Serialize>(c: &mut Conn, value: &T) -> Result<(), TransferError> {
     // Bounded like a receive: a peer that stops reading cannot hold the
     // transfer (or a refusal) forever.
     match tokio::time::timeout(STEP_TIMEOUT, c.send(net::encode(value))).await {
-        Ok(sent) => sent.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "the peer did not take a frame within {STEP_TIMEOUT:?}"
-        )),
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(TransferError::SendTimedOut(STEP_TIMEOUT)),
     }
 }
 
@@ -108,10 +197,8 @@ pub async fn send_snapshot(
     tls: Option<&crate::tls::NodeTls>,
     dir: &Path,
     meta: &SnapshotMeta,
-) -> Result<(), String> {
-    let stream = super::dial_member(address, to, tls, STEP_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), TransferError> {
+    let stream = super::dial_member(address, to, tls, STEP_TIMEOUT).await?;
     let mut c = Framed::new(stream, net::codec());
     let hello = Hello {
         v: PEER_PROTOCOL_VERSION,
@@ -128,13 +215,13 @@ pub async fn send_snapshot(
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {
         HelloReply::Welcome { .. } | HelloReply::LostData { .. } => {}
-        HelloReply::Refused(why) => return Err(format!("refused: {why}")),
+        HelloReply::Refused(why) => return Err(TransferError::Refused(why)),
     }
     send(&mut c, &Offer::Offer(meta.clone())).await?;
     let mut next = match recv::<Answer>(&mut c, STEP_TIMEOUT).await? {
         Answer::Resume { from } => from,
         Answer::Installed => return Ok(()),
-        other => return Err(format!("unexpected answer {other:?}")),
+        other => return Err(TransferError::Unexpected(format!("{other:?}"))),
     };
     if next > 0 {
         tracing::info!(to, index = meta.index, from = next, "resuming a snapshot");
@@ -143,7 +230,7 @@ pub async fn send_snapshot(
     while next < meta.chunks {
         let data = tokio::fs::read(dir.join(chunk_name(next)))
             .await
-            .map_err(|e| format!("reading chunk {next}: {e}"))?;
+            .map_err(|source| TransferError::ReadChunk { seq: next, source })?;
         let chunk = Offer::Chunk {
             seq: next,
             data: serde_bytes::ByteBuf::from(data),
@@ -154,7 +241,7 @@ pub async fn send_snapshot(
             Answer::Resend { seq } => {
                 resends += 1;
                 if resends > 10 {
-                    return Err(format!("chunk {seq} refused too often"));
+                    return Err(TransferError::ResentTooOften(seq));
                 }
                 tracing::warn!(
                     to,
@@ -163,14 +250,14 @@ pub async fn send_snapshot(
                 );
                 next = seq;
             }
-            Answer::Failed(why) => return Err(why),
-            other => return Err(format!("unexpected answer {other:?}")),
+            Answer::Failed(why) => return Err(TransferError::Failed(why)),
+            other => return Err(TransferError::Unexpected(format!("{other:?}"))),
         }
     }
     match recv::<Answer>(&mut c, INSTALL_TIMEOUT).await? {
         Answer::Installed => Ok(()),
-        Answer::Failed(why) => Err(why),
-        other => Err(format!("unexpected answer {other:?}")),
+        Answer::Failed(why) => Err(TransferError::Failed(why)),
+        other => Err(TransferError::Unexpected(format!("{other:?}"))),
     }
 }
 
@@ -195,7 +282,7 @@ pub enum Progress {
         /// Its chunks.
         dir: PathBuf,
         /// Install result.
-        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+        done: tokio::sync::oneshot::Sender<Result<(), NotInstalled>>,
     },
 }
 
@@ -205,24 +292,25 @@ pub async fn receive_snapshot(
     root: &Path,
     bytes_max: u64,
     report: impl Fn(Progress),
-) -> Result<(), String> {
+) -> Result<(), TransferError> {
     let meta = match recv::<Offer>(&mut c, STEP_TIMEOUT).await? {
         Offer::Offer(meta) => meta,
-        Offer::Chunk { .. } => return Err("chunk before the offer".into()),
+        Offer::Chunk { .. } => return Err(TransferError::Protocol("chunk before the offer")),
     };
     if meta.checksums.len() as u64 != meta.chunks {
-        return Err("snapshot offer with a wrong number of checksums".into());
+        return Err(TransferError::Protocol(
+            "snapshot offer with a wrong number of checksums",
+        ));
     }
     // A snapshot larger than the state environment could hold can never
     // be installed: refused before anything is staged.
     if meta.bytes > bytes_max {
-        let why = format!(
-            "a snapshot of {} bytes is larger than this node's state can hold \
-             (storage.map_size_bytes = {bytes_max})",
-            meta.bytes
-        );
-        let _ = send(&mut c, &Answer::Failed(why.clone())).await;
-        return Err(why);
+        let refused = TransferError::TooLarge {
+            bytes: meta.bytes,
+            max: bytes_max,
+        };
+        let _ = send(&mut c, &Answer::Failed(refused.to_string())).await;
+        return Err(refused);
     }
     let dir = staging_dir(root, &meta);
     // Other incoming snapshots are outdated: only the latest is resumed.
@@ -233,7 +321,7 @@ pub async fn receive_snapshot(
             }
         }
     }
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir)?;
     // Resume after the chunks already staged (each was verified on arrival).
     let mut next = 0;
     let mut staged = 0u64;
@@ -249,10 +337,13 @@ pub async fn receive_snapshot(
     while next < meta.chunks {
         let (seq, data) = match recv::<Offer>(&mut c, STEP_TIMEOUT).await? {
             Offer::Chunk { seq, data } => (seq, data),
-            Offer::Offer(_) => return Err("second offer".into()),
+            Offer::Offer(_) => return Err(TransferError::Protocol("second offer")),
         };
         if seq != next {
-            return Err(format!("chunk {seq} arrived, {next} expected"));
+            return Err(TransferError::OutOfOrder {
+                seq,
+                expected: next,
+            });
         }
         if *blake3::hash(&data).as_bytes() != meta.checksums[seq as usize] {
             tracing::warn!(
@@ -266,18 +357,15 @@ pub async fn receive_snapshot(
         // sender can fill is bounded by an offer already checked.
         staged += data.len() as u64;
         if staged > meta.bytes {
-            let why = format!(
-                "the snapshot's chunks hold more than the {} bytes its offer said",
-                meta.bytes
-            );
-            let _ = send(&mut c, &Answer::Failed(why.clone())).await;
+            let refused = TransferError::OverOffer(meta.bytes);
+            let _ = send(&mut c, &Answer::Failed(refused.to_string())).await;
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(why);
+            return Err(refused);
         }
         // Staged atomically: a crash never leaves half a chunk named.
         let tmp = dir.join(format!("{}.tmp", chunk_name(seq)));
-        std::fs::write(&tmp, &data).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, dir.join(chunk_name(seq))).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, dir.join(chunk_name(seq)))?;
         next += 1;
         report(Progress::Chunk {
             meta: meta.clone(),
@@ -293,17 +381,17 @@ pub async fn receive_snapshot(
     });
     let result = rx
         .await
-        .unwrap_or_else(|_| Err("the node stopped".to_string()));
+        .unwrap_or_else(|_| Err(NotInstalled::because("the node stopped")));
     let answer = match &result {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&dir);
             Answer::Installed
         }
-        Err(why) => Answer::Failed(why.clone()),
+        Err(why) => Answer::Failed(why.reason.clone()),
     };
     send(&mut c, &answer).await?;
     let _ = SinkExt::<Bytes>::close(&mut c).await;
-    result
+    Ok(result?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The sans-IO protocol core: a deterministic value that decides what the
 //! node does, and never does it itself.
 //!
-//! The shell (the node actor, or the simulator in `crate::sim`) feeds it inputs —
+//! The shell (the node state in [`crate::node`], which the node actor and the
+//! simulator in `crate::sim` drive) feeds it inputs —
 //! a client proposal, a peer message, "entries up to N are durable",
 //! "entries up to N are applied", a clock tick — and drains a [`Ready`] of
 //! outputs to execute in order: persist the hard state, truncate and append
