@@ -105,8 +105,8 @@ pub fn new_token() -> (String, String, Vec<u8>) {
 }
 
 /// The id and secret of a presented token.
-fn parse_token(text: &str) -> Result<(&str, Vec<u8>), String> {
-    let bad = || format!("not a token (they look like {TOKEN_PREFIX}<id>_<64 hex digits>)");
+fn parse_token(text: &str) -> Result<(&str, Vec<u8>), NotAToken> {
+    let bad = || NotAToken;
     let rest = text.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
     let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
     if secret.len() != 2 * SECRET_BYTES {
@@ -119,9 +119,14 @@ fn parse_token(text: &str) -> Result<(&str, Vec<u8>), String> {
     Ok((id, secret))
 }
 
+/// A presented text that is no token at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a token (they look like {TOKEN_PREFIX}<id>_<64 hex digits>)")]
+pub struct NotAToken;
+
 /// Who a presented token stands for, by `state` at `now_ms`.
 pub fn verify_token(state: &AuthState, text: &str, now_ms: u64) -> Result<Principal, Denied> {
-    let (id, secret) = parse_token(text).map_err(Denied::Unauthenticated)?;
+    let (id, secret) = parse_token(text).map_err(|e| Denied::Unauthenticated(e.to_string()))?;
     let unknown = || Denied::Unauthenticated(format!("token {id} is revoked or unknown"));
     let token = state.tokens.get(id).ok_or_else(unknown)?;
     let hash = blake3::hash(&secret);

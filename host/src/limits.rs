@@ -103,13 +103,35 @@ const _: () = assert!(
 // A prefixed key always fits LMDB.
 const _: () = assert!(1 + ACTOR_NAME_MAX_BYTES + KEY_BYTES_MAX <= LMDB_KEY_BYTES_MAX);
 
-/// A door check: `Err` with a message naming the limit if `len` is over it.
-pub fn check(what: &str, len: usize, limit_name: &str, limit: usize) -> Result<(), String> {
+/// A door check: `Err` naming the limit if `len` is over it.
+pub fn check(
+    what: &str,
+    len: usize,
+    limit_name: &'static str,
+    limit: usize,
+) -> Result<(), OverLimit> {
     if len > limit {
-        Err(format!(
-            "{what} is {len} bytes, over the limit {limit_name} = {limit} bytes"
-        ))
+        Err(OverLimit {
+            what: what.to_string(),
+            len,
+            limit_name,
+            limit,
+        })
     } else {
         Ok(())
     }
+}
+
+/// Something over one of the limits above.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is {len} bytes, over the limit {limit_name} = {limit} bytes")]
+pub struct OverLimit {
+    /// What was measured.
+    pub what: String,
+    /// Its size.
+    pub len: usize,
+    /// The limit's name.
+    pub limit_name: &'static str,
+    /// The limit.
+    pub limit: usize,
 }

@@ -1199,11 +1199,13 @@ where
     })
 }
 
-fn parse_peer(s: &str) -> Result<PeerConfig, String> {
+fn parse_peer(s: &str) -> anyhow::Result<PeerConfig> {
     let (id, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected ID=HOST:PORT[,CLIENT-HOST:PORT], got {s:?}"))?;
-    let id = id.parse().map_err(|e| format!("bad node id {id:?}: {e}"))?;
+        .ok_or_else(|| anyhow::anyhow!("expected ID=HOST:PORT[,CLIENT-HOST:PORT], got {s:?}"))?;
+    let id = id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad node id {id:?}: {e}"))?;
     let (address, client_address) = match rest.split_once(',') {
         Some((peer, client)) => (peer.to_string(), Some(client.to_string())),
         None => (rest.to_string(), None),
@@ -1215,32 +1217,32 @@ fn parse_peer(s: &str) -> Result<PeerConfig, String> {
     })
 }
 
-fn parse_range(s: &str) -> Result<(u64, u64), String> {
+fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("expected MIN-MAX, got {s:?}"))?;
-    let p = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+        .ok_or_else(|| anyhow::anyhow!("expected MIN-MAX, got {s:?}"))?;
+    let p = |x: &str| x.parse::<u64>().map_err(|e| anyhow::anyhow!("{x:?}: {e}"));
     Ok((p(a)?, p(b)?))
 }
 
-fn parse_log_kind(s: &str) -> Result<LogKind, String> {
+fn parse_log_kind(s: &str) -> anyhow::Result<LogKind> {
     match s {
         "statement" => Ok(LogKind::Statement),
         "row" => Ok(LogKind::Row),
-        _ => Err(format!("expected statement or row, got {s:?}")),
+        _ => Err(anyhow::anyhow!("expected statement or row, got {s:?}")),
     }
 }
 
-fn parse_concern(s: &str) -> Result<WriteConcern, String> {
+fn parse_concern(s: &str) -> anyhow::Result<WriteConcern> {
     match s {
         "majority" => Ok(WriteConcern::Majority),
         "leader" => Ok(WriteConcern::Leader),
-        _ => Err(format!("expected majority or leader, got {s:?}")),
+        _ => Err(anyhow::anyhow!("expected majority or leader, got {s:?}")),
     }
 }
 
-fn parse_level(s: &str) -> Result<ReadLevel, String> {
-    let num = |x: &str| x.parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+fn parse_level(s: &str) -> anyhow::Result<ReadLevel> {
+    let num = |x: &str| x.parse::<u64>().map_err(|e| anyhow::anyhow!("{x:?}: {e}"));
     let parts: Vec<&str> = s.split(':').collect();
     match parts[..] {
         ["linearizable"] => Ok(ReadLevel::Linearizable),
@@ -1258,7 +1260,7 @@ fn parse_level(s: &str) -> Result<ReadLevel, String> {
             max_lag_entries: None,
             max_lag_ms: Some(num(n)?),
         }),
-        _ => Err(format!(
+        _ => Err(anyhow::anyhow!(
             "expected linearizable, lease, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
         )),
     }

@@ -29,7 +29,7 @@ pub const ACTOR_NAME_MAX_BYTES: usize = 64;
 
 /// Check an actor name: 1–64 bytes of `[a-z0-9_-]`, starting with a letter.
 /// Names end up in key prefixes, logs and CLI output, so they stay boring.
-pub fn validate_actor_name(name: &str) -> Result<(), String> {
+pub fn validate_actor_name(name: &str) -> Result<(), BadActorName> {
     let ok_len = !name.is_empty() && name.len() <= ACTOR_NAME_MAX_BYTES;
     let ok_first = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
     let ok_chars = name
@@ -38,11 +38,16 @@ pub fn validate_actor_name(name: &str) -> Result<(), String> {
     if ok_len && ok_first && ok_chars {
         Ok(())
     } else {
-        Err(format!(
-            "invalid actor name {name:?}: use 1-{ACTOR_NAME_MAX_BYTES} characters of a-z, 0-9, '-' and '_', starting with a letter"
-        ))
+        Err(BadActorName(name.to_string()))
     }
 }
+
+/// An actor name [`validate_actor_name`] refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid actor name {0:?}: use 1-{ACTOR_NAME_MAX_BYTES} characters of a-z, 0-9, '-' and '_', starting with a letter"
+)]
+pub struct BadActorName(pub String);
 
 /// The client tag of a write, for exactly-once application: a retried write
 /// with the same `(client_id, seq)` is applied once and answered with the

@@ -235,8 +235,10 @@ impl Request {
     /// never costs the group anything.
     pub fn admit(&self) -> Result<(), ApiError> {
         use crate::limits::{COMMAND_BYTES_MAX, MODULE_BYTES_MAX, QUERY_BYTES_MAX, check};
-        let too_large = |m: String| ApiError::new(ErrorCode::TooLarge, m);
-        let bad_name = |m: String| ApiError::new(ErrorCode::BadRequest, m);
+        let too_large =
+            |e: crate::limits::OverLimit| ApiError::new(ErrorCode::TooLarge, e.to_string());
+        let bad_name =
+            |e: crate::types::BadActorName| ApiError::new(ErrorCode::BadRequest, e.to_string());
         match self {
             Request::Command { actor, command, .. } => {
                 crate::types::validate_actor_name(actor).map_err(bad_name)?;

@@ -558,34 +558,51 @@ impl Change {
 pub const INVALID_EFFECTS: &str = "invalid-effects";
 
 /// Whether an Effects entry keeps the limits its leader's sandbox keeps.
-fn check_effects(fx: &Effects) -> Result<(), String> {
+fn check_effects(fx: &Effects) -> Result<(), InvalidEffects> {
     use crate::limits::{LMDB_KEY_BYTES_MAX, MODULE_BYTES_MAX, VALUE_BYTES_MAX};
     for (k, v) in &fx.writes {
         // A prefixed key: length byte, a valid actor name, then the key.
-        let name_len = *k.first().ok_or("an empty key")? as usize;
+        let name_len = *k.first().ok_or(InvalidEffects::EmptyKey)? as usize;
         let name = k
             .get(1..1 + name_len)
             .and_then(|n| std::str::from_utf8(n).ok())
-            .ok_or("a key without an actor prefix")?;
+            .ok_or(InvalidEffects::NoActorPrefix)?;
         // The group's own records (auth, audit) are written by the
         // leader's host, never by a machine.
         if name != access::SYSTEM_NAMESPACE {
             validate_actor_name(name)?;
         }
         if k.len() > LMDB_KEY_BYTES_MAX {
-            return Err(format!("a key of {} bytes", k.len()));
+            return Err(InvalidEffects::KeyTooLong(k.len()));
         }
         if v.as_ref().is_some_and(|v| v.len() > VALUE_BYTES_MAX) {
-            return Err("a value over VALUE_BYTES_MAX".into());
+            return Err(InvalidEffects::ValueTooLarge);
         }
     }
     if let Some((actor, component)) = &fx.deploy {
         validate_actor_name(actor)?;
         if component.len() > MODULE_BYTES_MAX {
-            return Err("a module over MODULE_BYTES_MAX".into());
+            return Err(InvalidEffects::ModuleTooLarge);
         }
     }
     Ok(())
+}
+
+/// Why an Effects entry breaks the limits its leader's sandbox keeps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum InvalidEffects {
+    #[error("an empty key")]
+    EmptyKey,
+    #[error("a key without an actor prefix")]
+    NoActorPrefix,
+    #[error(transparent)]
+    BadName(#[from] crate::types::BadActorName),
+    #[error("a key of {0} bytes")]
+    KeyTooLong(usize),
+    #[error("a value over VALUE_BYTES_MAX")]
+    ValueTooLarge,
+    #[error("a module over MODULE_BYTES_MAX")]
+    ModuleTooLarge,
 }
 
 /// Entries the leader executed ahead of their commit (row log kind): the
@@ -1186,13 +1203,13 @@ impl Applier {
     ) -> Result<(Change, BatchView), ApplyError> {
         let refused = |reason: String| Change::of_outcome(Outcome::DeployRefused { reason });
         if let Err(reason) = validate_actor_name(actor) {
-            return Ok((refused(reason), view));
+            return Ok((refused(reason.to_string()), view));
         }
         let limit = crate::limits::MODULE_BYTES_MAX;
         if let Err(reason) =
             crate::limits::check("the module", wasm.len(), "MODULE_BYTES_MAX", limit)
         {
-            return Ok((refused(reason), view));
+            return Ok((refused(reason.to_string()), view));
         }
         let component = match Sandbox::normalize(wasm) {
             Ok(c) => c,
@@ -1201,7 +1218,7 @@ impl Applier {
         let what = "the module as a component";
         if let Err(reason) = crate::limits::check(what, component.len(), "MODULE_BYTES_MAX", limit)
         {
-            return Ok((refused(reason), view));
+            return Ok((refused(reason.to_string()), view));
         }
         let hash = Sandbox::hash(&component);
         if !auth.module_allowed(&hash) {

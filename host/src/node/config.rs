@@ -214,17 +214,16 @@ impl NodeConfig {
     }
 
     /// Check the group description; errors name what to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let members = self.members();
         if members.windows(2).any(|w| w[0] == w[1]) {
-            return Err(format!(
-                "node ids must be unique in a group (this node {} and peers {:?})",
-                self.node_id,
-                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
-            ));
+            return Err(ConfigError::DuplicateIds {
+                node: self.node_id,
+                peers: self.peers.iter().map(|p| p.id).collect(),
+            });
         }
         if !self.peers.is_empty() && self.peer_listen.is_none() {
-            return Err("peer_listen is required when the group has peers".into());
+            return Err(ConfigError::NoPeerListen);
         }
         let exposed: Vec<String> = std::iter::once(self.listen)
             .chain(self.peer_listen)
@@ -232,23 +231,14 @@ impl NodeConfig {
             .map(|a| a.to_string())
             .collect();
         if !exposed.is_empty() && self.tls.is_none() && !self.insecure {
-            return Err(format!(
-                "listening on {} (not loopback) without TLS: anyone who reaches the ports could \
-                 join the group, deploy or read. Configure [tls] (`understudy certs` makes \
-                 certificates; then enable auth), or start with --insecure (insecure = true) on \
-                 a network you trust",
-                exposed.join(", ")
-            ));
+            return Err(ConfigError::Exposed(exposed.join(", ")));
         }
         let t = self.timing;
         if !(t.heartbeat_interval_ms > 0
             && t.heartbeat_interval_ms < t.election_timeout_min_ms
             && t.election_timeout_min_ms < t.election_timeout_max_ms)
         {
-            return Err(format!(
-                "timing must satisfy 0 < heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
-                t.heartbeat_interval_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
-            ));
+            return Err(ConfigError::Timing(t));
         }
         Ok(())
     }
@@ -275,4 +265,35 @@ impl NodeConfig {
             node_id: self.node_id,
         }
     }
+}
+
+/// A node configuration [`NodeConfig::validate`] refuses; each names what
+/// to fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Two members with one id.
+    #[error("node ids must be unique in a group (this node {node} and peers {peers:?})")]
+    DuplicateIds {
+        /// This node.
+        node: NodeId,
+        /// The peers.
+        peers: Vec<NodeId>,
+    },
+    /// Peers without a peer address to listen on.
+    #[error("peer_listen is required when the group has peers")]
+    NoPeerListen,
+    /// Addresses other than loopback, without TLS and without `insecure`.
+    #[error(
+        "listening on {0} (not loopback) without TLS: anyone who reaches the ports could \
+         join the group, deploy or read. Configure [tls] (`understudy certs` makes \
+         certificates; then enable auth), or start with --insecure (insecure = true) on \
+         a network you trust"
+    )]
+    Exposed(String),
+    /// Failure-detection timing out of order.
+    #[error(
+        "timing must satisfy 0 < heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
+        .0.heartbeat_interval_ms, .0.election_timeout_min_ms, .0.election_timeout_max_ms
+    )]
+    Timing(Timing),
 }

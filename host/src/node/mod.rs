@@ -38,7 +38,7 @@ mod tests;
 mod writer;
 
 pub use applier_actor::{ApplierActor, ReadAudit};
-pub use config::{Compaction, NodeConfig, PeerConfig};
+pub use config::{Compaction, ConfigError, NodeConfig, PeerConfig};
 pub use messages::FAULT_RETRY_MS;
 pub use queries::{QUERIES_HANDED_PER_THREAD, QUERY_THREADS_MAX, QueryRunner, query_threads};
 pub use run::{Natives, Running, run, run_bound, run_with};
@@ -740,7 +740,7 @@ impl Node {
             let limit = crate::limits::MODULE_BYTES_MAX;
             let what = "the module as a component";
             if let Err(m) = crate::limits::check(what, component.len(), "MODULE_BYTES_MAX", limit) {
-                let _ = reply.send(refused(ErrorCode::TooLarge, m));
+                let _ = reply.send(refused(ErrorCode::TooLarge, m.to_string()));
                 return;
             }
             let hash = crate::sandbox::Sandbox::hash(&component);

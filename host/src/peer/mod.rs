@@ -821,7 +821,8 @@ pub async fn dial_member(
     let Some(tls) = tls else {
         return Ok(Box::new(stream));
     };
-    let name = crate::tls::server_name_of(address).map_err(DialError::Refused)?;
+    let name =
+        crate::tls::server_name_of(address).map_err(|e| DialError::Refused(e.to_string()))?;
     let stream = tokio::time::timeout(timeout, tls.peer_connector.connect(name, stream))
         .await
         .map_err(|_| DialError::Io("TLS handshake timed out".into()))?

@@ -882,7 +882,7 @@ fn check_function_sizes(wasm: &[u8]) -> Result<(), LoadError> {
                 "FUNCTION_BODY_BYTES_MAX",
                 limit,
             )
-            .map_err(LoadError::OverLimit)?;
+            .map_err(|e| LoadError::OverLimit(e.to_string()))?;
             function += 1;
         }
     }

@@ -100,20 +100,20 @@ impl std::fmt::Display for CertIdentity {
 
 /// Who the (leaf) certificate `der` names, from its URI subject
 /// alternative names.
-pub fn identity_of(der: &CertificateDer<'_>) -> Result<CertIdentity, String> {
+pub fn identity_of(der: &CertificateDer<'_>) -> Result<CertIdentity, CertError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der.as_ref())
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
+        .map_err(|e| CertError::Unreadable(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("unreadable subject alternative names: {e}"))?;
+        .map_err(|e| CertError::BadNames(e.to_string()))?;
     let mut found = Vec::new();
     for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
         if let GeneralName::URI(uri) = name {
             if let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) {
                 let id = id
                     .parse::<NodeId>()
-                    .map_err(|_| format!("certificate names a bad node id {uri:?}"))?;
+                    .map_err(|_| CertError::BadNodeId(uri.to_string()))?;
                 found.push(CertIdentity::Node(id));
             } else if let Some(user) = uri.strip_prefix(USER_URI_PREFIX) {
                 found.push(CertIdentity::User(user.to_string()));
@@ -122,21 +122,49 @@ pub fn identity_of(der: &CertificateDer<'_>) -> Result<CertIdentity, String> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(format!(
-            "the certificate names neither a node ({NODE_URI_PREFIX}<id>) nor a user \
-             ({USER_URI_PREFIX}<name>)"
-        )),
-        _ => Err(format!(
-            "the certificate names more than one identity: {found:?}"
-        )),
+        0 => Err(CertError::Anonymous),
+        _ => Err(CertError::Several(found)),
     }
+}
+
+/// Why a certificate names no identity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// Not an X.509 certificate.
+    #[error("unreadable certificate: {0}")]
+    Unreadable(String),
+    /// Its subject alternative names do not parse.
+    #[error("unreadable subject alternative names: {0}")]
+    BadNames(String),
+    /// A node URI without a number.
+    #[error("certificate names a bad node id {0:?}")]
+    BadNodeId(String),
+    /// No node and no user.
+    #[error(
+        "the certificate names neither a node ({NODE_URI_PREFIX}<id>) nor a user \
+         ({USER_URI_PREFIX}<name>)"
+    )]
+    Anonymous,
+    /// More than one identity.
+    #[error("the certificate names more than one identity: {0:?}")]
+    Several(Vec<CertIdentity>),
+}
+
+/// A member address whose host is not a valid TLS server name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad host name {host:?}: {message}")]
+pub struct BadServerName {
+    /// The host part.
+    pub host: String,
+    /// Why.
+    pub message: String,
 }
 
 /// The identity of the peer of a finished handshake (its leaf
 /// certificate), if it presented one.
 pub fn peer_identity(
     certs: Option<&[CertificateDer<'static>]>,
-) -> Option<Result<CertIdentity, String>> {
+) -> Option<Result<CertIdentity, CertError>> {
     certs.and_then(|c| c.first()).map(identity_of)
 }
 
@@ -318,12 +346,15 @@ pub fn server_name(addr: SocketAddr) -> ServerName<'static> {
 }
 
 /// The name a member at `address` (HOST:PORT) is checked against.
-pub fn server_name_of(address: &str) -> Result<ServerName<'static>, String> {
+pub fn server_name_of(address: &str) -> Result<ServerName<'static>, BadServerName> {
     let host = match address.rsplit_once(':') {
         Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
         None => address,
     };
-    ServerName::try_from(host.to_string()).map_err(|e| format!("bad host name {host:?}: {e}"))
+    ServerName::try_from(host.to_string()).map_err(|e| BadServerName {
+        host: host.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Wait (at most `timeout_ms`) for the first byte a connection sends and
@@ -386,7 +417,12 @@ pub type BoxedIo = Box<dyn Io>;
 /// one of our frames, which rustls reports as a corrupt message.
 pub fn explain_handshake_error(e: &std::io::Error) -> String {
     let text = e.to_string();
-    if text.contains("corrupt message") || text.contains("InvalidContentType") {
+    // tokio-rustls hands rustls' error over inside the I/O error.
+    let not_tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+    if not_tls {
         format!(
             "TLS handshake failed ({text}): the port does not speak TLS (the node runs \
              without [tls]; a client reaches it without --ca)"
