@@ -1,7 +1,8 @@
-//! Settings every member of a group must share, used by the node and by
-//! the peer transport alike (a peer's hello carries them, and a member of
-//! other settings is refused): the replication-log kind and the
-//! failure-detection timing. At the bottom of the house: it imports only
+//! Settings every member of a group must share, used by the node, the
+//! sandbox and the peer transport alike (a peer's hello carries the log
+//! kind and the timing, and a member of other settings is refused): the
+//! replication-log kind, the failure-detection timing, and the limits of
+//! every machine call. At the bottom of the house: it imports only
 //! the protocol core.
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,31 @@ impl Default for Timing {
             heartbeat_interval_ms: g.heartbeat_interval_ms,
             election_timeout_min_ms: g.election_timeout_min_ms,
             election_timeout_max_ms: g.election_timeout_max_ms,
+        }
+    }
+}
+
+/// Limits applied to every machine call. Part of the group's configuration:
+/// every replica must use the same values or results diverge.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxLimits {
+    /// Instruction budget of one call (wasmtime fuel units).
+    pub fuel_per_call: u64,
+    /// Budget for host work one call may cause (kv operations and bytes moved).
+    pub host_units_per_call: u64,
+    /// Largest linear memory of an instance, in bytes.
+    pub memory_bytes_max: usize,
+    /// Wall-clock watchdog for one call; never produces a committed result.
+    pub watchdog_ms: u64,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            fuel_per_call: 200_000_000,
+            host_units_per_call: 64 << 20,
+            memory_bytes_max: 64 << 20,
+            watchdog_ms: 10_000,
         }
     }
 }

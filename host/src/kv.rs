@@ -10,6 +10,7 @@
 //! gives rollback of refused commands, the write-set that row-based
 //! replication ships, and the input of the state digest.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -156,5 +157,17 @@ mod tests {
                 prop_assert_eq!(layered_get(&writes, &base, k), KvRead::get(&applied, k));
             }
         }
+    }
+}
+
+/// Read view handed into a call and given back afterwards.
+pub trait StateView: KvRead + Send + Any {
+    /// For getting the concrete view back after the call.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: KvRead + Send + Any> StateView for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
     }
 }

@@ -14,6 +14,8 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod kv;
+#[cfg(test)]
+mod layers;
 pub mod limits;
 pub mod net;
 pub mod node;

@@ -4,10 +4,12 @@
 //! queries for the query threads.
 
 use super::applier::{self, Applier, ApplyError};
+use super::clock::{TICK_MS, now_ms};
+use super::config::Compaction;
 use super::error::{ApplierHalted, InstallError};
+use super::messages::FAULT_RETRY_MS;
 use super::messages::*;
 use super::queries::{QueryRunner, query_response};
-use super::{Compaction, FAULT_RETRY_MS, Node, TICK_MS};
 use crate::api::{ApiError, ErrorCode, Response};
 use crate::storage::LogStore;
 use crate::types::{Index, Payload};
@@ -265,7 +267,7 @@ impl ApplierActor {
             Err(e) => return tracing::error!(error = %e, "reading the log's end"),
         }
         let by_size = durable.saturating_sub(self.compaction.retain_entries);
-        let cutoff_ms = Node::now_ms().saturating_sub(self.compaction.retain_ms);
+        let cutoff_ms = now_ms().saturating_sub(self.compaction.retain_ms);
         let by_age = match self
             .log
             .first_at_or_after(cutoff_ms, compacted + 1, durable)

@@ -2,7 +2,7 @@
 //! data directory, limits, timeouts, peers, TLS), with defaults and
 //! validation. Read from `node.toml` or built from CLI flags.
 
-use super::{LogKind, Timing};
+use crate::config::{LogKind, Timing};
 use crate::replication::GroupConfig;
 use crate::sandbox::SandboxLimits;
 use crate::storage::{self, Identity, StorageOptions};

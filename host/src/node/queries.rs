@@ -1,8 +1,8 @@
 //! The query threads: a query's machine runs there, over a read snapshot
 //! of the applied state, never on the applier's thread.
 
-use super::Node;
 use super::applier;
+use super::clock::now_ms;
 use super::messages::{Damaged, RunPrepared, RunQuery};
 use crate::api::{ApiError, ErrorCode, Response};
 use crate::storage;
@@ -25,7 +25,7 @@ impl Handler<RunPrepared> for QueryRunner {
         if msg.reply.is_closed() {
             return; // the client is gone
         }
-        if Node::now_ms() >= msg.deadline_ms {
+        if now_ms() >= msg.deadline_ms {
             let message = "the query waited for a query thread past read_timeout_ms";
             let _ = msg
                 .reply

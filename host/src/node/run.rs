@@ -1,15 +1,11 @@
 //! Starting a node: binding its listeners and starting its actors, the
 //! peer acceptor and the client server.
 
-use super::{FromPeer, Node, NodeConfig, server};
+use super::config::NodeConfig;
+use super::server;
+use super::shell::{FromPeer, Natives, Node};
 use actix::Addr;
 use std::net::SocketAddr;
-
-/// Native machines by the component hash they stand in for.
-pub type Natives = Vec<(
-    crate::sandbox::ModuleHash,
-    std::sync::Arc<dyn crate::sandbox::NativeMachine>,
-)>;
 
 /// A started node.
 pub struct Running {

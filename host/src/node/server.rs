@@ -30,7 +30,7 @@
 //! announced length): slow or idle clients cannot pin the
 //! node's memory or file descriptors.
 
-use super::{ClientCall, Node};
+use super::shell::{ClientCall, Node};
 use crate::access::AuthView;
 use crate::api::{ApiError, ErrorCode, Frame, PROTOCOL_VERSION, Request, Response};
 use crate::auth::{Action, AuthState, Denied, Principal};

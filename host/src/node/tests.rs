@@ -4,8 +4,13 @@
 use super::writer::SLOW_PERSISTS;
 use super::*;
 use crate::api::client::Client;
+use crate::api::{ErrorCode, ReadLevel, Status};
+use crate::sandbox::Sandbox;
 use crate::sandbox::{CallContext, NativeKv, NativeMachine};
+use crate::types::Outcome;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Stands in for a component; writes its `bias` into every result, so
 /// nodes with different biases diverge (a non-deterministic machine).

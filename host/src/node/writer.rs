@@ -3,9 +3,10 @@
 //! and go out together in the next batch (group commit). Host faults (a
 //! full disk, an I/O error) are retried until they clear.
 
+use super::clock::now_ms;
 use super::error::WriteError;
+use super::messages::FAULT_RETRY_MS;
 use super::messages::{Persist, Persisted, ResetLog, StorageFault};
-use super::{FAULT_RETRY_MS, Node};
 use crate::storage::LogStore;
 use crate::types::Index;
 use actix::prelude::*;
@@ -40,7 +41,7 @@ impl LogWriter {
             "truncated-{}-{}-at-{}.cbor",
             first.index,
             last.index,
-            Node::now_ms()
+            now_ms()
         );
         let path = self.quarantine.join(name);
         let write = || -> std::io::Result<()> {

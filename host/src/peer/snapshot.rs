@@ -17,7 +17,9 @@
 //! leader offers the same snapshot again (it keeps offering its latest one
 //! while that one is still ahead of its compacted log).
 
-use super::{Hello, HelloReply, PEER_PROTOCOL_VERSION};
+use super::wire::{
+    DialError, Hello, HelloReply, Lane, PEER_PROTOCOL_VERSION, PeerConn, dial_member,
+};
 use crate::net;
 use crate::storage::SnapshotMeta;
 pub use crate::storage::chunk_name;
@@ -73,7 +75,7 @@ pub enum Answer {
     Failed(String),
 }
 
-type Conn = super::PeerConn;
+type Conn = PeerConn;
 
 /// Why a snapshot transfer failed, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,7 @@ pub enum TransferError {
     Decode(#[from] crate::codec::CodecError),
     /// The member could not be reached (or was not the one expected).
     #[error("{0}")]
-    Dial(#[from] super::DialError),
+    Dial(#[from] DialError),
     /// The member refused the hello.
     #[error("refused: {0}")]
     Refused(String),
@@ -198,7 +200,7 @@ pub async fn send_snapshot(
     dir: &Path,
     meta: &SnapshotMeta,
 ) -> Result<(), TransferError> {
-    let stream = super::dial_member(address, to, tls, STEP_TIMEOUT).await?;
+    let stream = dial_member(address, to, tls, STEP_TIMEOUT).await?;
     let mut c = Framed::new(stream, net::codec());
     let hello = Hello {
         v: PEER_PROTOCOL_VERSION,
@@ -206,7 +208,7 @@ pub async fn send_snapshot(
         from,
         to,
         client_address: client_address.to_string(),
-        lane: super::Lane::Snapshot,
+        lane: Lane::Snapshot,
         log_kind,
         timing,
         // The control and data lanes carry the incarnation.

@@ -7,8 +7,9 @@
 //! pure function of what the guest asked for, hence deterministic.
 
 use super::bindings::understudy::machine::{kv, log, types};
-use super::view::{self, RANGE_LIMIT_MAX, WriteSet};
-use super::{SandboxLimits, StateView};
+use crate::config::SandboxLimits;
+use crate::kv::StateView;
+use crate::kv::{self as view, RANGE_LIMIT_MAX, WriteSet};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_SET_BYTES_MAX};
 use std::sync::Arc;
 /// Longest log message kept.

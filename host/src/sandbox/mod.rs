@@ -25,7 +25,6 @@ pub use crate::kv as view;
 
 use crate::types::{EntryContext, Index, Outcome, Term};
 use serde_bytes::ByteBuf;
-use std::any::Any;
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,43 +42,12 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "understudy:machine/log@0.1.0",
 ];
 
-#[allow(missing_docs)]
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "machine",
-        path: "../wit",
-        imports: { default: trappable },
-    });
-}
+mod bindings;
 
 pub use bindings::MachinePre;
 
-pub use crate::kv::ModuleHash;
-
-/// Limits applied to every machine call. Part of the group's configuration:
-/// every replica must use the same values or results diverge.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxLimits {
-    /// Instruction budget of one call (wasmtime fuel units).
-    pub fuel_per_call: u64,
-    /// Budget for host work one call may cause (kv operations and bytes moved).
-    pub host_units_per_call: u64,
-    /// Largest linear memory of an instance, in bytes.
-    pub memory_bytes_max: usize,
-    /// Wall-clock watchdog for one call; never produces a committed result.
-    pub watchdog_ms: u64,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits {
-            fuel_per_call: 200_000_000,
-            host_units_per_call: 64 << 20,
-            memory_bytes_max: 64 << 20,
-            watchdog_ms: 10_000,
-        }
-    }
-}
+pub use crate::config::SandboxLimits;
+pub use crate::kv::{ModuleHash, StateView};
 
 /// Why a module cannot be loaded as a machine.
 #[derive(Debug, thiserror::Error)]
@@ -130,18 +98,6 @@ pub struct SandboxFailure<V> {
 impl<V> std::fmt::Debug for SandboxFailure<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.error.fmt(f)
-    }
-}
-
-/// Read view handed into a call and given back afterwards.
-pub trait StateView: KvRead + Send + Any {
-    /// For getting the concrete view back after the call.
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
-}
-
-impl<T: KvRead + Send + Any> StateView for T {
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 

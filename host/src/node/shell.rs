@@ -1,0 +1,1264 @@
+//! The node actor: the shell that owns the node's decisions
+//! ([`NodeState`]), turns every message it gets (a client's request, a
+//! peer's message, its threads' reports, the clock) into an event of the
+//! state, and executes the effects the state queues — messages to peers,
+//! batches for the log writer, work for the applier, answers to clients.
+//! Compiling deploys (off its thread, within a budget) and recording a
+//! forced promotion are its own.
+
+use super::applier::Applier;
+use super::applier_actor::{ApplierActor, ReadAudit, Shown};
+use super::clock::{TICK_MS, now_ms};
+use super::config::NodeConfig;
+use super::error::{InstallFailed, SendSnapshotError};
+use super::messages::*;
+use super::queries::{QUERIES_HANDED_PER_THREAD, QueryRunner, query_threads};
+use super::snapshots::SnapshotMaker;
+use super::writer::LogWriter;
+use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, Status, WriteConcern};
+use crate::config::LogKind;
+use crate::peer::snapshot::NotInstalled;
+use crate::peer::{PeerMessage, Peers};
+use crate::replication::{Core, GroupConfig, Role};
+use crate::sandbox::Sandbox;
+use crate::storage::{self, DirLock, LogStore};
+use crate::types::{Index, NodeId, Outcome, Payload, Term};
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use understudy_core::client::WriteAnswer;
+use understudy_core::node::{Effect, NodeState, Read, Settings, SnapshotIn};
+
+/// A client request and where to send its answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientCall {
+    /// The request.
+    pub request: Request,
+    /// The answer goes here.
+    pub reply: oneshot::Sender<Response>,
+    /// Who asked, as its connection verified it (`None`: nobody proved
+    /// who it is). The connection has checked the request against the
+    /// auth state; entries carry it so every replica checks again.
+    pub by: Option<crate::auth::Principal>,
+}
+
+/// A message from a peer (or news of its connection).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromPeer(pub crate::peer::Inbound);
+
+/// A read as the shell holds it: the query, and where to answer.
+pub(crate) struct PendingRead {
+    actor: String,
+    request: ByteBuf,
+    reply: oneshot::Sender<Response>,
+}
+
+/// The node's decisions, with the shell's reply channels as handles.
+type State = NodeState<oneshot::Sender<Response>, PendingRead>;
+
+/// The node actor: the shell that executes what [`NodeState`] decides.
+pub struct Node {
+    config: NodeConfig,
+    /// The node's decisions (and the protocol core inside them).
+    state: State,
+    /// The auth state of the applied entries (published by the applier).
+    auth: crate::access::AuthView,
+    /// An audit record to log once this node leads (a forced promotion).
+    audit_when_leading: Option<(String, Option<crate::auth::Principal>)>,
+    /// TLS for dialing members (snapshot transfers); `None`: plaintext.
+    tls: Option<crate::tls::NodeTls>,
+    writer: Addr<LogWriter>,
+    applier: Addr<ApplierActor>,
+    peers: Peers,
+    /// What the log's meta holds of a data loss (see
+    /// [`LogStore::recovering`]).
+    recovering_persisted: ((Term, Index), bool),
+    /// The term and log position, for the peer acceptor's hello answers.
+    published: crate::peer::Published,
+    /// This actor's address, once started (for the applier's `QueryDone`).
+    me: Option<Addr<Node>>,
+    /// The applier's part of a status (see [`ApplierActor::show`]).
+    shown: Shown,
+    /// Compiles a deploy before it is proposed (see `deploy`).
+    compiler: crate::sandbox::Compiler,
+    /// A compile is running (set by `deploy`, cleared by its thread when
+    /// it ends, even after its deploy was answered).
+    compiling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The durable log, read by the core for terms and log shipping.
+    log: LogStore,
+    snapshot_maker: Addr<SnapshotMaker>,
+    /// A [`DriveSoon`] is queued.
+    drive_soon: bool,
+    _lock: DirLock,
+}
+
+impl Node {
+    /// Open storage, build the sandbox and start the node's actors. Must be
+    /// called inside a running actix system.
+    pub fn start(config: NodeConfig) -> anyhow::Result<Addr<Node>> {
+        Self::start_with(config, Vec::new(), None)
+    }
+
+    /// [`Node::start_parts`] without the acceptor's identity.
+    pub fn start_with(
+        config: NodeConfig,
+        natives: Natives,
+        client_address: Option<SocketAddr>,
+    ) -> anyhow::Result<Addr<Node>> {
+        Ok(Self::start_parts(config, natives, client_address)?.0)
+    }
+
+    /// [`Node::start`], with native machines standing in for the components
+    /// of the given hashes (see [`crate::sandbox::NativeMachine`]), and the
+    /// client address actually bound.
+    ///
+    /// Returns the identity the peer acceptor ([`crate::peer::serve`])
+    /// checks hellos with, which records the peers' incarnations in this
+    /// node's log, and the auth state the client connections check
+    /// requests against.
+    pub fn start_parts(
+        config: NodeConfig,
+        natives: Natives,
+        client_address: Option<SocketAddr>,
+    ) -> anyhow::Result<(
+        Addr<Node>,
+        crate::peer::LocalIdentity,
+        crate::access::AuthView,
+    )> {
+        use anyhow::Context as _;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid node config: {e}"))?;
+        let tls = match &config.tls {
+            Some(settings) => Some(
+                crate::tls::NodeTls::load(settings, config.node_id).context("setting up TLS")?,
+            ),
+            None => None,
+        };
+        let identity = config.identity();
+        let (lock, log, state) = storage::open(&config.data_dir, &identity, &config.storage)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        let hard = log.hard_state()?;
+        let applied_before = state.applied()?;
+        if applied_before.index > log.last()?.0
+            && let Some((index, term)) = state.installed_snapshot()?
+            && index == applied_before.index
+        {
+            // A snapshot was installed but the node stopped before the log
+            // was reset to it: finish the install.
+            tracing::info!(index, term, "completing an interrupted snapshot install");
+            // (The entry's timestamp is not known here: 0, as before
+            // timestamps were kept with the compacted point.)
+            log.reset_to(index, term, 0)?;
+        }
+        let last = log.last()?;
+        let snapshot_state = state.clone();
+        let mut sandbox = Sandbox::new(config.limits.clone())?;
+        for (hash, machine) in natives {
+            sandbox.register_native(hash, machine);
+        }
+        let compiler = sandbox.compiler();
+        let applier = Applier::new(sandbox, state)?;
+        let auth = applier.auth_view();
+        let applied = applier.applied();
+        anyhow::ensure!(
+            applied.index <= last.0,
+            "state is applied up to {} but the log ends at {}: the log of this data directory was lost",
+            applied.index,
+            last.0
+        );
+        let forced = config.forced_path().exists();
+        let group = if forced {
+            tracing::error!(
+                file = %config.forced_path().display(),
+                "this node was promoted by force and runs as a group of one, whatever its config says; remove the file (and rebuild the other members) to return to the configured group"
+            );
+            GroupConfig {
+                members: vec![config.node_id],
+                ..config.group()
+            }
+        } else {
+            config.group()
+        };
+        let mut core = Core::new(group, hard, last, applied.index, rand::random());
+        let recovering = log.recovering()?;
+        core.restore_recovering(recovering.0, recovering.1);
+        let incarnation = log.incarnation()?;
+        tracing::info!(
+            node = config.node_id,
+            members = ?config.members(),
+            term = hard.term,
+            last_index = last.0,
+            applied_index = applied.index,
+            "node starting"
+        );
+        let writer_log = log.clone();
+        let quarantine = config.data_dir.join("quarantine");
+        let writer = SyncArbiter::start(1, move || LogWriter {
+            log: writer_log.clone(),
+            quarantine: quarantine.clone(),
+        });
+        let maker_log = log.clone();
+        let maker_root = config.data_dir.join("snapshots");
+        let chunk_bytes = config.compaction.snapshot_chunk_bytes.max(4096);
+        let snapshot_maker = SyncArbiter::start(1, move || SnapshotMaker {
+            state: snapshot_state.clone(),
+            log: maker_log.clone(),
+            root: maker_root.clone(),
+            chunk_bytes,
+        });
+        let compaction = config.compaction;
+        let batch_max = config.apply_batch_entries_max.max(1);
+        let checkpoint_entries = config.checkpoint_entries_max.max(1);
+        let applier_shown: Shown = std::sync::Arc::new(std::sync::Mutex::new((
+            applied.index,
+            applied.digest,
+            applier.actors().unwrap_or_default(),
+        )));
+        let shown = applier_shown.clone();
+        let applier_slot = std::sync::Mutex::new(Some(applier));
+        let applier_log = log.clone();
+        let query_threads = query_threads();
+        let queries = SyncArbiter::start(query_threads, || QueryRunner);
+        let applier = SyncArbiter::start(1, move || ApplierActor {
+            applier: applier_slot
+                .lock()
+                .expect("applier slot lock")
+                .take()
+                .expect("the applier thread is started once"),
+            log: applier_log.clone(),
+            batch_max,
+            checkpoint_entries,
+            checkpoint_due: false,
+            compaction,
+            ticks: 0,
+            halted: None,
+            fault: None,
+            wanted: None,
+            shown: applier_shown.clone(),
+            queries: queries.clone(),
+        });
+        let client_address = client_address.unwrap_or(config.listen).to_string();
+        let published = crate::peer::Published::default();
+        let me = crate::peer::LocalIdentity {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.node_id,
+            members: config.members(),
+            client_address: client_address.clone(),
+            snapshot_root: config.data_dir.join("snapshots"),
+            snapshot_bytes_max: config.storage.map_size_bytes as u64,
+            log_kind: config.log_kind,
+            timing: config.timing,
+            incarnation,
+            book: Some(crate::peer::PeerBook::new(log.clone(), published.clone())),
+            tls: tls.clone(),
+        };
+        let peer_addresses = config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.address.clone()))
+            .collect();
+        // Peers' answers to the hellos reach the node through a
+        // channel: the dialers start before the node actor exists.
+        let (answers_tx, mut answers_rx) = tokio::sync::mpsc::unbounded_channel();
+        let peers = Peers::start(&me, &peer_addresses, move |from, answer| {
+            let _ = answers_tx.send(HelloAnswered { from, answer });
+        });
+        let settings = Settings {
+            log_kind: config.log_kind,
+            pending_writes_max: config.pending_writes_max,
+            write_timeout_ms: config.write_timeout_ms,
+            read_timeout_ms: config.read_timeout_ms,
+            query_slots: query_threads * QUERIES_HANDED_PER_THREAD,
+            queries_waiting_max: crate::limits::QUERIES_WAITING_MAX,
+            configured_addresses: config
+                .peers
+                .iter()
+                .filter(|p| p.client_address.is_some())
+                .map(|p| p.id)
+                .collect(),
+        };
+        let addresses = std::iter::once((config.node_id, client_address))
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.client_address.clone().map(|a| (p.id, a))),
+            )
+            .collect();
+        let node = Node {
+            state: NodeState::new(core, settings, rand::random(), addresses),
+            auth: auth.clone(),
+            audit_when_leading: None,
+            tls,
+            recovering_persisted: recovering,
+            published,
+            compiler,
+            shown,
+            compiling: Default::default(),
+            me: None,
+            config,
+            writer,
+            applier,
+            peers,
+            log,
+            snapshot_maker,
+            drive_soon: false,
+            _lock: lock,
+        };
+        let addr = node.start();
+        let to_node = addr.clone();
+        actix::spawn(async move {
+            while let Some(lost) = answers_rx.recv().await {
+                to_node.do_send(lost);
+            }
+        });
+        Ok((addr, me, auth))
+    }
+
+    /// One turn of the node's decisions, then their effects.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        if self.state.core().role() == Role::Leader
+            && let Some((action, by)) = self.audit_when_leading.take()
+        {
+            // Answered to nobody: the promotion was answered already.
+            let (done, _) = oneshot::channel();
+            self.state.propose(
+                Payload::Audit { action, by },
+                WriteConcern::Majority,
+                done,
+                now_ms(),
+                &self.log,
+            );
+        }
+        let core = self.state.core();
+        let recovering = (core.recovery_floor(), !core.lost_terms_pending());
+        if recovering != self.recovering_persisted {
+            // Synced before this turn's messages leave: a vote this node
+            // grants is judged by the floor it will also have after a
+            // restart. (Once the terms are learned — the vote that holds
+            // them is in this turn's hard state — a restart need not learn
+            // them again.)
+            if let Err(e) = self.log.set_recovering(recovering.0, recovering.1) {
+                self.state
+                    .halt(format!("cannot record that this node is recovering: {e}"));
+                return self.execute(ctx);
+            }
+            self.recovering_persisted = recovering;
+        }
+        self.published.set(
+            self.state.core().term(),
+            self.state.core().durable_position(),
+        );
+        self.state.drive(now_ms(), &self.log);
+        self.execute(ctx);
+    }
+
+    /// Execute the effects the state queued, in order; proposals waiting
+    /// to be executed ahead of commit go once the mailbox is drained.
+    fn execute(&mut self, ctx: &mut Context<Self>) {
+        if self.state.wants_speculation() && !self.drive_soon {
+            // Actix polls a notification after the mailbox: a burst of
+            // client writes becomes one log append, one append message per
+            // follower and one execution, instead of one of each per write.
+            self.drive_soon = true;
+            ctx.notify(DriveSoon);
+        }
+        for effect in self.state.take_effects() {
+            match effect {
+                Effect::Send { to, message } => self.peers.send(to, PeerMessage::Raft(message)),
+                Effect::ShareDigest { index, digest } => {
+                    for p in self.config.peers.iter().map(|p| p.id) {
+                        self.peers.send(p, PeerMessage::Digest { index, digest });
+                    }
+                }
+                Effect::Persist(batch) => self.writer.do_send(Persist {
+                    hard_state: batch.hard_state,
+                    truncate_from: batch.truncate_from,
+                    entries: batch.entries,
+                    reply_to: ctx.address().recipient(),
+                    fault_to: ctx.address().recipient(),
+                }),
+                Effect::ApplyUpTo(up_to) => self.applier.do_send(ApplyUpTo {
+                    up_to,
+                    reply_to: ctx.address().recipient(),
+                    fault_to: ctx.address().recipient(),
+                }),
+                Effect::Speculate(batch) => self.applier.do_send(Speculate {
+                    entries: batch.entries,
+                    as_effects: batch.as_effects,
+                    term_start: batch.term_start,
+                    epoch: batch.epoch,
+                    reply_to: ctx.address().recipient(),
+                }),
+                Effect::DiscardSpeculation => self.applier.do_send(DiscardSpeculation),
+                Effect::SendSnapshot(peer) => self.send_snapshot(peer, ctx),
+                Effect::Answer(reply, answer) => {
+                    let _ = reply.send(written(answer));
+                }
+                Effect::RunRead(read) => self.hand_query(read),
+                Effect::RefuseRead(read, e) => {
+                    let _ = read.reply.send(Response::Error(e));
+                }
+            }
+        }
+    }
+
+    /// The operator's forced promotion for a group that lost its majority:
+    /// this node becomes a group of one and leads. Every write that the lost
+    /// majority acknowledged and this node lacks is lost — that is the
+    /// decision being made, and it is logged as such. Recorded in a file of
+    /// the data directory so that a restart keeps it. Refused while this
+    /// node has signs that its group can still elect a leader without it
+    /// ([`NodeState::may_still_elect`]).
+    fn force_alone(&mut self, node: NodeId) -> Response {
+        if node != self.config.node_id {
+            return Response::Error(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a forced promotion is sent to the node to promote (this is node {}, not {node})",
+                    self.config.node_id
+                ),
+            ));
+        }
+        if let Err(why) = self.state.may_still_elect(now_ms()) {
+            return Response::Error(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "forced promotion refused: {why}; a forced promotion is only for a group that lost its majority for good (use `promote` without --force to switch over)"
+                ),
+            ));
+        }
+        if self.state.log_busy() {
+            return Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                "log writes are in flight; retry in a moment",
+            ));
+        }
+        let path = self.config.forced_path();
+        let core = self.state.core();
+        let record = format!(
+            "forced promotion of node {} at {} ms since the epoch, term {}, last index {}\n",
+            self.config.node_id,
+            now_ms(),
+            core.term(),
+            core.last_index()
+        );
+        if let Err(e) =
+            std::fs::write(&path, record).and_then(|()| std::fs::File::open(&path)?.sync_all())
+        {
+            return Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot record the forced promotion in {}: {e}",
+                    path.display()
+                ),
+            ));
+        }
+        tracing::error!(
+            node = self.config.node_id,
+            term = core.term(),
+            last_index = core.last_index(),
+            "FORCED PROMOTION by the operator: this node now leads alone; acknowledged writes it lacks are lost, and the other members are no longer part of the group"
+        );
+        let group = GroupConfig {
+            members: vec![self.config.node_id],
+            ..self.config.group()
+        };
+        self.state.lead_alone(group, now_ms(), &self.log);
+        Response::Promoting {
+            node,
+            term: self.state.core().term(),
+        }
+    }
+
+    /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
+    /// core offers it again after a pause.
+    fn send_snapshot(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
+        let Some(address) = self
+            .config
+            .peers
+            .iter()
+            .find(|p| p.id == peer)
+            .map(|p| p.address.clone())
+        else {
+            return self.state.snapshot_not_sent(peer);
+        };
+        let maker = self.snapshot_maker.clone();
+        let cluster = self.config.cluster_id.clone();
+        let me = self.config.node_id;
+        let log_kind = self.config.log_kind;
+        let timing = self.config.timing;
+        let client_address = self.state.addresses().get(&me).cloned().unwrap_or_default();
+        let tls = self.tls.clone();
+        tracing::info!(peer, "follower needs compacted entries: sending a snapshot");
+        let transfer = async move {
+            let (dir, meta) = maker
+                .send(MakeSnapshot)
+                .await
+                .map_err(|_| SendSnapshotError::MakerStopped)??;
+            crate::peer::snapshot::send_snapshot(
+                &address,
+                &cluster,
+                me,
+                peer,
+                &client_address,
+                log_kind,
+                timing,
+                tls.as_ref(),
+                &dir,
+                &meta,
+            )
+            .await?;
+            Ok::<Index, SendSnapshotError>(meta.index)
+        };
+        ctx.spawn(transfer.into_actor(self).map(move |result, node, ctx| {
+            match result {
+                Ok(index) => {
+                    tracing::info!(peer, index, "snapshot delivered");
+                    node.state.snapshot_sent(peer, index, &node.log);
+                    node.drive(ctx);
+                }
+                Err(e) => {
+                    node.state.snapshot_not_sent(peer);
+                    tracing::warn!(peer, error = %e, "snapshot transfer failed; retrying in 1 s");
+                    ctx.run_later(SNAPSHOT_RETRY, move |node, ctx| {
+                        node.state.snapshot_failed(peer);
+                        node.drive(ctx);
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Install a complete incoming snapshot: state (applier), then the log
+    /// reset (writer, after whatever it is writing), then the core.
+    fn install_snapshot(
+        &mut self,
+        from: crate::types::NodeId,
+        meta: storage::SnapshotMeta,
+        dir: PathBuf,
+        done: oneshot::Sender<Result<(), crate::peer::snapshot::NotInstalled>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = self
+            .state
+            .install_begin(from, meta.index, meta.term, &self.log)
+        {
+            let _ = done.send(Err(NotInstalled::because(e)));
+            return;
+        }
+        let (applier, writer) = (self.applier.clone(), self.writer.clone());
+        let (index, term, timestamp_ms) = (meta.index, meta.term, meta.last_timestamp_ms);
+        let work = async move {
+            let installed = applier
+                .send(InstallSnapshot { dir, meta })
+                .await
+                .map_err(|_| InstallFailed::Stopped("the applier"))??;
+            if installed {
+                writer
+                    .send(ResetLog {
+                        index,
+                        term,
+                        timestamp_ms,
+                    })
+                    .await
+                    .map_err(|_| InstallFailed::Stopped("the log writer"))?
+                    .map_err(InstallFailed::LogReset)?;
+            }
+            Ok::<bool, InstallFailed>(installed)
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, node, ctx| match result {
+                    Ok(installed) => {
+                        if installed {
+                            tracing::info!(index, term, "snapshot installed");
+                        }
+                        node.state.install_end(Some((index, term)), &node.log);
+                        node.drive(ctx);
+                        let _ = done.send(Ok(()));
+                    }
+                    Err(e) => {
+                        node.state.install_end(None, &node.log);
+                        if let InstallFailed::LogReset(_) = e {
+                            node.state.halt(e.to_string());
+                        }
+                        tracing::error!(error = %e, "snapshot install failed");
+                        node.execute(ctx);
+                        let _ = done.send(Err(NotInstalled::because(e)));
+                    }
+                }),
+        );
+    }
+    /// A deploy: refused at once unless this node leads and no other
+    /// module is compiling; then normalized, compiled and checked as a
+    /// machine on a thread of its own, within `module_compile_timeout_ms`,
+    /// and only then proposed — so a module that does not compile, is no
+    /// machine, or compiles too slowly never reaches the log, and the
+    /// applier finds the artifact ready. The applier checks again,
+    /// deterministically, when it applies the entry.
+    fn deploy(
+        &mut self,
+        actor: String,
+        wasm: Vec<u8>,
+        by: Option<crate::auth::Principal>,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if self.state.core().role() != Role::Leader {
+            let _ = reply.send(Response::Error(
+                self.state.not_leader("only the leader takes deploys"),
+            ));
+            return;
+        }
+        if self.compiling.swap(true, Ordering::AcqRel) {
+            let _ = reply.send(Response::Error(ApiError::new(
+                ErrorCode::Overloaded,
+                "another module is being compiled (one at a time); retry later",
+            )));
+            return;
+        }
+        // The followers compile it at the same time (each on a compile
+        // thread of its own): when the entry commits their artifact is
+        // ready too, and their appliers do not stall on it.
+        for p in self.config.peers.iter().map(|p| p.id) {
+            self.peers.send(
+                p,
+                PeerMessage::Precompile {
+                    wasm: ByteBuf::from(wasm.clone()),
+                },
+            );
+        }
+        let (done, compiled) = oneshot::channel();
+        let compiler = self.compiler.clone();
+        let compiling = self.compiling.clone();
+        let spawned = std::thread::Builder::new()
+            .name("understudy-compile".into())
+            .spawn(move || {
+                let compiled = compiler.compile(&wasm);
+                // Free the slot before answering: the client's next deploy
+                // may follow the answer at once (seen under load: it was
+                // refused `Overloaded` by a slot about to be freed).
+                compiling.store(false, Ordering::Release);
+                let _ = done.send(compiled);
+            });
+        if let Err(e) = spawned {
+            self.compiling.store(false, Ordering::Release);
+            let _ = reply.send(Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("cannot start a compile thread: {e}"),
+            )));
+            return;
+        }
+        let budget_ms = self.config.module_compile_timeout_ms;
+        let wait = tokio::time::timeout(Duration::from_millis(budget_ms), compiled);
+        ctx.spawn(wait.into_actor(self).map(move |result, node, ctx| {
+            let refused = |code, message: String| Response::Error(ApiError::new(code, message));
+            let component = match result {
+                Ok(Ok(Ok(component))) => component,
+                Ok(Ok(Err(crate::sandbox::LoadError::OverLimit(m)))) => {
+                    let _ = reply.send(refused(ErrorCode::TooLarge, m));
+                    return;
+                }
+                Ok(Ok(Err(e))) => {
+                    let _ = reply.send(refused(ErrorCode::BadRequest, e.to_string()));
+                    return;
+                }
+                Ok(Err(_)) => {
+                    let _ = reply.send(refused(
+                        ErrorCode::Unavailable,
+                        "the compile thread ended without an answer".into(),
+                    ));
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(actor, budget_ms, "a deployed module compiled too slowly");
+                    let _ = reply.send(refused(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the module took longer than module_compile_timeout_ms = {budget_ms} \
+                             ms to compile on the leader; every replica would spend as long \
+                             (smaller or simpler functions compile faster)"
+                        ),
+                    ));
+                    return;
+                }
+            };
+            let limit = crate::limits::MODULE_BYTES_MAX;
+            let what = "the module as a component";
+            if let Err(m) = crate::limits::check(what, component.len(), "MODULE_BYTES_MAX", limit) {
+                let _ = reply.send(refused(ErrorCode::TooLarge, m.to_string()));
+                return;
+            }
+            let hash = crate::sandbox::Sandbox::hash(&component);
+            if !node.auth.get().module_allowed(&hash) {
+                let _ = reply.send(refused(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "module {} is not on this group's allow-list (`understudy auth module \
+                         allow`)",
+                        crate::auth::hex(&hash)
+                    ),
+                ));
+                return;
+            }
+            node.propose(
+                Payload::Deploy {
+                    actor,
+                    wasm: ByteBuf::from(component),
+                    by,
+                },
+                WriteConcern::Majority,
+                reply,
+                ctx,
+            );
+        }));
+    }
+
+    /// An `Auth` request: `Show` from the applied state; a change through
+    /// the log (a new token's text is answered once it committed).
+    fn auth_request(
+        &mut self,
+        req: crate::api::AuthRequest,
+        by: Option<crate::auth::Principal>,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (change, token) = match req.to_change(now_ms()) {
+            Err(e) => {
+                let _ = reply.send(Response::Error(e));
+                return;
+            }
+            Ok(None) => {
+                let shown = crate::access::shown(&self.auth.get());
+                let _ = reply.send(Response::AuthState(Box::new(shown)));
+                return;
+            }
+            Ok(Some(x)) => x,
+        };
+        let id = match &change {
+            crate::auth::AuthChange::TokenCreate { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        let (written, answer) = oneshot::channel();
+        self.propose(
+            Payload::Auth { change, by },
+            WriteConcern::Majority,
+            written,
+            ctx,
+        );
+        ctx.spawn(
+            async move {
+                let response = match (answer.await, id, token) {
+                    (
+                        Ok(Response::Written {
+                            outcome: Outcome::Ok(_),
+                            term,
+                            index,
+                        }),
+                        Some(id),
+                        Some(token),
+                    ) => Response::TokenCreated {
+                        id,
+                        token,
+                        term,
+                        index,
+                    },
+                    (Ok(r), _, _) => r,
+                    (Err(_), _, _) => Response::Error(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the node dropped the request",
+                    )),
+                };
+                let _ = reply.send(response);
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// The leader asks this follower to compile a module it is about to
+    /// propose ([`PeerMessage::Precompile`]): on a compile thread, one at a
+    /// time (when one is running this is skipped, and the applier compiles
+    /// at apply, as it would anyway); the artifact waits for the applier,
+    /// which waits for a compile of it in progress rather than compile
+    /// twice. Only from the leader this node follows, and only a module
+    /// within `MODULE_BYTES_MAX`.
+    fn precompile(&mut self, from: NodeId, wasm: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if self.state.core().leader() != Some(from) || self.state.core().role() == Role::Leader {
+            tracing::warn!(
+                from,
+                "a module to precompile from a member that is not the leader: ignored"
+            );
+            return;
+        }
+        let limit = crate::limits::MODULE_BYTES_MAX;
+        if wasm.len() > limit {
+            tracing::warn!(
+                from,
+                bytes = wasm.len(),
+                limit,
+                "a module to precompile over MODULE_BYTES_MAX: ignored"
+            );
+            return;
+        }
+        if self.compiling.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                from,
+                "a module to precompile while another compiles: left to the applier"
+            );
+            return;
+        }
+        let compiler = self.compiler.clone();
+        let compiling = self.compiling.clone();
+        let spawned = std::thread::Builder::new()
+            .name("understudy-compile".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match compiler.compile(&wasm) {
+                    Ok(_) => tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled a module the leader is deploying, ahead of its apply"
+                    ),
+                    Err(e) => tracing::info!(error = %e, "a module the leader is deploying does not compile here either"),
+                }
+                compiling.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.compiling.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "cannot start a compile thread");
+        }
+    }
+
+    /// A write: proposed through the state, its effects executed.
+    fn propose(
+        &mut self,
+        payload: Payload,
+        concern: WriteConcern,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.state
+            .propose(payload, concern, reply, now_ms(), &self.log);
+        self.execute(ctx);
+    }
+
+    /// Hand `read` to the applier, which prepares it (pending writes,
+    /// machine) and passes it to a query thread: the machine runs there,
+    /// over a read snapshot taken then, never on the applier's thread, so
+    /// queries that exhaust their fuel cannot delay writes. At most
+    /// `query_threads` × [`QUERIES_HANDED_PER_THREAD`] queries are handed
+    /// over at once; the rest wait in the state, in order.
+    fn hand_query(&mut self, read: Read<PendingRead>) {
+        let Some(me) = &self.me else {
+            let _ = read.handle.reply.send(Response::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                "starting",
+            )));
+            return self.state.query_done(now_ms(), |r| r.reply.is_closed());
+        };
+        self.applier.do_send(RunQuery {
+            actor: read.handle.actor,
+            request: read.handle.request,
+            reply: read.handle.reply,
+            done: QueryDoneGuard {
+                to: me.clone().recipient(),
+                halted: None,
+            },
+            deadline_ms: read.deadline_ms,
+        });
+    }
+
+    fn status(&self) -> Status {
+        // The applier's part as it last published it (an apply or a
+        // compile in progress does not hold a status up).
+        let shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, core) = (&self.state, self.state.core());
+        Status {
+            node_id: self.config.node_id,
+            cluster_id: self.config.cluster_id.clone(),
+            role: core.role(),
+            term: core.term(),
+            leader: core.leader(),
+            last_index: core.last_index(),
+            log_first_index: crate::replication::LogRead::first_index(&self.log),
+            commit_index: core.commit_index(),
+            applied_index: shown.0,
+            digest: shown.1.iter().map(|b| format!("{b:02x}")).collect(),
+            actors: shown.2.clone(),
+            pending_writes: state.pending_writes(),
+            vote: core.vote(),
+            leader_heard_ms_ago: core.leader_heard_ms_ago(),
+            leader_address: state.leader_address(),
+            followers: core.followers(&self.log),
+            // A halted node (its state damaged, or applying failed) serves
+            // no reads either.
+            quarantined: state.quarantined().or(state.halted()).cloned(),
+            recovering_until: core.recovering_until(),
+            fault: state.fault().cloned(),
+            snapshot_in: state.snapshot_in().map(|s| crate::api::SnapshotProgress {
+                index: s.index,
+                chunks_done: s.chunks_done,
+                chunks: s.chunks,
+                bytes: s.bytes,
+            }),
+            client_addresses: state.addresses().clone(),
+        }
+    }
+}
+
+/// A writer's answer on the wire.
+fn written(answer: WriteAnswer) -> Response {
+    match answer {
+        WriteAnswer::Written {
+            outcome,
+            term,
+            index,
+        } => Response::Written {
+            outcome,
+            term,
+            index,
+        },
+        WriteAnswer::Accepted { term, index } => Response::Accepted { term, index },
+        WriteAnswer::Refused(e) => Response::Error(e),
+    }
+}
+
+/// How long after a failed snapshot transfer the core may offer one again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
+
+impl Actor for Node {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address());
+        self.state.tick(now_ms(), &self.log);
+        self.drive(ctx);
+        ctx.run_interval(Duration::from_millis(TICK_MS), |node, ctx| {
+            node.state.tick(now_ms(), &node.log);
+            node.drive(ctx);
+            node.state.expire(now_ms());
+            node.execute(ctx);
+            node.applier.do_send(Checkpoint {
+                reply_to: ctx.address().recipient(),
+                fault_to: ctx.address().recipient(),
+            });
+        });
+    }
+}
+
+/// A peer answered this node's hello: with its term, and, if it knew this
+/// node under another incarnation, the commit index the group had when
+/// this node came back without its data.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HelloAnswered {
+    from: NodeId,
+    answer: crate::peer::HelloAnswer,
+}
+
+impl Handler<QueryDone> for Node {
+    type Result = ();
+    fn handle(&mut self, done: QueryDone, ctx: &mut Self::Context) {
+        if let Some(why) = done.halted {
+            self.state.halt(why);
+        }
+        self.state.query_done(now_ms(), |r| r.reply.is_closed());
+        self.execute(ctx);
+    }
+}
+
+impl Handler<HelloAnswered> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: HelloAnswered, ctx: &mut Self::Context) {
+        let a = msg.answer;
+        self.state
+            .hello_answered(msg.from, a.term, a.log, a.lost_data);
+        self.drive(ctx);
+    }
+}
+
+impl Handler<StorageFault> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: StorageFault, ctx: &mut Self::Context) {
+        self.state.storage_fault(msg.source, msg.reason);
+        self.drive(ctx);
+    }
+}
+impl Handler<ClientCall> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: ClientCall, ctx: &mut Self::Context) {
+        let ClientCall { request, reply, by } = msg;
+        if let Err(e) = request.admit() {
+            let _ = reply.send(Response::Error(e));
+            return;
+        }
+        match request {
+            Request::Command {
+                actor,
+                command,
+                client,
+                concern,
+            } => self.propose(
+                Payload::Command {
+                    actor,
+                    client,
+                    command,
+                    by,
+                },
+                concern,
+                reply,
+                ctx,
+            ),
+            Request::Deploy { actor, wasm } => self.deploy(actor, wasm.into_vec(), by, reply, ctx),
+            Request::Authenticate { .. } => {
+                // Connections answer these themselves.
+                let _ = reply.send(Response::Error(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "authenticate on a client connection",
+                )));
+            }
+            Request::Auth(req) => self.auth_request(req, by, reply, ctx),
+            Request::Audit { limit } => {
+                let read = self.applier.send(ReadAudit {
+                    limit: limit as usize,
+                });
+                let within = Duration::from_millis(self.config.read_timeout_ms);
+                ctx.spawn(
+                    async move {
+                        let answer = match tokio::time::timeout(within, read).await {
+                            Ok(Ok(Ok(records))) => Response::Audit(records),
+                            Ok(Ok(Err(e))) => Response::Error(ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("reading the audit trail: {e}"),
+                            )),
+                            Ok(Err(_)) => Response::Error(ApiError::new(
+                                ErrorCode::Unavailable,
+                                "the applier stopped",
+                            )),
+                            Err(_) => Response::Error(ApiError::new(
+                                ErrorCode::Timeout,
+                                "the applier did not answer within read_timeout_ms",
+                            )),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    .into_actor(self),
+                );
+            }
+            Request::Query {
+                actor,
+                request,
+                level,
+            } => {
+                let read = PendingRead {
+                    actor,
+                    request,
+                    reply,
+                };
+                let now = now_ms();
+                let deadline = now + self.config.read_timeout_ms;
+                self.state.query(read, level, now, deadline, &self.log);
+                match level {
+                    // A read index was asked: its message goes now.
+                    ReadLevel::Lease | ReadLevel::Linearizable => self.drive(ctx),
+                    _ => self.execute(ctx),
+                }
+            }
+            Request::Status => {
+                let _ = reply.send(Response::Status(Box::new(self.status())));
+            }
+            Request::Promote { node, force: true } => {
+                let response = self.force_alone(node);
+                if matches!(response, Response::Promoting { .. }) {
+                    self.audit_when_leading = Some((
+                        format!(
+                            "forced promotion of node {node}: it leads alone; writes it lacked are lost"
+                        ),
+                        by,
+                    ));
+                }
+                let _ = reply.send(response);
+                self.drive(ctx);
+            }
+            Request::Promote { node, force: false } => {
+                if self.state.core().role() != Role::Leader {
+                    let _ = reply.send(Response::Error(
+                        self.state.not_leader("only the leader can hand over"),
+                    ));
+                    return;
+                }
+                if node == self.config.node_id || !self.config.members().contains(&node) {
+                    let _ = reply.send(Response::Error(ApiError::new(
+                        ErrorCode::BadRequest,
+                        crate::replication::TransferError::NotAMember(node).to_string(),
+                    )));
+                    return;
+                }
+                // The audit record goes into the log first (the leader
+                // takes no entries while it hands over); the handover
+                // starts once the leader has it.
+                let (logged, accepted) = oneshot::channel();
+                let action = format!("promote node {node} (switchover)");
+                self.propose(
+                    Payload::Audit { action, by },
+                    WriteConcern::Leader,
+                    logged,
+                    ctx,
+                );
+                ctx.spawn(accepted.into_actor(self).map(move |answer, me, ctx| {
+                    let response = match answer {
+                        Ok(Response::Accepted { .. } | Response::Written { .. }) => {
+                            match me.state.transfer_leadership(node) {
+                                Ok(()) => Response::Promoting {
+                                    node,
+                                    term: me.state.core().term(),
+                                },
+                                Err(crate::replication::TransferError::NotLeader { .. }) => {
+                                    Response::Error(
+                                        me.state.not_leader("only the leader can hand over"),
+                                    )
+                                }
+                                Err(e) => Response::Error(ApiError::new(
+                                    ErrorCode::BadRequest,
+                                    e.to_string(),
+                                )),
+                            }
+                        }
+                        Ok(Response::Error(e)) => Response::Error(e),
+                        Ok(other) => Response::Error(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("the audit record was answered {other:?}"),
+                        )),
+                        Err(_) => Response::Error(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "the node dropped the audit record",
+                        )),
+                    };
+                    let _ = reply.send(response);
+                    me.drive(ctx);
+                }));
+            }
+        }
+    }
+}
+
+impl Handler<Speculated> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: Speculated, ctx: &mut Self::Context) {
+        self.state
+            .speculated(msg.epoch, msg.result, now_ms(), &self.log);
+        match self.config.log_kind {
+            // The entries it prepared were appended: they go out now.
+            LogKind::Row => self.drive(ctx),
+            LogKind::Statement => self.execute(ctx),
+        }
+    }
+}
+
+impl Handler<FromPeer> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: FromPeer, ctx: &mut Self::Context) {
+        use crate::peer::Inbound;
+        let from = match &msg.0 {
+            Inbound::Connected { from, .. }
+            | Inbound::Snapshot { from, .. }
+            | Inbound::PeerLostData { from }
+            | Inbound::Message { from, .. } => *from,
+        };
+        self.state.heard_from(from, now_ms());
+        match msg.0 {
+            Inbound::Connected {
+                from,
+                client_address,
+            } => self.state.peer_connected(from, client_address),
+            Inbound::PeerLostData { from } => {
+                self.state.peer_lost_data(from, &self.log);
+                self.drive(ctx);
+            }
+            Inbound::Message {
+                from,
+                msg: PeerMessage::Raft(msg),
+            } => {
+                self.state.step(from, msg, &self.log);
+                self.drive(ctx);
+            }
+            Inbound::Snapshot { from, progress } => match progress {
+                crate::peer::snapshot::Progress::Chunk { meta, done } => {
+                    self.state.snapshot_progress(SnapshotIn {
+                        index: meta.index,
+                        chunks_done: done,
+                        chunks: meta.chunks,
+                        bytes: meta.bytes,
+                    });
+                }
+                crate::peer::snapshot::Progress::Complete { meta, dir, done } => {
+                    self.install_snapshot(from, meta, dir, done, ctx);
+                }
+            },
+            Inbound::Message {
+                from,
+                msg: PeerMessage::Precompile { wasm },
+            } => self.precompile(from, wasm.into_vec()),
+            Inbound::Message {
+                from,
+                msg: PeerMessage::Digest { index, digest },
+            } => {
+                self.state.digest_from_peer(from, index, digest);
+                self.execute(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Persisted> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: Persisted, ctx: &mut Self::Context) {
+        match msg.result {
+            Ok(last) => {
+                self.state.persisted(msg.hard_state_seq, last, &self.log);
+                self.drive(ctx);
+            }
+            Err(e) => {
+                self.state.persist_failed(e.to_string());
+                self.execute(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<DriveSoon> for Node {
+    type Result = ();
+    fn handle(&mut self, _: DriveSoon, ctx: &mut Self::Context) {
+        self.drive_soon = false;
+        self.state.flush_speculation();
+        self.drive(ctx);
+    }
+}
+
+impl Handler<Applied> for Node {
+    type Result = ();
+    fn handle(&mut self, msg: Applied, ctx: &mut Self::Context) {
+        match msg.0 {
+            Ok((outcomes, applied, samples)) => {
+                self.state
+                    .applied(applied.index, outcomes, samples, now_ms(), &self.log);
+            }
+            Err(e) => self.state.halt(format!("applying failed: {e}")),
+        }
+        self.execute(ctx);
+    }
+}
+
+/// Native machines by the component hash they stand in for.
+pub type Natives = Vec<(
+    crate::sandbox::ModuleHash,
+    std::sync::Arc<dyn crate::sandbox::NativeMachine>,
+)>;
