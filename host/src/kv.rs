@@ -124,6 +124,18 @@ impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
     }
 }
 
+/// Read view handed into a call and given back afterwards.
+pub trait StateView: KvRead + Send + Any {
+    /// For getting the concrete view back after the call.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: KvRead + Send + Any> StateView for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,17 +169,5 @@ mod tests {
                 prop_assert_eq!(layered_get(&writes, &base, k), KvRead::get(&applied, k));
             }
         }
-    }
-}
-
-/// Read view handed into a call and given back afterwards.
-pub trait StateView: KvRead + Send + Any {
-    /// For getting the concrete view back after the call.
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
-}
-
-impl<T: KvRead + Send + Any> StateView for T {
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
