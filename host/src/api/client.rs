@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+/// The longest pause between two tries of a request while no leader is
+/// known (the pauses double from a few milliseconds up to this).
+pub const RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -146,7 +150,7 @@ impl Conn {
         };
         let framed = Framed::new(io, crate::net::codec());
         let (mut sink, mut stream) = framed.split();
-        let (tx, mut rx) = mpsc::channel::<Frame<Request>>(1024);
+        let (tx, mut rx) = mpsc::channel::<Frame<Request>>(crate::limits::IN_FLIGHT_MAX);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
@@ -503,7 +507,7 @@ impl Client {
                     // No usable hint (an election is running, or the hinted
                     // node is the one we are on): wait a little, move on.
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
                     if matches!(
                         result,
                         Err(ClientError::Connection { .. } | ClientError::Timeout { .. })

@@ -612,6 +612,10 @@ struct Speculation {
     queue: std::collections::VecDeque<(Index, Term, Change)>,
 }
 
+/// Most bytes of entries one step of a replay reads from the log (at
+/// least one entry).
+const REPLAY_READ_BYTES_MAX: usize = 4 << 20;
+
 /// The digest is sampled at every index that is a multiple of this, so
 /// nodes can compare their state at the same point of the log.
 pub const DIGEST_SAMPLE_EVERY: Index = 64;
@@ -1506,7 +1510,7 @@ pub fn replay(
     let mut applier = Applier::new(Sandbox::new(limits)?, state)?;
     let mut next = 1;
     while next <= up_to {
-        let entries = log.read(next, up_to, 4 << 20)?;
+        let entries = log.read(next, up_to, REPLAY_READ_BYTES_MAX)?;
         anyhow::ensure!(
             !entries.is_empty(),
             "log ends at {} before {up_to}",

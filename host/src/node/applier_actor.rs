@@ -20,6 +20,14 @@ use understudy_core::node::{FaultSource, SpeculationFailed};
 /// (at least one entry, whatever its size).
 pub const APPLY_READ_BYTES_MAX: usize = 16 << 20;
 
+/// The log is compacted every this many ticks (of `TICK_MS`: once a
+/// second).
+pub const COMPACT_EVERY_TICKS: u64 = 50;
+
+/// Most entries one compaction removes (one transaction, so the log
+/// writer is never held up long).
+pub const COMPACT_BATCH_ENTRIES_MAX: u64 = 50_000;
+
 /// Applies committed entries and answers queries on its own thread.
 pub struct ApplierActor {
     pub(super) applier: Applier,
@@ -201,7 +209,7 @@ impl Handler<Checkpoint> for ApplierActor {
                 return self.halt(e, index, &msg.reply_to);
             }
         }
-        if self.fault.is_none() && self.ticks.is_multiple_of(50) {
+        if self.fault.is_none() && self.ticks.is_multiple_of(COMPACT_EVERY_TICKS) {
             self.compact();
         }
     }
@@ -279,7 +287,7 @@ impl ApplierActor {
         if up_to <= compacted {
             return;
         }
-        match self.log.compact(up_to, 50_000) {
+        match self.log.compact(up_to, COMPACT_BATCH_ENTRIES_MAX) {
             Ok(done) => tracing::debug!(up_to = done, "log compacted"),
             Err(e) => tracing::error!(error = %e, "log compaction failed"),
         }

@@ -57,6 +57,10 @@ pub const QUERIES_PER_CONNECTION_MAX: usize = 8;
 /// Client connections one node serves at once.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 
+/// The open-file limit assumed when it cannot be read (Linux's usual
+/// soft limit).
+pub const NOFILE_ASSUMED: u64 = 1024;
+
 /// File descriptors a node process keeps out of its client connections'
 /// share: peer connections (at most `PEER_CONNECTIONS_MAX` = 256 per node),
 /// its stores, journal, snapshot and module files, refusals in flight, and
@@ -102,7 +106,7 @@ impl DescriptorBudget {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read or raise the open-file limit");
-                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(NOFILE_ASSUMED, |(soft, _)| soft)
             }
         };
         let budget = Self::from_limit(open_files)?;

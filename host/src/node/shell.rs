@@ -205,7 +205,10 @@ impl Node {
         });
         let maker_log = log.clone();
         let maker_root = config.data_dir.join("snapshots");
-        let chunk_bytes = config.compaction.snapshot_chunk_bytes.max(4096);
+        let chunk_bytes = config
+            .compaction
+            .snapshot_chunk_bytes
+            .max(SNAPSHOT_CHUNK_BYTES_MIN);
         let snapshot_maker = SyncArbiter::start(1, move || SnapshotMaker {
             state: snapshot_state.clone(),
             log: maker_log.clone(),
@@ -930,6 +933,9 @@ fn written(answer: WriteAnswer) -> Response {
         WriteAnswer::Refused(e) => Response::Error(e),
     }
 }
+
+/// The smallest snapshot chunk, whatever `snapshot_chunk_bytes` says.
+const SNAPSHOT_CHUNK_BYTES_MIN: usize = 4096;
 
 /// How long after a failed snapshot transfer the core may offer one again.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);

@@ -39,6 +39,9 @@ pub const HELLO_BYTES_MAX: usize = 4 << 10;
 /// three lanes; the rest is room for reconnects). Past it a new connection
 /// is closed at once and logged.
 pub const PEER_CONNECTIONS_MAX: usize = 256;
+/// The longest pause between two dials of an unreachable peer (the
+/// pauses double up to this).
+pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 use crate::net;
 use crate::tls::{BoxedIo, CertIdentity, NodeTls, TLS_HANDSHAKE_BYTE};
@@ -672,7 +675,7 @@ async fn dial(
             return;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        backoff = (backoff * 2).min(REDIAL_BACKOFF_MAX);
     }
 }
 

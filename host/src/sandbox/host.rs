@@ -49,6 +49,9 @@ impl HostTrap {
     }
 }
 
+/// Most elements a machine's table may grow to.
+pub const TABLE_ELEMENTS_MAX: usize = 100_000;
+
 /// Memory limiter that remembers that it refused, so the outcome can say so.
 pub struct Limiter {
     memory_bytes_max: usize,
@@ -76,7 +79,7 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= TABLE_ELEMENTS_MAX)
     }
 }
 

@@ -49,6 +49,22 @@ pub use bindings::MachinePre;
 pub use crate::config::SandboxLimits;
 pub use crate::kv::{ModuleHash, StateView};
 
+/// Most stack a machine's call may use, in bytes.
+pub const WASM_STACK_BYTES_MAX: usize = 1 << 20;
+
+/// Instances (and memories) the sandbox's pool holds at once: two runs'
+/// chains of `RUN_ACTORS_MAX` and the queries fit.
+pub const POOL_COMPONENT_INSTANCES: u32 = 64;
+
+/// Core instances (and tables) the pool holds at once.
+pub const POOL_CORE_INSTANCES: u32 = 256;
+
+/// Bytes of a pooled memory reset with memset (the rest is decommitted).
+pub const MEMORY_KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// Bytes of a pooled table reset with memset.
+pub const TABLE_KEEP_RESIDENT_BYTES: usize = 1 << 16;
+
 /// Why a module cannot be loaded as a machine.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -318,7 +334,7 @@ impl Sandbox {
             .cranelift_nan_canonicalization(true)
             .relaxed_simd_deterministic(true)
             .wasm_features(WasmFeatures::THREADS, false)
-            .max_wasm_stack(1 << 20)
+            .max_wasm_stack(WASM_STACK_BYTES_MAX)
             // Explicit bounds checks instead of guard pages: a fresh instance
             // per call then reuses its pool slot without an mprotect on every
             // instantiation and memory.grow (measured: 11 → 6 µs per apply).
@@ -327,17 +343,17 @@ impl Sandbox {
             .memory_reservation(limits.memory_bytes_max as u64)
             .memory_init_cow(true);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(64)
-            .total_core_instances(256)
-            .total_memories(64)
-            .total_tables(256)
+        pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+            .total_core_instances(POOL_CORE_INSTANCES)
+            .total_memories(POOL_COMPONENT_INSTANCES)
+            .total_tables(POOL_CORE_INSTANCES)
             .max_memory_size(limits.memory_bytes_max)
             // Queries, deploys and each run's first command instantiate
             // afresh, so slot reuse is a hot path: reset small memories and
             // tables with memset instead of madvise, and batch the decommits
             // of the rest.
-            .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(1 << 16)
+            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT_BYTES)
+            .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
             .decommit_batch_size(32)
             .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

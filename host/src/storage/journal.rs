@@ -37,6 +37,9 @@ use std::path::{Path, PathBuf};
 /// Bytes of a record header.
 pub const HEADER_BYTES: u64 = 24;
 
+/// A new journal file is filled with zeros this many bytes at a time.
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
 /// Why a scan failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -102,7 +105,7 @@ impl Journal {
         if !path.exists() {
             let tmp = path.with_extension("tmp");
             let file = File::create(&tmp)?;
-            let zeros = vec![0u8; 1 << 20];
+            let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
             let mut at = 0;
             while at < capacity {
                 let n = zeros.len().min((capacity - at) as usize);

@@ -235,6 +235,10 @@ impl Default for StorageOptions {
 
 pub use crate::replication::HardState;
 
+/// Most LMDB read transactions open at once per environment (LMDB's
+/// default; query threads, snapshots and readers of the log share them).
+const READERS_MAX: u32 = 126;
+
 /// The log meta key of the last compacted entry's timestamp.
 const COMPACTED_TIMESTAMP: &str = "compacted-timestamp";
 
@@ -263,7 +267,7 @@ fn open_env(
     let mut o = EnvOpenOptions::new().read_txn_without_tls();
     o.map_size(opts.map_size_bytes)
         .max_dbs(max_dbs)
-        .max_readers(126);
+        .max_readers(READERS_MAX);
     if sync == SyncMode::NoMetaSync {
         // SAFETY: NOMETASYNC keeps LMDB's integrity guarantees; see `SyncMode`.
         unsafe { o.flags(heed::EnvFlags::NO_META_SYNC) };

@@ -382,6 +382,9 @@ pub async fn first_byte(
 
 /// Bytes a refusing side reads and drops before it closes ([`linger`]).
 pub const LINGER_BYTES_MAX: usize = 64 << 10;
+
+/// What `linger` reads at a time.
+const LINGER_READ_CHUNK_BYTES: usize = 4096;
 /// How long a refusing side waits for the other to close ([`linger`]).
 pub const LINGER_MS: u64 = 1_000;
 
@@ -394,7 +397,7 @@ pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let _ = tokio::time::timeout(std::time::Duration::from_millis(LINGER_MS), async {
         let _ = io.shutdown().await;
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; LINGER_READ_CHUNK_BYTES];
         let mut read = 0;
         while read < LINGER_BYTES_MAX {
             match io.read(&mut buf).await {

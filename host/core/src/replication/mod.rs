@@ -366,6 +366,17 @@ struct PendingRead {
     seq: u64,
 }
 
+/// Heartbeat rounds whose send time the leader keeps (for leases and read
+/// indexes); answers to older rounds are ignored.
+const HEARTBEAT_ROUNDS_KEPT: usize = 256;
+
+/// An entry's size beyond its payload, for bounding append messages.
+const ENTRY_OVERHEAD_BYTES_ESTIMATE: usize = 48;
+
+/// The size of an auth or audit entry, for bounding append messages
+/// (they are bounded by the auth limits).
+const AUTH_ENTRY_BYTES_ESTIMATE: usize = 256;
+
 /// SplitMix64, for election timeouts (and the node state's entry seeds):
 /// deterministic per seed.
 #[derive(Clone, Debug)]
@@ -1074,7 +1085,7 @@ impl Core {
         self.heartbeat_seq += 1;
         self.rounds_sent
             .push_back((self.heartbeat_seq, self.now_ms));
-        while self.rounds_sent.len() > 256 {
+        while self.rounds_sent.len() > HEARTBEAT_ROUNDS_KEPT {
             self.rounds_sent.pop_front();
         }
         let (term, seq) = (self.hard.term, self.heartbeat_seq);
@@ -2062,20 +2073,21 @@ impl Core {
 }
 
 fn entry_size(e: &Entry) -> usize {
-    48 + match &e.payload {
-        Payload::Noop => 0,
-        Payload::Deploy { actor, wasm, .. } => actor.len() + wasm.len(),
-        Payload::Command { actor, command, .. } => actor.len() + command.len(),
-        // Bounded by the auth limits; an estimate is enough here.
-        Payload::Auth { .. } | Payload::Audit { .. } => 256,
-        Payload::Effects(fx) => {
-            fx.writes
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 4)
-                .sum::<usize>()
-                + fx.deploy.as_ref().map_or(0, |(a, m)| a.len() + m.len())
+    ENTRY_OVERHEAD_BYTES_ESTIMATE
+        + match &e.payload {
+            Payload::Noop => 0,
+            Payload::Deploy { actor, wasm, .. } => actor.len() + wasm.len(),
+            Payload::Command { actor, command, .. } => actor.len() + command.len(),
+            // Bounded by the auth limits; an estimate is enough here.
+            Payload::Auth { .. } | Payload::Audit { .. } => AUTH_ENTRY_BYTES_ESTIMATE,
+            Payload::Effects(fx) => {
+                fx.writes
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 4)
+                    .sum::<usize>()
+                    + fx.deploy.as_ref().map_or(0, |(a, m)| a.len() + m.len())
+            }
         }
-    }
 }
 
 /// Whether an append is one an honest leader of `term` could send: its
