@@ -6,9 +6,10 @@
 //! [`understudy_core::node::NodeState`] (with the protocol core inside);
 //! this module only executes its effects and feeds it events:
 //!
-//! * [`Node`] (this file; on the system arbiter, with the network) owns
-//!   the state, turns messages into its events and executes its effects.
-//!   It never blocks.
+//! * [`Node`] (`shell.rs`; on the system arbiter, with the network) owns
+//!   the state, turns messages into its events and executes its effects;
+//!   `requests.rs` takes the clients' requests (deploys compiled first,
+//!   auth changes, promotions). It never blocks.
 //! * [`LogWriter`] (`writer`, its own thread) persists the hard state and
 //!   appends entries, one batch at a time (group commit).
 //! * [`ApplierActor`] (`applier_actor`, its own thread) applies committed
@@ -31,6 +32,7 @@ mod config;
 pub mod error;
 mod messages;
 mod queries;
+mod requests;
 mod run;
 pub mod server;
 mod shell;
