@@ -1,7 +1,10 @@
 //! Storage tests: identity and format checks, log invariants, exactly-once
 //! batch commits, and a full map that refuses without losing data.
 
+use super::state::{seal, unseal};
 use super::*;
+use crate::kv::KvRead;
+use crate::types::{Entry, Index, Term};
 use crate::types::{EntryContext, Payload};
 use serde_bytes::ByteBuf;
 
