@@ -1,4 +1,8 @@
 //! `understudy`: run nodes and talk to them.
+//!
+//! One file for the command tree and its handlers (over 800 lines): each
+//! handler is a few lines that parse, call the client or start a node, and
+//! print; split, they would be the same code behind more imports.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};

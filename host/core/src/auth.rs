@@ -1,5 +1,7 @@
 //! Who may do what: users, roles, permissions and tokens, kept in the
 //! replicated state and changed only through the log (like etcd's auth).
+//! (The rules are 550 lines; their tests, at and past every limit, make
+//! the file longer.)
 //!
 //! Pure and deterministic: [`AuthState::apply`] turns one [`AuthChange`]
 //! into the next state, and [`AuthState::check`] decides whether a

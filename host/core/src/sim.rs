@@ -1,4 +1,6 @@
-//! Deterministic simulation of a group of nodes: each is the protocol
+//! Deterministic simulation of a group of nodes (one file, over 800 lines:
+//! its events, its steps and its checks share one `Sim`, and read best
+//! together): each is the protocol
 //! [`Core`] inside the node's decisions ([`NodeState`]), driven the way the
 //! actix shell drives them, over a simulated disk, network, applier and
 //! clients.

@@ -1,5 +1,8 @@
 //! The Wasm sandbox: loads machine components and runs their calls under
 //! deterministic limits.
+//! (Over 800 lines: loading, compiling and calling share one engine
+//! configuration and its caches; the host side of the WIT world is
+//! `host.rs`, the bindings `bindings.rs`, the tests `tests.rs`.)
 //!
 //! * Engine: component model, NaN canonicalisation, deterministic relaxed
 //!   SIMD, no threads, fuel with pinned operator costs, an epoch watchdog and

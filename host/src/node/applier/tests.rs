@@ -1,5 +1,6 @@
 //! The applier's tests: runs, execution ahead of commit, limits, auth,
-//! crashes between execute and checkpoint, snapshots.
+//! crashes between execute and checkpoint, snapshots (one file for the
+//! tests of one type, hence its length).
 
 use super::*;
 use crate::sandbox::SandboxLimits;
