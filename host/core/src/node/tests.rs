@@ -3,31 +3,10 @@
 
 use super::*;
 use crate::client::{ReadLevel, WriteConcern};
-use crate::replication::{GroupConfig, HardState, LogRead};
-use crate::types::{Entry, Outcome, Payload};
+use crate::replication::tests::MemLog as Disk;
+use crate::replication::{GroupConfig, HardState};
+use crate::types::{Outcome, Payload};
 use serde_bytes::ByteBuf;
-use std::cell::RefCell;
-
-/// A durable log the test writes by hand.
-#[derive(Default)]
-struct Disk(RefCell<Vec<Entry>>);
-
-impl LogRead for Disk {
-    fn term(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
-        }
-        self.0.borrow().get(index as usize - 1).map(|e| e.term)
-    }
-    fn entries(&self, from: Index, to: Index, _: usize) -> Vec<Entry> {
-        let log = self.0.borrow();
-        let to = to.min(log.len() as Index);
-        if from == 0 || from > to {
-            return Vec::new();
-        }
-        log[from as usize - 1..to as usize].to_vec()
-    }
-}
 
 fn settings(log_kind: LogKind) -> Settings {
     Settings {
@@ -73,7 +52,7 @@ fn persist_all(s: &mut NodeState<u32, u32>, disk: &Disk) -> Vec<Effect<u32, u32>
             match e {
                 Effect::Persist(batch) => {
                     let last = batch.entries.last().map(|e| (e.index, e.term));
-                    disk.0.borrow_mut().extend(batch.entries);
+                    disk.write(&batch.entries);
                     s.persisted(batch.hard_state.map(|(_, seq)| seq), last, disk);
                     s.drive(0, disk);
                 }
@@ -81,6 +60,17 @@ fn persist_all(s: &mut NodeState<u32, u32>, disk: &Disk) -> Vec<Effect<u32, u32>
             }
         }
     }
+}
+
+/// The writers' answers among `effects`.
+fn answers_in(effects: Vec<Effect<u32, u32>>) -> Vec<(u32, WriteAnswer)> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Answer(w, a) => Some((w, a)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A lone member that leads, with its no-op applied.
@@ -150,13 +140,7 @@ fn writers_are_answered_by_concern_and_once() {
     s.flush_speculation();
     s.drive(10_001, &disk);
     let effects = persist_all(&mut s, &disk);
-    let answers: Vec<(u32, WriteAnswer)> = effects
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Answer(w, a) => Some((w, a)),
-            _ => None,
-        })
-        .collect();
+    let answers = answers_in(effects);
     // `leader` concern: at its fsync. `majority`: not yet (its outcome is
     // not known: neither executed ahead nor applied).
     assert_eq!(
@@ -172,14 +156,7 @@ fn writers_are_answered_by_concern_and_once() {
         10_002,
         &disk,
     );
-    let answers: Vec<_> = s
-        .take_effects()
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Answer(w, a) => Some((w, a)),
-            _ => None,
-        })
-        .collect();
+    let answers = answers_in(s.take_effects());
     assert_eq!(
         answers,
         vec![(

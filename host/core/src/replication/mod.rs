@@ -42,7 +42,7 @@ mod progress;
 mod read;
 mod replicate;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transfer;
 
 pub use message::{

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 /// A log whose durable part the test fills in by hand (also the fuzz
 /// tests' disk).
 #[derive(Default)]
-pub(super) struct MemLog(pub(super) std::cell::RefCell<Vec<Entry>>);
+pub(crate) struct MemLog(pub(crate) std::cell::RefCell<Vec<Entry>>);
 impl LogRead for MemLog {
     fn term(&self, index: Index) -> Option<Term> {
         if index == 0 {
@@ -25,7 +25,7 @@ impl LogRead for MemLog {
     }
 }
 impl MemLog {
-    fn write(&self, entries: &[Entry]) {
+    pub(crate) fn write(&self, entries: &[Entry]) {
         self.0.borrow_mut().extend_from_slice(entries);
     }
 }
