@@ -114,8 +114,9 @@ pub(super) struct ResetLog {
 #[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), SnapshotError>")]
 pub(super) struct MakeSnapshot;
 
-/// Drive the core once every message already queued has been handled (see
-/// [`Node::drive_soon`]).
+/// Drive the node state once every message already queued has been handled:
+/// the proposals of a burst go to the applier together, and leave as one
+/// append (see `Node::execute` in `shell.rs`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct DriveSoon;

@@ -203,8 +203,8 @@ fn row_kind_followers_apply_effects_without_running_the_machine() {
 /// even when the leader's own disk is slower than its followers': a write
 /// is answered once the followers hold it (a majority), before the leader
 /// has logged — and so applied — it, and the lease read must then wait
-/// (the guard `applied ≥ commit` in `Node::read`) instead of reading the
-/// state without it.
+/// (the guard `applied ≥ commit` in `NodeState::query`,
+/// `core/src/node/reads.rs`) instead of reading the state without it.
 #[test]
 fn a_lease_read_sees_a_write_the_slow_leader_has_not_applied_yet() {
     let dir = tempfile::tempdir().unwrap();

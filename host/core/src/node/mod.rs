@@ -12,7 +12,7 @@
 //! answers to clients. It reads no clock, draws no randomness (entry seeds
 //! come from a generator seeded once), does no I/O and starts no thread,
 //! so it builds for `wasm32-unknown-unknown` and the deterministic
-//! simulator runs it (see `replication::sim`).
+//! simulator runs it (see `crate::sim`).
 //!
 //! The shell (`understudy::node::Node`, an actix actor) owns the
 //! `NodeState`, calls one event method per message it handles, then
