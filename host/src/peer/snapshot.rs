@@ -263,10 +263,7 @@ pub async fn send_snapshot(
     }
 }
 
-/// Where a follower stages the chunks of the snapshot `(index, term)`.
-pub fn staging_dir(root: &Path, meta: &SnapshotMeta) -> PathBuf {
-    root.join(format!("incoming-{}-{}", meta.index, meta.term))
-}
+pub use crate::storage::staging_dir;
 
 /// What the follower's receiving side reports to the node.
 pub enum Progress {
@@ -316,13 +313,7 @@ pub async fn receive_snapshot(
     }
     let dir = staging_dir(root, &meta);
     // Other incoming snapshots are outdated: only the latest is resumed.
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten() {
-            if e.path() != dir && e.file_name().to_string_lossy().starts_with("incoming-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    crate::storage::remove_other_stagings(root, &dir);
     std::fs::create_dir_all(&dir)?;
     // Resume after the chunks already staged (each was verified on arrival).
     let mut next = 0;

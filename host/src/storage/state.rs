@@ -58,6 +58,28 @@ pub fn chunk_name(seq: u64) -> String {
     format!("chunk-{seq:08}")
 }
 
+/// Where a follower stages the chunks of the snapshot `meta` describes,
+/// under its snapshot `root`.
+pub fn staging_dir(root: &Path, meta: &SnapshotMeta) -> std::path::PathBuf {
+    root.join(format!("{STAGING_PREFIX}{}-{}", meta.index, meta.term))
+}
+
+/// Remove every staging directory under `root` but `keep`: only the latest
+/// incoming snapshot is resumed.
+pub fn remove_other_stagings(root: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path() != keep && e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The name every staging directory starts with.
+const STAGING_PREFIX: &str = "incoming-";
+
 /// Key of a session record.
 pub fn session_key(client_id: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
