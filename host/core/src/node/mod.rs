@@ -174,8 +174,9 @@ pub(crate) struct Broken {
 }
 
 impl<W, R> NodeState<W, R> {
-    /// A node's state around `core`. `seed` seeds the entry seeds; `own`
-    /// is this node's client address.
+    /// A node's state around `core`. `seed` seeds the entry seeds;
+    /// `addresses` are the client addresses known at start (this node's,
+    /// and the configured ones of its peers).
     pub fn new(
         core: Core,
         settings: Settings,
