@@ -31,7 +31,9 @@
 //!    its deadline (plus a tick and any pause), unless its node crashed;
 //! 7. a `linearizable` or `lease` read runs over a state that holds every
 //!    entry committed (by any node's knowledge) or acknowledged before it
-//!    started; a `session` read's state holds its token's write.
+//!    started; a `session` read's state holds its token's write;
+//! 8. the determinism alarm, fed digest samples over the same network,
+//!    never quarantines a node (the group is deterministic).
 //!
 //! Disks can be wiped, too (a node restarts on an empty data directory
 //! under its id, with a new incarnation), one at a time: a peer that knew
@@ -174,6 +176,13 @@ enum Event {
         to: NodeId,
         msg: Message,
     },
+    /// A digest sample of `from`'s applied state (the determinism alarm).
+    Digest {
+        from: NodeId,
+        to: NodeId,
+        index: Index,
+        digest: [u8; 32],
+    },
     /// A whole snapshot (the sender's applied entries up to `index`).
     Snapshot {
         from: NodeId,
@@ -252,6 +261,8 @@ struct Sim {
     tokens: Vec<(Index, Term)>,
     writes_acked: u64,
     reads_served: u64,
+    /// Digest samples that reached a peer.
+    digests_delivered: u64,
     refusals: u64,
     compactions: u64,
     snapshots_installed: u64,
@@ -290,6 +301,30 @@ fn node_state(
     let mut state = NodeState::new(core, settings(log_kind, members), seed, addresses);
     state.broken = broken;
     state
+}
+
+/// Digest samples are taken at every index that is a multiple of this (the
+/// applier's `DIGEST_SAMPLE_EVERY` is 64; smaller here, so runs take many).
+const DIGEST_SAMPLE_EVERY: Index = 16;
+
+/// The simulated state's digest: a hash of the entries applied (every
+/// node that applied the same entries has the same).
+fn digest_of(applied: &[Entry]) -> [u8; 32] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for e in applied {
+        for b in e
+            .index
+            .to_be_bytes()
+            .into_iter()
+            .chain(e.term.to_be_bytes())
+            .chain(command_of(e).unwrap_or(&[]).iter().copied())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(&h.to_be_bytes());
+    out
 }
 
 /// The simulated machine answers a command with the command itself, so
@@ -355,6 +390,7 @@ impl Sim {
             tokens: Vec::new(),
             writes_acked: 0,
             reads_served: 0,
+            digests_delivered: 0,
             refusals: 0,
             compactions: 0,
             snapshots_installed: 0,
@@ -416,7 +452,22 @@ impl Sim {
             for effect in effects {
                 match effect {
                     Effect::Send { to, message } => self.send(id, to, message),
-                    Effect::ShareDigest { .. } => {}
+                    Effect::ShareDigest { index, digest } => {
+                        let peers: Vec<NodeId> =
+                            self.nodes.keys().copied().filter(|&p| p != id).collect();
+                        for to in peers {
+                            if !self.cut.contains(&(id, to)) && !self.rng.chance(20) {
+                                let at = self.now_ms + 1 + self.rng.below(15);
+                                let digest = Event::Digest {
+                                    from: id,
+                                    to,
+                                    index,
+                                    digest,
+                                };
+                                self.net.push((at, digest));
+                            }
+                        }
+                    }
                     Effect::Persist(batch) => {
                         // Mostly fast disks, sometimes a slow fsync: wide
                         // windows in which a node changes its mind about
@@ -601,8 +652,14 @@ impl Sim {
             .map(|e| (e.index, e.term, outcome_of(e)))
             .collect();
         n.applied.extend(entries);
+        // Digest samples, as the applier takes them: at every index that is
+        // a multiple of `DIGEST_SAMPLE_EVERY`, of the state applied so far.
+        let samples = (from..=up_to)
+            .filter(|i| i.is_multiple_of(DIGEST_SAMPLE_EVERY))
+            .map(|i| (i, digest_of(&n.applied[..i as usize])))
+            .collect();
         let clock = n.clock(now);
-        n.state.applied(up_to, outcomes, Vec::new(), clock, &n.disk);
+        n.state.applied(up_to, outcomes, samples, clock, &n.disk);
         self.drain(id);
     }
 
@@ -965,6 +1022,16 @@ impl Sim {
                 self.fail(&msg);
             }
         }
+        // The determinism alarm never fires on a group that is
+        // deterministic, whatever the faults (a sample compared with a
+        // deposed leader's, a late one, one after a snapshot).
+        if let Some((id, why)) = self
+            .nodes
+            .iter()
+            .find_map(|(&id, n)| n.state.quarantined().map(|w| (id, w.clone())))
+        {
+            self.fail(&format!("node {id} quarantined itself: {why}"));
+        }
         // 6. Every request is answered by its deadline, unless its node
         // crashed (its client sees the connection drop).
         let now = self.now_ms;
@@ -1095,7 +1162,9 @@ impl Sim {
         let mut due_now = Vec::new();
         for (at, event) in due {
             let to = match &event {
-                Event::Deliver { to, .. } | Event::Snapshot { to, .. } => *to,
+                Event::Deliver { to, .. }
+                | Event::Snapshot { to, .. }
+                | Event::Digest { to, .. } => *to,
                 Event::SnapshotFailed { leader, .. } | Event::SnapshotDone { leader, .. } => {
                     *leader
                 }
@@ -1193,6 +1262,19 @@ impl Sim {
     fn deliver(&mut self, event: Event) {
         let now = self.now_ms;
         match event {
+            Event::Digest {
+                from,
+                to,
+                index,
+                digest,
+            } => {
+                let n = self.node(to);
+                if n.up {
+                    n.state.digest_from_peer(from, index, digest);
+                    self.digests_delivered += 1;
+                    self.execute(to);
+                }
+            }
             Event::Deliver { from, to, msg } => {
                 if !self.nodes[&to].up {
                     return;
@@ -1357,6 +1439,7 @@ struct Ran {
     wipes: u64,
     writes_acked: u64,
     reads_served: u64,
+    digests_delivered: u64,
     row: bool,
 }
 
@@ -1372,6 +1455,7 @@ fn run(seed: u64, members: &[NodeId], steps: u64, broken: crate::node::Broken) -
         wipes: sim.wipes,
         writes_acked: sim.writes_acked,
         reads_served: sim.reads_served,
+        digests_delivered: sim.digests_delivered,
         row: sim.log_kind == LogKind::Row,
     }
 }
@@ -1456,6 +1540,7 @@ fn totals(runs: Vec<Ran>) -> Ran {
         t.wipes += r.wipes;
         t.writes_acked += r.writes_acked;
         t.reads_served += r.reads_served;
+        t.digests_delivered += r.digests_delivered;
         if r.row {
             kinds.1 += 1;
         } else {
@@ -1463,8 +1548,8 @@ fn totals(runs: Vec<Ran>) -> Ran {
         }
     }
     eprintln!(
-        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, runs (statement, row) {kinds:?}",
-        t.snapshots_installed, t.wipes, t.writes_acked, t.reads_served
+        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, digest samples compared {}, runs (statement, row) {kinds:?}",
+        t.snapshots_installed, t.wipes, t.writes_acked, t.reads_served, t.digests_delivered
     );
     t.row = kinds.0 > 0 && kinds.1 > 0;
     t
@@ -1483,6 +1568,7 @@ fn three_nodes_keep_the_invariants_under_faults() {
         assert!(t.wipes > 0, "the runs wipe disks");
         assert!(t.row, "the runs use both log kinds");
         assert!(t.writes_acked > 0 && t.reads_served > 0);
+        assert!(t.digests_delivered > 0, "digest samples reach peers");
     }
 }
 
