@@ -211,11 +211,6 @@ impl<W, R> NodeState<W, R> {
         &self.core
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// The effects queued since the last call, in order.
     pub fn take_effects(&mut self) -> Vec<Effect<W, R>> {
         std::mem::take(&mut self.out)
@@ -241,12 +236,6 @@ impl<W, R> NodeState<W, R> {
     /// The host fault this node has now (a full disk, an I/O error), if any.
     pub fn fault(&self) -> Option<&String> {
         self.log_fault.as_ref().or(self.applier_fault.as_ref())
-    }
-
-    /// Whether the log writer has a fault (the node is out of the
-    /// protocol until it clears).
-    pub fn log_fault(&self) -> bool {
-        self.log_fault.is_some()
     }
 
     /// An error that names the leader and its address (for `NotLeader`).

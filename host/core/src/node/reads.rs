@@ -180,7 +180,7 @@ impl<W, R> NodeState<W, R> {
     /// (committed entries not applied here, milliseconds behind the leader
     /// if one is known). The milliseconds also count the age of the oldest
     /// committed entry not applied here, by its timestamp.
-    pub fn lag(&self, now_ms: u64, log: &impl LogRead) -> (u64, Option<u64>) {
+    fn lag(&self, now_ms: u64, log: &impl LogRead) -> (u64, Option<u64>) {
         let applied = self.core.applied_index();
         let entries = self.core.commit_index().saturating_sub(applied);
         let heard = self.core.leader_heard_ms_ago();

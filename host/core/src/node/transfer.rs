@@ -70,11 +70,6 @@ impl<W, R> NodeState<W, R> {
         self.transfer.receiving
     }
 
-    /// Whether a snapshot is being installed.
-    pub fn installing(&self) -> bool {
-        self.transfer.installing
-    }
-
     /// The snapshot for `peer` was delivered: it holds the state up to
     /// `index`.
     pub fn snapshot_sent(&mut self, peer: NodeId, index: Index, log: &impl LogRead) {
