@@ -38,6 +38,13 @@ pub fn auth_version_key() -> &'static [u8] {
     &KEY
 }
 
+/// State key of the group's configuration as of the applied index (see
+/// [`understudy_core::membership`]): a snapshot carries it, and a node
+/// that completes an interrupted install reads it back.
+pub fn membership_key() -> Vec<u8> {
+    crate::storage::actor_key(SYSTEM_NAMESPACE, b"membership")
+}
+
 /// State key of the audit trail's next sequence number.
 pub fn audit_seq_key() -> Vec<u8> {
     crate::storage::actor_key(SYSTEM_NAMESPACE, b"audit-seq")

@@ -772,7 +772,10 @@ async fn an_oversized_module_is_refused_at_once_naming_the_limit() {
     );
     let c = within(10, "a client", node.client()).await.unwrap();
     let s = within(10, "a status", c.status()).await.unwrap();
-    assert_eq!(s.last_index, 1, "only the leader's no-op is in the log");
+    assert_eq!(
+        s.last_index, 2,
+        "only the leader's no-op and the group's first configuration are in the log"
+    );
 }
 
 /// A module built to be slow to compile (one 1.6 MB function of
@@ -1170,7 +1173,7 @@ async fn a_snapshot_from_a_member_that_is_not_the_leader_is_refused() {
     let snap = forged.join("snapshot");
     std::fs::create_dir_all(&snap).unwrap();
     let meta = state
-        .write_snapshot(&snap, 1 << 20, |_| Some((1, 0)))
+        .write_snapshot(&snap, 1 << 20, |_| Some((1, 0, None)))
         .unwrap();
     let victim_peer = g
         .node(victim)

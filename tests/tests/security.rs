@@ -301,6 +301,7 @@ async fn forged_peers_are_refused_once_tls_is_on() {
         bytes: 6,
         checksums: vec![[0; 32]],
         last_timestamp_ms: 0,
+        membership: None,
     };
     let hello = member_hello(leader, target, Lane::Snapshot);
     let sent = within(

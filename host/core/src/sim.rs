@@ -47,6 +47,7 @@
 //! fails.
 
 use crate::client::{ReadLevel, WriteAnswer, WriteConcern};
+use crate::membership::{MemberAddrs, Membership, MembershipChange};
 use crate::node::{Effect, NodeState, PersistBatch, Read, Settings, SpeculateBatch};
 use crate::replication::{Core, GroupConfig, HardState, LogRead, Message, Rng, Role};
 use crate::types::{ClientTag, Entry, Index, LogKind, NodeId, Outcome, Payload, Term};
@@ -71,6 +72,9 @@ struct Disk {
     compacted: (Index, Term),
     /// The timestamp of the last compacted entry.
     compacted_ts: u64,
+    /// The configuration at the compacted point, if one was in the log
+    /// (or the snapshot) by then.
+    compacted_membership: Option<Membership>,
     log: Vec<Entry>,
     /// The incarnation each peer was last seen with (the peer book).
     peers: BTreeMap<NodeId, u64>,
@@ -105,10 +109,42 @@ impl Disk {
         }
         let last = self.get(up_to).expect("compacting within the log");
         let (term, ts) = (last.term, last.context.timestamp_ms);
-        self.log.drain(..(up_to - self.compacted.0) as usize);
+        let drained: Vec<Entry> = self
+            .log
+            .drain(..(up_to - self.compacted.0) as usize)
+            .collect();
+        if let Some(m) = membership_in(&drained) {
+            self.compacted_membership = Some(m);
+        }
         self.compacted = (up_to, term);
         self.compacted_ts = ts;
     }
+}
+
+impl Disk {
+    /// The configurations this durable log holds, oldest first (what the
+    /// host's log keeps in its configuration table).
+    fn memberships(&self) -> Vec<(Index, Membership)> {
+        let mut out: Vec<(Index, Membership)> = self
+            .compacted_membership
+            .iter()
+            .map(|m| (self.compacted.0, m.clone()))
+            .collect();
+        for e in &self.log {
+            if let Payload::Config(m) = &e.payload {
+                out.push((e.index, (**m).clone()));
+            }
+        }
+        out
+    }
+}
+
+/// The last configuration among `entries`.
+fn membership_in(entries: &[Entry]) -> Option<Membership> {
+    entries.iter().rev().find_map(|e| match &e.payload {
+        Payload::Config(m) => Some((**m).clone()),
+        _ => None,
+    })
 }
 
 impl LogRead for Disk {
@@ -143,6 +179,8 @@ type State = NodeState<u64, u64>;
 
 struct SimNode {
     state: State,
+    /// The bootstrap voters it starts with (empty: it joined later).
+    bootstrap: Vec<NodeId>,
     disk: Disk,
     /// The batch with the log writer, and when its fsync completes.
     writing: Option<(u64, PersistBatch)>,
@@ -183,13 +221,15 @@ enum Event {
         index: Index,
         digest: [u8; 32],
     },
-    /// A whole snapshot (the sender's applied entries up to `index`).
+    /// A whole snapshot (the sender's applied entries up to `index`, and
+    /// the configuration at `index`).
     Snapshot {
         from: NodeId,
         to: NodeId,
         index: Index,
         term: Term,
         state: Vec<Entry>,
+        membership: Membership,
     },
     /// The snapshot stream from `leader` to `peer` broke, or was refused.
     SnapshotFailed { leader: NodeId, peer: NodeId },
@@ -214,6 +254,8 @@ enum Ask {
         /// committed, or any client had acknowledged, when it started.
         floor: Index,
     },
+    /// An operator's configuration change (sent to the leader).
+    Change { change: MembershipChange, seq: u64 },
 }
 
 /// A request in flight.
@@ -267,6 +309,21 @@ struct Sim {
     compactions: u64,
     snapshots_installed: u64,
     wipes: u64,
+    /// The bootstrap voters.
+    initial: Vec<NodeId>,
+    /// The id the next new member gets.
+    next_id: NodeId,
+    /// At most this many nodes ever (members, removed ones included).
+    nodes_max: usize,
+    /// Change membership at random among the faults.
+    membership: bool,
+    /// The leader to remove once it handed over.
+    leader_to_remove: Option<(NodeId, u64)>,
+    /// Configuration changes asked for, and completed (answered).
+    changes_asked: u64,
+    changes_done: u64,
+    /// Configurations seen in effect (distinct entries).
+    configurations: BTreeSet<(Index, Term)>,
 }
 
 fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
@@ -287,7 +344,34 @@ fn settings(log_kind: LogKind, members: &[NodeId]) -> Settings {
         query_slots: 4,
         queries_waiting_max: 16,
         configured_addresses: members.iter().copied().collect(),
+        promote_lag_entries: 5,
+        promote_lag_ms: 200,
+        catch_up_timeout_ms: 1_500,
+        member_addrs: members.iter().map(|&id| (id, addrs_of(id))).collect(),
     }
+}
+
+/// Where a simulated member listens (only ever compared, never dialed).
+fn addrs_of(id: NodeId) -> MemberAddrs {
+    MemberAddrs {
+        peer: format!("peer{id}"),
+        client: format!("node{id}"),
+    }
+}
+
+/// Whether some majority (of every voter set) of `a` and some of `b` are
+/// disjoint: two leaders could then be elected, or two entries committed,
+/// without any node knowing of both.
+fn disjoint_majorities(a: &Membership, b: &Membership) -> bool {
+    let all: Vec<NodeId> = a.all_voters().union(&b.all_voters()).copied().collect();
+    assert!(all.len() < 16, "sim: too many voters to enumerate");
+    (0u32..1 << all.len()).any(|bits| {
+        let inside = |id: NodeId| {
+            let k = all.iter().position(|&x| x == id).expect("a voter");
+            bits & (1 << k) != 0
+        };
+        a.has_quorum(inside) && b.has_quorum(|id| !inside(id))
+    })
 }
 
 fn node_state(
@@ -301,6 +385,34 @@ fn node_state(
     let mut state = NodeState::new(core, settings(log_kind, members), seed, addresses);
     state.broken = broken;
     state
+}
+
+/// A node on an empty disk: one of the bootstrap members (`members`
+/// holds it) or a new one that joins (`members` empty).
+fn new_node(
+    id: NodeId,
+    members: &[NodeId],
+    log_kind: LogKind,
+    seed: u64,
+    broken: crate::node::Broken,
+    rng: &mut Rng,
+) -> SimNode {
+    let core = Core::new(config(id, members), HardState::default(), (0, 0), 0, seed);
+    SimNode {
+        state: node_state(core, log_kind, members, seed ^ id, broken),
+        bootstrap: members.to_vec(),
+        disk: Disk::default(),
+        writing: None,
+        applied: Vec::new(),
+        apply_wanted: 0,
+        executing: VecDeque::new(),
+        up: true,
+        // Clocks that run up to 2 % fast or slow.
+        drift_ppm: rng.below(40_001) as i64 - 20_000,
+        paused_until: 0,
+        incarnation: id,
+        life: 0,
+    }
 }
 
 /// Digest samples are taken at every index that is a multiple of this (the
@@ -344,7 +456,7 @@ fn command_of(entry: &Entry) -> Option<&[u8]> {
 }
 
 impl Sim {
-    fn new(seed: u64, members: &[NodeId], broken: crate::node::Broken) -> Sim {
+    fn new(seed: u64, members: &[NodeId], broken: crate::node::Broken, membership: bool) -> Sim {
         let mut rng = Rng(seed);
         let log_kind = if rng.chance(500) {
             LogKind::Row
@@ -353,24 +465,7 @@ impl Sim {
         };
         let nodes: BTreeMap<NodeId, SimNode> = members
             .iter()
-            .map(|&id| {
-                let core = Core::new(config(id, members), HardState::default(), (0, 0), 0, seed);
-                let node = SimNode {
-                    state: node_state(core, log_kind, members, seed ^ id, broken),
-                    disk: Disk::default(),
-                    writing: None,
-                    applied: Vec::new(),
-                    apply_wanted: 0,
-                    executing: VecDeque::new(),
-                    up: true,
-                    // Clocks that run up to 2 % fast or slow.
-                    drift_ppm: rng.below(40_001) as i64 - 20_000,
-                    paused_until: 0,
-                    incarnation: id,
-                    life: 0,
-                };
-                (id, node)
-            })
+            .map(|&id| (id, new_node(id, members, log_kind, seed, broken, &mut rng)))
             .collect();
         Sim {
             seed,
@@ -395,6 +490,14 @@ impl Sim {
             compactions: 0,
             snapshots_installed: 0,
             wipes: 0,
+            initial: members.to_vec(),
+            next_id: members.iter().max().copied().unwrap_or(0) + 1,
+            nodes_max: members.len() + 4,
+            membership,
+            leader_to_remove: None,
+            changes_asked: 0,
+            changes_done: 0,
+            configurations: BTreeSet::new(),
         }
     }
 
@@ -402,7 +505,9 @@ impl Sim {
         for (id, n) in &self.nodes {
             let c = n.state.core();
             eprintln!(
-                "node {id}: up {} role {:?} term {} vote {:?} last {} durable {} (last term {:?}) commit {} applied {} recovering {:?} told {:?} peers {:?} incarnation {}",
+                "node {id}: {} (at {}) up {} role {:?} term {} vote {:?} last {} durable {} (last term {:?}) commit {} applied {} recovering {:?} told {:?} peers {:?} incarnation {}",
+                c.membership(),
+                c.membership_index(),
                 n.up,
                 c.role(),
                 c.term(),
@@ -521,6 +626,8 @@ impl Sim {
         let index = n.applied.len() as Index;
         let term = n.applied.last().map_or(0, |e| e.term);
         let state = n.applied.clone();
+        let membership = membership_in(&state)
+            .unwrap_or_else(|| Membership::of_voters(self.initial.iter().copied()));
         let at = self.now_ms + 5 + self.rng.below(30);
         let event = if self.cut.contains(&(id, peer)) || self.rng.chance(100) {
             Event::SnapshotFailed { leader: id, peer }
@@ -531,6 +638,7 @@ impl Sim {
                 index,
                 term,
                 state,
+                membership,
             }
         };
         self.net.push((at, event));
@@ -548,6 +656,9 @@ impl Sim {
 
     fn write_answered(&mut self, id: NodeId, op: u64, answer: WriteAnswer) {
         let o = self.answer_once(op);
+        if let Ask::Change { change, seq } = &o.ask {
+            return self.change_answered(id, change, *seq, answer);
+        }
         let Ask::Write { concern, command } = o.ask else {
             self.fail(&format!("a read ({op}) answered as a write"));
         };
@@ -585,10 +696,53 @@ impl Sim {
         }
     }
 
+    /// A configuration change was answered: done, the entry that
+    /// completed it is a configuration this change made (its tag), in
+    /// effect on the answering leader's log.
+    fn change_answered(
+        &mut self,
+        id: NodeId,
+        change: &MembershipChange,
+        seq: u64,
+        answer: WriteAnswer,
+    ) {
+        match answer {
+            WriteAnswer::Written { index, term, .. } => {
+                let n = &self.nodes[&id];
+                let entry = n
+                    .disk
+                    .get(index)
+                    .cloned()
+                    .or_else(|| n.state.core().unstable_entry(index).cloned());
+                let ok = match entry.as_ref().map(|e| (&e.payload, e.term)) {
+                    Some((Payload::Config(m), t)) => {
+                        t == term && m.tag.is_some_and(|t| t.seq == seq) && !m.is_joint()
+                    }
+                    // Compacted: applied, so committed; checked by (3).
+                    None => index <= n.disk.compacted.0,
+                    _ => false,
+                };
+                if !ok {
+                    self.fail(&format!(
+                        "change {change} answered done at ({term}, {index}), which holds {entry:?}"
+                    ));
+                }
+                self.changes_done += 1;
+            }
+            WriteAnswer::Accepted { .. } => {
+                self.fail(&format!("change {change} answered before its commit"))
+            }
+            WriteAnswer::Refused(_) => self.refusals += 1,
+        }
+    }
+
     fn run_read(&mut self, id: NodeId, read: Read<u64>) {
         let o = self.answer_once(read.handle);
         let Ask::Read { level, floor } = o.ask else {
-            self.fail(&format!("a write ({}) run as a read", read.handle));
+            self.fail(&format!(
+                "a write or change ({}) run as a read",
+                read.handle
+            ));
         };
         let n = &self.nodes[&id];
         let applied = n.applied.len() as Index;
@@ -741,7 +895,7 @@ impl Sim {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let members: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let members = self.nodes[&id].bootstrap.clone();
         let seed = self.rng.next();
         let (log_kind, broken) = (self.log_kind, self.broken);
         let n = self.node(id);
@@ -755,6 +909,7 @@ impl Sim {
         let applied = (n.applied.len() as Index).min(last.0);
         n.applied.truncate(applied as usize);
         let mut core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
+        core.restore_memberships(n.disk.memberships());
         core.restore_recovering(n.disk.recovery_floor, !n.disk.terms_pending);
         n.state = node_state(core, log_kind, &members, seed, broken);
         n.up = true;
@@ -778,23 +933,27 @@ impl Sim {
         let Some(term) = top.disk.term(commit) else {
             return false;
         };
+        let voters = top.state.core().membership().clone();
         // Acknowledged writes count as committed too (their committer may
         // have crashed since).
         let acked = self.acked.iter().map(|a| a.0).max().unwrap_or(0);
-        let holders = self
-            .nodes
-            .iter()
-            .filter(|&(&p, n)| {
-                p != id
-                    && n.disk.term(commit) == Some(term)
-                    && n.disk.last_index().max(n.disk.compacted.0) >= acked
-            })
-            .count();
+        let holds = |p: NodeId| {
+            let n = &self.nodes[&p];
+            p != id
+                && n.disk.term(commit) == Some(term)
+                && n.disk.last_index().max(n.disk.compacted.0) >= acked
+        };
+        // Only a voter loses its disk: a learner or a removed node would
+        // come back with the bootstrap configuration and no data, which
+        // `member add`/`replace` covers instead (see the README).
         let known = self
             .nodes
             .iter()
-            .all(|(&p, n)| p == id || n.disk.peers.contains_key(&id));
-        holders > self.nodes.len() / 2 && known
+            .all(|(&p, n)| p == id || !voters.contains(p) || n.disk.peers.contains_key(&id));
+        voters.is_voter(id)
+            && self.initial.contains(&id)
+            && voters.has_quorum(|p| self.nodes.contains_key(&p) && holds(p))
+            && known
     }
 
     /// The node loses its disk and restarts on an empty one, under a new
@@ -826,14 +985,19 @@ impl Sim {
     /// reaches `to`: `to` records `from`'s incarnation, and if it knew
     /// another one, both learn that `from` lost its data.
     fn hello(&mut self, from: NodeId, to: NodeId) {
-        // The answer carries the receiver's term and durable log position.
-        let (term, position) = {
+        // The answer carries the receiver's term, durable log position and
+        // configuration in effect.
+        let (term, position, membership) = {
             let c = self.nodes[&to].state.core();
-            (c.term(), c.durable_position())
+            (
+                c.term(),
+                c.durable_position(),
+                (c.membership_index(), c.membership().clone()),
+            )
         };
         self.node(from)
             .state
-            .hello_answered(to, term, position, false);
+            .hello_answered(to, term, position, membership.clone(), false);
         self.drain(from);
         let incarnation = self.nodes[&from].incarnation;
         let receiver = self.node(to);
@@ -853,7 +1017,7 @@ impl Sim {
         self.drain(to);
         self.node(from)
             .state
-            .hello_answered(to, term, position, true);
+            .hello_answered(to, term, position, membership, true);
         self.drain(from);
     }
 
@@ -1022,6 +1186,7 @@ impl Sim {
                 self.fail(&msg);
             }
         }
+        self.check_configurations();
         // The determinism alarm never fires on a group that is
         // deterministic, whatever the faults (a sample compared with a
         // deposed leader's, a late one, one after a snapshot).
@@ -1087,6 +1252,160 @@ impl Sim {
                 n.state
                     .query(op, level, clock, clock + REQUEST_TIMEOUT_MS, &n.disk);
                 self.drain(id);
+            }
+            Ask::Change { change, seq } => {
+                let tag = ClientTag {
+                    client_id: 2,
+                    seq,
+                    acked_below: 0,
+                };
+                n.state
+                    .change_membership(change, Some(tag), op, clock, &n.disk);
+                n.state.flush_speculation();
+                self.drain(id);
+            }
+        }
+    }
+
+    /// An operator changes the configuration at the leader: adds a member
+    /// (a learner to keep, or one to promote once caught up), replaces a
+    /// voter, promotes or demotes, removes a member — the leader too,
+    /// after it handed over — and sometimes retries a change it asked for.
+    fn change_membership(&mut self, leader: NodeId) {
+        let now = self.now_ms;
+        if let Some((old, since)) = self.leader_to_remove {
+            if leader != old {
+                self.leader_to_remove = None;
+                self.ask_change(leader, MembershipChange::Remove { id: old }, None);
+            } else if now > since + 500 {
+                self.leader_to_remove = None;
+            }
+            return;
+        }
+        let m = self.nodes[&leader].state.core().membership().clone();
+        let voters: Vec<NodeId> = m.voters.iter().copied().filter(|&v| v != leader).collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let pick = |rng: &mut Rng, from: &[NodeId]| from[rng.below(from.len() as u64) as usize];
+        let room = self.nodes.len() < self.nodes_max;
+        let change = match self.rng.below(8) {
+            0 | 1 if room => {
+                let id = self.add_node();
+                MembershipChange::Add {
+                    id,
+                    addrs: addrs_of(id),
+                    voter: self.rng.chance(800),
+                }
+            }
+            2 | 3 if room && !voters.is_empty() => {
+                let out = pick(&mut self.rng, &voters);
+                let id = self.add_node();
+                MembershipChange::Replace {
+                    out,
+                    id,
+                    addrs: addrs_of(id),
+                }
+            }
+            4 if !learners.is_empty() => MembershipChange::Promote {
+                id: pick(&mut self.rng, &learners),
+            },
+            5 if !voters.is_empty() && m.voters.len() > 3 => MembershipChange::Demote {
+                id: pick(&mut self.rng, &voters),
+            },
+            6 if m.voters.len() > 2 || !learners.is_empty() => {
+                let all: Vec<NodeId> = voters.iter().chain(&learners).copied().collect();
+                MembershipChange::Remove {
+                    id: pick(&mut self.rng, &all),
+                }
+            }
+            7 if m.voters.len() > 2 && !voters.is_empty() => {
+                // Remove the leader: hand over first.
+                let to = pick(&mut self.rng, &voters);
+                let _ = self.node(leader).state.transfer_leadership(to);
+                self.drain(leader);
+                self.leader_to_remove = Some((leader, now));
+                return;
+            }
+            _ => return,
+        };
+        let retry = self.rng.chance(100);
+        let seq = self.ask_change(leader, change.clone(), None);
+        if retry {
+            self.ask_change(leader, change, Some(seq));
+        }
+    }
+
+    /// Send `change` to `to` (with the tag of request `seq` for a retry);
+    /// returns the request's tag sequence.
+    fn ask_change(&mut self, to: NodeId, change: MembershipChange, retry_of: Option<u64>) -> u64 {
+        if std::env::var("UNDERSTUDY_SIM_TRACE").is_ok() {
+            eprintln!("{} ms: ask node {to}: {change}", self.now_ms);
+        }
+        self.changes_asked += 1;
+        let seq = retry_of.unwrap_or(self.next_op + 1);
+        self.client_request(to, Ask::Change { change, seq });
+        seq
+    }
+
+    /// A new node, up, on an empty disk, that knows no configuration yet.
+    fn add_node(&mut self) -> NodeId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let seed = self.rng.next();
+        let node = new_node(id, &[], self.log_kind, seed, self.broken, &mut self.rng);
+        self.nodes.insert(id, node);
+        id
+    }
+
+    /// BRIEF invariant 12: no two configurations in effect have majorities
+    /// that do not overlap. In effect: the configuration at the highest
+    /// commit index any node knows, and every later one in the log of a
+    /// node on the committed branch (its log holds that committed entry).
+    /// An older configuration still in effect on a lagging node cannot
+    /// decide anything: a majority of it holds the newer one.
+    fn check_configurations(&mut self) {
+        let Some((&top, _)) = self
+            .nodes
+            .iter()
+            .max_by_key(|(_, n)| n.state.core().commit_index())
+        else {
+            return;
+        };
+        let term_at = |n: &SimNode, i: Index| {
+            n.state
+                .core()
+                .unstable_entry(i)
+                .map(|e| e.term)
+                .or_else(|| n.disk.term(i))
+        };
+        let c = self.nodes[&top].state.core();
+        let commit = c.commit_index();
+        let Some(committed) = c.membership_at(commit).cloned() else {
+            return;
+        };
+        let commit_term = term_at(&self.nodes[&top], commit);
+        let mut in_effect: Vec<(NodeId, Index, Membership)> = vec![(top, commit, committed)];
+        for (&id, n) in &self.nodes {
+            let core = n.state.core();
+            let index = core.membership_index();
+            if n.up && index > commit && term_at(n, commit) == commit_term {
+                let m = core.membership().clone();
+                if !in_effect.iter().any(|(_, _, o)| *o == m) {
+                    in_effect.push((id, index, m));
+                }
+                if let Some(t) = term_at(n, index) {
+                    self.configurations.insert((index, t));
+                }
+            }
+        }
+        for (i, (a_node, a_index, a)) in in_effect.iter().enumerate() {
+            for (b_node, b_index, b) in &in_effect[i + 1..] {
+                if disjoint_majorities(a, b) {
+                    self.fail(&format!(
+                        "configurations {a} (entry {a_index}, node {a_node}) and {b} (entry \
+                         {b_index}, node {b_node}) are both in effect and have majorities that \
+                         do not overlap"
+                    ));
+                }
             }
         }
     }
@@ -1209,6 +1528,13 @@ impl Sim {
             .copied()
             .find(|id| self.nodes[id].state.core().role() == Role::Leader);
         self.clients(faults, leader, &reachable);
+        if let Some(l) = leader
+            && faults
+            && self.membership
+            && self.rng.chance(8)
+        {
+            self.change_membership(l);
+        }
         // Log compaction: a node drops a prefix of what it applied.
         if faults && self.rng.chance(20) {
             let id = ids[self.rng.below(ids.len() as u64) as usize];
@@ -1294,6 +1620,7 @@ impl Sim {
                 index,
                 term,
                 state,
+                membership,
             } => {
                 // The log writer finishes the batch it is writing before
                 // it resets the log to the snapshot.
@@ -1311,11 +1638,13 @@ impl Sim {
                         n.applied = state;
                         n.disk.log.clear();
                         n.disk.compacted = (index, term);
+                        n.disk.compacted_membership = Some(membership.clone());
                         n.apply_wanted = n.apply_wanted.max(index);
                         self.snapshots_installed += 1;
                     }
                     let n = self.node(to);
-                    n.state.install_end(Some((index, term)), &n.disk);
+                    n.state
+                        .install_end(Some((index, term, membership)), &n.disk);
                     self.drain(to);
                     false
                 };
@@ -1441,11 +1770,14 @@ struct Ran {
     reads_served: u64,
     digests_delivered: u64,
     row: bool,
+    changes_asked: u64,
+    changes_done: u64,
+    configurations: u64,
 }
 
 /// Runs one seed.
 fn run(seed: u64, members: &[NodeId], steps: u64, broken: crate::node::Broken) -> Ran {
-    let mut sim = Sim::new(seed, members, broken);
+    let mut sim = Sim::new(seed, members, broken, true);
     for _ in 0..steps {
         sim.step(true);
     }
@@ -1457,6 +1789,9 @@ fn run(seed: u64, members: &[NodeId], steps: u64, broken: crate::node::Broken) -
         reads_served: sim.reads_served,
         digests_delivered: sim.digests_delivered,
         row: sim.log_kind == LogKind::Row,
+        changes_asked: sim.changes_asked,
+        changes_done: sim.changes_done,
+        configurations: sim.configurations.len() as u64,
     }
 }
 
@@ -1541,6 +1876,9 @@ fn totals(runs: Vec<Ran>) -> Ran {
         t.writes_acked += r.writes_acked;
         t.reads_served += r.reads_served;
         t.digests_delivered += r.digests_delivered;
+        t.changes_asked += r.changes_asked;
+        t.changes_done += r.changes_done;
+        t.configurations += r.configurations;
         if r.row {
             kinds.1 += 1;
         } else {
@@ -1548,8 +1886,15 @@ fn totals(runs: Vec<Ran>) -> Ran {
         }
     }
     eprintln!(
-        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, digest samples compared {}, runs (statement, row) {kinds:?}",
-        t.snapshots_installed, t.wipes, t.writes_acked, t.reads_served, t.digests_delivered
+        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, digest samples compared {}, configuration changes asked {} and completed {}, configurations in effect {}, runs (statement, row) {kinds:?}",
+        t.snapshots_installed,
+        t.wipes,
+        t.writes_acked,
+        t.reads_served,
+        t.digests_delivered,
+        t.changes_asked,
+        t.changes_done,
+        t.configurations
     );
     t.row = kinds.0 > 0 && kinds.1 > 0;
     t
@@ -1569,6 +1914,7 @@ fn three_nodes_keep_the_invariants_under_faults() {
         assert!(t.row, "the runs use both log kinds");
         assert!(t.writes_acked > 0 && t.reads_served > 0);
         assert!(t.digests_delivered > 0, "digest samples reach peers");
+        assert!(t.changes_done > 0, "the runs change the configuration");
     }
 }
 
@@ -1620,6 +1966,20 @@ fn a_majority_write_answered_at_the_leaders_fsync_is_caught() {
         message.contains("was lost") || message.contains("committed or acknowledged"),
         "{message}"
     );
+}
+
+/// The simulator catches a leader that changes the voters in one step,
+/// without the joint configuration: a swap makes two configurations in
+/// effect whose majorities do not meet.
+#[test]
+fn a_change_of_voters_without_the_joint_configuration_is_caught() {
+    let broken = crate::node::Broken {
+        membership_without_joint: true,
+        ..Default::default()
+    };
+    let (seed, message) = first_failing(broken, 40).expect("the simulator catches it");
+    eprintln!("seed {seed}: {message}");
+    assert!(message.contains("do not overlap"), "{message}");
 }
 
 /// The simulator catches a leader that serves `lease` reads after its

@@ -2,6 +2,7 @@
 //! their payloads, and the deterministic outcome of applying one.
 
 use crate::auth::{AuthChange, Principal};
+use crate::membership::Membership;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -115,6 +116,10 @@ pub enum Payload {
         /// Who asked for it.
         by: Option<Principal>,
     },
+    /// A configuration of the group (see [`crate::membership`]): in
+    /// effect on a node as soon as it is in that node's log. Applied like
+    /// an audit record (it changes no machine state).
+    Config(Box<Membership>),
     /// The `row` log kind: what a command or deploy did, as the leader
     /// computed it; followers apply it without running guest code.
     Effects(Box<Effects>),

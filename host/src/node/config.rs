@@ -88,6 +88,35 @@ pub struct NodeConfig {
     /// otherwise; logged at every start).
     #[serde(default)]
     pub insecure: bool,
+    /// When the leader moves a learner on (see `member add`/`replace`).
+    #[serde(default)]
+    pub membership: MembershipSettings,
+}
+
+/// When the leader promotes a learner added to vote, or swaps in one added
+/// to replace a voter: once it is within both lag bounds. A replacement
+/// that is still behind `catch_up_timeout_ms` after it was added is
+/// removed again (the configuration is as before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSettings {
+    /// Most entries a learner may be behind the leader's last one.
+    pub promote_lag_entries: u64,
+    /// Most milliseconds old the oldest entry it lacks may be.
+    pub promote_lag_ms: u64,
+    /// How long a replacement may take to catch up (a snapshot of the
+    /// whole state, then the log).
+    pub catch_up_timeout_ms: u64,
+}
+
+impl Default for MembershipSettings {
+    fn default() -> Self {
+        MembershipSettings {
+            promote_lag_entries: 1_000,
+            promote_lag_ms: 2_000,
+            catch_up_timeout_ms: 30 * 60 * 1_000,
+        }
+    }
 }
 
 /// Log compaction bounds. The log keeps the last `retain_entries` applied
@@ -202,6 +231,7 @@ impl NodeConfig {
             log_kind: LogKind::default(),
             tls: None,
             insecure: false,
+            membership: MembershipSettings::default(),
         }
     }
 

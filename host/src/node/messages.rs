@@ -103,6 +103,7 @@ pub(super) struct DiscardSpeculation;
 #[derive(Message)]
 #[rtype(result = "Result<(), crate::storage::StorageError>")]
 pub(super) struct ResetLog {
+    pub(super) membership: Option<understudy_core::membership::Membership>,
     pub(super) index: Index,
     pub(super) term: Term,
     /// The timestamp of the snapshot's last entry.

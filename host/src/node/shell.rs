@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use understudy_core::client::WriteAnswer;
+use understudy_core::membership::{MemberAddrs, Membership};
 use understudy_core::node::{Effect, NodeState, Read, Settings, SnapshotIn};
 
 /// A client request and where to send its answer.
@@ -78,8 +79,12 @@ pub struct Node {
     /// What the log's meta holds of a data loss (see
     /// [`LogStore::recovering`]).
     pub(super) recovering_persisted: ((Term, Index), bool),
-    /// The term and log position, for the peer acceptor's hello answers.
+    /// The term, log position and configuration, for the peer
+    /// acceptor's hello answers.
     pub(super) published: crate::peer::Published,
+    /// The index of the configuration last published (and whose members
+    /// the peer transport dials).
+    pub(super) membership_seen: Option<Index>,
     /// This actor's address, once started (for the applier's `QueryDone`).
     pub(super) me: Option<Addr<Node>>,
     /// The applier's part of a status (see [`ApplierActor::show`]).
@@ -153,8 +158,10 @@ impl Node {
             // was reset to it: finish the install.
             tracing::info!(index, term, "completing an interrupted snapshot install");
             // (The entry's timestamp is not known here: 0, as before
-            // timestamps were kept with the compacted point.)
-            log.reset_to(index, term, 0)?;
+            // timestamps were kept with the compacted point.) The
+            // configuration is the one the installed state recorded.
+            let membership = state_membership(&state)?;
+            log.reset_to(index, term, 0, membership.as_ref())?;
         }
         let last = log.last()?;
         let snapshot_state = state.clone();
@@ -186,6 +193,9 @@ impl Node {
             config.group()
         };
         let mut core = Core::new(group, hard, last, applied.index, rand::random());
+        if !forced {
+            core.restore_memberships(log.memberships()?);
+        }
         let recovering = log.recovering()?;
         core.restore_recovering(recovering.0, recovering.1);
         let incarnation = log.incarnation()?;
@@ -285,6 +295,27 @@ impl Node {
                 .filter(|p| p.client_address.is_some())
                 .map(|p| p.id)
                 .collect(),
+            promote_lag_entries: config.membership.promote_lag_entries,
+            promote_lag_ms: config.membership.promote_lag_ms,
+            catch_up_timeout_ms: config.membership.catch_up_timeout_ms,
+            member_addrs: std::iter::once((
+                config.node_id,
+                MemberAddrs {
+                    peer: config
+                        .peer_listen
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    client: client_address.clone(),
+                },
+            ))
+            .chain(config.peers.iter().map(|p| {
+                let addrs = MemberAddrs {
+                    peer: p.address.clone(),
+                    client: p.client_address.clone().unwrap_or_default(),
+                };
+                (p.id, addrs)
+            }))
+            .collect(),
         };
         let addresses = std::iter::once((config.node_id, client_address))
             .chain(
@@ -301,6 +332,7 @@ impl Node {
             tls,
             recovering_persisted: recovering,
             published,
+            membership_seen: None,
             compiler,
             shown,
             compiling: Default::default(),
@@ -359,7 +391,21 @@ impl Node {
             self.state.core().durable_position(),
         );
         self.state.drive(now_ms(), &self.log);
+        self.membership_changed();
         self.execute(ctx);
+    }
+
+    /// Publish the configuration in effect when it changed.
+    fn membership_changed(&mut self) {
+        let core = self.state.core();
+        let index = core.membership_index();
+        if self.membership_seen == Some(index) {
+            return;
+        }
+        self.membership_seen = Some(index);
+        let membership = core.membership().clone();
+        tracing::info!(index, %membership, "configuration in effect");
+        self.published.set_membership(index, membership);
     }
 
     /// Execute the effects the state queued, in order; proposals waiting
@@ -490,6 +536,10 @@ impl Node {
         }
         let (applier, writer) = (self.applier.clone(), self.writer.clone());
         let (index, term, timestamp_ms) = (meta.index, meta.term, meta.last_timestamp_ms);
+        let membership = meta.membership.clone().map(|m| *m);
+        let installed_membership = membership
+            .clone()
+            .unwrap_or_else(|| Membership::of_voters(self.config.members()));
         let work = async move {
             let installed = applier
                 .send(InstallSnapshot { dir, meta })
@@ -501,6 +551,7 @@ impl Node {
                         index,
                         term,
                         timestamp_ms,
+                        membership,
                     })
                     .await
                     .map_err(|_| InstallFailed::Stopped("the log writer"))?
@@ -515,7 +566,8 @@ impl Node {
                         if installed {
                             tracing::info!(index, term, "snapshot installed");
                         }
-                        node.state.install_end(Some((index, term)), &node.log);
+                        node.state
+                            .install_end(Some((index, term, installed_membership)), &node.log);
                         node.drive(ctx);
                         let _ = done.send(Ok(()));
                     }
@@ -677,7 +729,7 @@ impl Handler<HelloAnswered> for Node {
     fn handle(&mut self, msg: HelloAnswered, ctx: &mut Self::Context) {
         let a = msg.answer;
         self.state
-            .hello_answered(msg.from, a.term, a.log, a.lost_data);
+            .hello_answered(msg.from, a.term, a.log, a.membership, a.lost_data);
         self.drive(ctx);
     }
 }
@@ -802,3 +854,16 @@ pub type Natives = Vec<(
     crate::sandbox::ModuleHash,
     std::sync::Arc<dyn crate::sandbox::NativeMachine>,
 )>;
+
+/// The configuration the state recorded when it applied the last
+/// configuration entry (or installed a snapshot holding one).
+fn state_membership(
+    state: &crate::storage::StateStore,
+) -> anyhow::Result<Option<understudy_core::membership::Membership>> {
+    use crate::kv::KvRead;
+    let snap = state.snapshot()?;
+    let Some(raw) = snap.get(&crate::access::membership_key()) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::codec::decode("configuration", &raw)?))
+}

@@ -36,7 +36,12 @@ impl Handler<MakeSnapshot> for SnapshotMaker {
         let log = self.log.clone();
         let meta = self.state.write_snapshot(&tmp, self.chunk_bytes, |i| {
             let term = crate::replication::LogRead::term(&log, i)?;
-            Some((term, log.timestamp_of(i).ok().flatten().unwrap_or(0)))
+            let membership = log.membership_at(i).ok()?;
+            Some((
+                term,
+                log.timestamp_of(i).ok().flatten().unwrap_or(0),
+                membership,
+            ))
         })?;
         let _ = std::fs::remove_dir_all(&current);
         std::fs::rename(&tmp, &current).map_err(|source| SnapshotError::Io {

@@ -72,7 +72,12 @@ impl Actor for LogWriter {
 impl Handler<ResetLog> for LogWriter {
     type Result = Result<(), crate::storage::StorageError>;
     fn handle(&mut self, msg: ResetLog, _: &mut Self::Context) -> Self::Result {
-        self.log.reset_to(msg.index, msg.term, msg.timestamp_ms)
+        self.log.reset_to(
+            msg.index,
+            msg.term,
+            msg.timestamp_ms,
+            msg.membership.as_ref(),
+        )
     }
 }
 

@@ -53,6 +53,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
+use understudy_core::membership::Membership;
 
 /// Who this node is, for hellos and for checking them.
 #[derive(Clone, Debug)]
@@ -83,31 +84,33 @@ pub struct LocalIdentity {
     pub tls: Option<NodeTls>,
 }
 
-/// What a node tells its peers in hello answers: its term and log
-/// position (last term, last index), kept current by the node.
+/// What a node tells its peers in hello answers: its term, log position
+/// (last term, last index) and configuration, kept current by the node.
 #[derive(Clone, Default)]
-pub struct Published(
-    std::sync::Arc<
-        std::sync::Mutex<(
-            crate::types::Term,
-            (crate::types::Term, crate::types::Index),
-        )>,
-    >,
-);
+pub struct Published(std::sync::Arc<std::sync::Mutex<PublishedState>>);
+
+#[derive(Clone, Default)]
+struct PublishedState {
+    term: crate::types::Term,
+    log: (crate::types::Term, crate::types::Index),
+    membership: (crate::types::Index, Membership),
+}
 
 impl Published {
     /// Publish the node's `term` and log position.
     pub fn set(&self, term: crate::types::Term, log: (crate::types::Term, crate::types::Index)) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (term, log);
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        p.term = term;
+        p.log = log;
     }
 
-    fn get(
-        &self,
-    ) -> (
-        crate::types::Term,
-        (crate::types::Term, crate::types::Index),
-    ) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// Publish the node's configuration in effect (when it changes).
+    pub fn set_membership(&self, index: crate::types::Index, membership: Membership) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).membership = (index, membership);
+    }
+
+    fn get(&self) -> PublishedState {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -485,7 +488,15 @@ async fn receive(
         _ => false,
     };
     framed.codec_mut().set_max_frame_bytes(net::FRAME_BYTES_MAX);
-    let (term, log) = me.book.as_ref().map_or((0, (0, 0)), |b| b.published.get());
+    let PublishedState {
+        term,
+        log,
+        membership,
+    } = me
+        .book
+        .as_ref()
+        .map(|b| b.published.get())
+        .unwrap_or_default();
     let reply = if lost {
         tracing::warn!(
             from = hello.from,
@@ -493,9 +504,17 @@ async fn receive(
              least as up-to-date as its peers'"
         );
         sink(Inbound::PeerLostData { from: hello.from });
-        HelloReply::LostData { term, log }
+        HelloReply::LostData {
+            term,
+            log,
+            membership,
+        }
     } else {
-        HelloReply::Welcome { term, log }
+        HelloReply::Welcome {
+            term,
+            log,
+            membership,
+        }
     };
     framed.send(net::encode(&reply)).await?;
     tracing::debug!(from = hello.from, lane = ?hello.lane, "peer connected");
@@ -680,12 +699,14 @@ async fn dial(
 }
 
 /// What a peer's answer to a hello says of the peer and of this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HelloAnswer {
     /// The peer's term.
     pub term: crate::types::Term,
     /// The peer's durable log position (term, index).
     pub log: (crate::types::Term, crate::types::Index),
+    /// The peer's configuration in effect, and its index.
+    pub membership: (crate::types::Index, Membership),
     /// The peer knew this node under another incarnation: this node lost
     /// its data.
     pub lost_data: bool,
@@ -709,19 +730,29 @@ async fn connect(
         .ok_or_else(|| DialError::Io("closed during hello".into()))?
         .map_err(io)?;
     match net::decode::<HelloReply>(&reply) {
-        Ok(HelloReply::Welcome { term, log }) => Ok((
+        Ok(HelloReply::Welcome {
+            term,
+            log,
+            membership,
+        }) => Ok((
             framed,
             HelloAnswer {
                 term,
                 log,
+                membership,
                 lost_data: false,
             },
         )),
-        Ok(HelloReply::LostData { term, log }) => Ok((
+        Ok(HelloReply::LostData {
+            term,
+            log,
+            membership,
+        }) => Ok((
             framed,
             HelloAnswer {
                 term,
                 log,
+                membership,
                 lost_data: true,
             },
         )),

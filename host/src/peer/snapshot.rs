@@ -400,6 +400,7 @@ mod tests {
             bytes: chunks.iter().map(|c| c.len() as u64).sum(),
             checksums: chunks.iter().map(|c| *blake3::hash(c).as_bytes()).collect(),
             last_timestamp_ms: 0,
+            membership: None,
         }
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
+use understudy_core::membership::Membership;
 
 /// Version of the peer protocol spoken by this build. 2: commands share
 /// instances within runs (`node::applier::RUN_WINDOW`), which may compute
@@ -21,8 +22,10 @@ use tokio_util::codec::Framed;
 /// them), and `FUNCTION_BODY_BYTES_MAX` refuses some modules 3 deployed.
 /// 5: followers precompile deployed modules. 6: entries carry who asked
 /// for them and are checked against the replicated auth state (auth and
-/// audit entries, the `Denied` outcome).
-pub const PEER_PROTOCOL_VERSION: u16 = 6;
+/// audit entries, the `Denied` outcome). 7: configurations are log
+/// entries (`Payload::Config`), hello answers carry the receiver's
+/// configuration, and members are who the configuration names.
+pub const PEER_PROTOCOL_VERSION: u16 = 7;
 
 /// Which connection a message travels on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +111,9 @@ pub enum HelloReply {
         term: crate::types::Term,
         /// The receiver's durable log position (term, index).
         log: (crate::types::Term, crate::types::Index),
+        /// The receiver's configuration in effect, and its index.
+        #[serde(default)]
+        membership: (crate::types::Index, Membership),
     },
     /// Accepted, but the receiver knew the sender under another
     /// incarnation: the sender lost its data directory (and with it its
@@ -119,6 +125,10 @@ pub enum HelloReply {
         term: crate::types::Term,
         /// The receiver's durable log position (term, index).
         log: (crate::types::Term, crate::types::Index),
+        /// The receiver's configuration in effect, and its index (the
+        /// sender lost its own).
+        #[serde(default)]
+        membership: (crate::types::Index, Membership),
     },
     /// Refused, and why; the connection is closed.
     Refused(String),

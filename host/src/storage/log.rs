@@ -6,13 +6,14 @@ use super::env::*;
 use super::journal::{self, Journal};
 use crate::codec;
 use crate::replication::HardState;
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, Payload, Term};
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, RoTxn, WithoutTls, byteorder::BigEndian};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use understudy_core::membership::Membership;
 
 /// The log meta key of the last compacted entry's timestamp.
 const COMPACTED_TIMESTAMP: &str = "compacted-timestamp";
@@ -46,6 +47,11 @@ pub struct LogStore {
     env: Env<WithoutTls>,
     entries: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
+    /// The configurations the log holds, by index (a copy of each
+    /// configuration entry's payload, kept in the same transactions as
+    /// the entries), and the one at the compacted point: a node starts
+    /// with them without reading its whole log.
+    configs: Database<'static, U64<BigEndian>, Bytes>,
     map_bytes: usize,
     shared: std::sync::Arc<LogShared>,
 }
@@ -83,11 +89,13 @@ impl LogStore {
         let env = open_env(path, opts, 4, SyncMode::Full)?;
         let entries = create_db(&env, "entries", opts)?;
         let meta = create_db(&env, "meta", opts)?;
+        let configs = create_db(&env, "configs", opts)?;
         check_identity(&env, meta, identity, opts.map_size_bytes)?;
         let log = LogStore {
             env,
             entries,
             meta,
+            configs,
             map_bytes: opts.map_size_bytes,
             shared: std::sync::Arc::new(LogShared {
                 compacted: Default::default(),
@@ -260,6 +268,9 @@ impl LogStore {
                 self.entries
                     .delete_range(wtxn, &(from..))
                     .map_err(self.err())?;
+                self.configs
+                    .delete_range(wtxn, &(from..))
+                    .map_err(self.err())?;
             }
             self.put_hard_state(wtxn, hard_state)?;
             self.put_entries(
@@ -347,6 +358,11 @@ impl LogStore {
             self.entries
                 .put(wtxn, &e.index, &bytes)
                 .map_err(self.err())?;
+            if let Payload::Config(m) = &e.payload {
+                self.configs
+                    .put(wtxn, &e.index, &codec::encode(&**m))
+                    .map_err(self.err())?;
+            }
             prev = (e.index, e.term);
         }
         Ok(())
@@ -419,6 +435,17 @@ impl LogStore {
         self.entries
             .delete_range(&mut wtxn, &(..=to))
             .map_err(self.err())?;
+        // The configuration in effect at the compacted point stays.
+        let kept = self
+            .configs
+            .get_lower_than_or_equal_to(&wtxn, &to)
+            .map_err(self.err())?
+            .map(|(i, _)| i);
+        if let Some(kept) = kept {
+            self.configs
+                .delete_range(&mut wtxn, &(..kept))
+                .map_err(self.err())?;
+        }
         self.meta
             .put(&mut wtxn, "compacted", &codec::encode(&(to, term)))
             .map_err(self.err())?;
@@ -436,16 +463,24 @@ impl LogStore {
 
     /// Replace the whole log by the compacted point `(index, term)` (after
     /// a snapshot of the state at `index` was installed), whose entry was
-    /// stamped `timestamp_ms` (0 if unknown).
+    /// stamped `timestamp_ms` (0 if unknown), with the configuration in
+    /// effect there (`None`: none was in the log yet; the bootstrap one).
     pub fn reset_to(
         &self,
         index: Index,
         term: Term,
         timestamp_ms: u64,
+        membership: Option<&Membership>,
     ) -> Result<(), StorageError> {
         let mut writer = self.shared.writer.lock().expect("log writer lock");
         self.move_tail(&mut writer, true, |wtxn| {
             self.entries.clear(wtxn).map_err(self.err())?;
+            self.configs.clear(wtxn).map_err(self.err())?;
+            if let Some(m) = membership {
+                self.configs
+                    .put(wtxn, &index, &codec::encode(m))
+                    .map_err(self.err())?;
+            }
             self.meta
                 .put(wtxn, "compacted", &codec::encode(&(index, term)))
                 .map_err(self.err())?;
@@ -454,6 +489,61 @@ impl LogStore {
                 .map_err(self.err())
         })?;
         self.refresh_compacted()
+    }
+
+    /// The configurations the log holds, oldest first: the one in effect
+    /// at the compacted point (if the log held one by then), then every
+    /// later configuration entry. Empty: the bootstrap configuration.
+    pub fn memberships(&self) -> Result<Vec<(Index, Membership)>, StorageError> {
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        let mut out = Vec::new();
+        for item in self.configs.iter(&rtxn).map_err(self.err())? {
+            let (i, b) = item.map_err(self.err())?;
+            let m = codec::decode("configuration", b)
+                .map_err(self.corrupt(format!("configuration {i}")))?;
+            out.push((i, m));
+        }
+        drop(rtxn);
+        let tail = self.shared.tail.read().expect("log tail lock");
+        for (e, _) in &tail.entries {
+            if let Payload::Config(m) = &e.payload
+                && out.last().is_none_or(|(i, _)| *i < e.index)
+            {
+                out.push((e.index, (**m).clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The configuration in effect at `index` (the newest at or below
+    /// it), if the log holds one: what a snapshot of the state at `index`
+    /// carries.
+    pub fn membership_at(&self, index: Index) -> Result<Option<Membership>, StorageError> {
+        {
+            let tail = self.shared.tail.read().expect("log tail lock");
+            let newest = tail
+                .entries
+                .iter()
+                .rev()
+                .find_map(|(e, _)| match &e.payload {
+                    Payload::Config(m) if e.index <= index => Some((**m).clone()),
+                    _ => None,
+                });
+            if newest.is_some() {
+                return Ok(newest);
+            }
+        }
+        let rtxn = self.env.read_txn().map_err(self.err())?;
+        match self
+            .configs
+            .get_lower_than_or_equal_to(&rtxn, &index)
+            .map_err(self.err())?
+        {
+            None => Ok(None),
+            Some((i, b)) => codec::decode("configuration", b)
+                .map(Some)
+                .map_err(self.corrupt(format!("configuration {i}"))),
+        }
     }
 
     /// The timestamp of the last compacted entry (0 if none, or if its

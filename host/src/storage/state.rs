@@ -290,7 +290,7 @@ impl StateStore {
         &self,
         dir: &Path,
         chunk_bytes: usize,
-        position_of: impl FnOnce(Index) -> Option<(Term, u64)>,
+        position_of: impl FnOnce(Index) -> Option<SnapshotPosition>,
     ) -> Result<SnapshotMeta, StorageError> {
         let io = |source: std::io::Error| StorageError::Io {
             path: dir.to_path_buf(),
@@ -301,9 +301,10 @@ impl StateStore {
             None => AppliedState::default(),
             Some(b) => codec::decode("applied", b).map_err(self.corrupt("applied".into()))?,
         };
-        let (term, last_timestamp_ms) = position_of(applied.index).ok_or_else(|| {
-            StorageError::Invariant(format!("no term for applied index {}", applied.index))
-        })?;
+        let (term, last_timestamp_ms, membership) =
+            position_of(applied.index).ok_or_else(|| {
+                StorageError::Invariant(format!("no term for applied index {}", applied.index))
+            })?;
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut chunk: Vec<SnapshotRecord> = Vec::new();
         let mut chunk_size = 0usize;
@@ -359,6 +360,7 @@ impl StateStore {
             bytes: total,
             checksums,
             last_timestamp_ms,
+            membership: membership.map(Box::new),
         };
         std::fs::write(dir.join("meta"), codec::encode(&meta)).map_err(io)?;
         Ok(meta)
@@ -520,7 +522,15 @@ pub struct SnapshotMeta {
     /// earlier than the ones before.
     #[serde(default)]
     pub last_timestamp_ms: u64,
+    /// The configuration in effect at `index` (`None`: the log held none
+    /// by then; the receiver keeps its bootstrap one).
+    #[serde(default)]
+    pub membership: Option<Box<understudy_core::membership::Membership>>,
 }
+
+/// Where a snapshot's applied index stands in the log: its entry's term
+/// and timestamp, and the configuration in effect there.
+pub type SnapshotPosition = (Term, u64, Option<understudy_core::membership::Membership>);
 
 /// An owned read snapshot of the state environment.
 pub struct StateSnapshot {

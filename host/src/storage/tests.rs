@@ -193,7 +193,7 @@ fn compaction_keeps_the_last_compacted_term_and_the_log_continues() {
     assert_eq!(log.timestamp_of(11).unwrap(), Some(11));
     assert_eq!(log.timestamp_of(9).unwrap(), None);
     // A snapshot install resets the log to its point.
-    log.reset_to(50, 4, 777).unwrap();
+    log.reset_to(50, 4, 777, None).unwrap();
     assert_eq!(log.last().unwrap(), (50, 4));
     assert_eq!(log.first_index(), 51);
     assert_eq!(log.timestamp_of(50).unwrap(), Some(777));
@@ -231,7 +231,9 @@ fn a_state_snapshot_installs_into_another_store_exactly() {
     };
     sb.commit(&old).unwrap();
     let snap = a.path().join("snap");
-    let meta = sa.write_snapshot(&snap, 1024, |_| Some((4, 0))).unwrap();
+    let meta = sa
+        .write_snapshot(&snap, 1024, |_| Some((4, 0, None)))
+        .unwrap();
     assert!(meta.chunks > 5, "small chunks: {}", meta.chunks);
     assert_eq!((meta.index, meta.term, meta.digest), (9, 4, [9; 32]));
     let chunks = (0..meta.chunks).map(|seq| {
@@ -553,7 +555,7 @@ mod model {
                     Op::Reset(k) => {
                         let at = last.0 + k as u64;
                         term += 1;
-                        log.reset_to(at, term, 0).unwrap();
+                        log.reset_to(at, term, 0, None).unwrap();
                         compacted = (at, term);
                         entries.clear();
                     }

@@ -103,7 +103,7 @@ impl<W, R> NodeState<W, R> {
                 hex(&theirs)
             ))
         } else if leader == Some(me) {
-            let quorum = self.core.members().len() / 2 + 1;
+            let quorum = self.core.membership().all_voters().len() / 2 + 1;
             let differ = self.alarm.checks.values().filter(|(_, a)| !a).count();
             let agree = self.alarm.checks.values().filter(|(_, a)| *a).count();
             // The leader is the odd one out only if a majority of the

@@ -27,11 +27,14 @@
 //!   hard state they depend on is durable;
 //! * [`speculation`] — what the leader executes ahead of commit;
 //! * [`alarm`] — the determinism alarm (digest comparison, quarantine);
+//! * [`membership`] — configuration changes, as the leader carries them
+//!   out (learners promoted or swapped in once caught up);
 //! * [`transfer`] — snapshots going out and coming in;
 //! * this file — the state itself, its settings and effects, faults,
 //!   membership hints and the turn ([`NodeState::drive`]).
 
 pub mod alarm;
+pub mod membership;
 pub mod persist;
 pub mod reads;
 pub mod speculation;
@@ -42,6 +45,7 @@ pub mod writes;
 mod tests;
 
 use crate::client::{ApiError, ErrorCode, WriteAnswer};
+use crate::membership::Membership;
 use crate::replication::{Core, GroupConfig, HardState, LogRead, Message, Ready, Rng, Role};
 use crate::types::{Index, LogKind, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +82,29 @@ pub struct Settings {
     /// Members whose client address comes from the configuration: a
     /// peer's hello does not change it.
     pub configured_addresses: BTreeSet<NodeId>,
+    /// A learner added to become a voter (or to replace one) is moved on
+    /// once it is at most this many entries behind the leader…
+    pub promote_lag_entries: u64,
+    /// …and the oldest entry it lacks is at most this many milliseconds
+    /// old (by the leader's clock).
+    pub promote_lag_ms: u64,
+    /// A replacement that has not caught up this long after it was added
+    /// is removed again (the replaced voter stays).
+    pub catch_up_timeout_ms: u64,
+    /// Where the bootstrap members listen, as this node is configured:
+    /// the first leader writes them into the group's first configuration
+    /// entry (unknown ones stay empty until a change names them).
+    pub member_addrs: BTreeMap<NodeId, crate::membership::MemberAddrs>,
+}
+
+/// Who waits for an entry: a client, or this node's own configuration
+/// change (see [`membership`]).
+#[derive(Debug)]
+pub(super) enum Reply<W> {
+    /// A client's writer.
+    Client(W),
+    /// A configuration entry this node proposed.
+    Config,
 }
 
 /// Which part of the host has a fault (it cannot write; it keeps trying).
@@ -129,6 +156,10 @@ pub enum Effect<W, R> {
     RefuseRead(R, ApiError),
 }
 
+/// What a peer's answer to this node's hello said: its term, durable log
+/// position, and configuration in effect (with its index).
+type HelloHeard = (Term, (Term, Index), (Index, Membership));
+
 /// The node's decisions (see the module docs).
 pub struct NodeState<W, R> {
     core: Core,
@@ -142,7 +173,7 @@ pub struct NodeState<W, R> {
     peer_heard_ms: BTreeMap<NodeId, u64>,
     /// The term and log position each peer's last answer to this node's
     /// hello carried.
-    hello_terms: BTreeMap<NodeId, (Term, (Term, Index))>,
+    hello_terms: BTreeMap<NodeId, HelloHeard>,
     /// Host faults: the log writer or the applier cannot write.
     log_fault: Option<String>,
     applier_fault: Option<String>,
@@ -155,6 +186,7 @@ pub struct NodeState<W, R> {
     spec: speculation::Speculation<W>,
     alarm: alarm::Alarm,
     transfer: transfer::Transfers,
+    change: membership::Changes<W>,
     out: Vec<Effect<W, R>>,
     /// Rules deliberately broken, to show the simulator catches them.
     #[cfg(test)]
@@ -171,6 +203,9 @@ pub(crate) struct Broken {
     /// Serve a `lease` read from the leader's state even after its lease
     /// ran out.
     pub(crate) lease_outlives_its_expiry: bool,
+    /// Make a change of the voters in one step, without the joint
+    /// configuration (C_new straight after C_old).
+    pub(crate) membership_without_joint: bool,
 }
 
 impl<W, R> NodeState<W, R> {
@@ -199,6 +234,7 @@ impl<W, R> NodeState<W, R> {
             spec: Default::default(),
             alarm: Default::default(),
             transfer: Default::default(),
+            change: Default::default(),
             out: Vec::new(),
             #[cfg(test)]
             broken: Broken::default(),
@@ -259,8 +295,11 @@ impl<W, R> NodeState<W, R> {
         }
     }
 
-    fn answer(&mut self, to: W, answer: WriteAnswer) {
-        self.out.push(Effect::Answer(to, answer));
+    fn answer(&mut self, to: Reply<W>, answer: WriteAnswer) {
+        match to {
+            Reply::Client(w) => self.out.push(Effect::Answer(w, answer)),
+            Reply::Config => self.config_entry_answered(answer),
+        }
     }
 
     /// The clock: the core's timers, then reads asked again or expired,
@@ -316,28 +355,32 @@ impl<W, R> NodeState<W, R> {
         self.core.peer_lost_data(peer, log);
     }
 
-    /// A peer answered this node's hello: with its term, its log position
-    /// and whether it knew this node under another incarnation (this node
-    /// lost its data directory).
+    /// A peer answered this node's hello: with its term, its log position,
+    /// the configuration in effect there (with its index) and whether it
+    /// knew this node under another incarnation (this node lost its data
+    /// directory).
     pub fn hello_answered(
         &mut self,
         from: NodeId,
         term: Term,
         position: (Term, Index),
+        membership: (Index, Membership),
         lost_data: bool,
     ) {
         // Every answer since this node started carries a term at least as
         // new as any its old incarnation saw: kept, for if it learns later
         // (from another peer) that it lost its data.
-        self.hello_terms.insert(from, (term, position));
+        self.hello_terms
+            .insert(from, (term, position, membership.clone()));
         if !lost_data {
-            self.core.hello_answered(from, term, position);
+            self.core.hello_answered(from, term, position, membership);
             return;
         }
         let first = !self.core.lost_terms_pending() && self.core.recovering_until().is_none();
         self.core.told_lost_data();
-        for (&peer, &(term, position)) in &self.hello_terms {
-            self.core.hello_answered(peer, term, position);
+        for (&peer, (term, position, membership)) in &self.hello_terms {
+            self.core
+                .hello_answered(peer, *term, *position, membership.clone());
         }
         if first {
             tracing::warn!(
@@ -403,13 +446,16 @@ impl<W, R> NodeState<W, R> {
     /// [`PEER_ALIVE_ELECTION_TIMEOUTS`] maximum election timeouts. Forcing
     /// it then would make two groups that both take writes.
     pub fn may_still_elect(&self, now_ms: u64) -> Result<(), MayStillElect> {
-        let members = self.core.members().len();
-        if members <= 1 {
+        let membership = self.core.membership();
+        let members = membership.all_voters().len();
+        let me = self.core.id();
+        if membership.voters.len() <= 1 && membership.voters.contains(&me) && !membership.is_joint()
+        {
             return Ok(());
         }
         if self.core.role() == Role::Leader {
             return Err(MayStillElect(format!(
-                "this node leads its group of {members} (term {})",
+                "this node leads its group of {members} voters (term {})",
                 self.core.term()
             )));
         }
@@ -425,18 +471,15 @@ impl<W, R> NodeState<W, R> {
                 self.core.term()
             )));
         }
-        let me = self.core.id();
-        let alive: Vec<NodeId> = self
-            .core
-            .members()
-            .iter()
-            .copied()
+        let alive: Vec<NodeId> = membership
+            .all_voters()
+            .into_iter()
             .filter(|id| *id != me && recent(id))
             .collect();
-        if alive.len() + 1 > members / 2 {
+        if membership.has_quorum(|id| id == me || alive.contains(&id)) {
             return Err(MayStillElect(format!(
-                "members {alive:?} were heard from within the last {window_ms} ms: with this \
-                 node they are a majority of {members}, which can elect a leader"
+                "voters {alive:?} were heard from within the last {window_ms} ms: with this \
+                 node they are a majority of {membership}, which can elect a leader"
             )));
         }
         Ok(())
@@ -482,6 +525,7 @@ impl<W, R> NodeState<W, R> {
     /// leadership noticed.
     pub fn drive(&mut self, now_ms: u64, log: &impl LogRead) {
         self.ask_reads_without_leader(now_ms);
+        self.drive_membership(now_ms, log);
         let Ready {
             hard_state,
             truncate_from,

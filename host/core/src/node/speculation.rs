@@ -11,7 +11,7 @@
 //! writers waiting for one, and makes new executions wait until every
 //! entry already in the log is applied (the barrier).
 
-use super::{Effect, NodeState};
+use super::{Effect, NodeState, Reply};
 use crate::client::{ErrorCode, WriteAnswer, WriteConcern};
 use crate::replication::{LogRead, Role};
 use crate::types::{Entry, EntryContext, Index, Outcome, Payload, Term};
@@ -42,7 +42,7 @@ pub struct SpeculationFailed(pub String);
 struct Held<W> {
     payload: Payload,
     concern: WriteConcern,
-    reply: W,
+    reply: Reply<W>,
     deadline_ms: u64,
 }
 
@@ -60,7 +60,7 @@ pub(super) struct Speculation<W> {
     /// yet back.
     outstanding: u64,
     /// Row kind: their writers, in log order.
-    waiting: VecDeque<(Index, WriteConcern, W)>,
+    waiting: VecDeque<(Index, WriteConcern, Reply<W>)>,
     /// Row kind: execution may start only once the applied index reaches
     /// this (so it builds on every entry already in the log; the statement
     /// kind's applier refuses a gap by itself).
@@ -100,6 +100,13 @@ impl<W, R> NodeState<W, R> {
         !self.spec.to_speculate.is_empty()
     }
 
+    /// Whether a row proposal made now gets its index at once (is not
+    /// held for the barrier); always true for the statement kind.
+    pub(super) fn row_barrier_reached(&self) -> bool {
+        self.settings.log_kind != crate::types::LogKind::Row
+            || self.core.applied_index() >= self.spec.barrier
+    }
+
     /// Hand the proposals made since the last flush to the applier.
     pub fn flush_speculation(&mut self) {
         if self.spec.to_speculate.is_empty() {
@@ -121,16 +128,18 @@ impl<W, R> NodeState<W, R> {
         &mut self,
         payload: Payload,
         concern: WriteConcern,
-        reply: W,
+        reply: Reply<W>,
         now_ms: u64,
-    ) {
+    ) -> Option<Index> {
         if self.core.role() != Role::Leader {
             let e = self.not_leader("this node is not the leader");
-            return self.answer(reply, WriteAnswer::Refused(e));
+            self.answer(reply, WriteAnswer::Refused(e));
+            return None;
         }
         if let Some(to) = self.core.transferring_to() {
             let e = self.handing_over_to(to);
-            return self.answer(reply, WriteAnswer::Refused(e));
+            self.answer(reply, WriteAnswer::Refused(e));
+            return None;
         }
         if self.core.applied_index() < self.spec.barrier {
             self.spec.held.push(Held {
@@ -139,7 +148,7 @@ impl<W, R> NodeState<W, R> {
                 reply,
                 deadline_ms: now_ms + self.settings.read_timeout_ms,
             });
-            return;
+            return None;
         }
         let index = self.core.last_index() + 1 + self.spec.outstanding;
         let ts = now_ms
@@ -158,6 +167,7 @@ impl<W, R> NodeState<W, R> {
         self.spec.outstanding += 1;
         self.spec.waiting.push_back((index, concern, reply));
         self.spec.to_speculate.push(entry);
+        Some(index)
     }
 
     /// The applier executed a batch of epoch `epoch`: statement kind, the

@@ -17,6 +17,10 @@ fn settings(log_kind: LogKind) -> Settings {
         query_slots: 1,
         queries_waiting_max: 1,
         configured_addresses: BTreeSet::new(),
+        promote_lag_entries: 10,
+        promote_lag_ms: 1_000,
+        catch_up_timeout_ms: 10_000,
+        member_addrs: BTreeMap::new(),
     }
 }
 
@@ -73,7 +77,8 @@ fn answers_in(effects: Vec<Effect<u32, u32>>) -> Vec<(u32, WriteAnswer)> {
         .collect()
 }
 
-/// A lone member that leads, with its no-op applied.
+/// A lone member that leads, with its no-op and the bootstrap
+/// configuration it then writes (entries 1 and 2) applied.
 fn leader(log_kind: LogKind) -> (NodeState<u32, u32>, Disk) {
     let disk = Disk::default();
     let mut s = state(vec![1], log_kind);
@@ -83,7 +88,18 @@ fn leader(log_kind: LogKind) -> (NodeState<u32, u32>, Disk) {
     assert_eq!(s.core().role(), Role::Leader);
     s.applied(1, vec![], vec![], 10_000, &disk);
     s.drive(10_000, &disk);
+    s.flush_speculation();
     persist_all(&mut s, &disk);
+    assert_eq!(
+        s.core().membership_index(),
+        2,
+        "the bootstrap configuration"
+    );
+    let done = Outcome::Ok(ByteBuf::new());
+    s.applied(2, vec![(2, 1, done)], vec![], 10_000, &disk);
+    s.drive(10_000, &disk);
+    persist_all(&mut s, &disk);
+    assert_eq!(s.pending_writes(), 0);
     (s, disk)
 }
 
@@ -94,7 +110,7 @@ fn a_vote_leaves_only_once_the_hard_state_that_records_it_is_durable() {
     // Past the minimum election timeout after its start (a node votes for
     // no one before), without a leader.
     s.tick(0, &disk);
-    s.hello_answered(2, 0, (0, 0), false);
+    s.hello_answered(2, 0, (0, 0), (0, Membership::of_voters([1, 2, 3])), false);
     s.tick(250, &disk);
     s.drive(250, &disk);
     s.take_effects();
@@ -145,13 +161,13 @@ fn writers_are_answered_by_concern_and_once() {
     // not known: neither executed ahead nor applied).
     assert_eq!(
         answers,
-        vec![(20, WriteAnswer::Accepted { term: 1, index: 3 })]
+        vec![(20, WriteAnswer::Accepted { term: 1, index: 4 })]
     );
     // The applier reports both applied: only the majority writer is left.
     let outcome = Outcome::Ok(ByteBuf::from(vec![1]));
     s.applied(
-        3,
-        vec![(2, 1, outcome.clone()), (3, 1, Outcome::Ok(ByteBuf::new()))],
+        4,
+        vec![(3, 1, outcome.clone()), (4, 1, Outcome::Ok(ByteBuf::new()))],
         vec![],
         10_002,
         &disk,
@@ -164,7 +180,7 @@ fn writers_are_answered_by_concern_and_once() {
             WriteAnswer::Written {
                 outcome,
                 term: 1,
-                index: 2
+                index: 3
             }
         )]
     );

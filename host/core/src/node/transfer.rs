@@ -11,6 +11,7 @@
 //! and the core's clock stands still (no elections).
 
 use super::NodeState;
+use crate::membership::Membership;
 use crate::replication::{LogRead, Role};
 use crate::types::{Index, NodeId, Term};
 use std::collections::BTreeSet;
@@ -136,14 +137,18 @@ impl<W, R> NodeState<W, R> {
         Ok(())
     }
 
-    /// The install ended: `Some((index, term))` if the state and the log
-    /// now stand at the snapshot or beyond it (the core restarts from
+    /// The install ended: `Some((index, term, configuration))` if the
+    /// state and the log now stand at the snapshot or beyond it (the core restarts from
     /// there; reads waiting for it run), `None` if it failed.
-    pub fn install_end(&mut self, installed: Option<(Index, Term)>, log: &impl LogRead) {
+    pub fn install_end(
+        &mut self,
+        installed: Option<(Index, Term, Membership)>,
+        log: &impl LogRead,
+    ) {
         self.transfer.installing = false;
         self.transfer.receiving = None;
-        if let Some((index, term)) = installed {
-            self.core.restore(index, term);
+        if let Some((index, term, membership)) = installed {
+            self.core.restore(index, term, membership);
             self.release_reads(log);
         }
     }

@@ -13,7 +13,7 @@
 //! * `Timeout` (outcome unknown) at `write_timeout_ms`;
 //! * `Unavailable` when the node halts.
 
-use super::NodeState;
+use super::{NodeState, Reply};
 use crate::client::{ApiError, ErrorCode, WriteAnswer, WriteConcern};
 use crate::replication::{LogRead, ProposeError, Role};
 use crate::types::{Index, Outcome, Payload, Term};
@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 pub(super) struct Waiter<W> {
     pub(super) term: Term,
     pub(super) concern: WriteConcern,
-    pub(super) reply: W,
+    pub(super) reply: Reply<W>,
     /// The outcome, once the leader executed the entry ahead of its
     /// commit: final once the entry commits in this term, so the writer is
     /// answered at commit, not after the apply.
@@ -104,9 +104,24 @@ impl<W, R> NodeState<W, R> {
         now_ms: u64,
         log: &impl LogRead,
     ) {
+        self.propose_entry(payload, concern, Reply::Client(reply), now_ms, log);
+    }
+
+    /// [`NodeState::propose`] for any writer (a client's, or this node's
+    /// own configuration entries): the index the entry takes, if it was
+    /// proposed (a row proposal held for the barrier has none yet).
+    pub(super) fn propose_entry(
+        &mut self,
+        payload: Payload,
+        concern: WriteConcern,
+        reply: Reply<W>,
+        now_ms: u64,
+        log: &impl LogRead,
+    ) -> Option<Index> {
         if let Some(why) = &self.halted {
             let e = ApiError::new(ErrorCode::Unavailable, format!("node halted: {why}"));
-            return self.answer(reply, WriteAnswer::Refused(e));
+            self.answer(reply, WriteAnswer::Refused(e));
+            return None;
         }
         if let Some(why) = self.fault() {
             let e = ApiError {
@@ -117,14 +132,16 @@ impl<W, R> NodeState<W, R> {
                     format!("this node has a host fault: {why}"),
                 )
             };
-            return self.answer(reply, WriteAnswer::Refused(e));
+            self.answer(reply, WriteAnswer::Refused(e));
+            return None;
         }
         if self.writes.len() + self.spec.waiting_len() >= self.settings.pending_writes_max {
             let e = ApiError::new(
                 ErrorCode::Overloaded,
                 format!("{} writes already waiting; retry later", self.writes.len()),
             );
-            return self.answer(reply, WriteAnswer::Refused(e));
+            self.answer(reply, WriteAnswer::Refused(e));
+            return None;
         }
         if self.settings.log_kind == crate::types::LogKind::Row {
             return self.propose_row(payload, concern, reply, now_ms);
@@ -146,14 +163,17 @@ impl<W, R> NodeState<W, R> {
                 // again on apply and checks that it gets the same.
                 let entry = self.core.unstable_entry(index).expect("just proposed");
                 self.spec.to_speculate.push(entry.clone());
+                Some(index)
             }
             Err(ProposeError::NotLeader { .. }) => {
                 let e = self.not_leader("this node is not the leader");
                 self.answer(reply, WriteAnswer::Refused(e));
+                None
             }
             Err(ProposeError::Transferring { to }) => {
                 let e = self.handing_over_to(to);
                 self.answer(reply, WriteAnswer::Refused(e));
+                None
             }
         }
     }

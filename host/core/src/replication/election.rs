@@ -27,11 +27,15 @@ impl Core {
     /// timeout steps down: it may be on the minority side of a partition.
     pub(super) fn check_quorum(&mut self) {
         self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
-        let active = 1 + self.progress.values().filter(|p| p.active).count();
+        let me = self.config.id;
+        let progress = &self.progress;
+        let heard = self
+            .membership()
+            .has_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.active));
         for p in self.progress.values_mut() {
             p.active = false;
         }
-        if active < self.quorum() {
+        if !heard {
             tracing::info!(node = self.config.id, term = self.hard.term, "lost quorum");
             self.become_follower(self.hard.term, None);
         }
@@ -43,7 +47,7 @@ impl Core {
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.config.id, true);
-        if self.votes.len() >= self.quorum() {
+        if self.votes_won() {
             return self.campaign(log);
         }
         self.request_votes(self.hard.term + 1, true, false);
@@ -52,8 +56,7 @@ impl Core {
     /// Ask every peer for a (pre-)vote in `term`.
     pub(super) fn request_votes(&mut self, term: Term, pre: bool, transfer: bool) {
         let (last_index, last_term) = (self.last_index, self.last_term);
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.voting_peers() {
             let msg = Message::Vote {
                 term,
                 last_index,
@@ -78,7 +81,7 @@ impl Core {
         // Our own vote is durable once the shell executes `hard_state`,
         // which precedes the vote requests in this Ready.
         self.votes.insert(self.config.id, true);
-        if self.votes.len() >= self.quorum() {
+        if self.votes_won() {
             return self.become_leader(log);
         }
         self.request_votes(self.hard.term, false, transfer);
@@ -96,6 +99,7 @@ impl Core {
         let now = self.now_ms;
         self.progress = self
             .peers()
+            .into_iter()
             .map(|p| (p, Progress::fresh(next, now)))
             .collect();
         self.check_quorum_due_ms = self.now_ms + self.config.election_timeout_min_ms;
@@ -128,8 +132,7 @@ impl Core {
             node = self.config.id,
             "became leader"
         );
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.peers() {
             self.send_append(p, log, true);
         }
         self.broadcast_heartbeat();
@@ -207,16 +210,26 @@ impl Core {
                 .get(&from)
                 .is_none_or(|&until| self.now_ms >= until);
         self.votes.insert(from, granted);
-        let yes = self.votes.values().filter(|g| **g).count();
-        let no = self.votes.len() - yes;
-        if yes >= self.quorum() {
+        let votes = &self.votes;
+        if self.votes_won() {
             if pre {
                 self.campaign(log);
             } else {
                 self.become_leader(log);
             }
-        } else if no >= self.quorum() {
+        } else if self
+            .membership()
+            .quorum_lost(|id| votes.get(&id) == Some(&false))
+        {
             self.become_follower(self.hard.term, None);
         }
+    }
+
+    /// Whether the votes granted so far make a majority of every voter
+    /// set of the configuration in effect.
+    pub(super) fn votes_won(&self) -> bool {
+        let votes = &self.votes;
+        self.membership()
+            .has_quorum(|id| votes.get(&id) == Some(&true))
     }
 }

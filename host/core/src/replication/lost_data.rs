@@ -18,6 +18,7 @@ impl Core {
         if self.lost_terms.is_none() {
             self.lost_terms = Some((BTreeSet::new(), self.hard.term));
         }
+        self.distrust_bootstrap();
         // A campaign started before it knew ends here.
         if matches!(self.role, Role::PreCandidate | Role::Candidate) {
             self.become_follower(self.hard.term, None);
@@ -32,7 +33,34 @@ impl Core {
         if !terms_known && self.lost_terms.is_none() {
             self.lost_terms = Some((BTreeSet::new(), self.hard.term));
         }
+        if !terms_known || floor != (0, 0) {
+            self.distrust_bootstrap();
+        }
         self.raise_recovery_floor(floor);
+    }
+
+    /// A node that lost its data does not know its group's configuration:
+    /// the bootstrap member list it was started with may be long out of
+    /// date (members added, removed, replaced since). Until its log (or a
+    /// snapshot) gives it one, it has none: it counts no votes, and its
+    /// peers' answers cannot meet every majority (see `learn_term`).
+    pub(super) fn distrust_bootstrap(&mut self) {
+        if self.membership_index() == 0 && !self.membership().voters.is_empty() {
+            tracing::warn!(
+                node = self.config.id,
+                "this node lost its data: its bootstrap member list is not trusted; \
+                 it waits for the group's configuration from the log"
+            );
+            self.memberships = MembershipLog::new(0, Membership::default());
+        }
+    }
+
+    /// A configuration arrived while learning the terms lost: the peers
+    /// heard so far may now be enough.
+    pub(super) fn recheck_lost_terms(&mut self) {
+        if self.lost_terms.is_some() {
+            self.learn_term(self.config.id, 0, None);
+        }
     }
 
     /// See `recovery_floor`; the shell persists it with the hard state.
@@ -94,9 +122,29 @@ impl Core {
     /// `peer` answered this node's hello (the transport's), being in
     /// `term` with its log at `position` (last term, last index): a
     /// told-lost node learns both from it.
-    pub fn hello_answered(&mut self, peer: NodeId, term: Term, position: (Term, Index)) {
-        if peer != self.config.id && self.config.members.contains(&peer) {
+    /// With `membership`, the configuration in effect there and its
+    /// index: a node that lost its data, and so its configuration, counts
+    /// the peers it heard against the newest one reported (see
+    /// `learn_term`).
+    pub fn hello_answered(
+        &mut self,
+        peer: NodeId,
+        term: Term,
+        position: (Term, Index),
+        membership: (Index, Membership),
+    ) {
+        if peer != self.config.id {
             self.hello_from.insert(peer);
+            // The newest; at one index, one that names voters (a peer
+            // that lost its data too reports none).
+            let rank = |(i, m): &(Index, Membership)| (*i, !m.voters.is_empty());
+            if self
+                .reported_membership
+                .as_ref()
+                .is_none_or(|r| rank(&membership) > rank(r))
+            {
+                self.reported_membership = Some(membership);
+            }
             self.learn_term(peer, term, Some(position));
         }
     }
@@ -108,20 +156,34 @@ impl Core {
     }
 
     pub(super) fn learn_term(&mut self, from: NodeId, term: Term, position: Option<(Term, Index)>) {
-        let needed = self.config.members.len() - self.quorum() + 1;
         let Some((heard, max_term)) = self.lost_terms.as_mut() else {
             return;
         };
         *max_term = (*max_term).max(term);
         // A peer counts once its log position is known: the positions of
-        // `needed` peers bound every entry committed before the loss.
-        let Some(position) = position else {
+        // peers that meet every majority bound every entry committed
+        // before the loss.
+        if let Some(position) = position {
+            heard.insert(from);
+            self.raise_recovery_floor(position);
+        }
+        let Some((heard, _)) = self.lost_terms.as_ref() else {
             return;
         };
-        heard.insert(from);
-        let heard_enough = heard.len() >= needed;
-        self.raise_recovery_floor(position);
-        if !heard_enough {
+        // The configuration to count with: this node's own (from its log),
+        // else the newest its peers reported. Every entry committed
+        // before the loss is held by a majority of the newest committed
+        // configuration (and of every later one): peers meeting every
+        // majority of it bound them all. (If the only peers that answer
+        // were removed long ago and report an older configuration, that
+        // bound can fall short: docs/decisions.md, "A member that lost
+        // its data".)
+        let own = self.memberships.current();
+        let membership = match &self.reported_membership {
+            Some((i, m)) if own.0 == 0 || *i > own.0 => m,
+            _ => own.1,
+        };
+        if !membership.meets_every_majority(heard) {
             return;
         }
         let Some((_, max_term)) = self.lost_terms else {

@@ -20,7 +20,9 @@ pub struct HardState {
 pub struct GroupConfig {
     /// This node.
     pub id: NodeId,
-    /// Every voting member, including this node.
+    /// The bootstrap voters (this node among them, or empty for a node
+    /// that joins a running group): the configuration in effect until
+    /// the log holds one (see [`crate::membership`]).
     pub members: Vec<NodeId>,
     /// Leader heartbeat interval.
     pub heartbeat_interval_ms: u64,
@@ -88,8 +90,8 @@ pub enum TransferError {
         /// Where the leader is believed to be.
         leader: Option<NodeId>,
     },
-    /// The target is not a member (or is this node).
-    #[error("node {0} is not another member of the group")]
+    /// The target is not a voter (or is this node).
+    #[error("node {0} is not another voting member of the group")]
     NotAMember(NodeId),
 }
 

@@ -51,6 +51,7 @@ pub use message::{
 };
 use progress::Progress;
 
+use crate::membership::{Membership, MembershipError, MembershipLog};
 use crate::types::{Entry, EntryContext, Index, NodeId, Payload, Term};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,6 +95,9 @@ impl Rng {
 #[derive(Debug)]
 pub struct Core {
     config: GroupConfig,
+    /// The configurations of the log that can still be in effect; the
+    /// last one is (see [`crate::membership`]).
+    memberships: MembershipLog,
     role: Role,
     hard: HardState,
     leader: Option<NodeId>,
@@ -179,6 +183,9 @@ pub struct Core {
     /// data held (a candidate's requests can come over the candidate's own
     /// connection before this node's hello to it is answered).
     hello_from: BTreeSet<NodeId>,
+    /// The newest configuration (with its index) a peer's hello answer
+    /// reported: what a node that lost its data counts its peers against.
+    reported_membership: Option<(Index, Membership)>,
     /// False while the shell has a host fault (a disk that cannot take
     /// the state): the node follows and votes but does not campaign.
     candidacy: bool,
@@ -197,10 +204,6 @@ impl Core {
         seed: u64,
     ) -> Self {
         assert!(
-            config.members.contains(&config.id),
-            "a node is a member of its group"
-        );
-        assert!(
             applied <= last.0,
             "applied index {applied} beyond the log end {}",
             last.0
@@ -212,6 +215,7 @@ impl Core {
         );
         let mut core = Core {
             rng: Rng(seed ^ config.id.rotate_left(17)),
+            memberships: MembershipLog::new(0, Membership::of_voters(config.members.clone())),
             config,
             role: Role::Follower,
             hard,
@@ -248,6 +252,7 @@ impl Core {
             candidacy: true,
             vote_void: false,
             hello_from: BTreeSet::new(),
+            reported_membership: None,
             lost_terms: None,
             ready: Ready::default(),
         };
@@ -276,9 +281,37 @@ impl Core {
         &self.config
     }
 
-    /// Every voting member, this node included.
-    pub fn members(&self) -> &[NodeId] {
-        &self.config.members
+    /// The configuration in effect: the last one in this node's log
+    /// (committed or not), else the bootstrap one (`config.members`).
+    pub fn membership(&self) -> &Membership {
+        self.memberships.current().1
+    }
+    /// The index of the configuration in effect (0: the bootstrap one).
+    pub fn membership_index(&self) -> Index {
+        self.memberships.current().0
+    }
+    /// The configuration a snapshot of the state at `index` carries: the
+    /// newest at or below it. `None` if `index` is below every
+    /// configuration this core still keeps (below the commit index).
+    pub fn membership_at(&self, index: Index) -> Option<&Membership> {
+        self.memberships.at(index)
+    }
+    /// Whether this node votes (a voter of either set while joint).
+    pub fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+    /// After a restart: the configurations the durable log holds, oldest
+    /// first, the first at or below the applied index (from the log's
+    /// configuration table, or the snapshot it was reset to). Empty: the
+    /// bootstrap configuration stays.
+    pub fn restore_memberships(&mut self, entries: Vec<(Index, Membership)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let bootstrap = self.membership().clone();
+        self.memberships = MembershipLog::from_entries(entries, bootstrap);
+        self.memberships.committed(self.commit_index);
+        self.reset_election_timer();
     }
     /// This node's id.
     pub fn id(&self) -> NodeId {
@@ -347,21 +380,30 @@ impl Core {
             .collect()
     }
 
-    pub(super) fn quorum(&self) -> usize {
-        self.config.members.len() / 2 + 1
+    /// Whether this node alone makes a majority of every voter set.
+    pub(super) fn alone_is_quorum(&self) -> bool {
+        let me = self.config.id;
+        self.membership().has_quorum(|id| id == me)
     }
 
-    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// Every other member (voters, old voters, learners): who gets the log.
+    pub(super) fn peers(&self) -> Vec<NodeId> {
         let me = self.config.id;
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(move |&m| m != me)
+        let mut all = self.membership().members();
+        all.remove(&me);
+        all.into_iter().collect()
+    }
+
+    /// Every other voter of either set: who is asked for votes.
+    pub(super) fn voting_peers(&self) -> Vec<NodeId> {
+        let me = self.config.id;
+        let mut all = self.membership().all_voters();
+        all.remove(&me);
+        all.into_iter().collect()
     }
 
     pub(super) fn reset_election_timer(&mut self) {
-        if self.config.members.len() == 1 {
+        if self.is_voter() && self.alone_is_quorum() {
             // Nobody else can lead: elect ourselves at the next tick.
             self.election_deadline_ms = self.now_ms;
             return;
@@ -500,7 +542,7 @@ impl Core {
                     }
                 }
                 if self.now_ms >= self.heartbeat_due_ms {
-                    let peers: Vec<NodeId> = self.peers().collect();
+                    let peers: Vec<NodeId> = self.progress.keys().copied().collect();
                     for p in peers {
                         let pr = self.progress.get_mut(&p).expect("peer");
                         if !pr.answered && !pr.inflight.is_empty() {
@@ -520,8 +562,9 @@ impl Core {
             }
             _ => {
                 if self.now_ms >= self.election_deadline_ms {
-                    if self.recovering() || !self.candidacy {
-                        // It lost its data: it waits to be caught up.
+                    if self.recovering() || !self.candidacy || !self.is_voter() {
+                        // It lost its data: it waits to be caught up. Or
+                        // it is a learner, or not (or no longer) a member.
                         self.reset_election_timer();
                     } else {
                         self.start_pre_vote(log);
@@ -533,8 +576,13 @@ impl Core {
 
     /// Handle a message from `from`.
     pub fn step(&mut self, from: NodeId, msg: Message, log: &impl LogRead) {
-        if from == self.config.id || !self.config.members.contains(&from) {
-            tracing::warn!(from, "message from a non-member refused");
+        // Anyone may speak: a leader this node does not know as a member
+        // yet (added by a configuration it has not received), a candidate
+        // removed by one it has. Only voters of the configuration in
+        // effect count (`Membership::has_quorum`), and pre-votes keep a
+        // removed member from raising anyone's term.
+        if from == self.config.id {
+            tracing::warn!(from, "message from this node itself refused");
             return;
         }
         self.learn_lost_terms(from, &msg);
@@ -634,7 +682,11 @@ impl Core {
                 // follower may not know its leader yet (after a restart):
                 // both take over as asked.
                 let following = self.leader.is_none_or(|l| l == from);
-                if matches!(self.role, Role::Follower | Role::PreCandidate) && following {
+                if matches!(self.role, Role::Follower | Role::PreCandidate)
+                    && following
+                    && self.is_voter()
+                    && !self.recovering()
+                {
                     tracing::info!(node = self.config.id, "leadership handed over: campaigning");
                     self.leader = Some(from);
                     self.campaign_as(log, true);
@@ -691,6 +743,13 @@ fn entry_size(e: &Entry) -> usize {
             Payload::Command { actor, command, .. } => actor.len() + command.len(),
             // Bounded by the auth limits; an estimate is enough here.
             Payload::Auth { .. } | Payload::Audit { .. } => AUTH_ENTRY_BYTES_ESTIMATE,
+            Payload::Config(m) => {
+                m.addrs
+                    .values()
+                    .map(|a| a.peer.len() + a.client.len() + 16)
+                    .sum::<usize>()
+                    + 16 * m.members().len()
+            }
             Payload::Effects(fx) => {
                 fx.writes
                     .iter()

@@ -83,13 +83,12 @@ impl Core {
         {
             return false;
         }
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             return true;
         }
-        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_seq).collect();
-        acked.push(u64::MAX);
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[self.quorum() - 1];
+        let Some(confirmed) = self.confirmed_round() else {
+            return false;
+        };
         let Some(&(_, sent)) = self.rounds_sent.iter().find(|(seq, _)| *seq == confirmed) else {
             return false;
         };
@@ -128,7 +127,7 @@ impl Core {
             index,
             seq,
         });
-        if self.quorum() == 1 {
+        if self.alone_is_quorum() {
             self.resolve_reads();
         } else {
             // Reads queued before the next `ready()` share one round.
@@ -140,10 +139,9 @@ impl Core {
         if self.pending_reads.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_seq).collect();
-        acked.push(u64::MAX); // this node
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[self.quorum() - 1];
+        let Some(confirmed) = self.confirmed_round() else {
+            return;
+        };
         let me = self.config.id;
         let term = self.hard.term;
         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_reads)
@@ -162,6 +160,20 @@ impl Core {
                 self.send(r.from, msg);
             }
         }
+    }
+
+    /// The newest heartbeat round a majority of every voter set answered
+    /// (this node counts as having answered every round).
+    fn confirmed_round(&self) -> Option<u64> {
+        let me = self.config.id;
+        let progress = &self.progress;
+        self.membership().quorum_value(|id| {
+            if id == me {
+                u64::MAX
+            } else {
+                progress.get(&id).map_or(0, |p| p.acked_seq)
+            }
+        })
     }
 
     pub(super) fn in_leader_lease(&self) -> bool {

@@ -17,10 +17,84 @@ impl Core {
             payload,
         };
         self.unstable.push(entry.clone());
-        self.ready.append.push(entry);
         self.last_index = index;
         self.last_term = term;
+        self.note_membership(&entry);
+        self.ready.append.push(entry);
         index
+    }
+
+    /// An entry joined this node's log: a configuration is in effect at
+    /// once (see [`crate::membership`]).
+    pub(super) fn note_membership(&mut self, e: &Entry) {
+        if let Payload::Config(m) = &e.payload {
+            tracing::info!(node = self.config.id, index = e.index, membership = %m, "configuration in effect");
+            self.memberships.appended(e.index, (**m).clone());
+            self.membership_changed();
+            self.recheck_lost_terms();
+        }
+    }
+
+    /// The configuration in effect changed (appended, truncated away,
+    /// restored): the leader ships the log to whoever is a member now
+    /// and to no one else; a transfer to a node no longer a voter ends.
+    pub(super) fn membership_changed(&mut self) {
+        if let Some((to, _, _)) = self.transfer
+            && !self.membership().voters.contains(&to)
+        {
+            self.transfer = None;
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        let peers = self.peers();
+        self.progress.retain(|id, _| peers.contains(id));
+        let (next, now) = (self.last_index + 1, self.now_ms);
+        for p in peers {
+            self.progress
+                .entry(p)
+                .or_insert_with(|| Progress::fresh(next, now));
+        }
+    }
+
+    /// On the leader: check a configuration change and return the
+    /// configuration to append for it (joint when the voters change).
+    /// One change at a time: refused while the configuration in effect is
+    /// joint or not yet committed, and until this leader's term has
+    /// committed an entry (its no-op).
+    pub fn check_membership_change(
+        &self,
+        change: &crate::membership::MembershipChange,
+        tag: Option<crate::types::ClientTag>,
+    ) -> Result<Membership, MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some((to, _, _)) = self.transfer {
+            return Err(MembershipError::Transferring { to });
+        }
+        if self.commit_index < self.term_start_index {
+            return Err(MembershipError::NotSettled);
+        }
+        let (index, current) = self.memberships.current();
+        if current.is_joint() || index > self.commit_index {
+            return Err(MembershipError::InProgress { index });
+        }
+        current.changed(change, self.config.id, tag, self.now_ms)
+    }
+
+    /// On the leader: the configuration in effect is joint and committed,
+    /// so C_new is due — the configuration to append next. The shell
+    /// proposes it like any entry (and must not propose it twice).
+    pub fn leave_joint_due(&self) -> Option<Membership> {
+        let (index, current) = self.memberships.current();
+        let due = self.role == Role::Leader
+            && current.is_joint()
+            && index <= self.commit_index
+            && self.commit_index >= self.term_start_index;
+        due.then(|| current.leave_joint())
     }
 
     /// Propose a new entry. `now_ms` and `seed` come from the shell; the
@@ -39,8 +113,7 @@ impl Core {
             seed,
         };
         let index = self.push_entry(payload, context);
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.peers() {
             self.send_append(p, log, false);
         }
         self.advance_commit(log);
@@ -88,9 +161,11 @@ impl Core {
             self.last_index = e.index;
             self.last_term = e.term;
         }
+        for e in &entries {
+            self.note_membership(e);
+        }
         self.ready.append.extend(entries);
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.peers() {
             self.send_append(p, log, false);
         }
         self.advance_commit(log);
@@ -201,10 +276,20 @@ impl Core {
         if self.role != Role::Leader {
             return;
         }
-        let mut matched: Vec<Index> = self.progress.values().map(|p| p.matched).collect();
-        matched.push(self.persisted_index);
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let majority_match = matched[self.quorum() - 1];
+        let (me, persisted) = (self.config.id, self.persisted_index);
+        let progress = &self.progress;
+        // A leader outside the voters of C_new (removing itself) does not
+        // count itself for it.
+        let majority_match = self
+            .membership()
+            .quorum_value(|id| {
+                if id == me {
+                    persisted
+                } else {
+                    progress.get(&id).map_or(0, |p| p.matched)
+                }
+            })
+            .unwrap_or(0);
         // Only entries of the current term commit by counting (Raft §5.4.2).
         if majority_match >= self.term_start_index
             && majority_match > self.commit_index
@@ -213,9 +298,19 @@ impl Core {
             self.commit_index = majority_match;
         }
         self.request_apply();
+        // A leader that is no longer a voter once its removal committed
+        // steps down; the voters elect one of them.
+        if !self.is_voter() && self.memberships.current_committed(self.commit_index) {
+            tracing::info!(
+                node = self.config.id,
+                "this leader is no longer a voter: stepping down"
+            );
+            self.become_follower(self.hard.term, None);
+        }
     }
 
     pub(super) fn request_apply(&mut self) {
+        self.memberships.committed(self.commit_index);
         let up_to = self.commit_index.min(self.persisted_index);
         if up_to > self.apply_requested {
             self.apply_requested = up_to;
@@ -351,6 +446,7 @@ impl Core {
                 self.last_index = e.index;
                 self.last_term = e.term;
                 self.unstable.push(e.clone());
+                self.note_membership(&e);
                 self.ready.append.push(e);
             }
         }
@@ -401,6 +497,10 @@ impl Core {
         self.last_term = self
             .term_at(index - 1, log)
             .expect("the entry before a conflict is in the log");
+        if self.memberships.truncated(index) {
+            tracing::info!(node = self.config.id, index, membership = %self.membership(), "a configuration was truncated away: the one before is in effect");
+            self.membership_changed();
+        }
     }
 
     pub(super) fn on_append_response(
@@ -475,7 +575,7 @@ impl Core {
     /// everything up to `index` was committed, so it counts as applied. If
     /// not (the node moved on meanwhile), the shell installed nothing. Either
     /// way the leader learns where this node's log stands.
-    pub fn restore(&mut self, index: Index, term: Term) {
+    pub fn restore(&mut self, index: Index, term: Term, membership: Membership) {
         if index <= self.applied_index {
             let floor = self.commit_index.min(self.persisted_index);
             if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
@@ -494,6 +594,9 @@ impl Core {
         self.commit_index = self.commit_index.max(index);
         self.apply_requested = self.apply_requested.max(index);
         self.applied_index = index;
+        self.memberships.reset(index, membership);
+        self.membership_changed();
+        self.recheck_lost_terms();
         if let (Role::Follower, Some(leader)) = (self.role, self.leader) {
             self.ack(leader, index);
         }

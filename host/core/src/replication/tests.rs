@@ -2,6 +2,7 @@
 //! drives whole groups.
 
 use super::*;
+use crate::membership::Membership;
 use serde_bytes::ByteBuf;
 
 /// A log whose durable part the test fills in by hand (also the fuzz
@@ -193,7 +194,7 @@ impl Group {
             let mut core = Core::new(config, HardState::default(), (0, 0), 0, id);
             // The transport's hellos, answered.
             for &peer in &members {
-                core.hello_answered(peer, 0, (0, 0));
+                core.hello_answered(peer, 0, (0, 0), (0, Membership::of_voters(members.clone())));
             }
             cores.insert(id, core);
             logs.insert(id, MemLog::default());
@@ -323,11 +324,11 @@ fn a_node_that_lost_its_data_votes_only_for_logs_as_up_to_date_as_its_peers() {
             .any(|(_, m)| matches!(m, Message::VoteResponse { granted: true, .. }))
     };
     // Before it has heard enough peers: no vote at all.
-    c.hello_answered(1, 1, (0, 0));
+    c.hello_answered(1, 1, (0, 0), (0, Membership::of_voters([1, 2, 3])));
     assert!(c.lost_terms_pending());
     c.step(1, vote(2, 0, 0), &log);
     assert!(!granted(&mut c), "a vote before it heard two peers");
-    c.hello_answered(2, 1, (1, 4));
+    c.hello_answered(2, 1, (1, 4), (0, Membership::of_voters([1, 2, 3])));
     assert!(!c.lost_terms_pending());
     assert_eq!(c.recovery_floor(), (1, 4));
     assert_eq!(c.recovering_until(), Some(4));
@@ -357,7 +358,7 @@ fn a_node_that_lost_its_data_votes_only_for_logs_as_up_to_date_as_its_peers() {
         !granted(&mut again),
         "no vote before the candidate answered a hello"
     );
-    again.hello_answered(1, 3, (0, 0));
+    again.hello_answered(1, 3, (0, 0), (0, Membership::of_voters([1, 2, 3])));
     again.step(1, vote(4, 0, 0), &log);
     assert!(!granted(&mut again));
     again.step(1, vote(5, 2, 1), &log);

@@ -13,7 +13,7 @@ impl Core {
                 leader: self.leader,
             });
         }
-        if to == self.config.id || !self.config.members.contains(&to) {
+        if to == self.config.id || !self.membership().voters.contains(&to) {
             return Err(TransferError::NotAMember(to));
         }
         tracing::info!(node = self.config.id, to, "transferring leadership");

@@ -593,6 +593,22 @@ impl Applier {
                     }
                 }
             }
+            Payload::Config(m) => {
+                // In effect since it was appended (the core saw to it);
+                // applying records it in the state, for snapshots, and in
+                // the audit trail.
+                let mut done = Change::of_outcome(Outcome::Ok(ByteBuf::new()));
+                done.writes
+                    .insert(access::membership_key(), Some(codec::encode(&**m)));
+                Self::audit(
+                    &view,
+                    &mut done.writes,
+                    ctx,
+                    &None,
+                    format!("configuration: {m}"),
+                )?;
+                Ok((done, view))
+            }
             Payload::Audit { action, by } => {
                 let auth = self.auth_at(&view)?;
                 if let Err(d) = auth.check(by.as_ref(), Action::Admin, now_ms) {
@@ -853,7 +869,9 @@ impl Applier {
             change.fold_into(&mut batch, e.index);
             view.overlay
                 .extend(change.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let logged = if as_effects {
+            // A configuration is logged as it is, in both kinds: every
+            // node's core reads it from its log.
+            let logged = if as_effects && !matches!(e.payload, Payload::Config(_)) {
                 Entry {
                     payload: Payload::Effects(Box::new(change.to_effects())),
                     ..e.clone()
