@@ -135,3 +135,9 @@ pub struct OverLimit {
     /// The limit.
     pub limit: usize,
 }
+
+/// A configuration's limits live with it in the core: at most
+/// `MEMBERS_MAX` members (voters and learners), each address at most
+/// `MEMBER_ADDRESS_BYTES_MAX` bytes (`member add` past either is refused,
+/// naming it).
+pub use understudy_core::membership::{MEMBER_ADDRESS_BYTES_MAX, MEMBERS_MAX};

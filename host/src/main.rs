@@ -4,6 +4,8 @@
 //! handler is a few lines that parse, call the client or start a node, and
 //! print; split, they would be the same code behind more imports.
 
+mod cli_member;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -122,7 +124,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -195,6 +197,15 @@ enum Command {
         /// at every start). Only on a network you trust.
         #[arg(long)]
         insecure: bool,
+        /// Join a running group through any member's client address
+        /// (instead of --peer): the node starts with an empty data
+        /// directory, is added as a learner, catches up and is promoted.
+        #[arg(long, conflicts_with = "peer", requires = "peer_listen")]
+        join: Option<String>,
+        /// Start with no member list and wait to be added by an operator
+        /// (`member add`, or `member replace` for a dead member).
+        #[arg(long, conflicts_with_all = ["peer", "join"], requires = "peer_listen")]
+        await_membership: bool,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -259,6 +270,14 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+    },
+    /// Show or change the group's members: list, add, promote, demote, remove, replace.
+    Member {
+        /// Address of any node of the group (a change goes to its leader).
+        #[arg(long, global = true, default_value = DEFAULT_ADDR)]
+        addr: SocketAddr,
+        #[command(subcommand)]
+        command: cli_member::MemberCommand,
     },
     /// Show every member's role, term, indexes, lag and digest (asking the node at --addr and the members it knows).
     Status {
@@ -478,6 +497,8 @@ fn dispatch(command: Command) -> Result<()> {
             peer_ca,
             client_ca,
             insecure,
+            join,
+            await_membership,
         } => {
             let config = match config {
                 Some(path) => {
@@ -519,6 +540,8 @@ fn dispatch(command: Command) -> Result<()> {
                         config.log_kind = k;
                     }
                     config.insecure = insecure;
+                    config.join = join;
+                    config.await_membership = await_membership;
                     if let (Some(cert), Some(key), Some(peer_ca)) = (tls_cert, tls_key, peer_ca) {
                         config.tls = Some(understudy::tls::TlsSettings {
                             cert,
@@ -633,6 +656,9 @@ fn dispatch(command: Command) -> Result<()> {
         }),
         Command::CatchUp { addr, timeout_s } => client_call(addr, Reach::Node, |c| async move {
             catch_up(&c, std::time::Duration::from_secs(timeout_s)).await
+        }),
+        Command::Member { addr, command } => client_call(addr, Reach::Leader, |c| async move {
+            cli_member::run(c, command).await
         }),
         Command::Status { addr } => client_call(addr, Reach::Node, |c| async move {
             let first = c.status().await?;

@@ -306,6 +306,7 @@ pub fn member_hello(from: u64, to: u64, lane: understudy::peer::Lane) -> underst
             election_timeout_max_ms: 300,
         },
         incarnation: 0,
+        peer_address: String::new(),
     }
 }
 

@@ -18,6 +18,13 @@ use crate::types::{ClientTag, Index, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Most members a configuration holds (voters, old voters and learners
+/// together): every one of them gets the log from the leader.
+pub const MEMBERS_MAX: usize = 32;
+
+/// Longest address of a member (`host:port`), in bytes.
+pub const MEMBER_ADDRESS_BYTES_MAX: usize = 256;
+
 /// Where a member listens (as other members and clients reach it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberAddrs {
@@ -189,6 +196,9 @@ pub enum MembershipError {
     /// The leader removes itself only after handing over.
     #[error("node {0} leads: hand leadership over before removing or demoting it")]
     RemovesLeader(NodeId),
+    /// The configuration would hold more than [`MEMBERS_MAX`] members.
+    #[error("the group already has {0} members: at most MEMBERS_MAX = {MEMBERS_MAX}")]
+    TooMany(usize),
     /// An address is missing or in use by another member.
     #[error("bad address for node {id}: {why}")]
     BadAddress {
@@ -390,7 +400,6 @@ impl Membership {
                 }
                 voters.remove(id);
                 learners.remove(id);
-                addrs.remove(id);
                 catching_up.remove(id);
                 catching_up.retain(|_, g| !matches!(g, Goal::Replace { out, .. } if out == id));
             }
@@ -411,21 +420,25 @@ impl Membership {
                     return Err(MembershipError::RemovesLeader(*out));
                 }
                 voters.remove(out);
-                addrs.remove(out);
                 learners.remove(into);
                 catching_up.remove(into);
                 voters.insert(*into);
             }
         }
         let old_voters = (voters != self.voters).then(|| self.voters.clone());
-        Ok(Membership {
+        let mut next = Membership {
             voters,
             old_voters,
             learners,
             addrs,
             catching_up,
             tag,
-        })
+        };
+        // A voter on its way out keeps its address while the joint
+        // configuration holds it (the leader still ships it the log).
+        let members = next.members();
+        next.addrs.retain(|id, _| members.contains(id));
+        Ok(next)
     }
 
     /// C_new of a joint configuration: the old voters leave; the ones no
@@ -443,6 +456,15 @@ impl Membership {
         let bad = |why: String| Err(MembershipError::BadAddress { id, why });
         if a.peer.is_empty() || a.client.is_empty() {
             return bad("both a peer and a client address are needed".into());
+        }
+        if a.peer.len().max(a.client.len()) > MEMBER_ADDRESS_BYTES_MAX {
+            return bad(format!(
+                "an address is over MEMBER_ADDRESS_BYTES_MAX = {MEMBER_ADDRESS_BYTES_MAX} bytes"
+            ));
+        }
+        let members = self.members().len();
+        if members >= MEMBERS_MAX {
+            return Err(MembershipError::TooMany(members));
         }
         if a.peer == a.client {
             return bad("the peer and client addresses must differ".into());
@@ -616,6 +638,18 @@ mod tests {
         assert!(!joint.has_quorum(|id| id == 2 || id == 4));
         assert!(joint.has_quorum(|id| id == 1 || id == 2));
         assert!(!joint.leave_joint().contains(3));
+    }
+
+    #[test]
+    fn a_voter_on_its_way_out_keeps_its_address_until_c_new() {
+        let mut m = Membership::of_voters([1, 2, 3]);
+        m.addrs = (1..=3).map(|i| (i, addrs(i))).collect();
+        let joint = m
+            .changed(&MembershipChange::Remove { id: 3 }, 1, None, 0)
+            .unwrap();
+        assert!(joint.is_joint());
+        assert_eq!(joint.addrs.get(&3), Some(&addrs(3)));
+        assert_eq!(joint.leave_joint().addrs.get(&3), None);
     }
 
     #[test]

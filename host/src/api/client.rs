@@ -681,6 +681,31 @@ impl Client {
         }
     }
 
+    /// Change the group's configuration through its leader (following
+    /// leader hints, retrying with one tag while another change is in
+    /// progress or the leader hands over): the term and index of the
+    /// configuration that completed it.
+    pub async fn change_membership(
+        &self,
+        change: crate::api::MembershipChange,
+    ) -> Result<(Term, Index), ClientError> {
+        let tag = self.next_tag();
+        let result = self
+            .call_following(Request::Membership {
+                change,
+                client: Some(tag),
+            })
+            .await;
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&tag.seq);
+        match result? {
+            Response::Written { term, index, .. } => Ok((term, index)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// Change the group's auth state through its leader (answered
     /// `Written`, or `TokenCreated` for a new token), or show it
     /// ([`AuthRequest::Show`], from the node asked).

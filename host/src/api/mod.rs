@@ -13,6 +13,7 @@ use crate::replication::Role;
 use crate::types::{ClientTag, Index, NodeId, Outcome, Term};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+pub use understudy_core::membership::{MemberAddrs, Membership, MembershipChange};
 
 /// The answer vocabulary lives in the core, where the node's decisions
 /// ([`understudy_core::node`]) use it too; the wire format is theirs.
@@ -88,6 +89,19 @@ pub enum Request {
     Audit {
         /// Most records to return (at most `AUDIT_RECORDS_MAX`).
         limit: u32,
+    },
+    /// Change the group's configuration through its leader (admin):
+    /// answered `Written` once the change is done, with the index of the
+    /// configuration that completed it. Exactly-once by its tag like a
+    /// command. Removing (or replacing, or demoting) the leader makes it
+    /// hand over first: the answer is `NotLeader` naming the new leader,
+    /// where the client retries.
+    Membership {
+        /// The change.
+        change: MembershipChange,
+        /// Exactly-once tag.
+        #[serde(default)]
+        client: Option<ClientTag>,
     },
 }
 
@@ -284,7 +298,10 @@ impl Request {
                 crate::access::AUDIT_RECORDS_MAX as usize,
             )
             .map_err(too_large),
-            Request::Status | Request::Promote { .. } | Request::Auth(_) => Ok(()),
+            Request::Status
+            | Request::Promote { .. }
+            | Request::Auth(_)
+            | Request::Membership { .. } => Ok(()),
         }
     }
 }
@@ -348,6 +365,12 @@ pub struct Status {
     /// Client addresses of the members this node knows (itself included).
     #[serde(default)]
     pub client_addresses: std::collections::BTreeMap<NodeId, String>,
+    /// The configuration in effect on this node (the last in its log).
+    #[serde(default)]
+    pub membership: Membership,
+    /// Its index (0: the bootstrap member list, not yet in the log).
+    #[serde(default)]
+    pub membership_index: Index,
 }
 
 /// Progress of a snapshot a follower receives.

@@ -91,6 +91,18 @@ pub struct NodeConfig {
     /// When the leader moves a learner on (see `member add`/`replace`).
     #[serde(default)]
     pub membership: MembershipSettings,
+    /// Join a running group through this member's client address (any
+    /// member; a follower redirects to the leader): the node starts with
+    /// no member list, asks to be added (a learner, promoted once caught
+    /// up), and takes its configuration from the log. Ignored once its
+    /// log holds a configuration (a restart).
+    #[serde(default)]
+    pub join: Option<String>,
+    /// Start with no member list and wait to be added by an operator
+    /// (`member add`, `member replace`): the node takes its configuration
+    /// from the log the leader then ships it.
+    #[serde(default)]
+    pub await_membership: bool,
 }
 
 /// When the leader promotes a learner added to vote, or swaps in one added
@@ -232,6 +244,8 @@ impl NodeConfig {
             tls: None,
             insecure: false,
             membership: MembershipSettings::default(),
+            join: None,
+            await_membership: false,
         }
     }
 
@@ -252,8 +266,16 @@ impl NodeConfig {
                 peers: self.peers.iter().map(|p| p.id).collect(),
             });
         }
-        if !self.peers.is_empty() && self.peer_listen.is_none() {
+        if (!self.peers.is_empty() || self.join.is_some() || self.await_membership)
+            && self.peer_listen.is_none()
+        {
             return Err(ConfigError::NoPeerListen);
+        }
+        if (self.join.is_some() || self.await_membership) && !self.peers.is_empty() {
+            return Err(ConfigError::JoinWithPeers);
+        }
+        if self.join.is_some() && self.tls.is_some() {
+            return Err(ConfigError::JoinWithTls);
         }
         let exposed: Vec<String> = std::iter::once(self.listen)
             .chain(self.peer_listen)
@@ -278,7 +300,18 @@ impl NodeConfig {
             heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
             election_timeout_min_ms: self.timing.election_timeout_min_ms,
             election_timeout_max_ms: self.timing.election_timeout_max_ms,
-            ..GroupConfig::new(self.node_id, self.members())
+            ..GroupConfig::new(self.node_id, self.bootstrap_members())
+        }
+    }
+
+    /// The bootstrap member list: this node and its peers — none for a
+    /// node that joins (it knows no configuration until the log gives it
+    /// one).
+    pub fn bootstrap_members(&self) -> Vec<NodeId> {
+        if self.join.is_some() || self.await_membership {
+            Vec::new()
+        } else {
+            self.members()
         }
     }
 
@@ -310,8 +343,19 @@ pub enum ConfigError {
         peers: Vec<NodeId>,
     },
     /// Peers without a peer address to listen on.
-    #[error("peer_listen is required when the group has peers")]
+    #[error("peer_listen is required when the group has peers (or the node joins one)")]
     NoPeerListen,
+    /// Both a member list and a group to join.
+    #[error(
+        "join and peers exclude each other: a node that joins takes its members from the group"
+    )]
+    JoinWithPeers,
+    /// Joining over TLS.
+    #[error(
+        "join is not built for TLS yet: add the member with `understudy member add` and start \
+         it with --peer flags for the current members"
+    )]
+    JoinWithTls,
     /// Addresses other than loopback, without TLS and without `insecure`.
     #[error(
         "listening on {0} (not loopback) without TLS: anyone who reaches the ports could \

@@ -7,7 +7,9 @@
 use super::applier_actor::ReadAudit;
 use super::clock::now_ms;
 use super::shell::{ClientCall, Node, PendingRead};
-use crate::api::{ApiError, ErrorCode, ReadLevel, Request, Response, WriteConcern};
+use crate::api::{
+    ApiError, ErrorCode, MembershipChange, ReadLevel, Request, Response, WriteConcern,
+};
 use crate::peer::PeerMessage;
 use crate::replication::{GroupConfig, Role};
 use crate::types::{NodeId, Outcome, Payload};
@@ -410,6 +412,9 @@ impl Handler<ClientCall> for Node {
             Request::Status => {
                 let _ = reply.send(Response::Status(Box::new(self.status())));
             }
+            Request::Membership { change, client } => {
+                self.change_membership(change, client, reply, ctx)
+            }
             Request::Promote { node, force: true } => {
                 let response = self.force_alone(node);
                 if matches!(response, Response::Promoting { .. }) {
@@ -430,7 +435,9 @@ impl Handler<ClientCall> for Node {
                     ));
                     return;
                 }
-                if node == self.config.node_id || !self.config.members().contains(&node) {
+                if node == self.config.node_id
+                    || !self.state.core().membership().voters.contains(&node)
+                {
                     let _ = reply.send(Response::Error(ApiError::new(
                         ErrorCode::BadRequest,
                         crate::replication::TransferError::NotAMember(node).to_string(),
@@ -482,5 +489,61 @@ impl Handler<ClientCall> for Node {
                 }));
             }
         }
+    }
+}
+
+impl Node {
+    /// A configuration change: the node state proposes it (or refuses
+    /// it). One that takes this leader out of the voters (remove, demote,
+    /// replace) needs another leader: this one hands over to the most
+    /// up-to-date voter first and answers `NotLeader` naming it, and the
+    /// client retries there with the same tag.
+    fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        client: Option<crate::types::ClientTag>,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        let me = self.config.node_id;
+        let removes_me = match &change {
+            MembershipChange::Remove { id } | MembershipChange::Demote { id } => *id == me,
+            MembershipChange::Replace { out, .. } | MembershipChange::Swap { out, .. } => {
+                *out == me
+            }
+            MembershipChange::Add { .. } | MembershipChange::Promote { .. } => false,
+        };
+        let core = self.state.core();
+        if removes_me && core.role() == Role::Leader {
+            let voters = &core.membership().voters;
+            let next = core
+                .followers(&self.log)
+                .into_iter()
+                .filter(|f| voters.contains(&f.id))
+                .max_by_key(|f| (f.matched, std::cmp::Reverse(f.heard_ms_ago)))
+                .map(|f| f.id);
+            let answer = match next.map(|to| (to, self.state.transfer_leadership(to))) {
+                Some((to, Ok(()))) => {
+                    tracing::info!(to, %change, "handing leadership over before this change");
+                    let mut e = self.state.not_leader(&format!(
+                        "node {me} leads: it hands leadership to node {to} first; retry there"
+                    ));
+                    e.leader = Some(to);
+                    e.leader_address = self.state.addresses().get(&to).cloned();
+                    e
+                }
+                Some((_, Err(e))) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+                None => ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("node {me} is the only voter: it cannot leave its group"),
+                ),
+            };
+            let _ = reply.send(Response::Error(answer));
+            return self.drive(ctx);
+        }
+        self.state
+            .change_membership(change, client, reply, now_ms(), &self.log);
+        self.state.flush_speculation();
+        self.drive(ctx);
     }
 }

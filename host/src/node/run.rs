@@ -42,7 +42,7 @@ pub async fn run_with(config: NodeConfig, natives: Natives) -> anyhow::Result<Ru
 /// Start a node on listeners bound by the caller (so a caller can learn
 /// every port of a group before any node starts).
 pub fn run_bound(
-    config: NodeConfig,
+    mut config: NodeConfig,
     natives: Natives,
     listener: tokio::net::TcpListener,
     peer_listener: Option<tokio::net::TcpListener>,
@@ -65,6 +65,22 @@ pub fn run_bound(
         frame_read_ms: config.frame_read_timeout_ms,
         idle_ms: config.idle_timeout_ms,
     };
+    if let Some(l) = &peer_listener {
+        // The address it announces (hellos, `--join`) is the bound one
+        // (`--peer-listen 127.0.0.1:0` picks a port).
+        config.peer_listen = Some(l.local_addr()?);
+    }
+    let join = config.join.clone();
+    let join_as = (
+        config.node_id,
+        crate::api::MemberAddrs {
+            peer: config
+                .peer_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            client: bound.to_string(),
+        },
+    );
     let (node, me, auth) = Node::start_parts(config, natives, Some(bound))?;
     let tls = me.tls.clone();
     let mut peer = None;
@@ -74,9 +90,127 @@ pub fn run_bound(
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
     server::serve(listener, node.clone(), budget, timeouts, tls, auth);
+    if let Some(through) = join {
+        actix::spawn(join_group(node.clone(), through, join_as));
+    }
     Ok(Running {
         node,
         client: bound,
         peer,
     })
+}
+
+/// Most time between two attempts to join (the attempts double up to it).
+pub const JOIN_RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `--join`: unless this node's log already holds a configuration (a
+/// restart), ask the group at `through` to add it as a learner that the
+/// leader promotes once caught up. Retried (same tag) until the group
+/// answers; a refusal that retrying cannot fix (the id is taken by
+/// another member, a bad address) is logged and ends the attempt — the
+/// node keeps running, a learner of nothing until an operator adds it.
+async fn join_group(
+    node: Addr<Node>,
+    through: String,
+    (id, addrs): (crate::types::NodeId, crate::api::MemberAddrs),
+) {
+    use crate::api::{Request, Response};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    node.do_send(super::shell::ClientCall {
+        request: Request::Status,
+        reply: tx,
+        by: None,
+    });
+    if let Ok(Response::Status(s)) = rx.await
+        && s.membership_index > 0
+    {
+        tracing::info!(
+            index = s.membership_index,
+            "this node's log holds the group's configuration: not joining again"
+        );
+        return;
+    }
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match join_once(&through, id, &addrs).await {
+            Joined::Added { term, index } => {
+                tracing::info!(
+                    through,
+                    term,
+                    index,
+                    "joined the group as a learner; catching up"
+                );
+                return;
+            }
+            Joined::Already => {
+                tracing::info!(through, "already a member of the group");
+                return;
+            }
+            Joined::Refused(why) => {
+                tracing::error!(through, %why, "the group refused to add this node");
+                return;
+            }
+            Joined::Retry(e) => {
+                tracing::warn!(through, error = %e, "joining the group failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(JOIN_RETRY_PAUSE_MAX);
+            }
+        }
+    }
+}
+
+/// What one attempt to join came to.
+enum Joined {
+    /// Added, by the configuration at `index`.
+    Added {
+        term: crate::types::Term,
+        index: crate::types::Index,
+    },
+    /// A member already, with these addresses (an earlier attempt got
+    /// through before this node restarted).
+    Already,
+    /// Refused for good (the id taken by another member, a bad address).
+    Refused(String),
+    /// Not reached, or not now: try again.
+    Retry(anyhow::Error),
+}
+
+async fn join_once(
+    through: &str,
+    id: crate::types::NodeId,
+    addrs: &crate::api::MemberAddrs,
+) -> Joined {
+    use crate::api::client::{Client, ClientError};
+    use crate::api::{ErrorCode, MembershipChange};
+    let to: SocketAddr = match tokio::net::lookup_host(through).await {
+        Ok(mut found) => match found.next() {
+            Some(a) => a,
+            None => return Joined::Retry(anyhow::anyhow!("{through} resolves to no address")),
+        },
+        Err(e) => return Joined::Retry(e.into()),
+    };
+    let client = match Client::connect_group(vec![to]).await {
+        Ok(c) => c,
+        Err(e) => return Joined::Retry(e.into()),
+    };
+    let change = MembershipChange::Add {
+        id,
+        addrs: addrs.clone(),
+        voter: true,
+    };
+    match client.change_membership(change).await {
+        Ok((term, index)) => Joined::Added { term, index },
+        Err(ClientError::Api(e)) if e.code == ErrorCode::BadRequest => {
+            match client.status().await {
+                Ok(s)
+                    if s.membership.contains(id) && s.membership.addrs.get(&id) == Some(addrs) =>
+                {
+                    Joined::Already
+                }
+                Ok(_) => Joined::Refused(e.message),
+                Err(e) => Joined::Retry(e.into()),
+            }
+        }
+        Err(e) => Joined::Retry(e.into()),
+    }
 }

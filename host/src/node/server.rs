@@ -306,6 +306,7 @@ fn allowed(
         | Request::Promote { .. }
         | Request::Auth(_)
         | Request::Audit { .. }
+        | Request::Membership { .. }
         | Request::Authenticate { .. } => Action::Admin,
     };
     state.check(principal, action, now_ms).map_err(|d| match d {

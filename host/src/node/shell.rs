@@ -25,6 +25,7 @@ use crate::storage::{self, DirLock, LogStore};
 use crate::types::{Index, NodeId, Payload, Term};
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Node {
     /// The index of the configuration last published (and whose members
     /// the peer transport dials).
     pub(super) membership_seen: Option<Index>,
+    /// Whom the peer acceptor takes hellos from (kept to the configuration
+    /// in effect).
+    pub(super) member_set: crate::peer::MemberSet,
     /// This actor's address, once started (for the applier's `QueryDone`).
     pub(super) me: Option<Addr<Node>>,
     /// The applier's part of a status (see [`ApplierActor::show`]).
@@ -261,8 +265,12 @@ impl Node {
         let me = crate::peer::LocalIdentity {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
-            members: config.members(),
+            members: crate::peer::MemberSet::of(config.bootstrap_members()),
             client_address: client_address.clone(),
+            peer_address: config
+                .peer_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             snapshot_root: config.data_dir.join("snapshots"),
             snapshot_bytes_max: config.storage.map_size_bytes as u64,
             log_kind: config.log_kind,
@@ -333,6 +341,7 @@ impl Node {
             recovering_persisted: recovering,
             published,
             membership_seen: None,
+            member_set: me.members.clone(),
             compiler,
             shown,
             compiling: Default::default(),
@@ -405,6 +414,48 @@ impl Node {
         self.membership_seen = Some(index);
         let membership = core.membership().clone();
         tracing::info!(index, %membership, "configuration in effect");
+        // Whom to dial, and to take hellos from: the configuration's
+        // members; before the log holds one, the configured peers (the
+        // bootstrap list) — none for a node that joins.
+        let configured: BTreeMap<NodeId, String> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.address.clone()))
+            .collect();
+        let dial: BTreeMap<NodeId, String> = if index == 0 && membership.voters.is_empty() {
+            configured.clone()
+        } else {
+            membership
+                .members()
+                .into_iter()
+                .filter(|&id| id != self.config.node_id)
+                .filter_map(|id| {
+                    // A configured address wins (this node's own view of
+                    // the network); else the one the configuration names.
+                    let named = membership.addrs.get(&id).map(|a| a.peer.clone());
+                    let address = configured
+                        .get(&id)
+                        .cloned()
+                        .or(named.filter(|a| !a.is_empty()))?;
+                    Some((id, address))
+                })
+                .collect()
+        };
+        // Members the change took out still get the log from the leader
+        // until they hold the change (see `Core::leaving`).
+        let mut dial = dial;
+        for id in core.leaving() {
+            if let Some(a) = self.peers.address(id) {
+                dial.entry(id).or_insert_with(|| a.to_string());
+            }
+        }
+        let mut admitted: Vec<NodeId> = dial.keys().copied().collect();
+        if !admitted.is_empty() || index > 0 {
+            admitted.push(self.config.node_id);
+        }
+        self.member_set.set(admitted);
+        self.peers.dial_only(&dial);
         self.published.set_membership(index, membership);
     }
 
@@ -461,13 +512,10 @@ impl Node {
     /// Produce (or reuse) a snapshot and stream it to `peer`; on failure the
     /// core offers it again after a pause.
     pub(super) fn send_snapshot(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
-        let Some(address) = self
-            .config
-            .peers
-            .iter()
-            .find(|p| p.id == peer)
-            .map(|p| p.address.clone())
-        else {
+        // Where its lanes go: a configured address, or the one the
+        // configuration names (a member added since the start).
+        let Some(address) = self.peers.address(peer).map(str::to_string) else {
+            tracing::warn!(peer, "no address to send a snapshot to");
             return self.state.snapshot_not_sent(peer);
         };
         let maker = self.snapshot_maker.clone();
@@ -539,7 +587,7 @@ impl Node {
         let membership = meta.membership.clone().map(|m| *m);
         let installed_membership = membership
             .clone()
-            .unwrap_or_else(|| Membership::of_voters(self.config.members()));
+            .unwrap_or_else(|| Membership::of_voters(self.config.bootstrap_members()));
         let work = async move {
             let installed = applier
                 .send(InstallSnapshot { dir, meta })
@@ -656,6 +704,8 @@ impl Node {
                 bytes: s.bytes,
             }),
             client_addresses: state.addresses().clone(),
+            membership: core.membership().clone(),
+            membership_index: core.membership_index(),
         }
     }
 }
@@ -770,7 +820,13 @@ impl Handler<FromPeer> for Node {
             Inbound::Connected {
                 from,
                 client_address,
-            } => self.state.peer_connected(from, client_address),
+                peer_address,
+            } => {
+                self.state.peer_connected(from, client_address);
+                // (The acceptor took its hello: it is a member, or this
+                // node knows no configuration yet.)
+                self.peers.dial_back(from, &peer_address);
+            }
             Inbound::PeerLostData { from } => {
                 self.state.peer_lost_data(from, &self.log);
                 self.drive(ctx);

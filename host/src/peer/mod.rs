@@ -62,10 +62,14 @@ pub struct LocalIdentity {
     pub cluster_id: String,
     /// This node.
     pub node_id: NodeId,
-    /// Every member of the group (including this node).
-    pub members: Vec<NodeId>,
+    /// The members whose hellos it takes: those of the configuration in
+    /// effect, kept current by the node (empty: anyone of the cluster —
+    /// a node that joins knows no configuration yet).
+    pub members: MemberSet,
     /// Where this node serves clients.
     pub client_address: String,
+    /// Where this node takes peer connections (announced in hellos).
+    pub peer_address: String,
     /// Where incoming snapshots are staged.
     pub snapshot_root: std::path::PathBuf,
     /// The largest snapshot this node takes: what its state environment
@@ -82,6 +86,38 @@ pub struct LocalIdentity {
     pub book: Option<PeerBook>,
     /// Mutual TLS on the peer port and on every dial (`None`: plaintext).
     pub tls: Option<NodeTls>,
+}
+
+/// The members a node takes hellos from (see [`LocalIdentity::members`]),
+/// shared between the node, which keeps it current, and its acceptor.
+#[derive(Clone, Debug, Default)]
+pub struct MemberSet(std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>>>);
+
+impl MemberSet {
+    /// A set holding `ids`.
+    pub fn of(ids: impl IntoIterator<Item = NodeId>) -> Self {
+        let set = MemberSet::default();
+        set.set(ids);
+        set
+    }
+
+    /// Replace the members.
+    pub fn set(&self, ids: impl IntoIterator<Item = NodeId>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ids.into_iter().collect();
+    }
+
+    /// The members.
+    pub fn get(&self) -> Vec<NodeId> {
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        set.iter().copied().collect()
+    }
+
+    /// Whether `id` may say hello: a member, or anyone while the set is
+    /// empty.
+    fn admits(&self, id: NodeId) -> bool {
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        set.is_empty() || set.contains(&id)
+    }
 }
 
 /// What a node tells its peers in hello answers: its term, log position
@@ -183,10 +219,10 @@ impl LocalIdentity {
                 ours: self.timing,
             });
         }
-        if hello.from == self.node_id || !self.members.contains(&hello.from) {
+        if hello.from == self.node_id || !self.members.admits(hello.from) {
             return Err(R::NotAMember {
                 from: hello.from,
-                members: self.members.clone(),
+                members: self.members.get(),
             });
         }
         Ok(())
@@ -304,6 +340,8 @@ pub enum Inbound {
         from: NodeId,
         /// Its client address.
         client_address: String,
+        /// Where it takes peer connections (as its hello says).
+        peer_address: String,
     },
     /// Progress of a snapshot from a peer (the leader).
     Snapshot {
@@ -521,6 +559,7 @@ async fn receive(
     sink(Inbound::Connected {
         from: hello.from,
         client_address: hello.client_address.clone(),
+        peer_address: hello.peer_address.clone(),
     });
     if hello.lane == Lane::Snapshot {
         let from = hello.from;
@@ -581,7 +620,9 @@ async fn refuse(
 
 /// Outgoing lanes to every peer.
 pub struct Peers {
-    lanes: BTreeMap<NodeId, [mpsc::Sender<PeerMessage>; 2]>,
+    lanes: BTreeMap<NodeId, (String, [mpsc::Sender<PeerMessage>; 2])>,
+    me: LocalIdentity,
+    answered: std::rc::Rc<dyn Fn(NodeId, HelloAnswer)>,
 }
 
 impl Peers {
@@ -590,10 +631,30 @@ impl Peers {
     pub fn start(
         me: &LocalIdentity,
         peers: &BTreeMap<NodeId, String>,
-        answered: impl Fn(NodeId, HelloAnswer) + Clone + 'static,
+        answered: impl Fn(NodeId, HelloAnswer) + 'static,
     ) -> Peers {
-        let mut lanes = BTreeMap::new();
+        let mut all = Peers {
+            lanes: BTreeMap::new(),
+            me: me.clone(),
+            answered: std::rc::Rc::new(answered),
+        };
+        all.dial_only(peers);
+        all
+    }
+
+    /// Dial exactly `peers` (id → peer address) from now on: lanes to new
+    /// peers (or to a new address) start, lanes to the others close (their
+    /// dialers end with them).
+    pub fn dial_only(&mut self, peers: &BTreeMap<NodeId, String>) {
+        self.lanes
+            .retain(|id, (address, _)| peers.get(id) == Some(address));
         for (&id, address) in peers {
+            if id == self.me.node_id || self.lanes.contains_key(&id) {
+                continue;
+            }
+            let me = &self.me;
+            let answered = self.answered.clone();
+            let answered = move |peer, answer| answered(peer, answer);
             let mut pair = Vec::new();
             for (lane, queue) in [(Lane::Control, CONTROL_QUEUE), (Lane::Data, DATA_QUEUE)] {
                 let (tx, rx) = mpsc::channel(queue);
@@ -607,6 +668,7 @@ impl Peers {
                     log_kind: me.log_kind,
                     timing: me.timing,
                     incarnation: me.incarnation,
+                    peer_address: me.peer_address.clone(),
                 };
                 actix::spawn(dial(
                     address.clone(),
@@ -619,15 +681,35 @@ impl Peers {
             }
             let [control, data]: [mpsc::Sender<PeerMessage>; 2] =
                 pair.try_into().expect("two lanes");
-            lanes.insert(id, [control, data]);
+            self.lanes.insert(id, (address.clone(), [control, data]));
         }
-        Peers { lanes }
+    }
+
+    /// The address `peer` is dialed at, if it is.
+    pub fn address(&self, peer: NodeId) -> Option<&str> {
+        self.lanes.get(&peer).map(|(a, _)| a.as_str())
+    }
+
+    /// Dial `peer` at `address` if no lane to it is open (a member that
+    /// said hello before this node read the configuration naming it).
+    pub fn dial_back(&mut self, peer: NodeId, address: &str) {
+        if address.is_empty() || self.lanes.contains_key(&peer) {
+            return;
+        }
+        let mut wanted: BTreeMap<NodeId, String> = self
+            .lanes
+            .iter()
+            .map(|(&id, (a, _))| (id, a.clone()))
+            .collect();
+        wanted.insert(peer, address.to_string());
+        tracing::info!(peer, address, "dialing back a member that said hello");
+        self.dial_only(&wanted);
     }
 
     /// Queue a message; dropped (the protocol retries) if the lane is full.
     pub fn send(&self, to: NodeId, msg: PeerMessage) {
-        let Some(lanes) = self.lanes.get(&to) else {
-            tracing::error!(to, "message for a node that is not a peer");
+        let Some((_, lanes)) = self.lanes.get(&to) else {
+            tracing::debug!(to, "message for a node this node does not dial; dropped");
             return;
         };
         let lane = Lane::of(&msg) as usize;
@@ -770,8 +852,9 @@ mod tests {
         LocalIdentity {
             cluster_id: "c".into(),
             node_id: 1,
-            members: vec![1, 2, 3],
+            members: MemberSet::of([1, 2, 3]),
             client_address: "127.0.0.1:1".into(),
+            peer_address: String::new(),
             snapshot_root: std::path::PathBuf::from("/nonexistent"),
             snapshot_bytes_max: u64::MAX,
             log_kind: crate::config::LogKind::Statement,
@@ -793,6 +876,7 @@ mod tests {
             log_kind: crate::config::LogKind::Statement,
             timing: crate::config::Timing::default(),
             incarnation: 2,
+            peer_address: String::new(),
         }
     }
 

@@ -211,8 +211,9 @@ pub async fn send_snapshot(
         lane: Lane::Snapshot,
         log_kind,
         timing,
-        // The control and data lanes carry the incarnation.
+        // The control and data lanes carry the incarnation and address.
         incarnation: 0,
+        peer_address: String::new(),
     };
     send(&mut c, &hello).await?;
     match recv::<HelloReply>(&mut c, STEP_TIMEOUT).await? {

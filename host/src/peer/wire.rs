@@ -99,6 +99,11 @@ pub struct Hello {
     /// [`crate::storage::LogStore::incarnation`]); 0: not given.
     #[serde(default)]
     pub incarnation: u64,
+    /// Where the sender takes peer connections: a receiver that has no
+    /// lane to the sender yet (it joins, or has not read the
+    /// configuration that names it) dials it back there.
+    #[serde(default)]
+    pub peer_address: String,
 }
 
 /// Answer to a [`Hello`].

@@ -103,6 +103,14 @@ impl<W, R> NodeState<W, R> {
             let message = format!("this node has a host fault: {why}");
             return self.refuse_read(read, ErrorCode::Unavailable, message);
         }
+        let (index, membership) = (self.core.membership_index(), self.core.membership());
+        if index > 0 && !membership.contains(self.core.id()) {
+            let message = format!(
+                "this node is not a member of its group's configuration (entry {index}: \
+                 {membership}): removed, or not yet added; it serves no reads"
+            );
+            return self.refuse_read(read, ErrorCode::Unavailable, message);
+        }
         match level {
             ReadLevel::Any => self.run_read(read, log),
             ReadLevel::Bounded {

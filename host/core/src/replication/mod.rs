@@ -69,6 +69,10 @@ struct PendingRead {
 /// indexes); answers to older rounds are ignored.
 const HEARTBEAT_ROUNDS_KEPT: usize = 256;
 
+/// How many maximum election timeouts a leader keeps shipping the log to
+/// a member a configuration change took out, for it to learn so.
+pub const LEAVING_ELECTION_TIMEOUTS: u64 = 20;
+
 /// An entry's size beyond its payload, for bounding append messages.
 const ENTRY_OVERHEAD_BYTES_ESTIMATE: usize = 48;
 
@@ -126,6 +130,11 @@ pub struct Core {
     leader_seen_ms: Option<u64>,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
+    /// On the leader: members a configuration change took out, still
+    /// shipped the log until they hold that configuration (index) — so
+    /// they learn they were removed and stop serving — or until the time
+    /// given ([`LEAVING_ELECTION_TIMEOUTS`]).
+    leaving: BTreeMap<NodeId, (Index, u64)>,
     /// Ack owed to the leader once `persisted_index` reaches the index.
     ack_owed: Option<(NodeId, Index)>,
     /// Heartbeat round of the leader.
@@ -239,6 +248,7 @@ impl Core {
             leader_seen_ms: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            leaving: BTreeMap::new(),
             ack_owed: None,
             heartbeat_seq: 0,
             pending_reads: Vec::new(),
@@ -354,6 +364,11 @@ impl Core {
         self.leader_seen_ms
             .filter(|_| self.leader.is_some())
             .map(|t| self.now_ms.saturating_sub(t))
+    }
+    /// On the leader: members a change took out that it still ships the
+    /// log to (until they hold that change).
+    pub fn leaving(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.leaving.keys().copied()
     }
     /// On the leader: every follower's replication state.
     pub fn followers(&self, log: &impl LogRead) -> Vec<FollowerStatus> {
@@ -492,6 +507,7 @@ impl Core {
         self.role = Role::Follower;
         self.leader = leader;
         self.progress.clear();
+        self.leaving.clear();
         self.votes.clear();
         self.transfer = None;
         let me = self.config.id;
@@ -525,6 +541,17 @@ impl Core {
         self.now_ms = self.now_ms.max(now_ms);
         match self.role {
             Role::Leader => {
+                let now = self.now_ms;
+                let gone: Vec<NodeId> = self
+                    .leaving
+                    .iter()
+                    .filter(|(_, (_, until))| *until <= now)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in gone {
+                    self.leaving.remove(&id);
+                    self.progress.remove(&id);
+                }
                 if let Some((to, give_up_ms, _)) = self.transfer
                     && self.now_ms >= give_up_ms
                 {

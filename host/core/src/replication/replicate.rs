@@ -48,8 +48,19 @@ impl Core {
             return;
         }
         let peers = self.peers();
-        self.progress.retain(|id, _| peers.contains(id));
-        let (next, now) = (self.last_index + 1, self.now_ms);
+        let (index, now) = (self.membership_index(), self.now_ms);
+        let until = now + LEAVING_ELECTION_TIMEOUTS * self.config.election_timeout_max_ms;
+        for id in self.progress.keys() {
+            if !peers.contains(id) && !self.leaving.contains_key(id) {
+                self.leaving.insert(*id, (index, until));
+            }
+        }
+        // A member back in the configuration is no longer leaving.
+        self.leaving.retain(|id, _| !peers.contains(id));
+        let leaving = &self.leaving;
+        self.progress
+            .retain(|id, _| peers.contains(id) || leaving.contains_key(id));
+        let next = self.last_index + 1;
         for p in peers {
             self.progress
                 .entry(p)
@@ -528,6 +539,12 @@ impl Core {
             pr.next = pr.next.max(index + 1);
             pr.inflight.retain(|&i, _| i > index);
             pr.probing = false;
+            if self.leaving.get(&from).is_some_and(|(at, _)| index >= *at) {
+                // It holds the configuration that took it out: done.
+                self.leaving.remove(&from);
+                self.progress.remove(&from);
+                return;
+            }
             self.advance_commit(log);
             self.send_append(from, log, false);
             self.maybe_hand_over();
