@@ -641,7 +641,7 @@ fn dispatch(command: Command) -> Result<()> {
         } => client_call(addr, Reach::Node, |c| async move {
             let term = c.force_promote(node).await?;
             println!(
-                "node {node} was promoted by force and leads alone (term {term}); writes it lacked are lost. Rebuild the other members, then remove FORCED-ALONE from its data directory and restart it with the full group config."
+                "node {node} was promoted by force and leads alone (term {term}), by a configuration of itself alone written to its log; writes it lacked are lost. Grow the group back with `understudy member add` (or `node --join`), and do not restart the old members with their data: they are no longer members."
             );
             Ok(())
         }),

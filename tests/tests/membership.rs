@@ -525,3 +525,90 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
         "a retried change is answered with its first result"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_recovery_is_a_configuration_and_the_group_grows_back_to_three() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, leader, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
+    for i in 0..50 {
+        within(10, "a write", c.command("kv", put(&format!("pre{i}"), "v")))
+            .await
+            .unwrap();
+    }
+    let survivor = if leader == 1 { 2 } else { 1 };
+    // Everything the survivor holds (it acknowledged as a follower).
+    let held = status_of(g.node(survivor).addr)
+        .await
+        .unwrap()
+        .applied_index;
+    // The majority is lost for good.
+    for id in [1, 2, 3] {
+        if id != survivor {
+            g.kill9(id);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let addr = g.node(survivor).addr.to_string();
+    let (ok, out, err) = run_cli_within(
+        30,
+        &["promote", "--force", &survivor.to_string(), "--addr", &addr],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let alone = wait_membership(
+        &[g.node(survivor).addr],
+        "the forced configuration",
+        |s| voters(s) == BTreeSet::from([survivor]) && s.membership_index > held,
+        SETTLE,
+    )
+    .await;
+    assert!(
+        !g.node(survivor).data_dir.join("FORCED-ALONE").exists() || alone.membership_index > 0,
+        "the forced configuration is in the log"
+    );
+    // It takes writes alone, and grows back to three with fresh nodes.
+    let through = g.node(survivor).addr.to_string();
+    let solo = within(
+        10,
+        "a client",
+        Client::connect_group(vec![g.node(survivor).addr]),
+    )
+    .await
+    .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("solo{i}");
+        within(10, "a write", solo.command("kv", put(&key, "v")))
+            .await
+            .unwrap();
+        acked.push(key);
+    }
+    let n4 = new_node(dir.path(), 4, &["--join", &through], &[]);
+    let n5 = new_node(dir.path(), 5, &["--join", &through], &[]);
+    let members = vec![g.node(survivor).addr, n4.addr, n5.addr];
+    wait_membership(
+        &members,
+        "three voters again",
+        |s| voters(s) == BTreeSet::from([survivor, 4, 5]),
+        SETTLE,
+    )
+    .await;
+    same_state(&members, SETTLE).await;
+    assert_present(&members, &acked).await;
+    let pre: Vec<String> = (0..50).map(|i| format!("pre{i}")).collect();
+    assert_present(&members, &pre).await;
+    // A restart keeps the forced configuration (from the log).
+    g.kill9(survivor);
+    g.restart(survivor).unwrap();
+    let members = vec![g.node(survivor).addr, n4.addr, n5.addr];
+    let back = wait_membership(
+        &members,
+        "three voters after a restart",
+        |s| voters(s) == BTreeSet::from([survivor, 4, 5]),
+        SETTLE,
+    )
+    .await;
+    assert!(!g.node(survivor).data_dir.join("FORCED-ALONE").exists());
+    eprintln!("regrown: {}", back.membership);
+}

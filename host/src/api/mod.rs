@@ -69,7 +69,9 @@ pub enum Request {
     /// Manual switchover: the leader brings `node` up to date, stops taking
     /// writes, and hands leadership over (in a new term). With `force`,
     /// sent to `node` itself: for a group that lost its majority, `node`
-    /// becomes a group of one and leads — writes it lacks are lost.
+    /// leads alone, by a configuration of itself only that it writes to
+    /// its log (the group grows back with `member add`) — writes it lacks
+    /// are lost.
     Promote {
         /// The member that is to lead.
         node: NodeId,

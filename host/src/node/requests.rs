@@ -52,6 +52,7 @@ impl Node {
         }
         let path = self.config.forced_path();
         let core = self.state.core();
+        // (The last word is read back at start: see `Node::start_parts`.)
         let record = format!(
             "forced promotion of node {} at {} ms since the epoch, term {}, last index {}\n",
             self.config.node_id,

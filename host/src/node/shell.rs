@@ -183,11 +183,29 @@ impl Node {
             applied.index,
             last.0
         );
-        let forced = config.forced_path().exists();
+        // A forced promotion is recorded in FORCED-ALONE until the forced
+        // configuration (this node alone) is in the log; from then on the
+        // log says it, and the group grows back with `member add`.
+        let memberships = log.memberships()?;
+        let mut forced = config.forced_path().exists();
+        // The record names the log's last index when it was forced: a
+        // configuration after it is the forced one (or a later one).
+        let forced_at = std::fs::read_to_string(config.forced_path())
+            .ok()
+            .and_then(|r| r.trim().rsplit(' ').next()?.parse::<Index>().ok());
+        if forced && forced_at.is_some_and(|at| memberships.iter().any(|(i, _)| *i > at)) {
+            tracing::info!(
+                file = %config.forced_path().display(),
+                "the forced configuration is in the log: the record of the forced promotion is no longer needed"
+            );
+            std::fs::remove_file(config.forced_path())
+                .with_context(|| format!("removing {}", config.forced_path().display()))?;
+            forced = false;
+        }
         let group = if forced {
             tracing::error!(
                 file = %config.forced_path().display(),
-                "this node was promoted by force and runs as a group of one, whatever its config says; remove the file (and rebuild the other members) to return to the configured group"
+                "this node was promoted by force and leads alone until its forced configuration is in the log"
             );
             GroupConfig {
                 members: vec![config.node_id],
@@ -198,7 +216,7 @@ impl Node {
         };
         let mut core = Core::new(group, hard, last, applied.index, rand::random());
         if !forced {
-            core.restore_memberships(log.memberships()?);
+            core.restore_memberships(memberships);
         }
         let recovering = log.recovering()?;
         core.restore_recovering(recovering.0, recovering.1);

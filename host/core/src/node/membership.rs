@@ -153,6 +153,20 @@ impl<W, R> NodeState<W, R> {
         }
     }
 
+    /// A forced promotion replaced the core: a change in progress is
+    /// over (its client is told; its entries' writers are answered as the
+    /// new core decides).
+    pub(super) fn forget_membership_changes(&mut self) {
+        self.change.in_flight = None;
+        if let Some(w) = self.change.waiter.take() {
+            let e = ApiError::new(
+                ErrorCode::Unavailable,
+                "a forced promotion ended this configuration change; see `member list`",
+            );
+            self.answer(Reply::Client(w.reply), WriteAnswer::Refused(e));
+        }
+    }
+
     fn membership_refusal(&self, e: MembershipError) -> ApiError {
         let code = match e {
             MembershipError::NotLeader { .. } => return self.not_leader(&e.to_string()),
