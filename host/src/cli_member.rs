@@ -40,6 +40,11 @@ pub enum MemberCommand {
         /// The voter.
         id: NodeId,
     },
+    /// Bring back a voter that lost its disk, under its id (restart it on an empty data directory first): it becomes a learner and gets its vote back once it has caught up.
+    Rejoin {
+        /// The voter.
+        id: NodeId,
+    },
     /// Remove a member. Removing the leader hands leadership to the most up-to-date voter first.
     Remove {
         /// The member.
@@ -117,6 +122,14 @@ pub async fn run(c: Client, cmd: MemberCommand) -> Result<()> {
         MemberCommand::Demote { id } => {
             let (term, index) = c.change_membership(MembershipChange::Demote { id }).await?;
             println!("node {id} is a learner (configuration at index {index}, term {term})");
+            Ok(())
+        }
+        MemberCommand::Rejoin { id } => {
+            let (term, index) = c.change_membership(MembershipChange::Rejoin { id }).await?;
+            println!(
+                "node {id} is a learner, a voter again once it has caught up (configuration at \
+                 index {index}, term {term})"
+            );
             Ok(())
         }
         MemberCommand::Remove { id } => {

@@ -124,7 +124,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -202,6 +202,10 @@ enum Command {
         /// directory, is added as a learner, catches up and is promoted.
         #[arg(long, conflicts_with = "peer", requires = "peer_listen")]
         join: Option<String>,
+        /// How long a replacement (`member replace`) may take to catch up
+        /// before the leader removes it again (ms; default 30 minutes).
+        #[arg(long)]
+        catch_up_timeout_ms: Option<u64>,
         /// Start with no member list and wait to be added by an operator
         /// (`member add`, or `member replace` for a dead member).
         #[arg(long, conflicts_with_all = ["peer", "join"], requires = "peer_listen")]
@@ -499,6 +503,7 @@ fn dispatch(command: Command) -> Result<()> {
             insecure,
             join,
             await_membership,
+            catch_up_timeout_ms,
         } => {
             let config = match config {
                 Some(path) => {
@@ -542,6 +547,9 @@ fn dispatch(command: Command) -> Result<()> {
                     config.insecure = insecure;
                     config.join = join;
                     config.await_membership = await_membership;
+                    if let Some(ms) = catch_up_timeout_ms {
+                        config.membership.catch_up_timeout_ms = ms;
+                    }
                     if let (Some(cert), Some(key), Some(peer_ca)) = (tls_cert, tls_key, peer_ca) {
                         config.tls = Some(understudy::tls::TlsSettings {
                             cert,

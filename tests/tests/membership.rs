@@ -612,3 +612,49 @@ async fn a_forced_recovery_is_a_configuration_and_the_group_grows_back_to_three(
     assert!(!g.node(survivor).data_dir.join("FORCED-ALONE").exists());
     eprintln!("regrown: {}", back.membership);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_never_catches_up_is_given_up_and_the_configuration_stays() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--catch-up-timeout-ms", "1500"];
+    let (g, leader, _) = with_kv(Group::start(dir.path(), 3, &extra).unwrap()).await;
+    let before = wait_membership(
+        &g.addrs(),
+        "the first configuration",
+        |s| s.membership_index > 0,
+        SETTLE,
+    )
+    .await;
+    let dead = if leader == 3 { 2 } else { 3 };
+    // Node 4 is never started: nothing answers at its addresses.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nowhere.local_addr().unwrap().port();
+    drop(nowhere);
+    let with = format!("4=127.0.0.1:{port},127.0.0.1:{}", port + 1);
+    let addr = g.node(leader).addr.to_string();
+    let (ok, out, err) = run_cli_within(
+        60,
+        &[
+            "member",
+            "replace",
+            &dead.to_string(),
+            "--with",
+            &with,
+            "--addr",
+            &addr,
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("did not catch up"), "{out}{err}");
+    let after = wait_membership(
+        &g.addrs(),
+        "as before",
+        |s| !s.membership.contains(4),
+        SETTLE,
+    )
+    .await;
+    assert_eq!(voters(&after), voters(&before));
+    assert!(after.membership.learners.is_empty(), "{}", after.membership);
+}

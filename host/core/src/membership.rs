@@ -111,6 +111,13 @@ pub enum MembershipChange {
         /// The voter.
         id: NodeId,
     },
+    /// A voter that lost its data (restarted on an empty directory, a
+    /// new incarnation) comes back under its id: a learner first, its
+    /// vote back once it has caught up ([`Goal::Vote`]).
+    Rejoin {
+        /// The voter.
+        id: NodeId,
+    },
     /// A member leaves.
     Remove {
         /// The member.
@@ -147,6 +154,12 @@ impl std::fmt::Display for MembershipChange {
             ),
             MembershipChange::Promote { id } => write!(f, "promote learner {id} to voter"),
             MembershipChange::Demote { id } => write!(f, "demote voter {id} to learner"),
+            MembershipChange::Rejoin { id } => {
+                write!(
+                    f,
+                    "demote voter {id} to a learner promoted again once caught up"
+                )
+            }
             MembershipChange::Remove { id } => write!(f, "remove node {id}"),
             MembershipChange::Swap { out, into } => {
                 write!(f, "replace voter {out} with node {into}")
@@ -369,7 +382,7 @@ impl Membership {
                 catching_up.remove(id);
                 voters.insert(*id);
             }
-            MembershipChange::Demote { id } => {
+            MembershipChange::Demote { id } | MembershipChange::Rejoin { id } => {
                 if !self.voters.contains(id) {
                     return Err(MembershipError::NotA {
                         id: *id,
@@ -384,6 +397,9 @@ impl Membership {
                 }
                 voters.remove(id);
                 learners.insert(*id);
+                if matches!(change, MembershipChange::Rejoin { .. }) {
+                    catching_up.insert(*id, Goal::Vote);
+                }
             }
             MembershipChange::Remove { id } => {
                 if !self.contains(*id) {

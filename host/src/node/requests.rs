@@ -508,7 +508,9 @@ impl Node {
     ) {
         let me = self.config.node_id;
         let removes_me = match &change {
-            MembershipChange::Remove { id } | MembershipChange::Demote { id } => *id == me,
+            MembershipChange::Remove { id }
+            | MembershipChange::Demote { id }
+            | MembershipChange::Rejoin { id } => *id == me,
             MembershipChange::Replace { out, .. } | MembershipChange::Swap { out, .. } => {
                 *out == me
             }

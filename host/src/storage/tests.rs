@@ -594,3 +594,53 @@ fn a_stored_value_fails_its_checksum_if_any_bit_flips_or_it_moves_to_another_key
     );
     assert_eq!(unseal(b"", &seal(b"", b"")), Some(&b""[..]));
 }
+
+/// The log's configuration table follows its configuration entries
+/// through appends (journaled or not), truncation, compaction, a reset to
+/// a snapshot and a reopen.
+#[test]
+fn the_log_keeps_its_configurations_through_truncation_compaction_and_reset() {
+    use understudy_core::membership::Membership;
+    let config = |index: Index, voters: &[u64]| Entry {
+        payload: Payload::Config(Box::new(Membership::of_voters(voters.iter().copied()))),
+        ..entry(index, 1, 0)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StorageOptions::default();
+    let indexes = |log: &LogStore| -> Vec<Index> {
+        log.memberships()
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &opts).unwrap();
+        log.append(&[entry(1, 1, 1), config(2, &[1, 2, 3]), entry(3, 1, 1)])
+            .unwrap();
+        log.append(&[config(4, &[1, 2]), entry(5, 1, 1), config(6, &[1])])
+            .unwrap();
+        assert_eq!(indexes(&log), vec![2, 4, 6]);
+        assert_eq!(
+            log.membership_at(5).unwrap(),
+            Some(Membership::of_voters([1, 2]))
+        );
+        // A conflicting suffix takes its configurations with it.
+        log.truncate_from(6).unwrap();
+        assert_eq!(indexes(&log), vec![2, 4]);
+        // Compaction keeps the one in effect at the compacted point.
+        log.append(&[entry(6, 1, 1), entry(7, 1, 1)]).unwrap();
+        log.compact(5, 100).unwrap();
+        assert_eq!(indexes(&log), vec![4]);
+        assert_eq!(log.membership_at(1).unwrap(), None);
+    }
+    {
+        let (_l, log, _s) = open(dir.path(), &ident(1), &opts).unwrap();
+        assert_eq!(indexes(&log), vec![4], "durable across a reopen");
+        let installed = Membership::of_voters([7, 8, 9]);
+        log.reset_to(50, 4, 777, Some(&installed)).unwrap();
+        assert_eq!(log.memberships().unwrap(), vec![(50, installed.clone())]);
+        log.reset_to(60, 4, 777, None).unwrap();
+        assert!(log.memberships().unwrap().is_empty());
+    }
+}
