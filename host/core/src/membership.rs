@@ -697,6 +697,37 @@ mod tests {
     }
 
     #[test]
+    fn members_and_addresses_are_bounded_at_and_one_past() {
+        let at = MemberAddrs {
+            peer: "p".repeat(MEMBER_ADDRESS_BYTES_MAX),
+            client: "c".repeat(MEMBER_ADDRESS_BYTES_MAX),
+        };
+        let add = |id, addrs| MembershipChange::Add {
+            id,
+            addrs,
+            voter: false,
+        };
+        let m = Membership::of_voters([1]);
+        assert!(m.changed(&add(2, at.clone()), 1, None, 0).is_ok());
+        let past = MemberAddrs {
+            peer: "p".repeat(MEMBER_ADDRESS_BYTES_MAX + 1),
+            ..at
+        };
+        let e = m.changed(&add(2, past), 1, None, 0).unwrap_err();
+        assert!(e.to_string().contains("MEMBER_ADDRESS_BYTES_MAX"), "{e}");
+        // One short of the limit: the last member fits, the next does not.
+        let mut full = Membership::of_voters([1]);
+        full.learners = (2..MEMBERS_MAX as u64).collect();
+        assert_eq!(full.members().len(), MEMBERS_MAX - 1);
+        let last = full.changed(&add(100, addrs(100)), 1, None, 0).unwrap();
+        assert_eq!(last.members().len(), MEMBERS_MAX);
+        assert_eq!(
+            last.changed(&add(101, addrs(101)), 1, None, 0),
+            Err(MembershipError::TooMany(MEMBERS_MAX))
+        );
+    }
+
+    #[test]
     fn the_membership_log_falls_back_when_truncated() {
         let mut log = MembershipLog::new(0, Membership::of_voters([1, 2, 3]));
         log.appended(5, Membership::of_voters([1, 2, 3, 4]));
