@@ -174,6 +174,14 @@ async fn assert_present(addrs: &[SocketAddr], acked: &[String]) {
     }
 }
 
+/// The refusal of `change` (the test fails if it is made).
+async fn refused(c: &Client, change: MembershipChange) -> String {
+    within(10, "a change", c.change_membership(change))
+        .await
+        .expect_err("refused")
+        .to_string()
+}
+
 fn voters(s: &Status) -> BTreeSet<u64> {
     s.membership.voters.clone()
 }
@@ -420,41 +428,21 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
         peer: format!("127.0.0.1:{n}"),
         client: format!("127.0.0.1:{}", n + 1),
     };
-    let refused = |r: Result<(u64, u64), understudy::api::client::ClientError>| {
-        r.expect_err("refused").to_string()
-    };
     // An id in use.
     let e = refused(
-        within(
-            10,
-            "a change",
-            c.change_membership(MembershipChange::Add {
-                id: 2,
-                addrs: addrs(9),
-                voter: true,
-            }),
-        )
-        .await,
-    );
+        &c,
+        MembershipChange::Add {
+            id: 2,
+            addrs: addrs(9),
+            voter: true,
+        },
+    )
+    .await;
     assert!(e.contains("already a member"), "{e}");
     // Promoting a voter, removing a stranger.
-    let e = refused(
-        within(
-            10,
-            "a change",
-            c.change_membership(MembershipChange::Promote { id: 2 }),
-        )
-        .await,
-    );
+    let e = refused(&c, MembershipChange::Promote { id: 2 }).await;
     assert!(e.contains("is not a learner"), "{e}");
-    let e = refused(
-        within(
-            10,
-            "a change",
-            c.change_membership(MembershipChange::Remove { id: 9 }),
-        )
-        .await,
-    );
+    let e = refused(&c, MembershipChange::Remove { id: 9 }).await;
     assert!(e.contains("is not a member"), "{e}");
     // An address over its limit.
     let long = MemberAddrs {
@@ -462,17 +450,14 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
         client: "127.0.0.1:1".into(),
     };
     let e = refused(
-        within(
-            10,
-            "a change",
-            c.change_membership(MembershipChange::Add {
-                id: 7,
-                addrs: long,
-                voter: false,
-            }),
-        )
-        .await,
-    );
+        &c,
+        MembershipChange::Add {
+            id: 7,
+            addrs: long,
+            voter: false,
+        },
+    )
+    .await;
     assert!(e.contains("MEMBER_ADDRESS_BYTES_MAX"), "{e}");
     // A change sent to a follower is redirected: a single-node client of
     // a follower is told who leads.
@@ -483,17 +468,14 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
         .unwrap()
         .retry_for(Duration::ZERO);
     let e = refused(
-        within(
-            10,
-            "a change",
-            direct.change_membership(MembershipChange::Add {
-                id: 8,
-                addrs: addrs(20),
-                voter: false,
-            }),
-        )
-        .await,
-    );
+        &direct,
+        MembershipChange::Add {
+            id: 8,
+            addrs: addrs(20),
+            voter: false,
+        },
+    )
+    .await;
     assert!(e.contains("NotLeader"), "{e}");
     // Nothing changed.
     let after = wait_membership(&g.addrs(), "unchanged", |_| true, SETTLE).await;

@@ -226,18 +226,14 @@ impl<W, R> NodeState<W, R> {
             && w.deadline_ms <= now_ms
         {
             let w = self.change.waiter.take().expect("checked");
-            let e = ApiError {
-                leader: self.core.leader(),
-                leader_address: self.leader_address(),
-                ..ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "the configuration change did not complete within write_timeout_ms = \
-                         {} ms; it may still complete: see `member list`",
-                        self.settings.write_timeout_ms
-                    ),
-                )
-            };
+            let e = self.hinted(
+                ErrorCode::Timeout,
+                format!(
+                    "the configuration change did not complete within write_timeout_ms = {} ms; \
+                     it may still complete: see `member list`",
+                    self.settings.write_timeout_ms
+                ),
+            );
             self.answer(Reply::Client(w.reply), WriteAnswer::Refused(e));
         }
         if self.core.role() != Role::Leader {

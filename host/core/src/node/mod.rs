@@ -283,6 +283,16 @@ impl<W, R> NodeState<W, R> {
         }
     }
 
+    /// An error of `code` that names the leader and its address (a
+    /// timeout: the client may retry there).
+    pub(super) fn hinted(&self, code: ErrorCode, message: String) -> ApiError {
+        ApiError {
+            leader: self.core.leader(),
+            leader_address: self.leader_address(),
+            ..ApiError::new(code, message)
+        }
+    }
+
     /// The answer to a write while leadership is handed to `to`.
     fn handing_over_to(&self, to: NodeId) -> ApiError {
         ApiError {

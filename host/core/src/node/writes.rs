@@ -296,22 +296,18 @@ impl<W, R> NodeState<W, R> {
             .writes
             .take_up_to(Index::MAX, |w| w.deadline_ms <= now_ms);
         for (index, w) in expired {
-            let e = ApiError {
-                leader: self.core.leader(),
-                leader_address: self.leader_address(),
-                ..ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "entry {index} (term {}) got no outcome within write_timeout_ms = {} ms \
-                         (commit {}, applied {}); its outcome is unknown: retry with the same \
-                         client tag",
-                        w.term,
-                        self.settings.write_timeout_ms,
-                        self.core.commit_index(),
-                        self.core.applied_index()
-                    ),
-                )
-            };
+            let e = self.hinted(
+                ErrorCode::Timeout,
+                format!(
+                    "entry {index} (term {}) got no outcome within write_timeout_ms = {} ms \
+                     (commit {}, applied {}); its outcome is unknown: retry with the same \
+                     client tag",
+                    w.term,
+                    self.settings.write_timeout_ms,
+                    self.core.commit_index(),
+                    self.core.applied_index()
+                ),
+            );
             self.answer(w.reply, WriteAnswer::Refused(e));
         }
     }
