@@ -2,11 +2,11 @@
 //! timing) holds a large state; one member is SIGKILLed and replaced by a
 //! fresh node with an empty data directory. Measured: the time from the
 //! command to a fully redundant group — the new node swapped in as a voter
-//! (it caught up: a snapshot of the whole state, then the log) and the dead
-//! one out. Two states: `UNDERSTUDY_BENCH_STATE_MIB` MiB of values
+//! (it caught up: a snapshot of the whole state, then the log; the group
+//! keeps 1,000 entries of log) and the dead one out — and until it has
+//! applied everything committed by then. Two states: `UNDERSTUDY_BENCH_STATE_MIB` MiB of values
 //! (default 1024, in 512 KiB values) and `UNDERSTUDY_BENCH_ENTRIES`
-//! entries (default 1,000,000 small writes; the log keeps the last 100,000,
-//! so the rest reaches the new node in the snapshot).
+//! entries (default 1,000,000 small writes).
 //!
 //! `cargo bench -p understudy --bench membership`
 
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use understudy::api::MembershipChange;
 use understudy::api::client::Client;
 use understudy_tests::{Group, NodeProc, cbor};
+
+/// A short log: the state reaches the new member as a snapshot.
+const RETAIN: [&str; 2] = ["--log-retain-entries", "1000"];
 
 /// Concurrent writers while the state is filled.
 const WRITERS: usize = 64;
@@ -53,7 +56,7 @@ fn replace(what: &str, writes: usize, command: impl Fn(usize) -> Vec<u8> + Send 
     let (rt, dir) = understudy_tests::bench_setup();
     rt.block_on(async move {
         let (mut g, leader, _) =
-            understudy_tests::with_kv(Group::start_direct(dir.path(), 3, &[]).unwrap()).await;
+            understudy_tests::with_kv(Group::start_direct(dir.path(), 3, &RETAIN).unwrap()).await;
         let filled = Instant::now();
         let command = std::sync::Arc::new(command);
         let c = std::sync::Arc::new(g.client().await.unwrap());
@@ -82,7 +85,10 @@ fn replace(what: &str, writes: usize, command: impl Fn(usize) -> Vec<u8> + Send 
             &dir.path().join("node4"),
             4,
             "test",
-            &["--await-membership".to_string()],
+            &std::iter::once("--await-membership")
+                .chain(RETAIN)
+                .map(String::from)
+                .collect::<Vec<_>>(),
         )
         .unwrap();
         let started = Instant::now();
@@ -112,19 +118,30 @@ fn replace(what: &str, writes: usize, command: impl Fn(usize) -> Vec<u8> + Send 
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let took = started.elapsed();
-        let n = Client::connect(new.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
+        let swapped = started.elapsed();
+        // And until it has applied everything committed when it was
+        // swapped in.
+        let target = status.status().await.unwrap().commit_index;
+        let node4 = Client::connect(new.addr).await.unwrap();
+        let n = loop {
+            let n = node4.status().await.unwrap();
+            if n.applied_index >= target {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         println!(
-            "{what}: member replace took {:.1} s, command to a fully redundant group (node 4 \
-             applied {}, its log starts at {})",
-            took.as_secs_f64(),
+            "{what}: member replace: swapped in after {:.1} s, applied everything after {:.1} s \
+             (node 4 applied {}, its log starts at {}: {})",
+            swapped.as_secs_f64(),
+            started.elapsed().as_secs_f64(),
             n.applied_index,
-            n.log_first_index
+            n.log_first_index,
+            if n.log_first_index > 1 {
+                "it got a snapshot"
+            } else {
+                "no snapshot"
+            }
         );
     });
 }
