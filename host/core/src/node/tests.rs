@@ -257,3 +257,34 @@ fn a_quarantined_or_halted_node_serves_no_reads() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_second_configuration_change_while_one_is_in_progress_is_refused() {
+    use crate::membership::{MemberAddrs, MembershipChange};
+    let (mut s, disk) = leader(LogKind::Statement);
+    let add = |id: NodeId| MembershipChange::Add {
+        id,
+        addrs: MemberAddrs {
+            peer: format!("p{id}"),
+            client: format!("c{id}"),
+        },
+        voter: false,
+    };
+    s.change_membership(add(2), None, 1, 10_001, &disk);
+    s.change_membership(add(3), None, 2, 10_001, &disk);
+    let answers = answers_in(s.take_effects());
+    match answers.as_slice() {
+        [(2, WriteAnswer::Refused(e))] => {
+            assert!(e.message.contains("in progress"), "{e:?}");
+            assert_eq!(e.code, crate::client::ErrorCode::Unavailable);
+        }
+        other => panic!("the second change is refused at once: {other:?}"),
+    }
+    assert_eq!(
+        s.core().membership_index(),
+        3,
+        "only the first is in the log"
+    );
+    assert!(s.core().membership().learners.contains(&2));
+    assert!(!s.core().membership().contains(3));
+}
