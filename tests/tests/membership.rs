@@ -192,7 +192,11 @@ async fn a_group_grows_from_three_to_five_under_load_and_shrinks_back() {
     let dir = tempfile::tempdir().unwrap();
     let (g, _, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(g.client().await.unwrap(), "k", stop.clone());
+    let load = writer(
+        within(10, "a client", g.client()).await.unwrap(),
+        "k",
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Two nodes join through a member each, with empty data directories.
     let through = g.node(2).addr.to_string();
@@ -235,7 +239,12 @@ async fn a_group_grows_from_three_to_five_under_load_and_shrinks_back() {
     let removed = within(10, "a client", Client::connect(n4.addr))
         .await
         .unwrap();
-    let refused = removed.query_at("kv", get("k0"), ReadLevel::Any).await;
+    let refused = within(
+        10,
+        "a read",
+        removed.query_at("kv", get("k0"), ReadLevel::Any),
+    )
+    .await;
     let s4 = status_of(n4.addr).await;
     assert!(
         refused
@@ -287,7 +296,11 @@ async fn a_killed_member_is_replaced_by_a_fresh_node_that_gets_a_snapshot() {
     eprintln!("compacted; killing {dead}");
     g.kill9(dead);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(g.client().await.unwrap(), "k", stop.clone());
+    let load = writer(
+        within(10, "a client", g.client()).await.unwrap(),
+        "k",
+        stop.clone(),
+    );
     let n4 = new_node(dir.path(), 4, &["--await-membership"], &extra);
     let with = format!("4={},{}", n4.peer_addr.expect("a peer address"), n4.addr);
     let addr = g.node(leader).addr.to_string();
@@ -331,7 +344,11 @@ async fn the_leader_is_removed_after_it_hands_over() {
     let dir = tempfile::tempdir().unwrap();
     let (g, leader, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(g.client().await.unwrap(), "k", stop.clone());
+    let load = writer(
+        within(10, "a client", g.client()).await.unwrap(),
+        "k",
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = g.node(leader).addr.to_string();
     let (ok, out, err) = run_cli_within(
@@ -361,7 +378,9 @@ async fn the_leader_is_removed_after_it_hands_over() {
     same_state(&others, SETTLE).await;
     assert_present(&others, &acked).await;
     // Writes go on without it.
-    let c2 = Client::connect_group(others.clone()).await.unwrap();
+    let c2 = within(10, "a client", Client::connect_group(others.clone()))
+        .await
+        .unwrap();
     within(10, "a write", c2.command("kv", put("after", "v")))
         .await
         .unwrap();
@@ -384,7 +403,11 @@ async fn a_removed_member_restarted_with_its_old_member_list_changes_no_term() {
     .await
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(g.client().await.unwrap(), "k", stop.clone());
+    let load = writer(
+        within(10, "a client", g.client()).await.unwrap(),
+        "k",
+        stop.clone(),
+    );
     let others: Vec<SocketAddr> = g.addrs();
     let before =
         wait_membership(&others, "removed", |s| !s.membership.contains(gone), SETTLE).await;
@@ -462,8 +485,7 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
     // A change sent to a follower is redirected: a single-node client of
     // a follower is told who leads.
     let follower = if leader == 1 { 2 } else { 1 };
-    let direct = g
-        .client_of(follower)
+    let direct = within(10, "a client", g.client_of(follower))
         .await
         .unwrap()
         .retry_for(Duration::ZERO);
@@ -495,7 +517,9 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
         },
         client: Some(tag),
     };
-    let leader_client = g.client_of(after.node_id).await.unwrap();
+    let leader_client = within(10, "a client", g.client_of(after.node_id))
+        .await
+        .unwrap();
     let first = within(10, "a change", leader_client.call(add.clone()))
         .await
         .unwrap();
