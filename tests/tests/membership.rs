@@ -38,30 +38,44 @@ fn new_node(root: &std::path::Path, id: u64, how: &[&str], extra: &[&str]) -> No
         .expect("a new node starts")
 }
 
-/// Write keys until `stop`, through a leader-following client; returns
-/// the acknowledged ones.
-fn writer(
-    c: Client,
-    prefix: &'static str,
+/// A steady write load through a leader-following client: keys `k0`,
+/// `k1`, … until [`Load::finish`], which returns the acknowledged ones
+/// (a write that fails after the client's retries is not acknowledged).
+struct Load {
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let key = format!("{prefix}{i}");
-            i += 1;
-            let tag = c.next_tag();
-            if let Ok(w) = c
-                .command_tagged("kv", put(&key, "v"), tag, WriteConcern::Majority)
-                .await
-            {
-                assert!(w.outcome.is_ok(), "{:?}", w.outcome);
-                acked.push(key);
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    async fn start(g: &Group) -> Load {
+        let c = within(10, "a client", g.client()).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                let key = format!("k{i}");
+                i += 1;
+                let tag = c.next_tag();
+                // Bounded by the client's request timeout and retry window.
+                if let Ok(w) = c
+                    .command_tagged("kv", put(&key, "v"), tag, WriteConcern::Majority)
+                    .await
+                {
+                    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+                    acked.push(key);
+                }
             }
-        }
-        acked
-    })
+            acked
+        });
+        Load { stop, task }
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        within(60, "the writer", self.task).await.unwrap()
+    }
 }
 
 /// The status of the node at `addr`, within 2 s.
@@ -191,12 +205,7 @@ async fn a_group_grows_from_three_to_five_under_load_and_shrinks_back() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let (g, _, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(
-        within(10, "a client", g.client()).await.unwrap(),
-        "k",
-        stop.clone(),
-    );
+    let load = Load::start(&g).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Two nodes join through a member each, with empty data directories.
     let through = g.node(2).addr.to_string();
@@ -230,8 +239,7 @@ async fn a_group_grows_from_three_to_five_under_load_and_shrinks_back() {
         SETTLE,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = within(60, "the writer", load).await.unwrap();
+    let acked = load.finish().await;
     assert!(acked.len() > 50, "writes went on: {}", acked.len());
     same_state(&g.addrs(), SETTLE).await;
     assert_present(&g.addrs(), &acked).await;
@@ -295,12 +303,7 @@ async fn a_killed_member_is_replaced_by_a_fresh_node_that_gets_a_snapshot() {
     let dead = if leader == 3 { 2 } else { 3 };
     eprintln!("compacted; killing {dead}");
     g.kill9(dead);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(
-        within(10, "a client", g.client()).await.unwrap(),
-        "k",
-        stop.clone(),
-    );
+    let load = Load::start(&g).await;
     let n4 = new_node(dir.path(), 4, &["--await-membership"], &extra);
     let with = format!("4={},{}", n4.peer_addr.expect("a peer address"), n4.addr);
     let addr = g.node(leader).addr.to_string();
@@ -323,8 +326,7 @@ async fn a_killed_member_is_replaced_by_a_fresh_node_that_gets_a_snapshot() {
         out.contains(&format!("replaced voter {dead} with node 4")),
         "{out}"
     );
-    stop.store(true, Ordering::Relaxed);
-    let acked = within(60, "the writer", load).await.unwrap();
+    let acked = load.finish().await;
     let members: Vec<SocketAddr> = g.addrs().into_iter().chain([n4.addr]).collect();
     same_state(&members, SETTLE).await;
     let s4 = status_of(n4.addr).await.unwrap();
@@ -343,12 +345,7 @@ async fn the_leader_is_removed_after_it_hands_over() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let (g, leader, c) = with_kv(Group::start(dir.path(), 3, &[]).unwrap()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(
-        within(10, "a client", g.client()).await.unwrap(),
-        "k",
-        stop.clone(),
-    );
+    let load = Load::start(&g).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = g.node(leader).addr.to_string();
     let (ok, out, err) = run_cli_within(
@@ -373,8 +370,7 @@ async fn the_leader_is_removed_after_it_hands_over() {
     .await;
     assert_ne!(after.node_id, leader);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = within(60, "the writer", load).await.unwrap();
+    let acked = load.finish().await;
     same_state(&others, SETTLE).await;
     assert_present(&others, &acked).await;
     // Writes go on without it.
@@ -402,12 +398,7 @@ async fn a_removed_member_restarted_with_its_old_member_list_changes_no_term() {
     )
     .await
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = writer(
-        within(10, "a client", g.client()).await.unwrap(),
-        "k",
-        stop.clone(),
-    );
+    let load = Load::start(&g).await;
     let others: Vec<SocketAddr> = g.addrs();
     let before =
         wait_membership(&others, "removed", |s| !s.membership.contains(gone), SETTLE).await;
@@ -428,8 +419,7 @@ async fn a_removed_member_restarted_with_its_old_member_list_changes_no_term() {
     );
     let back = status_of(g.node(gone).addr).await.unwrap();
     assert_ne!(back.role, Role::Leader);
-    stop.store(true, Ordering::Relaxed);
-    let acked = within(60, "the writer", load).await.unwrap();
+    let acked = load.finish().await;
     assert!(!acked.is_empty());
     same_state(&others, SETTLE).await;
     assert_present(&others, &acked).await;
