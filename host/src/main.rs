@@ -890,7 +890,20 @@ fn run_node(config: NodeConfig) -> Result<()> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        tokio::signal::ctrl_c().await?;
+        let refused = async {
+            match running.join_refused {
+                // (A dropped sender: the join ended without a refusal.)
+                Some(told) => match told.await {
+                    Ok(why) => why,
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stop = tokio::signal::ctrl_c() => stop?,
+            why = refused => anyhow::bail!("{why}"),
+        }
         println!("stopping");
         Ok::<_, anyhow::Error>(())
     })

@@ -506,6 +506,7 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
             voter: false,
         },
         client: Some(tag),
+        joining: None,
     };
     let leader_client = within(10, "a client", g.client_of(after.node_id))
         .await
@@ -519,6 +520,83 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
     assert_eq!(
         first, again,
         "a retried change is answered with its first result"
+    );
+}
+
+/// A node of another cluster, or one speaking another peer protocol,
+/// that asks to join is refused at once and changes nothing; a node
+/// started with the wrong `--cluster-id` exits with the group's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_of_another_cluster_or_protocol_is_refused() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &[]).unwrap();
+    let before = wait_membership(
+        &g.addrs(),
+        "the first configuration",
+        |s| s.membership_index > 0,
+        SETTLE,
+    )
+    .await;
+    // Another cluster id, through a member that may not lead (the check
+    // is made by whichever node gets the request).
+    let through = g.node(2).addr.to_string();
+    let mut args = timing();
+    args.extend(["--join".to_string(), through]);
+    let mut stranger =
+        NodeProc::start_member(&dir.path().join("node4"), 4, "another", &args).unwrap();
+    let status = stranger
+        .exited_within(30)
+        .await
+        .expect("a node the group refused exits");
+    assert!(!status.success());
+    let err = stranger.stderr();
+    assert!(
+        err.contains(r#"belongs to cluster "another", this group is cluster "test""#),
+        "{err}"
+    );
+    // Another peer protocol: what a node of another version sends (this
+    // build speaks one), through the client API a joining node uses.
+    let c = within(10, "a client", g.client()).await.unwrap();
+    let add = MembershipChange::Add {
+        id: 5,
+        addrs: MemberAddrs {
+            peer: "127.0.0.1:9".into(),
+            client: "127.0.0.1:10".into(),
+        },
+        voter: true,
+    };
+    let other = understudy::api::Joining {
+        cluster_id: "test".into(),
+        peer_protocol: understudy::peer::PEER_PROTOCOL_VERSION + 1,
+    };
+    let e = within(10, "a join", c.join(add.clone(), other))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("speaks peer protocol"), "{e}");
+    // Nothing changed.
+    let after = wait_membership(&g.addrs(), "unchanged", |_| true, SETTLE).await;
+    assert_eq!(after.membership_index, before.membership_index);
+    assert_eq!(after.membership, before.membership);
+    // The same request from a node of this cluster and protocol is taken
+    // (the refusals above were for what the joining node said it is).
+    let same = understudy::api::Joining {
+        cluster_id: "test".into(),
+        peer_protocol: understudy::peer::PEER_PROTOCOL_VERSION,
+    };
+    within(10, "a join", c.join(add, same)).await.unwrap();
+    let added = wait_membership(
+        &g.addrs(),
+        "node 5 added",
+        |s| s.membership.contains(5),
+        SETTLE,
+    )
+    .await;
+    assert!(
+        added.membership.learners.contains(&5),
+        "{}",
+        added.membership
     );
 }
 

@@ -199,6 +199,10 @@ struct SimNode {
     incarnation: u64,
     /// Bumped at every crash: requests of an earlier life get no answer.
     life: u64,
+    /// Promoted by force, with the log's last index then: the node's
+    /// FORCED-ALONE record, kept until a configuration after that index
+    /// is in its durable log (as `Node::start_parts` does).
+    forced_at: Option<Index>,
 }
 
 impl SimNode {
@@ -278,6 +282,10 @@ const ANSWER_SLACK_MS: u64 = 60;
 /// Most entries a `bounded` read of the simulator allows behind.
 const BOUNDED_LAG_ENTRIES: u64 = 5;
 
+/// Chance per step (per mille) that an operator forces a recovery, once
+/// per run, if the group lost its majority at that step.
+const FORCE_PER_MILLE: u64 = 2;
+
 struct Sim {
     seed: u64,
     rng: Rng,
@@ -324,6 +332,11 @@ struct Sim {
     changes_done: u64,
     /// Configurations seen in effect (distinct entries).
     configurations: BTreeSet<(Index, Term)>,
+    /// Forced promotions (an operator's `promote --force` once the
+    /// group lost its majority), and what they lost by decision:
+    /// committed entries and acknowledged writes the forced node lacked.
+    forcings: u64,
+    lost_by_force: (u64, u64),
 }
 
 fn config(id: NodeId, members: &[NodeId]) -> GroupConfig {
@@ -412,6 +425,7 @@ fn new_node(
         paused_until: 0,
         incarnation: id,
         life: 0,
+        forced_at: None,
     }
 }
 
@@ -498,6 +512,8 @@ impl Sim {
             changes_asked: 0,
             changes_done: 0,
             configurations: BTreeSet::new(),
+            forcings: 0,
+            lost_by_force: (0, 0),
         }
     }
 
@@ -629,7 +645,8 @@ impl Sim {
         let membership = membership_in(&state)
             .unwrap_or_else(|| Membership::of_voters(self.initial.iter().copied()));
         let at = self.now_ms + 5 + self.rng.below(30);
-        let event = if self.cut.contains(&(id, peer)) || self.rng.chance(100) {
+        let gone = !self.nodes.contains_key(&peer);
+        let event = if gone || self.cut.contains(&(id, peer)) || self.rng.chance(100) {
             Event::SnapshotFailed { leader: id, peer }
         } else {
             Event::Snapshot {
@@ -766,6 +783,9 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        if !self.nodes.contains_key(&to) {
+            return; // a retired node (see `force_if_majority_lost`): gone
+        }
         if self.cut.contains(&(from, to)) || self.rng.chance(20) {
             return; // partitioned or lost
         }
@@ -895,10 +915,19 @@ impl Sim {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let members = self.nodes[&id].bootstrap.clone();
         let seed = self.rng.next();
         let (log_kind, broken) = (self.log_kind, self.broken);
         let n = self.node(id);
+        // A forced node leads alone until its forced configuration (or a
+        // later one) is in its durable log; then the log says it.
+        let memberships = n.disk.memberships();
+        n.forced_at = n
+            .forced_at
+            .filter(|&at| !memberships.iter().any(|(i, _)| *i > at));
+        let members = match n.forced_at {
+            Some(_) => vec![id],
+            None => n.bootstrap.clone(),
+        };
         let last = n
             .disk
             .log
@@ -909,7 +938,9 @@ impl Sim {
         let applied = (n.applied.len() as Index).min(last.0);
         n.applied.truncate(applied as usize);
         let mut core = Core::new(config(id, &members), n.disk.hard, last, applied, seed);
-        core.restore_memberships(n.disk.memberships());
+        if n.forced_at.is_none() {
+            core.restore_memberships(memberships);
+        }
         core.restore_recovering(n.disk.recovery_floor, !n.disk.terms_pending);
         n.state = node_state(core, log_kind, &members, seed, broken);
         n.up = true;
@@ -968,6 +999,7 @@ impl Sim {
         n.disk = Disk::default();
         n.applied.clear();
         n.incarnation = incarnation;
+        n.forced_at = None; // its record went with the data directory
         self.wipes += 1;
         self.restart(id);
         // Like the node's dialers at start: a hello to every peer it can
@@ -1722,6 +1754,93 @@ impl Sim {
         if self.rng.chance(2) {
             self.cut.clear();
         }
+        if self.membership && self.forcings == 0 && self.rng.chance(FORCE_PER_MILLE) {
+            self.force_if_majority_lost(ids);
+        }
+    }
+
+    /// The operator's forced recovery, when the group lost its majority:
+    /// a random node that is up and whose configuration's voters are
+    /// mostly down is promoted by force (if the node state allows it, as
+    /// `Node::force_alone` asks), and every other node is retired for
+    /// good — the README tells operators never to start the excluded
+    /// members on their old data, and the group grows back from the forced
+    /// node with new members. What the forced node lacked is lost by the
+    /// operator's decision: the checker drops those committed entries,
+    /// acknowledged writes and write tokens, and keeps checking everything
+    /// from there on.
+    fn force_if_majority_lost(&mut self, ids: &[NodeId]) {
+        let now = self.now_ms;
+        let id = ids[self.rng.below(ids.len() as u64) as usize];
+        let n = &self.nodes[&id];
+        let m = n.state.core().membership();
+        let alive = |p: NodeId| {
+            p == id
+                || self
+                    .nodes
+                    .get(&p)
+                    .is_some_and(|o| o.up && o.paused_until <= now)
+        };
+        if !n.up
+            || n.paused_until > now
+            || !m.all_voters().contains(&id)
+            || m.has_quorum(alive)
+            || n.state.log_busy()
+            || n.writing.is_some()
+            || n.state.may_still_elect(n.clock(now)).is_err()
+        {
+            return;
+        }
+        if std::env::var("UNDERSTUDY_SIM_TRACE").is_ok() {
+            eprintln!("{now} ms: node {id} promoted by force (configuration {m})");
+        }
+        let retired: Vec<NodeId> = ids.iter().copied().filter(|&p| p != id).collect();
+        for p in &retired {
+            self.nodes.remove(p);
+        }
+        let known = |p: &NodeId| *p == id;
+        self.net.retain(|(_, e)| match e {
+            Event::Deliver { from, to, .. }
+            | Event::Digest { from, to, .. }
+            | Event::Snapshot { from, to, .. } => known(from) && known(to),
+            Event::SnapshotFailed { leader, peer } | Event::SnapshotDone { leader, peer, .. } => {
+                known(leader) && known(peer)
+            }
+        });
+        self.cut.clear();
+        self.ops.retain(|_, o| o.node == id);
+        self.leader_to_remove = None;
+        // What the forced node holds (applied, or in its durable log) is
+        // all that is left; it commits its whole log as the group of one.
+        let n = &self.nodes[&id];
+        let holds = |index: Index, term: Term| {
+            index >= 1
+                && (n.applied.get(index as usize - 1).map(|e| e.term) == Some(term)
+                    || n.disk.get(index).map(|e| e.term) == Some(term))
+        };
+        let before = (self.committed.len(), self.acked.len());
+        self.committed.retain(|&i, (e, _)| holds(i, e.term));
+        self.acked.retain(|(i, t, _)| holds(*i, *t));
+        self.tokens.retain(|(i, t)| holds(*i, *t));
+        self.lost_by_force.0 += (before.0 - self.committed.len()) as u64;
+        self.lost_by_force.1 += (before.1 - self.acked.len()) as u64;
+        // Reads asked before: what they must see is what survived.
+        let top = n.disk.last_index().max(n.applied.len() as Index);
+        for o in self.ops.values_mut() {
+            if let Ask::Read { floor, .. } = &mut o.ask {
+                *floor = (*floor).min(top);
+            }
+        }
+        // Terms the retired nodes led after the forced node's term are
+        // history of a group that no longer exists.
+        let term = n.state.core().term();
+        self.leaders.retain(|&t, _| t <= term);
+        let n = self.node(id);
+        n.forced_at = Some(n.state.core().last_index());
+        let clock = n.clock(now);
+        n.state.lead_alone(config(id, &[id]), clock, &n.disk);
+        self.forcings += 1;
+        self.drain(id);
     }
 
     /// Heal everything and let the group settle: it must elect a leader,
@@ -1773,6 +1892,8 @@ struct Ran {
     changes_asked: u64,
     changes_done: u64,
     configurations: u64,
+    forcings: u64,
+    lost_by_force: (u64, u64),
 }
 
 /// Runs one seed.
@@ -1792,6 +1913,8 @@ fn run(seed: u64, members: &[NodeId], steps: u64, broken: crate::node::Broken) -
         changes_asked: sim.changes_asked,
         changes_done: sim.changes_done,
         configurations: sim.configurations.len() as u64,
+        forcings: sim.forcings,
+        lost_by_force: sim.lost_by_force,
     }
 }
 
@@ -1879,6 +2002,9 @@ fn totals(runs: Vec<Ran>) -> Ran {
         t.changes_asked += r.changes_asked;
         t.changes_done += r.changes_done;
         t.configurations += r.configurations;
+        t.forcings += r.forcings;
+        t.lost_by_force.0 += r.lost_by_force.0;
+        t.lost_by_force.1 += r.lost_by_force.1;
         if r.row {
             kinds.1 += 1;
         } else {
@@ -1886,7 +2012,7 @@ fn totals(runs: Vec<Ran>) -> Ran {
         }
     }
     eprintln!(
-        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, digest samples compared {}, configuration changes asked {} and completed {}, configurations in effect {}, runs (statement, row) {kinds:?}",
+        "snapshots installed {}, disks wiped {}, writes acknowledged {}, reads served {}, digest samples compared {}, configuration changes asked {} and completed {}, configurations in effect {}, forced recoveries {} (committed entries lost by decision {}, acknowledged writes {}), runs (statement, row) {kinds:?}",
         t.snapshots_installed,
         t.wipes,
         t.writes_acked,
@@ -1894,7 +2020,10 @@ fn totals(runs: Vec<Ran>) -> Ran {
         t.digests_delivered,
         t.changes_asked,
         t.changes_done,
-        t.configurations
+        t.configurations,
+        t.forcings,
+        t.lost_by_force.0,
+        t.lost_by_force.1
     );
     t.row = kinds.0 > 0 && kinds.1 > 0;
     t
@@ -1915,6 +2044,7 @@ fn three_nodes_keep_the_invariants_under_faults() {
         assert!(t.writes_acked > 0 && t.reads_served > 0);
         assert!(t.digests_delivered > 0, "digest samples reach peers");
         assert!(t.changes_done > 0, "the runs change the configuration");
+        assert!(t.forcings > 0, "the runs force recoveries");
     }
 }
 

@@ -689,11 +689,31 @@ impl Client {
         &self,
         change: crate::api::MembershipChange,
     ) -> Result<(Term, Index), ClientError> {
+        self.membership_call(change, None).await
+    }
+
+    /// A node's request to join (`node --join`): `change` adds it, and
+    /// `joining` names its cluster and peer protocol, which the group
+    /// checks first (a mismatch is `BadRequest` and changes nothing).
+    pub async fn join(
+        &self,
+        change: crate::api::MembershipChange,
+        joining: crate::api::Joining,
+    ) -> Result<(Term, Index), ClientError> {
+        self.membership_call(change, Some(joining)).await
+    }
+
+    async fn membership_call(
+        &self,
+        change: crate::api::MembershipChange,
+        joining: Option<crate::api::Joining>,
+    ) -> Result<(Term, Index), ClientError> {
         let tag = self.next_tag();
         let result = self
             .call_following(Request::Membership {
                 change,
                 client: Some(tag),
+                joining,
             })
             .await;
         self.in_flight

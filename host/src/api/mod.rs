@@ -104,7 +104,23 @@ pub enum Request {
         /// Exactly-once tag.
         #[serde(default)]
         client: Option<ClientTag>,
+        /// Sent by a node that asks to join (`node --join`): what it must
+        /// share with the group, checked before anything changes.
+        #[serde(default)]
+        joining: Option<Joining>,
     },
+}
+
+/// What a node that asks to join tells the group about itself, so that a
+/// node of another cluster, or one whose peer protocol the group does not
+/// speak, is refused at once instead of being added as a learner that can
+/// never connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joining {
+    /// Its cluster id (`--cluster-id`).
+    pub cluster_id: String,
+    /// The peer protocol version it speaks.
+    pub peer_protocol: u16,
 }
 
 /// Longest token text a node reads, in bytes.

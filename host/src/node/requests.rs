@@ -413,7 +413,15 @@ impl Handler<ClientCall> for Node {
             Request::Status => {
                 let _ = reply.send(Response::Status(Box::new(self.status())));
             }
-            Request::Membership { change, client } => {
+            Request::Membership {
+                change,
+                client,
+                joining,
+            } => {
+                if let Some(why) = joining.and_then(|j| self.join_mismatch(&j)) {
+                    let _ = reply.send(Response::Error(ApiError::new(ErrorCode::BadRequest, why)));
+                    return;
+                }
                 self.change_membership(change, client, reply, ctx)
             }
             Request::Promote { node, force: true } => {
@@ -499,6 +507,30 @@ impl Node {
     /// replace) needs another leader: this one hands over to the most
     /// up-to-date voter first and answers `NotLeader` naming it, and the
     /// client retries there with the same tag.
+    /// Why a node that asks to join can never be a member of this group:
+    /// another cluster id, or a peer protocol this node does not speak
+    /// (the peers' hello would refuse it; see `LocalIdentity::check`).
+    fn join_mismatch(&self, joining: &crate::api::Joining) -> Option<String> {
+        use crate::peer::PEER_PROTOCOL_VERSION;
+        if joining.cluster_id != self.config.cluster_id {
+            // (The id is echoed shortened: it is whatever the caller sent.)
+            let theirs: String = joining.cluster_id.chars().take(64).collect();
+            return Some(format!(
+                "the joining node belongs to cluster {theirs:?}, this group is cluster {:?}: \
+                 start it with --cluster {} (cluster_id in a config file)",
+                self.config.cluster_id, self.config.cluster_id
+            ));
+        }
+        if joining.peer_protocol != PEER_PROTOCOL_VERSION {
+            return Some(format!(
+                "the joining node speaks peer protocol {}, this group speaks \
+                 {PEER_PROTOCOL_VERSION}: run the same understudy version as the group",
+                joining.peer_protocol
+            ));
+        }
+        None
+    }
+
     fn change_membership(
         &mut self,
         change: MembershipChange,

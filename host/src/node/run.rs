@@ -15,6 +15,11 @@ pub struct Running {
     pub client: SocketAddr,
     /// Bound peer address (groups of more than one).
     pub peer: Option<SocketAddr>,
+    /// With `--join`: resolves with the group's reason if it refused this
+    /// node for good (another cluster id, a peer protocol it does not
+    /// speak, the id taken by another member); the node has nothing to do
+    /// then, and `understudy node` exits with that error.
+    pub join_refused: Option<tokio::sync::oneshot::Receiver<String>>,
 }
 
 /// Start a node and its listeners inside the current actix system.
@@ -71,6 +76,10 @@ pub fn run_bound(
         config.peer_listen = Some(l.local_addr()?);
     }
     let join = config.join.clone();
+    let joining = crate::api::Joining {
+        cluster_id: config.cluster_id.clone(),
+        peer_protocol: crate::peer::PEER_PROTOCOL_VERSION,
+    };
     let join_as = (
         config.node_id,
         crate::api::MemberAddrs {
@@ -90,13 +99,22 @@ pub fn run_bound(
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
     server::serve(listener, node.clone(), budget, timeouts, tls, auth);
+    let mut join_refused = None;
     if let Some(through) = join {
-        actix::spawn(join_group(node.clone(), through, join_as));
+        let (refused, told) = tokio::sync::oneshot::channel();
+        join_refused = Some(told);
+        let node = node.clone();
+        actix::spawn(async move {
+            if let Err(why) = join_group(node, through, join_as, joining).await {
+                let _ = refused.send(why);
+            }
+        });
     }
     Ok(Running {
         node,
         client: bound,
         peer,
+        join_refused,
     })
 }
 
@@ -106,14 +124,15 @@ pub const JOIN_RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_
 /// `--join`: unless this node's log already holds a configuration (a
 /// restart), ask the group at `through` to add it as a learner that the
 /// leader promotes once caught up. Retried (same tag) until the group
-/// answers; a refusal that retrying cannot fix (the id is taken by
-/// another member, a bad address) is logged and ends the attempt — the
-/// node keeps running, a learner of nothing until an operator adds it.
+/// answers. A refusal that retrying cannot fix (another cluster id or
+/// peer protocol, the id taken by another member, a bad address) is the
+/// error returned: the group changed nothing, and the node stops.
 async fn join_group(
     node: Addr<Node>,
     through: String,
     (id, addrs): (crate::types::NodeId, crate::api::MemberAddrs),
-) {
+    joining: crate::api::Joining,
+) -> Result<(), String> {
     use crate::api::{Request, Response};
     let (tx, rx) = tokio::sync::oneshot::channel();
     node.do_send(super::shell::ClientCall {
@@ -128,11 +147,11 @@ async fn join_group(
             index = s.membership_index,
             "this node's log holds the group's configuration: not joining again"
         );
-        return;
+        return Ok(());
     }
     let mut pause = std::time::Duration::from_millis(100);
     loop {
-        match join_once(&through, id, &addrs).await {
+        match join_once(&through, id, &addrs, &joining).await {
             Joined::Added { term, index } => {
                 tracing::info!(
                     through,
@@ -140,15 +159,17 @@ async fn join_group(
                     index,
                     "joined the group as a learner; catching up"
                 );
-                return;
+                return Ok(());
             }
             Joined::Already => {
                 tracing::info!(through, "already a member of the group");
-                return;
+                return Ok(());
             }
             Joined::Refused(why) => {
                 tracing::error!(through, %why, "the group refused to add this node");
-                return;
+                return Err(format!(
+                    "the group at {through} refused to add this node: {why}"
+                ));
             }
             Joined::Retry(e) => {
                 tracing::warn!(through, error = %e, "joining the group failed; retrying");
@@ -179,6 +200,7 @@ async fn join_once(
     through: &str,
     id: crate::types::NodeId,
     addrs: &crate::api::MemberAddrs,
+    joining: &crate::api::Joining,
 ) -> Joined {
     use crate::api::client::{Client, ClientError};
     use crate::api::{ErrorCode, MembershipChange};
@@ -198,7 +220,7 @@ async fn join_once(
         addrs: addrs.clone(),
         voter: true,
     };
-    match client.change_membership(change).await {
+    match client.join(change, joining.clone()).await {
         Ok((term, index)) => Joined::Added { term, index },
         Err(ClientError::Api(e)) if e.code == ErrorCode::BadRequest => {
             match client.status().await {
