@@ -66,6 +66,12 @@ impl<W, R> NodeState<W, R> {
     /// A peer's digest sample at `index`: compared now if this node has
     /// its own, kept if this node has not reached `index` yet.
     pub fn digest_from_peer(&mut self, from: NodeId, index: Index, digest: [u8; 32]) {
+        // Only members' samples count: a node that is no member (one
+        // removed, or left out by a forced promotion and still running on
+        // its old data) may hold another history.
+        if !self.core.membership().contains(from) {
+            return;
+        }
         match self.alarm.own.get(&index) {
             Some(mine) => {
                 let mine = *mine;
@@ -79,6 +85,14 @@ impl<W, R> NodeState<W, R> {
             }
             None => {} // too old to compare
         }
+    }
+
+    /// Forget what peers sampled: after a forced promotion their samples
+    /// are of a history this node's group no longer shares (writes it
+    /// lacked were lost by that decision).
+    pub(super) fn forget_peer_samples(&mut self) {
+        self.alarm.early.clear();
+        self.alarm.checks.clear();
     }
 
     fn compare_digest(&mut self, from: NodeId, index: Index, theirs: [u8; 32], mine: [u8; 32]) {

@@ -517,6 +517,7 @@ impl<W, R> NodeState<W, R> {
         let seed = self.rng.next();
         self.core = Core::new(group, hard, last, self.core.applied_index(), seed);
         self.core.tick(now_ms, log);
+        self.forget_peer_samples();
         // Its configuration, this node alone, goes into the log as soon as
         // it leads (`drive_membership`: a core whose configuration is not
         // in its log writes it): the forced configuration.

@@ -16,7 +16,7 @@ impl Core {
     /// again after a restart (with [`Core::restore_recovering`]).
     pub fn told_lost_data(&mut self) {
         if self.lost_terms.is_none() {
-            self.lost_terms = Some((BTreeSet::new(), self.hard.term));
+            self.lost_terms = Some((BTreeMap::new(), self.hard.term));
         }
         self.distrust_bootstrap();
         // A campaign started before it knew ends here.
@@ -31,7 +31,7 @@ impl Core {
     /// [`Core::lost_terms_pending`]).
     pub fn restore_recovering(&mut self, floor: (Term, Index), terms_known: bool) {
         if !terms_known && self.lost_terms.is_none() {
-            self.lost_terms = Some((BTreeSet::new(), self.hard.term));
+            self.lost_terms = Some((BTreeMap::new(), self.hard.term));
         }
         if !terms_known || floor != (0, 0) {
             self.distrust_bootstrap();
@@ -161,11 +161,11 @@ impl Core {
         };
         *max_term = (*max_term).max(term);
         // A peer counts once its log position is known: the positions of
-        // peers that meet every majority bound every entry committed
-        // before the loss.
+        // the voters among peers that meet every majority bound every
+        // entry committed before the loss.
         if let Some(position) = position {
-            heard.insert(from);
-            self.raise_recovery_floor(position);
+            let held = heard.entry(from).or_insert(position);
+            *held = (*held).max(position);
         }
         let Some((heard, _)) = self.lost_terms.as_ref() else {
             return;
@@ -183,14 +183,28 @@ impl Core {
             Some((i, m)) if own.0 == 0 || *i > own.0 => m,
             _ => own.1,
         };
-        if !membership.meets_every_majority(heard) {
+        let heard_ids: BTreeSet<NodeId> = heard.keys().copied().collect();
+        if !membership.meets_every_majority(&heard_ids) {
             return;
         }
-        let Some((_, max_term)) = self.lost_terms else {
+        // The floor: the most up-to-date voter's log. Not a learner's: a
+        // learner can hold a tail no voter has (entries a leader sent
+        // before it lost its leadership, never committed), which no
+        // candidate could then reach — no leader, for good. Every
+        // committed entry is on some voter heard (they meet every
+        // majority), so the voters' positions bound them all.
+        let voters = membership.all_voters();
+        let floor = heard
+            .iter()
+            .filter(|(p, _)| voters.contains(p))
+            .map(|(_, pos)| *pos)
+            .max()
+            .unwrap_or((0, 0));
+        let Some((_, max_term)) = self.lost_terms.take() else {
             return;
         };
+        self.raise_recovery_floor(floor);
         let term = max_term;
-        self.lost_terms = None;
         if term > self.hard.term || self.hard.vote.is_none() {
             let term = term.max(self.hard.term);
             tracing::info!(

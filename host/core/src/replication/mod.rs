@@ -95,6 +95,9 @@ impl Rng {
     }
 }
 
+/// Peers heard by a node that lost its data, with their log positions.
+type HeardPositions = BTreeMap<NodeId, (Term, Index)>;
+
 /// The protocol state of one node.
 #[derive(Debug)]
 pub struct Core {
@@ -156,8 +159,8 @@ pub struct Core {
     /// (the leader's lease counts on that promise).
     vote_embargo_until_ms: u64,
     /// This node came back without its data: the most up-to-date log
-    /// position (last term, last index) of the peers it heard from since
-    /// (see `lost_terms`). Every entry the group committed before the loss
+    /// position (last term, last index) of the voters among the peers it
+    /// heard from since (see `lost_terms`). Every entry the group committed before the loss
     /// is in a log at least this up-to-date, so the node votes only for a
     /// candidate whose log is at least this up-to-date (its own empty log
     /// would let it vote for anyone, and elect a member missing committed
@@ -179,7 +182,7 @@ pub struct Core {
     /// with a vote for itself — so it neither votes nor leads again in a
     /// term it may have used — its `recovery_floor` covers every committed
     /// entry, and this ends. Until then it neither votes nor campaigns.
-    lost_terms: Option<(BTreeSet<NodeId>, Term)>,
+    lost_terms: Option<(HeardPositions, Term)>,
     /// This node's vote in the current term went to a peer that has since
     /// come back without its data: the vote stands (no one else gets it),
     /// but that peer — a new incarnation with another log — does not get

@@ -295,6 +295,31 @@ fn a_deposed_leader_cut_off_never_serves_a_linearizable_read() {
     assert!(matches!(t.reads[..], [(1, 8, i)] if i >= acked));
 }
 
+/// Found by the simulator (seed 1592590626): a learner held a tail no
+/// voter had (sent by a leader that then lost its leadership); a node that
+/// had lost its data took the learner's position as its floor, so no
+/// candidate could ever reach it, and with its vote needed, the group had
+/// no leader for good. The floor is the most up-to-date voter's log.
+#[test]
+fn a_learners_tail_does_not_raise_the_floor_of_a_node_that_lost_its_data() {
+    let mut c = Core::new(
+        GroupConfig::new(1, vec![1, 2, 3]),
+        HardState::default(),
+        (0, 0),
+        0,
+        3,
+    );
+    c.told_lost_data();
+    let mut m = Membership::of_voters([1, 2, 3]);
+    m.learners.insert(4);
+    c.hello_answered(4, 3, (3, 110), (103, m.clone()));
+    c.hello_answered(2, 3, (3, 105), (103, m.clone()));
+    assert!(c.lost_terms_pending(), "one voter heard of three");
+    c.hello_answered(3, 3, (3, 108), (103, m));
+    assert!(!c.lost_terms_pending());
+    assert_eq!(c.recovery_floor(), (3, 108), "the most up-to-date voter's");
+}
+
 #[test]
 fn a_node_that_lost_its_data_votes_only_for_logs_as_up_to_date_as_its_peers() {
     // Found by the simulator (seed 1592591747): the committed entry 1
