@@ -13,6 +13,7 @@ pub mod access;
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod kv;
 #[cfg(test)]
 mod layers;

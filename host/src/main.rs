@@ -124,7 +124,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "http_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -141,6 +141,9 @@ enum Command {
         /// Address other members connect to.
         #[arg(long)]
         peer_listen: Option<SocketAddr>,
+        /// Address of the HTTP/JSON API (same TLS and auth as --listen).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
         /// Another member, as ID=HOST:PORT (its peer address), optionally
         /// ,CLIENT-HOST:PORT (where it serves clients, for leader hints);
         /// repeat per member.
@@ -485,6 +488,7 @@ fn dispatch(command: Command) -> Result<()> {
             listen,
             data_dir,
             peer_listen,
+            http_listen,
             peer,
             heartbeat_ms,
             election_timeout_ms,
@@ -516,6 +520,7 @@ fn dispatch(command: Command) -> Result<()> {
                     let data_dir = data_dir.context("--data-dir is required without --config")?;
                     let mut config = NodeConfig::new(id, &cluster, listen, data_dir);
                     config.peer_listen = peer_listen;
+                    config.http_listen = http_listen;
                     config.peers = peer;
                     if let Some(ms) = heartbeat_ms {
                         config.timing.heartbeat_interval_ms = ms;
@@ -877,13 +882,17 @@ fn run_node(config: NodeConfig) -> Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
         let running = run(config.clone()).await?;
+        let http_addr = understudy::http::start(&config, &running)?;
         // Tests and scripts read this line to learn the bound ports.
         let peers = running
             .peer
             .map(|p| format!(" peers on {p},"))
             .unwrap_or_default();
+        let http = http_addr
+            .map(|h| format!(" HTTP on {h},"))
+            .unwrap_or_default();
         println!(
-            "understudy node {} listening on {},{peers} data in {}",
+            "understudy node {} listening on {},{peers}{http} data in {}",
             config.node_id,
             running.client,
             config.data_dir.display()
@@ -1002,6 +1011,7 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64, tls: bool) -> Result<(
             .map(|(id, _, p)| Ok((*id, p.local_addr()?)))
             .collect::<Result<_>>()?;
         let mut clients = Vec::new();
+        let mut https = Vec::new();
         for (id, c, p) in bound {
             let mut config = NodeConfig::new(
                 id,
@@ -1012,13 +1022,26 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64, tls: bool) -> Result<(
             config.peer_listen = Some(p.local_addr()?);
             config.peers = PeerConfig::others(id, &peer_addrs);
             config.tls = layout.as_ref().map(|l| l.node_settings(id));
-            let addr = understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?.client;
+            // The HTTP API, 200 ports above the client port.
+            config.http_listen = Some(SocketAddr::new(
+                listen.ip(),
+                if listen.port() == 0 {
+                    0
+                } else {
+                    listen.port() + 200 + id as u16 - 1
+                },
+            ));
+            let running = understudy::node::run_bound(config.clone(), Vec::new(), c, Some(p))?;
+            let addr = running.client;
+            let http = understudy::http::start(&config, &running)?
+                .context("the dev group serves HTTP")?;
             // Tests and scripts read these lines to learn the bound ports.
             println!(
-                "understudy node {id} listening on {addr}, data in {}",
+                "understudy node {id} listening on {addr}, HTTP on {http}, data in {}",
                 config.data_dir.display()
             );
             clients.push(addr);
+            https.push(http);
         }
         use std::io::Write as _;
         std::io::stdout().flush()?;
@@ -1068,6 +1091,11 @@ fn run_dev(data_dir: PathBuf, listen: SocketAddr, n: u64, tls: bool) -> Result<(
             clients[clients.len() - 1]
         );
         println!("  cargo run -q -- status{flags} --addr {first}");
+        let scheme = if layout.is_some() { "https" } else { "http" };
+        println!(
+            "  curl -s {scheme}://{}/v1/actors/kv/queries -H 'Content-Type: application/json' -d '{{\"get\":{{\"key\":\"hello\"}}}}'",
+            https[0]
+        );
         println!(
             "Ctrl-C stops the group; the data stays in {}.",
             data_dir.display()
@@ -1293,28 +1321,7 @@ fn parse_concern(s: &str) -> anyhow::Result<WriteConcern> {
 }
 
 fn parse_level(s: &str) -> anyhow::Result<ReadLevel> {
-    let num = |x: &str| x.parse::<u64>().map_err(|e| anyhow::anyhow!("{x:?}: {e}"));
-    let parts: Vec<&str> = s.split(':').collect();
-    match parts[..] {
-        ["linearizable"] => Ok(ReadLevel::Linearizable),
-        ["lease"] => Ok(ReadLevel::Lease),
-        ["any"] => Ok(ReadLevel::Any),
-        ["session", term, index] => Ok(ReadLevel::Session {
-            term: num(term)?,
-            index: num(index)?,
-        }),
-        ["bounded", n] => Ok(ReadLevel::Bounded {
-            max_lag_entries: Some(num(n)?),
-            max_lag_ms: None,
-        }),
-        ["bounded-ms", n] => Ok(ReadLevel::Bounded {
-            max_lag_entries: None,
-            max_lag_ms: Some(num(n)?),
-        }),
-        _ => Err(anyhow::anyhow!(
-            "expected linearizable, lease, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
-        )),
-    }
+    understudy::api::parse_read_level(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 fn json_to_cbor(json: &str) -> Result<Vec<u8>> {

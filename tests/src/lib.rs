@@ -49,6 +49,8 @@ pub struct NodeProc {
     pub addr: SocketAddr,
     /// Peer address (nodes of a group).
     pub peer_addr: Option<SocketAddr>,
+    /// HTTP address (nodes started with `--http-listen`).
+    pub http_addr: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Node id.
@@ -185,6 +187,12 @@ impl NodeProc {
             .nth(2)
             .map(|a| a.trim_end_matches(','))
             .and_then(|a| a.parse().ok());
+        let http_addr = line
+            .split_whitespace()
+            .skip_while(|w| *w != "HTTP")
+            .nth(2)
+            .map(|a| a.trim_end_matches(','))
+            .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
             let _ = child.kill();
             let status = child.wait()?;
@@ -195,6 +203,7 @@ impl NodeProc {
             child,
             addr,
             peer_addr,
+            http_addr,
             data_dir: data_dir.to_path_buf(),
             id,
             client_options: ClientOptions::default(),
@@ -370,6 +379,111 @@ pub fn bench_setup() -> (tokio::runtime::Runtime, tempfile::TempDir) {
     let root = std::env::var("UNDERSTUDY_BENCH_DIR").unwrap_or_else(|_| ".".into());
     let dir = tempfile::tempdir_in(&root).expect("a benchmark directory");
     (rt, dir)
+}
+
+/// An HTTP/1.1 answer: status, headers (names lower-cased), body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own (`Connection: close`),
+/// within `secs`: the dependency-free client of the HTTP tests.
+pub async fn http(
+    secs: u64,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(secs), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{method} {path}: no answer within {secs} s"))??;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{method} {path}: not an HTTP answer: {raw:?}"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{method} {path}: bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        body = unchunk(&body);
+    }
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn unchunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
 }
 
 /// Wait (up to 20 s) for `g` to elect a leader, connect a leader-following

@@ -111,6 +111,37 @@ pub enum Request {
     },
 }
 
+/// A read level as the CLI and the HTTP API write it: `linearizable`,
+/// `lease`, `any`, `session:TERM:INDEX`, `bounded:ENTRIES` or
+/// `bounded-ms:MS`.
+pub fn parse_read_level(s: &str) -> Result<ReadLevel, String> {
+    let num = |x: &str| {
+        x.parse::<u64>()
+            .map_err(|e| format!("{x:?} in read level {s:?}: {e}"))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts[..] {
+        ["linearizable"] => Ok(ReadLevel::Linearizable),
+        ["lease"] => Ok(ReadLevel::Lease),
+        ["any"] => Ok(ReadLevel::Any),
+        ["session", term, index] => Ok(ReadLevel::Session {
+            term: num(term)?,
+            index: num(index)?,
+        }),
+        ["bounded", n] => Ok(ReadLevel::Bounded {
+            max_lag_entries: Some(num(n)?),
+            max_lag_ms: None,
+        }),
+        ["bounded-ms", n] => Ok(ReadLevel::Bounded {
+            max_lag_entries: None,
+            max_lag_ms: Some(num(n)?),
+        }),
+        _ => Err(format!(
+            "expected linearizable, lease, any, session:TERM:INDEX, bounded:ENTRIES or bounded-ms:MS; got {s:?}"
+        )),
+    }
+}
+
 /// What a node that asks to join tells the group about itself, so that a
 /// node of another cluster, or one whose peer protocol the group does not
 /// speak, is refused at once instead of being added as a learner that can

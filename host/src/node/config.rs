@@ -42,6 +42,10 @@ pub struct NodeConfig {
     /// Where other members connect (required when `peers` is not empty).
     #[serde(default)]
     pub peer_listen: Option<SocketAddr>,
+    /// Where the HTTP/JSON API listens (`None`: not served). Same TLS and
+    /// auth as the client port.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
     /// The other members of the group and their peer addresses. Empty: a
     /// group of one.
     #[serde(default)]
@@ -232,6 +236,7 @@ impl NodeConfig {
             apply_batch_entries_max: default_apply_batch_max(),
             checkpoint_entries_max: default_checkpoint_entries_max(),
             peer_listen: None,
+            http_listen: None,
             peers: Vec::new(),
             timing: Timing::default(),
             read_timeout_ms: default_read_timeout_ms(),
@@ -279,6 +284,7 @@ impl NodeConfig {
         }
         let exposed: Vec<String> = std::iter::once(self.listen)
             .chain(self.peer_listen)
+            .chain(self.http_listen)
             .filter(|a| !a.ip().is_loopback())
             .map(|a| a.to_string())
             .collect();

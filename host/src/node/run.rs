@@ -15,6 +15,10 @@ pub struct Running {
     pub client: SocketAddr,
     /// Bound peer address (groups of more than one).
     pub peer: Option<SocketAddr>,
+    /// The auth state the node applied (what the HTTP API checks too).
+    pub auth: crate::access::AuthView,
+    /// The node's TLS, if any (the HTTP API serves with its client side).
+    pub tls: Option<crate::tls::NodeTls>,
     /// With `--join`: resolves with the group's reason if it refused this
     /// node for good (another cluster id, a peer protocol it does not
     /// speak, the id taken by another member); the node has nothing to do
@@ -98,7 +102,14 @@ pub fn run_bound(
         let addr = node.clone();
         crate::peer::serve(l, me, move |inbound| addr.do_send(FromPeer(inbound)));
     }
-    server::serve(listener, node.clone(), budget, timeouts, tls, auth);
+    server::serve(
+        listener,
+        node.clone(),
+        budget,
+        timeouts,
+        tls.clone(),
+        auth.clone(),
+    );
     let mut join_refused = None;
     if let Some(through) = join {
         let (refused, told) = tokio::sync::oneshot::channel();
@@ -114,6 +125,8 @@ pub fn run_bound(
         node,
         client: bound,
         peer,
+        auth,
+        tls,
         join_refused,
     })
 }

@@ -280,7 +280,7 @@ struct Caller {
 /// connection that is TLS or not. Until auth is enabled, a TLS port takes
 /// only clients that proved who they are (a client certificate of its CA,
 /// or a token made earlier); a plaintext one takes everyone.
-fn allowed(
+pub(crate) fn allowed(
     state: &AuthState,
     tls: bool,
     principal: Option<&Principal>,
