@@ -18,6 +18,7 @@ pub mod kv;
 #[cfg(test)]
 mod layers;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peer;

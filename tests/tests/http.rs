@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use understudy::http::{HTTP_JSON_BODY_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ROUTES};
-use understudy_tests::{Group, HttpAnswer, http, within};
+use understudy_tests::{Group, HttpAnswer, http, kv_put, with_kv, within};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -221,6 +221,11 @@ async fn every_route_answers_and_a_follower_passes_writes_on() {
     assert_eq!(a.status, 200);
     assert!(a.json().is_array(), "{}", a.json());
 
+    // Metrics (checked in `metrics_pass_promtool_and_change_with_load`).
+    let a = seen
+        .call(l, "GET", ("/metrics", "/metrics"), &[], b"")
+        .await;
+    assert_eq!(a.status, 200);
     // The OpenAPI document is the one in the repository.
     let a = seen
         .call(f, "GET", ("/openapi.json", "/openapi.json"), &[], b"")
@@ -458,4 +463,100 @@ async fn bad_http_input_gets_a_problem_document_never_a_5xx() {
         415,
         "UnsupportedMediaType",
     );
+}
+
+/// Validate a metrics exposition with `promtool check metrics`.
+fn promtool(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian `prometheus`; scripts/install-tools.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("promtool reads its input");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A sample's value (0 if the series is absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|r| r.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_change_with_load() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
+    let (g, leader, c) = with_kv(g).await;
+    let l = http_of(&g, leader);
+    let scrape = || async move {
+        let a = http(20, l, "GET", "/metrics", &[], b"").await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            a.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        String::from_utf8(a.body).unwrap()
+    };
+    let before = scrape().await;
+    promtool(&before);
+    for i in 0..20 {
+        within(
+            10,
+            "a write",
+            c.command("kv", kv_put(&format!("k{i}"), "v")),
+        )
+        .await
+        .unwrap();
+    }
+    let after = scrape().await;
+    promtool(&after);
+    let grew = |series: &str, by: f64| {
+        let (b, a) = (sample(&before, series), sample(&after, series));
+        assert!(a >= b + by, "{series}: {b} then {a}\n{after}");
+    };
+    grew("understudy_commit_index", 20.0);
+    // (Applying follows committing: a majority write is answered with the
+    // outcome of its execution ahead of commit.)
+    grew("understudy_applied_index", 1.0);
+    grew(
+        r#"understudy_request_seconds_count{kind="command",port="cbor"}"#,
+        20.0,
+    );
+    grew(r#"understudy_machine_calls_total{actor="kv"}"#, 20.0);
+    grew(r#"understudy_machine_fuel_total{actor="kv"}"#, 1.0);
+    grew("understudy_fsync_seconds_count", 1.0);
+    grew("understudy_apply_seconds_count", 1.0);
+    assert_eq!(sample(&after, r#"understudy_role{role="leader"}"#), 1.0);
+    assert_eq!(sample(&after, r#"understudy_members{role="voter"}"#), 3.0);
+    assert!(sample(&after, r#"understudy_elections_total{outcome="won"}"#) >= 1.0);
+    for f in (1..=3).filter(|&i| i != leader) {
+        let series = format!(r#"understudy_follower_lag_entries{{peer="{f}"}}"#);
+        assert!(after.contains(&series), "{series}\n{after}");
+    }
+    // A follower shows itself as one, and no followers of its own.
+    let f = http_of(&g, (1..=3).find(|&i| i != leader).unwrap());
+    let text =
+        String::from_utf8(http(20, f, "GET", "/metrics", &[], b"").await.unwrap().body).unwrap();
+    promtool(&text);
+    assert_eq!(sample(&text, r#"understudy_role{role="follower"}"#), 1.0);
+    assert!(!text.contains("understudy_follower_lag_entries{"), "{text}");
 }

@@ -42,6 +42,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Shared {
     node: Addr<Node>,
+    metrics: Arc<crate::metrics::Metrics>,
     auth: AuthView,
     tls: bool,
     answer_within: Duration,
@@ -93,6 +94,7 @@ pub fn start(
     let serving = serve(
         listener,
         running.node.clone(),
+        running.metrics.clone(),
         running.auth.clone(),
         running
             .tls
@@ -108,9 +110,11 @@ pub fn start(
 /// system; the server runs on worker threads of its own). `tls`: the
 /// node's client-port TLS (the same certificate; the same client CA), and
 /// the options this node uses to pass writes on to a leader.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     listener: std::net::TcpListener,
     node: Addr<Node>,
+    metrics: Arc<crate::metrics::Metrics>,
     auth: AuthView,
     tls: Option<Arc<rustls::ServerConfig>>,
     proxy_options: ClientOptions,
@@ -119,6 +123,7 @@ pub fn serve(
     let addr = listener.local_addr()?;
     let shared = Shared {
         node,
+        metrics,
         auth,
         tls: tls.is_some(),
         answer_within: answer_within + Duration::from_millis(ANSWER_SLACK_MS),
@@ -308,6 +313,7 @@ async fn dispatch(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
+    let started = std::time::Instant::now();
     let shared = req
         .app_data::<web::Data<Shared>>()
         .expect("the app has its shared state")
@@ -326,6 +332,7 @@ async fn dispatch(
         ("GET", "/v1/auth") => auth_show(&shared, &req).await,
         ("POST", "/v1/auth") => auth_change(&shared, &req, body).await,
         ("GET", "/v1/audit") => audit(&shared, &req).await,
+        ("GET", "/metrics") => metrics(&shared, &req).await,
         _ => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -333,6 +340,14 @@ async fn dispatch(
         )),
     };
     let answer = result.unwrap_or_else(|p| p.response());
+    let refused = (answer.status().is_client_error() || answer.status().is_server_error())
+        .then(|| answer.status().as_u16().to_string());
+    shared.metrics.request(
+        route_kind(method, path),
+        "http",
+        started.elapsed().as_secs_f64(),
+        refused,
+    );
     tracing::debug!(
         method,
         path = req.path(),
@@ -341,6 +356,34 @@ async fn dispatch(
         "HTTP request"
     );
     answer
+}
+
+/// The kind of a route's request, for the metrics.
+fn route_kind(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("POST", "/v1/actors/{actor}/commands") => "command",
+        ("POST", "/v1/actors/{actor}/queries") => "query",
+        ("PUT", "/v1/actors/{actor}") => "deploy",
+        ("GET", "/v1/status") => "status",
+        ("GET", "/metrics") => "metrics",
+        ("GET", "/openapi.json") => "openapi",
+        _ => "admin",
+    }
+}
+
+/// The node's metrics, gauges set from its status now (the same check as
+/// a status: any known user once auth is on).
+async fn metrics(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
+    let caller = caller(shared, req)?;
+    match ask(shared, &caller, Request::Status).await? {
+        Response::Status(s) => {
+            shared.metrics.observe(&s);
+            Ok(HttpResponse::Ok()
+                .content_type(crate::metrics::PROMETHEUS_TEXT)
+                .body(shared.metrics.encode()))
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Who the caller is: a bearer token (it outranks a certificate, as on

@@ -233,6 +233,20 @@ fn operation(method: &str, path: &str) -> utoipa::openapi::path::Operation {
             .summary(Some("The audit trail, newest first (admin)"))
             .parameters(Some(AuditParams::into_params(|| Some(ParameterIn::Query))))
             .response("200", ok("Audit records", object("records"))),
+        ("GET", "/metrics") => op
+            .summary(Some("This node's metrics (Prometheus text format 0.0.4)"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The metrics")
+                    .content(
+                        "text/plain",
+                        json(RefOr::T(Schema::Object(
+                            ObjectBuilder::new().schema_type(Type::String).build(),
+                        ))),
+                    )
+                    .build(),
+            ),
         ("GET", "/openapi.json") => op
             .summary(Some("This document"))
             .response("200", ok("The OpenAPI document", object("OpenAPI 3.1"))),

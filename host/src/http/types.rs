@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/auth"),
     ("GET", "/v1/audit"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
 ];
 
 /// An outcome, as a JSON document.

@@ -50,6 +50,8 @@ pub struct ApplierActor {
     pub(super) shown: Shown,
     /// Where prepared queries run.
     pub(super) queries: Addr<QueryRunner>,
+    /// The apply histogram and the machine calls are fed here.
+    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The applier's part of a status: applied index, digest and actors.
@@ -124,7 +126,14 @@ impl ApplierActor {
                     if entries.first().map(|e| e.index) != Some(from) {
                         return Err(ApplyError::Missing(from));
                     }
+                    let started = std::time::Instant::now();
                     let outcomes = self.applier.execute(&entries)?;
+                    self.metrics
+                        .apply_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    for (actor, (calls, fuel)) in self.applier.take_calls() {
+                        self.metrics.machine_calls(&actor, calls, fuel);
+                    }
                     let deployed = entries
                         .iter()
                         .any(|e| matches!(e.payload, Payload::Deploy { .. }));

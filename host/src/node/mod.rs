@@ -47,7 +47,7 @@ pub use config::{Compaction, ConfigError, NodeConfig, PeerConfig};
 pub use messages::FAULT_RETRY_MS;
 pub use queries::{QUERIES_HANDED_PER_THREAD, QUERY_THREADS_MAX, QueryRunner, query_threads};
 pub use run::{Running, run, run_bound, run_with};
-pub use shell::{ClientCall, FromPeer, Natives, Node};
+pub use shell::{ClientCall, FromPeer, Natives, Node, Started};
 pub use snapshots::SnapshotMaker;
 pub use understudy_core::node::PEER_ALIVE_ELECTION_TIMEOUTS;
 pub use writer::LogWriter;

@@ -19,6 +19,8 @@ pub struct Running {
     pub auth: crate::access::AuthView,
     /// The node's TLS, if any (the HTTP API serves with its client side).
     pub tls: Option<crate::tls::NodeTls>,
+    /// The node's metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// With `--join`: resolves with the group's reason if it refused this
     /// node for good (another cluster id, a peer protocol it does not
     /// speak, the id taken by another member); the node has nothing to do
@@ -94,7 +96,12 @@ pub fn run_bound(
             client: bound.to_string(),
         },
     );
-    let (node, me, auth) = Node::start_parts(config, natives, Some(bound))?;
+    let super::Started {
+        node,
+        identity: me,
+        auth,
+        metrics,
+    } = Node::start_parts(config, natives, Some(bound))?;
     let tls = me.tls.clone();
     let mut peer = None;
     if let Some(l) = peer_listener {
@@ -109,6 +116,7 @@ pub fn run_bound(
         timeouts,
         tls.clone(),
         auth.clone(),
+        metrics.clone(),
     );
     let mut join_refused = None;
     if let Some(through) = join {
@@ -127,6 +135,7 @@ pub fn run_bound(
         peer,
         auth,
         tls,
+        metrics,
         join_refused,
     })
 }

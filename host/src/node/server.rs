@@ -160,6 +160,7 @@ pub fn serve(
     timeouts: Timeouts,
     tls: Option<NodeTls>,
     auth: AuthView,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     actix::spawn(async move {
@@ -195,7 +196,9 @@ pub fn serve(
                     tracing::debug!(%peer, "client connected");
                     let (node, tls) = (node.clone(), tls.clone());
                     let auth = auth.clone();
+                    let metrics = metrics.clone();
                     actix::spawn(async move {
+                        metrics.connections.inc();
                         match admit(stream, tls.as_ref(), timeouts).await {
                             Ok(Admitted::Plain(stream)) => {
                                 let caller = Caller {
@@ -203,6 +206,7 @@ pub fn serve(
                                     tls: false,
                                     cert: None,
                                     auth,
+                                    metrics: metrics.clone(),
                                 };
                                 let (r, w) = stream.into_split();
                                 connection(r, w, node, timeouts, caller).await;
@@ -213,6 +217,7 @@ pub fn serve(
                                     tls: true,
                                     cert,
                                     auth,
+                                    metrics: metrics.clone(),
                                 };
                                 let (r, w) = tokio::io::split(stream);
                                 connection(r, w, node, timeouts, caller).await;
@@ -224,6 +229,7 @@ pub fn serve(
                                 tracing::warn!(%peer, reason = %why, "client connection refused");
                             }
                         }
+                        metrics.connections.dec();
                         drop(held);
                     });
                 }
@@ -274,6 +280,7 @@ struct Caller {
     /// The user its client certificate names (with the fingerprint).
     cert: Option<Principal>,
     auth: AuthView,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Whether `principal` may make `request` by `state` at `now_ms`, on a
@@ -528,6 +535,10 @@ where
                         reason = %e.message,
                         "client request refused"
                     );
+                    let kind = crate::metrics::kind_of(&request);
+                    caller
+                        .metrics
+                        .request(kind, "cbor", 0.0, Some(format!("{:?}", e.code)));
                     let _ = tx.send((frame(id, Response::Error(e)), slot)).await;
                     continue;
                 }
@@ -539,12 +550,15 @@ where
                     _ => None,
                 };
                 let (reply, answer) = oneshot::channel();
+                let kind = crate::metrics::kind_of(&request);
                 node.do_send(ClientCall {
                     request,
                     reply,
                     by: principal,
                 });
                 let tx = tx.clone();
+                let metrics = caller.metrics.clone();
+                let started = std::time::Instant::now();
                 actix::spawn(async move {
                     let _query_slot = query_slot;
                     let body = answer.await.unwrap_or_else(|_| {
@@ -553,6 +567,11 @@ where
                             "the node dropped the request",
                         ))
                     });
+                    let refused = match &body {
+                        Response::Error(e) => Some(format!("{:?}", e.code)),
+                        _ => None,
+                    };
+                    metrics.request(kind, "cbor", started.elapsed().as_secs_f64(), refused);
                     // Fails only when the writer ended (client gone).
                     let _ = tx.send((frame(id, body), slot)).await;
                 });

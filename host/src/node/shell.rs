@@ -63,9 +63,29 @@ pub(crate) struct PendingRead {
 /// The node's decisions, with the shell's reply channels as handles.
 pub(super) type State = NodeState<oneshot::Sender<Response>, PendingRead>;
 
+/// What [`Node::start_parts`] started: the node actor, the identity its
+/// peer acceptor checks hellos with (which records the peers'
+/// incarnations in this node's log), the auth state the client
+/// connections check requests against, and the node's metrics.
+pub struct Started {
+    /// The node actor.
+    pub node: Addr<Node>,
+    /// Its identity for the peer port.
+    pub identity: crate::peer::LocalIdentity,
+    /// The auth state it applied.
+    pub auth: crate::access::AuthView,
+    /// Its metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
 /// The node actor: the shell that executes what [`NodeState`] decides.
 pub struct Node {
     pub(super) config: NodeConfig,
+    /// This node's metrics (the writer and the applier feed them too).
+    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Role, leader and quarantine last seen (elections, leader changes
+    /// and quarantines are counted when they change).
+    pub(super) seen: (Role, Option<NodeId>, bool),
     /// The node's decisions (and the protocol core inside them).
     pub(super) state: State,
     /// The auth state of the applied entries (published by the applier).
@@ -119,7 +139,7 @@ impl Node {
         natives: Natives,
         client_address: Option<SocketAddr>,
     ) -> anyhow::Result<Addr<Node>> {
-        Ok(Self::start_parts(config, natives, client_address)?.0)
+        Ok(Self::start_parts(config, natives, client_address)?.node)
     }
 
     /// [`Node::start`], with native machines standing in for the components
@@ -134,11 +154,7 @@ impl Node {
         config: NodeConfig,
         natives: Natives,
         client_address: Option<SocketAddr>,
-    ) -> anyhow::Result<(
-        Addr<Node>,
-        crate::peer::LocalIdentity,
-        crate::access::AuthView,
-    )> {
+    ) -> anyhow::Result<Started> {
         use anyhow::Context as _;
         config
             .validate()
@@ -229,11 +245,14 @@ impl Node {
             applied_index = applied.index,
             "node starting"
         );
+        let metrics = crate::metrics::Metrics::shared();
         let writer_log = log.clone();
         let quarantine = config.data_dir.join("quarantine");
+        let writer_metrics = metrics.clone();
         let writer = SyncArbiter::start(1, move || LogWriter {
             log: writer_log.clone(),
             quarantine: quarantine.clone(),
+            metrics: writer_metrics.clone(),
         });
         let maker_log = log.clone();
         let maker_root = config.data_dir.join("snapshots");
@@ -258,6 +277,7 @@ impl Node {
         let shown = applier_shown.clone();
         let applier_slot = std::sync::Mutex::new(Some(applier));
         let applier_log = log.clone();
+        let applier_metrics = metrics.clone();
         let query_threads = query_threads();
         let queries = SyncArbiter::start(query_threads, || QueryRunner);
         let applier = SyncArbiter::start(1, move || ApplierActor {
@@ -277,6 +297,7 @@ impl Node {
             wanted: None,
             shown: applier_shown.clone(),
             queries: queries.clone(),
+            metrics: applier_metrics.clone(),
         });
         let client_address = client_address.unwrap_or(config.listen).to_string();
         let published = crate::peer::Published::default();
@@ -352,6 +373,8 @@ impl Node {
             )
             .collect();
         let node = Node {
+            metrics: metrics.clone(),
+            seen: (Role::Follower, None, false),
             state: NodeState::new(core, settings, rand::random(), addresses),
             auth: auth.clone(),
             audit_when_leading: None,
@@ -380,7 +403,12 @@ impl Node {
                 to_node.do_send(lost);
             }
         });
-        Ok((addr, me, auth))
+        Ok(Started {
+            node: addr,
+            identity: me,
+            auth,
+            metrics,
+        })
     }
 
     /// One turn of the node's decisions, then their effects.
@@ -419,7 +447,42 @@ impl Node {
         );
         self.state.drive(now_ms(), &self.log);
         self.membership_changed();
+        self.count_changes();
         self.execute(ctx);
+    }
+
+    /// Count elections, leader changes and quarantines as they happen.
+    fn count_changes(&mut self) {
+        use crate::metrics::OutcomeLabel;
+        let core = self.state.core();
+        let now = (
+            core.role(),
+            core.leader(),
+            self.state.quarantined().is_some(),
+        );
+        let (role, leader, quarantined) = self.seen;
+        let outcome = |o: &str| OutcomeLabel { outcome: o.into() };
+        if now.0 != role {
+            match now.0 {
+                Role::Candidate => {
+                    self.metrics
+                        .elections
+                        .get_or_create(&outcome("started"))
+                        .inc();
+                }
+                Role::Leader => {
+                    self.metrics.elections.get_or_create(&outcome("won")).inc();
+                }
+                _ => {}
+            }
+        }
+        if now.1 != leader && now.1.is_some() {
+            self.metrics.leader_changes.inc();
+        }
+        if now.2 && !quarantined {
+            self.metrics.quarantines.inc();
+        }
+        self.seen = now;
     }
 
     /// Publish the configuration in effect when it changed.

@@ -19,6 +19,8 @@ pub struct LogWriter {
     pub(super) log: LogStore,
     /// Where truncated (never committed) entries are kept for audit.
     pub(super) quarantine: PathBuf,
+    /// The fsync histogram is fed here.
+    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl LogWriter {
@@ -87,9 +89,29 @@ impl Handler<ResetLog> for LogWriter {
 pub(crate) static SLOW_PERSISTS: std::sync::Mutex<Vec<(PathBuf, Duration)>> =
     std::sync::Mutex::new(Vec::new());
 
+/// Runs `f` when dropped (whichever way the handler returns).
+fn scopeguard_observe(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 impl Handler<Persist> for LogWriter {
     type Result = ();
     fn handle(&mut self, msg: Persist, _: &mut Self::Context) {
+        let started = std::time::Instant::now();
+        let metrics = self.metrics.clone();
+        let _timed = scopeguard_observe(move || {
+            metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64())
+        });
         #[cfg(test)]
         {
             let slow = SLOW_PERSISTS.lock().expect("test hook lock").clone();

@@ -55,6 +55,7 @@ use crate::sandbox::{CallContext, Sandbox, SandboxError};
 use crate::storage::{self, AppliedState, StateBatch, StateStore, StorageError, session_key};
 use crate::types::{Entry, Index, Outcome, Payload, Term, validate_actor_name};
 use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Why a batch could not be applied. None of these is a property of the
@@ -117,6 +118,9 @@ pub struct Applier {
     /// Commands run through their machine (not answered from a session or
     /// taken from a speculation), for tests.
     calls: u64,
+    /// Machine calls run since [`Self::take_calls`], and their fuel, by
+    /// actor (for the metrics).
+    call_fuel: BTreeMap<String, (u64, u64)>,
     /// The auth state last decoded and the index of the auth change it
     /// is from (`None`: auth never configured). Entries check against the
     /// state their view holds; it rarely changes, so a command reads only
@@ -135,6 +139,11 @@ struct ExecutedAhead {
 
 impl Applier {
     /// An applier over `state`, resuming from its applied index.
+    /// Machine calls run since the last take, by actor: (calls, fuel).
+    pub fn take_calls(&mut self) -> BTreeMap<String, (u64, u64)> {
+        std::mem::take(&mut self.call_fuel)
+    }
+
     pub fn new(sandbox: Sandbox, state: StateStore) -> Result<Self, StorageError> {
         let durable = state.applied()?;
         Ok(Applier {
@@ -150,6 +159,7 @@ impl Applier {
             run: Run::after(durable.index),
             spec_run: Run::default(),
             calls: 0,
+            call_fuel: BTreeMap::new(),
             auth_cache: (None, Arc::default()),
             auth_view: AuthView::default(),
         })
@@ -720,6 +730,9 @@ impl Applier {
             run.warm.remove(actor);
         }
         let call = result.map_err(|f| ApplyError::Sandbox(f.error))?;
+        // (At most one record per actor: bounded by the actors.)
+        let used = self.call_fuel.entry(actor.to_string()).or_default();
+        *used = (used.0 + 1, used.1 + call.fuel_used);
         let prefix = &call.view.prefix;
         let writes = prefixed(prefix, call.writes);
         Ok((call.outcome, writes, call.view.batch))

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the real tools some tests use, if they are missing (CI runs as
+# root on Debian). Tests that need a tool that is not installed fail and
+# name this script.
+#   promtool (Debian `prometheus`): validates the /metrics exposition.
+set -euo pipefail
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-tools: need root to apt-get install ${need_apt[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --no-install-recommends: only the binaries, not a running service.
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+promtool --version 2>&1 | head -1
