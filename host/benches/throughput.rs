@@ -183,6 +183,7 @@ impl Sender {
                     request,
                     reply: tx,
                     by: None,
+                    span: tracing::Span::none(),
                 });
                 match rx.await.unwrap() {
                     Response::Written { outcome, .. } => outcome,

@@ -49,6 +49,15 @@ struct Cli {
     /// Authenticate with this token (`understudy auth token create`).
     #[arg(long, global = true, env = "UNDERSTUDY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Log lines as `text` (colours only on a terminal) or `json` (one
+    /// object per line, with the request's id and client address on the
+    /// lines of a request).
+    #[arg(long, global = true, env = "UNDERSTUDY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`)
+    /// or a filter (`understudy=debug,info`); default RUST_LOG, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
 }
 
 /// How this CLI run reaches nodes (`--timeout-ms`, `--connect-timeout-ms`,
@@ -431,14 +440,27 @@ enum ModuleCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = match &cli.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("error: --log-level {level:?}: {e}");
+            std::process::exit(2);
+        }),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        use std::io::IsTerminal as _;
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let tls = match &cli.ca {
         Some(ca) => {
             let identity = cli.cert.as_deref().zip(cli.key.as_deref());

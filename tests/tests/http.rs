@@ -560,3 +560,88 @@ async fn metrics_pass_promtool_and_change_with_load() {
     assert_eq!(sample(&text, r#"understudy_role{role="follower"}"#), 1.0);
     assert!(!text.contains("understudy_follower_lag_entries{"), "{text}");
 }
+
+/// `--log-format json`: every line is a JSON object, and the lines of a
+/// request carry its id and the client's address; text logs written to a
+/// file have no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_the_client_address() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let node = understudy_tests::NodeProc::start_member(&dir.path().join("json"), 1, "test", &args)
+        .unwrap();
+    let h = node.http_addr.expect("HTTP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = http(10, h, "GET", "/v1/status", &[], b"")
+            .await
+            .unwrap()
+            .json();
+        if s["role"] == "Leader" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = http(
+        10,
+        h,
+        "PUT",
+        "/v1/actors/x",
+        &[("Content-Type", "application/wasm")],
+        b"garbage",
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 400);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let logs = node.stderr();
+        let lines: Vec<serde_json::Value> = logs
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if let Some(l) = lines
+            .into_iter()
+            .find(|l| l["fields"]["message"] == "admin request")
+        {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request line: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line["span"]["request_id"].as_u64().is_some(), "{line}");
+    assert!(
+        line["span"]["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert_eq!(line["fields"]["request"], "deploy", "{line}");
+    // A text node logging to a file: no colour codes.
+    let info = ["--log-level".to_string(), "info".to_string()];
+    let text = understudy_tests::NodeProc::start_member(&dir.path().join("text"), 1, "test", &info)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while text.stderr().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the text node logged nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!text.stderr().contains('\u{1b}'), "{}", text.stderr());
+}

@@ -418,12 +418,20 @@ fn caller(shared: &Shared, req: &HttpRequest) -> Result<Caller, Problem> {
         ),
         None => req.conn_data::<CertPrincipal>().map(|c| c.0.clone()),
     };
-    Ok(Caller { principal, token })
+    let client = req
+        .peer_addr()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    Ok(Caller {
+        principal,
+        token,
+        span: crate::node::server::request_span(client),
+    })
 }
 
 struct Caller {
     principal: Option<Principal>,
     token: Option<String>,
+    span: tracing::Span,
 }
 
 fn now_ms() -> u64 {
@@ -447,6 +455,7 @@ async fn ask(shared: &Shared, caller: &Caller, request: Request) -> Result<Respo
         request,
         reply,
         by: caller.principal.clone(),
+        span: caller.span.clone(),
     });
     match tokio::time::timeout(shared.answer_within, answer).await {
         Ok(Ok(r)) => Ok(r),

@@ -330,10 +330,41 @@ impl Node {
     }
 }
 
+/// A request's name for the log.
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Deploy { .. } => "deploy",
+        Request::Command { .. } => "command",
+        Request::Query { .. } => "query",
+        Request::Status => "status",
+        Request::Promote { force: true, .. } => "promote --force",
+        Request::Promote { .. } => "promote",
+        Request::Authenticate { .. } => "authenticate",
+        Request::Auth(_) => "auth",
+        Request::Audit { .. } => "audit",
+        Request::Membership { .. } => "membership",
+    }
+}
+
 impl Handler<ClientCall> for Node {
     type Result = ();
     fn handle(&mut self, msg: ClientCall, ctx: &mut Self::Context) {
-        let ClientCall { request, reply, by } = msg;
+        let ClientCall {
+            request,
+            reply,
+            by,
+            span,
+        } = msg;
+        let _in_request = span.enter();
+        let kind = crate::metrics::kind_of(&request);
+        if matches!(kind, "deploy" | "admin") {
+            // Changes of the group are rare and worth a line each.
+            tracing::info!(
+                request = request_name(&request),
+                user = by.as_ref().map(|p| p.user.as_str()),
+                "admin request"
+            );
+        }
         if let Err(e) = request.admit() {
             let _ = reply.send(Response::Error(e));
             return;

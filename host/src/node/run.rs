@@ -161,6 +161,7 @@ async fn join_group(
         request: Request::Status,
         reply: tx,
         by: None,
+        span: tracing::Span::none(),
     });
     if let Ok(Response::Status(s)) = rx.await
         && s.membership_index > 0

@@ -555,6 +555,7 @@ where
                     request,
                     reply,
                     by: principal,
+                    span: request_span(caller.peer),
                 });
                 let tx = tx.clone();
                 let metrics = caller.metrics.clone();
@@ -584,6 +585,16 @@ where
             }
         }
     }
+}
+
+/// Request ids of this process, for the logs (unique within it).
+static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new request's span: its id and the client's address ride on every
+/// line the node logs while it handles the request.
+pub fn request_span(client: std::net::SocketAddr) -> tracing::Span {
+    let id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info_span!("request", request_id = id, client = %client)
 }
 
 fn frame(id: u64, body: Response) -> Bytes {

@@ -46,6 +46,9 @@ pub struct ClientCall {
     /// who it is). The connection has checked the request against the
     /// auth state; entries carry it so every replica checks again.
     pub by: Option<crate::auth::Principal>,
+    /// The request's span (its id and the client's address): what the
+    /// node logs while it handles the request carries them.
+    pub span: tracing::Span,
 }
 
 /// A message from a peer (or news of its connection).
