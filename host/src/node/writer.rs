@@ -83,10 +83,11 @@ impl Handler<ResetLog> for LogWriter {
     }
 }
 
-/// Tests only: log writers under these directories take this long more
-/// per persist (a slow disk on one node).
+/// Tests only: log writers under these directories hold every persist
+/// until the directory leaves the list (a disk that stalls on one node),
+/// for at most `Duration` (so a test that forgets cannot hang).
 #[cfg(test)]
-pub(crate) static SLOW_PERSISTS: std::sync::Mutex<Vec<(PathBuf, Duration)>> =
+pub(crate) static HELD_PERSISTS: std::sync::Mutex<Vec<(PathBuf, Duration)>> =
     std::sync::Mutex::new(Vec::new());
 
 /// Runs `f` when dropped (whichever way the handler returns).
@@ -114,11 +115,19 @@ impl Handler<Persist> for LogWriter {
         });
         #[cfg(test)]
         {
-            let slow = SLOW_PERSISTS.lock().expect("test hook lock").clone();
-            for (dir, delay) in slow {
-                if self.quarantine.starts_with(&dir) {
-                    std::thread::sleep(delay);
+            let start = std::time::Instant::now();
+            loop {
+                let held = HELD_PERSISTS.lock().expect("test hook lock").clone();
+                let Some((_, most)) = held
+                    .iter()
+                    .find(|(dir, _)| self.quarantine.starts_with(dir))
+                else {
+                    break;
+                };
+                if start.elapsed() >= *most {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let last = msg.entries.last().map(|e| (e.index, e.term));
