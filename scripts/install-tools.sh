@@ -3,10 +3,12 @@
 # root on Debian). Tests that need a tool that is not installed fail and
 # name this script.
 #   promtool (Debian `prometheus`): validates the /metrics exposition.
+#   chromium (Debian `chromium`): renders the cluster page headless.
 set -euo pipefail
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" != 0 ]; then
@@ -19,3 +21,4 @@ if ((${#need_apt[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 promtool --version 2>&1 | head -1
+chromium --version 2>&1 | head -1

@@ -63,9 +63,42 @@ pub struct RefusalLabel {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The latency buckets' upper bounds: 50 µs doubling to about 13 s.
+const BUCKETS: usize = 19;
+
 fn latency() -> Histogram {
-    // 50 µs to about 13 s.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+    Histogram::new(exponential_buckets(0.000_05, 2.0, BUCKETS as u16))
+}
+
+/// Seconds of write counts a node keeps for its status (the cluster page's
+/// writes/s and p99).
+pub const RECENT_SECONDS: usize = 120;
+
+/// Writes answered per second, with a latency histogram each.
+#[derive(Default)]
+struct Recent {
+    seconds: std::collections::VecDeque<(u64, u64, [u64; BUCKETS + 1])>,
+}
+
+impl Recent {
+    fn record(&mut self, now_s: u64, seconds: f64) {
+        if self.seconds.back().is_none_or(|b| b.0 != now_s) {
+            self.seconds.push_back((now_s, 0, [0; BUCKETS + 1]));
+            while self.seconds.len() > RECENT_SECONDS {
+                self.seconds.pop_front();
+            }
+        }
+        let back = self.seconds.back_mut().expect("pushed");
+        back.1 += 1;
+        let bucket = (0..BUCKETS)
+            .find(|&k| seconds <= bucket_bound(k))
+            .unwrap_or(BUCKETS);
+        back.2[bucket] += 1;
+    }
+}
+
+fn bucket_bound(k: usize) -> f64 {
+    0.000_05 * 2f64.powi(k as i32)
 }
 
 /// Every metric of one node.
@@ -104,6 +137,7 @@ pub struct Metrics {
     /// Machine calls run, by actor (an execution ahead of commit that is
     /// discarded and run again counts again).
     pub machine_calls: Family<ActorLabel, Counter>,
+    recent: std::sync::Mutex<Recent>,
     /// Fuel those calls used, by actor.
     pub machine_fuel: Family<ActorLabel, Counter>,
 }
@@ -150,6 +184,7 @@ impl Metrics {
             connections: Gauge::default(),
             machine_calls: Family::default(),
             machine_fuel: Family::default(),
+            recent: Default::default(),
         };
         r.register(
             "role",
@@ -353,6 +388,15 @@ impl Metrics {
                 port: port.into(),
             })
             .observe(seconds);
+        if kind == "command" && refused.is_none() {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(now_s, seconds);
+        }
         if let Some(code) = refused {
             self.refusals
                 .get_or_create(&RefusalLabel {
@@ -361,6 +405,31 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Writes answered in each of the last seconds, with their p99.
+    pub fn recent_writes(&self) -> Vec<crate::api::WritesSecond> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .seconds
+            .iter()
+            .map(|(at_s, writes, buckets)| {
+                let rank = ((*writes as f64 * 0.99).ceil() as u64).max(1);
+                let mut seen = 0;
+                let k = buckets
+                    .iter()
+                    .position(|n| {
+                        seen += n;
+                        seen >= rank
+                    })
+                    .unwrap_or(BUCKETS);
+                crate::api::WritesSecond {
+                    at_s: *at_s,
+                    writes: *writes,
+                    p99_us: (bucket_bound(k.min(BUCKETS - 1)) * 1e6).round() as u64,
+                }
+            })
+            .collect()
     }
 
     /// `calls` machine calls of `actor` that used `fuel` in all.
@@ -440,6 +509,38 @@ pub fn kind_of(request: &crate::api::Request) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_writes_keep_their_last_seconds_at_and_one_past_the_limit() {
+        let mut r = Recent::default();
+        for s in 0..RECENT_SECONDS as u64 {
+            r.record(s, 0.001);
+        }
+        assert_eq!(r.seconds.len(), RECENT_SECONDS);
+        r.record(RECENT_SECONDS as u64 - 1, 0.001);
+        assert_eq!(
+            r.seconds.len(),
+            RECENT_SECONDS,
+            "the same second counts again"
+        );
+        assert_eq!(r.seconds.back().map(|b| b.1), Some(2));
+        r.record(RECENT_SECONDS as u64, 0.001);
+        assert_eq!(r.seconds.len(), RECENT_SECONDS, "one past: the oldest goes");
+        assert_eq!(r.seconds.front().map(|f| f.0), Some(1));
+    }
+
+    #[test]
+    fn a_p99_is_the_bound_of_the_bucket_that_holds_it() {
+        let m = Metrics::new();
+        for _ in 0..99 {
+            m.request("command", "cbor", 0.000_04, None);
+        }
+        m.request("command", "cbor", 0.5, None);
+        let w = m.recent_writes();
+        assert_eq!(w.iter().map(|s| s.writes).sum::<u64>(), 100);
+        // 99 of 100 within the first bucket (50 µs); the 100th is not p99.
+        assert!(w.iter().all(|s| s.writes < 100 || s.p99_us == 50), "{w:?}");
+    }
 
     #[test]
     fn counters_are_named_by_their_samples_and_units_and_eof_go() {

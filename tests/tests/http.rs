@@ -226,6 +226,23 @@ async fn every_route_answers_and_a_follower_passes_writes_on() {
         .call(l, "GET", ("/metrics", "/metrics"), &[], b"")
         .await;
     assert_eq!(a.status, 200);
+    // The cluster view and its page (rendered in
+    // `the_cluster_page_shows_the_members_and_the_new_leader_after_a_kill`).
+    let a = seen
+        .call(f, "GET", ("/v1/cluster", "/v1/cluster"), &[], b"")
+        .await;
+    assert_eq!(a.status, 200);
+    let view = a.json();
+    let members = view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{view}");
+    assert!(
+        members.iter().all(|m| m["status"]["node_id"] == m["id"]),
+        "every member answered: {view}"
+    );
+    let a = seen.call(f, "GET", ("/", "/"), &[], b"").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(String::from_utf8_lossy(&a.body).contains("/v1/cluster"));
     // The OpenAPI document is the one in the repository.
     let a = seen
         .call(f, "GET", ("/openapi.json", "/openapi.json"), &[], b"")
@@ -644,4 +661,97 @@ async fn json_logs_carry_the_request_id_and_the_client_address() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!text.stderr().contains('\u{1b}'), "{}", text.stderr());
+}
+
+/// The page as headless Chromium renders it (its DOM once its script has
+/// drawn), within 60 s.
+async fn rendered(page: SocketAddr, profile: &std::path::Path) -> String {
+    let run = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{page}/"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = within(60, "chromium", run)
+        .await
+        .expect("chromium (Debian `chromium`; scripts/install-tools.sh installs it)");
+    assert!(out.status.success(), "chromium: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Render until `done` holds (each render a fresh browser), within 30 s.
+async fn rendered_until(
+    page: SocketAddr,
+    profile: &std::path::Path,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dom = rendered(page, profile).await;
+        if done(&dom) {
+            return dom;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not shown within 30 s:\n{dom}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_the_members_and_the_new_leader_after_a_kill() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
+    let (mut g, leader, _c) = with_kv(g).await;
+    let viewer = (1..=3).find(|&i| i != leader).unwrap();
+    let page = http_of(&g, viewer);
+    let profile = dir.path().join("chromium");
+    let row = |id: u64, role: &str| format!(r#"data-node="{id}" data-role="{role}""#);
+    let dom = rendered_until(page, &profile, "the three members", |dom| {
+        dom.contains(&row(leader, "Leader"))
+            && (1..=3)
+                .filter(|&i| i != leader)
+                .all(|i| dom.contains(&row(i, "Follower")))
+    })
+    .await;
+    assert!(
+        dom.contains(&format!(r#"<b id="leader">{leader}</b>"#)),
+        "{dom}"
+    );
+    assert!(dom.contains("<code>kv</code>"), "the actors: {dom}");
+    g.kill9(leader);
+    let dom = rendered_until(page, &profile, "a new leader", |dom| {
+        dom.contains(&row(leader, "unreachable"))
+            && (1..=3)
+                .filter(|&i| i != leader)
+                .any(|i| dom.contains(&row(i, "Leader")))
+    })
+    .await;
+    let new = (1..=3)
+        .find(|&i| i != leader && dom.contains(&row(i, "Leader")))
+        .unwrap();
+    assert!(
+        dom.contains(&format!(r#"<b id="leader">{new}</b>"#)),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("node {new} leads")),
+        "the election is listed: {dom}"
+    );
 }

@@ -402,6 +402,15 @@ pub struct Status {
     /// A snapshot being received, if any.
     #[serde(default)]
     pub snapshot_in: Option<SnapshotProgress>,
+    /// The last leaders this node saw take over, newest last (at most
+    /// `LEADER_CHANGES_KEPT`): elections and switchovers.
+    #[serde(default)]
+    pub leader_changes: Vec<LeaderChange>,
+    /// Writes this node answered in each of the last seconds (at most
+    /// `crate::metrics::RECENT_SECONDS`), with their p99 latency: on the
+    /// leader, the group's write rate.
+    #[serde(default)]
+    pub recent_writes: Vec<WritesSecond>,
     /// While this node is recovering from a lost data directory: the index
     /// its durable log must reach before it campaigns again (it votes, once
     /// it has heard enough peers, only for logs at least that up-to-date).
@@ -434,6 +443,31 @@ pub struct SnapshotProgress {
     /// Bytes in all.
     pub bytes: u64,
 }
+
+/// A leader this node saw take over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    /// When this node saw it (ms since the Unix epoch, this node's clock).
+    pub at_ms: u64,
+    /// The new leader's term.
+    pub term: Term,
+    /// The new leader.
+    pub leader: NodeId,
+}
+
+/// Writes answered in one second.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WritesSecond {
+    /// The second (since the Unix epoch, the node's clock).
+    pub at_s: u64,
+    /// Writes answered in it.
+    pub writes: u64,
+    /// Their 99th percentile latency, µs (the upper bound of its bucket).
+    pub p99_us: u64,
+}
+
+/// Most leader changes a node keeps for its status.
+pub const LEADER_CHANGES_KEPT: usize = 20;
 
 /// A response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -333,6 +333,11 @@ async fn dispatch(
         ("POST", "/v1/auth") => auth_change(&shared, &req, body).await,
         ("GET", "/v1/audit") => audit(&shared, &req).await,
         ("GET", "/metrics") => metrics(&shared, &req).await,
+        ("GET", "/v1/cluster") => cluster(&shared, &req).await,
+        ("GET", "/") => Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(PAGE)),
         _ => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -366,9 +371,80 @@ fn route_kind(method: &str, path: &str) -> &'static str {
         ("PUT", "/v1/actors/{actor}") => "deploy",
         ("GET", "/v1/status") => "status",
         ("GET", "/metrics") => "metrics",
+        ("GET", "/v1/cluster") => "status",
+        ("GET", "/") => "page",
         ("GET", "/openapi.json") => "openapi",
         _ => "admin",
     }
+}
+
+/// The live cluster page (no build step, no external assets): it polls
+/// `/v1/cluster`.
+const PAGE: &str = include_str!("page.html");
+
+/// Every member's status, as this node reaches them (each within
+/// `CLUSTER_STATUS_TIMEOUT_MS`, in parallel, over the client port with the
+/// caller's token): what the cluster page draws.
+async fn cluster(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
+    let caller = caller(shared, req)?;
+    let own = match ask(shared, &caller, Request::Status).await? {
+        Response::Status(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let mut ids = own.membership.members();
+    ids.insert(own.node_id);
+    let within = Duration::from_millis(CLUSTER_STATUS_TIMEOUT_MS);
+    let asks = ids.into_iter().map(|id| {
+        let address = own
+            .membership
+            .addrs
+            .get(&id)
+            .map(|a| a.client.clone())
+            .filter(|a| !a.is_empty())
+            .or_else(|| own.client_addresses.get(&id).cloned());
+        let own = (id == own.node_id).then(|| own.clone());
+        let token = caller.token.clone();
+        let proxy = shared.proxy.clone();
+        async move {
+            let status = match (own, address.as_deref().map(str::parse::<SocketAddr>)) {
+                (Some(s), _) => Ok(*s),
+                (None, Some(Ok(addr))) => {
+                    match tokio::time::timeout(within, proxy.pass_on(addr, token, Request::Status))
+                        .await
+                    {
+                        Ok(Ok(Response::Status(s))) => Ok(*s),
+                        Ok(Ok(other)) => Err(format!("answered {other:?}")),
+                        Ok(Err(p)) => Err(p.detail),
+                        Err(_) => Err(format!(
+                            "no answer within CLUSTER_STATUS_TIMEOUT_MS = {} ms",
+                            within.as_millis()
+                        )),
+                    }
+                }
+                (None, Some(Err(_))) | (None, None) => {
+                    Err("no client address known for it".to_string())
+                }
+            };
+            let (status, error) = match status {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
+            };
+            serde_json::json!({
+                "id": id,
+                "address": address,
+                "status": status,
+                "error": error,
+            })
+        }
+    });
+    let members = futures::future::join_all(asks).await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "this": own.node_id,
+        "cluster_id": own.cluster_id,
+        "membership": own.membership,
+        "membership_index": own.membership_index,
+        "members": members,
+    })))
 }
 
 /// The node's metrics, gauges set from its status now (the same check as

@@ -247,6 +247,27 @@ fn operation(method: &str, path: &str) -> utoipa::openapi::path::Operation {
                     )
                     .build(),
             ),
+        ("GET", "/v1/cluster") => op
+            .summary(Some("Every member's status, as this node reaches them"))
+            .response(
+                "200",
+                ok(
+                    "this, cluster_id, membership, members: [{id, address, status, error}]",
+                    object("The cluster view"),
+                ),
+            ),
+        ("GET", "/") => op.summary(Some("The live cluster page (HTML)")).response(
+            "200",
+            ResponseBuilder::new()
+                .description("The page")
+                .content(
+                    "text/html",
+                    json(RefOr::T(Schema::Object(
+                        ObjectBuilder::new().schema_type(Type::String).build(),
+                    ))),
+                )
+                .build(),
+        ),
         ("GET", "/openapi.json") => op
             .summary(Some("This document"))
             .response("200", ok("The OpenAPI document", object("OpenAPI 3.1"))),

@@ -35,7 +35,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/audit"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/v1/cluster"),
+    ("GET", "/"),
 ];
+
+/// How long the cluster view waits for each member's status.
+pub const CLUSTER_STATUS_TIMEOUT_MS: u64 = 1_000;
 
 /// An outcome, as a JSON document.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

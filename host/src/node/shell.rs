@@ -89,6 +89,8 @@ pub struct Node {
     /// Role, leader and quarantine last seen (elections, leader changes
     /// and quarantines are counted when they change).
     pub(super) seen: (Role, Option<NodeId>, bool),
+    /// The last leaders seen (for the status and the cluster page).
+    pub(super) leader_changes: std::collections::VecDeque<crate::api::LeaderChange>,
     /// The node's decisions (and the protocol core inside them).
     pub(super) state: State,
     /// The auth state of the applied entries (published by the applier).
@@ -378,6 +380,7 @@ impl Node {
         let node = Node {
             metrics: metrics.clone(),
             seen: (Role::Follower, None, false),
+            leader_changes: Default::default(),
             state: NodeState::new(core, settings, rand::random(), addresses),
             auth: auth.clone(),
             audit_when_leading: None,
@@ -479,8 +482,16 @@ impl Node {
                 _ => {}
             }
         }
-        if now.1 != leader && now.1.is_some() {
+        if let Some(new) = now.1.filter(|_| now.1 != leader) {
             self.metrics.leader_changes.inc();
+            self.leader_changes.push_back(crate::api::LeaderChange {
+                at_ms: now_ms(),
+                term: core.term(),
+                leader: new,
+            });
+            while self.leader_changes.len() > crate::api::LEADER_CHANGES_KEPT {
+                self.leader_changes.pop_front();
+            }
         }
         if now.2 && !quarantined {
             self.metrics.quarantines.inc();
@@ -787,6 +798,8 @@ impl Node {
                 chunks: s.chunks,
                 bytes: s.bytes,
             }),
+            leader_changes: self.leader_changes.iter().cloned().collect(),
+            recent_writes: self.metrics.recent_writes(),
             client_addresses: state.addresses().clone(),
             membership: core.membership().clone(),
             membership_index: core.membership_index(),
