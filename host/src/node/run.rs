@@ -96,7 +96,7 @@ pub fn run_bound(
             client: bound.to_string(),
         },
     );
-    let super::Started {
+    let super::shell::Started {
         node,
         identity: me,
         auth,
