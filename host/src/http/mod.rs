@@ -387,10 +387,7 @@ const PAGE: &str = include_str!("page.html");
 /// caller's token): what the cluster page draws.
 async fn cluster(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
     let caller = caller(shared, req)?;
-    let own = match ask(shared, &caller, Request::Status).await? {
-        Response::Status(s) => s,
-        other => return Err(unexpected(other)),
-    };
+    let own = own_status(shared, &caller).await?;
     let mut ids = own.membership.members();
     ids.insert(own.node_id);
     let within = Duration::from_millis(CLUSTER_STATUS_TIMEOUT_MS);
@@ -451,15 +448,10 @@ async fn cluster(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Pro
 /// a status: any known user once auth is on).
 async fn metrics(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
     let caller = caller(shared, req)?;
-    match ask(shared, &caller, Request::Status).await? {
-        Response::Status(s) => {
-            shared.metrics.observe(&s);
-            Ok(HttpResponse::Ok()
-                .content_type(crate::metrics::PROMETHEUS_TEXT)
-                .body(shared.metrics.encode()))
-        }
-        other => Err(unexpected(other)),
-    }
+    shared.metrics.observe(&*own_status(shared, &caller).await?);
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::PROMETHEUS_TEXT)
+        .body(shared.metrics.encode()))
 }
 
 /// Who the caller is: a bearer token (it outranks a certificate, as on
@@ -789,12 +781,17 @@ fn unexpected(r: Response) -> Problem {
     }
 }
 
-async fn status(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
-    let caller = caller(shared, req)?;
-    match ask(shared, &caller, Request::Status).await? {
-        Response::Status(s) => Ok(HttpResponse::Ok().json(s)),
+/// This node's status, as `caller` may see it.
+async fn own_status(shared: &Shared, caller: &Caller) -> Result<Box<crate::api::Status>, Problem> {
+    match ask(shared, caller, Request::Status).await? {
+        Response::Status(s) => Ok(s),
         other => Err(unexpected(other)),
     }
+}
+
+async fn status(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
+    let caller = caller(shared, req)?;
+    Ok(HttpResponse::Ok().json(own_status(shared, &caller).await?))
 }
 
 async fn deploy(
@@ -958,13 +955,11 @@ async fn promote(
 
 async fn members(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
     let caller = caller(shared, req)?;
-    match ask(shared, &caller, Request::Status).await? {
-        Response::Status(s) => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "index": s.membership_index,
-            "membership": s.membership,
-        }))),
-        other => Err(unexpected(other)),
-    }
+    let s = own_status(shared, &caller).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "index": s.membership_index,
+        "membership": s.membership,
+    })))
 }
 
 async fn change_members(
@@ -980,10 +975,20 @@ async fn change_members(
         joining: None,
     };
     match write(shared, &caller, request).await? {
-        Response::Written { term, index, .. } => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({ "state": "written", "term": term, "index": index }))),
+        Response::Written { term, index, .. } => Ok(written(term, index, None)),
         other => Err(unexpected(other)),
     }
+}
+
+/// A change done (a configuration, an auth change): its entry, and a new
+/// token's id and text (shown this once).
+fn written(term: u64, index: u64, token: Option<(String, String)>) -> HttpResponse {
+    let mut body = serde_json::json!({ "state": "written", "term": term, "index": index });
+    if let Some((id, text)) = token {
+        body["token_id"] = id.into();
+        body["token"] = text.into();
+    }
+    HttpResponse::Ok().json(body)
 }
 
 async fn auth_show(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Problem> {
@@ -1011,16 +1016,13 @@ async fn auth_change(
         return Err(Problem::bad_request("GET /v1/auth shows the auth state"));
     }
     match write(shared, &caller, Request::Auth(change)).await? {
-        Response::Written { term, index, .. } => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({ "state": "written", "term": term, "index": index }))),
+        Response::Written { term, index, .. } => Ok(written(term, index, None)),
         Response::TokenCreated {
             id,
             token,
             term,
             index,
-        } => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "state": "written", "term": term, "index": index, "token_id": id, "token": token,
-        }))),
+        } => Ok(written(term, index, Some((id, token)))),
         other => Err(unexpected(other)),
     }
 }
