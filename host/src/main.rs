@@ -99,7 +99,7 @@ enum Command {
         data_dir: PathBuf,
         /// Client API address of node 1; node N listens on the next ports
         /// (port 0: any free ports).
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         listen: SocketAddr,
         /// Group size.
         #[arg(long, default_value_t = 3)]
@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, default_value = "understudy")]
         cluster: String,
         /// Client API address.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         listen: SocketAddr,
         /// Data directory.
         #[arg(long)]
@@ -226,7 +226,7 @@ enum Command {
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
         /// Node address.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Actor name.
         actor: String,
@@ -240,7 +240,7 @@ enum Command {
     /// Send a command (JSON, sent as CBOR) to an actor through the leader; prints the response as JSON.
     Send {
         /// Address of any node of the group (the leader is found from it).
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Write concern: `majority` (never lost) or `leader` (acknowledged
         /// after the leader's fsync; may be lost on failover).
@@ -248,13 +248,14 @@ enum Command {
         concern: WriteConcern,
         /// Actor name.
         actor: String,
-        /// Command as JSON, e.g. '{"put":{"key":"a","value":"1"}}'.
+        /// Command as JSON, e.g. '{"put":{"key":"a","value":"1"}}'; `-`
+        /// reads it from standard input, `@FILE` from a file.
         json: String,
     },
     /// Query an actor (JSON, sent as CBOR) on the node at --addr; prints the answer as JSON.
     Query {
         /// Node to read from (any member).
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Consistency: `linearizable` (default), `lease` (leader only),
         /// `any`, `session:TERM:INDEX`, `bounded:ENTRIES` or `bounded-ms:MS`.
@@ -262,13 +263,14 @@ enum Command {
         level: ReadLevel,
         /// Actor name.
         actor: String,
-        /// Query as JSON, e.g. '{"get":{"key":"a"}}'.
+        /// Query as JSON, e.g. '{"get":{"key":"a"}}'; `-` reads it from
+        /// standard input, `@FILE` from a file.
         json: String,
     },
     /// Manual switchover: hand leadership to NODE (it catches up first; the old leader stops taking writes; NODE leads in a new term).
     Promote {
         /// Address of any node of the group (with --force: of NODE itself).
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Id of the member that is to lead.
         node: u64,
@@ -281,7 +283,7 @@ enum Command {
     /// Watch a node catch up (snapshot chunks, then log entries) with a progress bar, until it has everything the leader committed.
     CatchUp {
         /// The node to watch.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
@@ -298,13 +300,13 @@ enum Command {
     /// Show every member's role, term, indexes, lag and digest (asking the node at --addr and the members it knows).
     Status {
         /// Address of any node of the group.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
     },
     /// Users, roles, tokens and the module allow-list of a group (changed through its leader's log).
     Auth {
         /// Address of any node of the group.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         #[command(subcommand)]
         what: AuthCommand,
@@ -312,7 +314,7 @@ enum Command {
     /// The audit trail of admin actions (deploys, promotions, auth changes), newest first.
     Audit {
         /// Node to ask (any member; each keeps the whole trail).
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
         addr: SocketAddr,
         /// Most records to show.
         #[arg(long, default_value_t = 100)]
@@ -630,7 +632,7 @@ fn dispatch(command: Command) -> Result<()> {
             actor,
             json,
         } => {
-            let command = json_to_cbor(&json)?;
+            let command = json_to_cbor(&json_argument(&json)?)?;
             client_call(addr, Reach::Leader, |c| async move {
                 let tag = c.next_tag();
                 match concern {
@@ -661,7 +663,7 @@ fn dispatch(command: Command) -> Result<()> {
             actor,
             json,
         } => {
-            let request = json_to_cbor(&json)?;
+            let request = json_to_cbor(&json_argument(&json)?)?;
             client_call(addr, Reach::Node, |c| async move {
                 let (outcome, applied) = c.query_at(&actor, request, level).await?;
                 print_outcome(&outcome)?;
@@ -1340,6 +1342,35 @@ fn parse_concern(s: &str) -> anyhow::Result<WriteConcern> {
         "leader" => Ok(WriteConcern::Leader),
         _ => Err(anyhow::anyhow!("expected majority or leader, got {s:?}")),
     }
+}
+
+/// A node's address: `HOST:PORT`, a host name or an IP address (the
+/// first address the name resolves to).
+fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    s.to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("{s:?} is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{s:?} resolves to no address"))
+}
+
+/// A command's or query's JSON: the argument itself, `-` for standard
+/// input, or `@FILE` for a file's contents (for documents too large for a
+/// command line).
+fn json_argument(arg: &str) -> Result<String> {
+    use std::io::Read as _;
+    if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the JSON from standard input")?;
+        return Ok(text);
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading the JSON from {path}"));
+    }
+    Ok(arg.to_string())
 }
 
 fn parse_level(s: &str) -> anyhow::Result<ReadLevel> {

@@ -290,6 +290,32 @@ impl Drop for NodeProc {
     }
 }
 
+/// Run `understudy` with `args`, these environment variables and this
+/// standard input, to completion (the CLI bounds its own waits with
+/// `--timeout-ms`); returns (success, stdout, stderr).
+pub fn run_cli_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Result<(bool, String, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new(understudy_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Run `understudy` with `args` to completion; returns (success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> Result<(bool, String, String)> {
     let out = Command::new(understudy_bin())

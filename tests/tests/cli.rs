@@ -265,3 +265,46 @@ async fn the_cli_walk_through_works_against_dev_with_tls() {
     })
     .await;
 }
+
+/// CLI habits: the node's address from UNDERSTUDY_ADDR and as a host
+/// name, a command's JSON from standard input (`-`) or a file (`@FILE`),
+/// `promote` of the current leader a no-op that succeeds, and a machine's
+/// refusal in plain words.
+#[test]
+fn the_cli_takes_its_address_from_the_environment_and_json_from_stdin_or_a_file() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n1"), 1).unwrap();
+    let addr = node.addr.to_string();
+    let env = [("UNDERSTUDY_ADDR", addr.as_str())];
+    let (ok, out, err) =
+        understudy_tests::run_cli_with(&["deploy", "kv", "--example", "kv"], &env, b"").unwrap();
+    assert!(ok, "{out}{err}");
+    // Standard input, and a file.
+    let put = br#"{"put":{"key":"hello","value":"world"}}"#;
+    let (ok, out, err) = understudy_tests::run_cli_with(&["send", "kv", "-"], &env, put).unwrap();
+    assert!(ok, "{out}{err}");
+    let query = dir.path().join("get.json");
+    std::fs::write(&query, br#"{"get":{"key":"hello"}}"#).unwrap();
+    let at_file = format!("@{}", query.display());
+    let (ok, out, err) =
+        understudy_tests::run_cli_with(&["query", "kv", &at_file], &env, b"").unwrap();
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().next(), Some(r#""world""#), "{out}");
+    // A host name in --addr.
+    let by_name = format!("localhost:{}", node.addr.port());
+    let (ok, out, err) = run_cli(&["status", "--addr", &by_name]).unwrap();
+    assert!(ok, "{out}{err}");
+    // The leader promoted: nothing to do, and done.
+    let (ok, out, err) = understudy_tests::run_cli_with(&["promote", "1"], &env, b"").unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("node 1 leads"), "{out}");
+    // A refusal in plain words (no `Some("…")`).
+    let cas = br#"{"cas":{"key":"hello","expected":"x","new":"y"}}"#;
+    let (ok, _, err) = understudy_tests::run_cli_with(&["send", "kv", "-"], &env, cas).unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains(r#"hello is "world", not the expected value"#) && !err.contains("Some("),
+        "{err}"
+    );
+}

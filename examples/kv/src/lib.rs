@@ -64,7 +64,10 @@ impl Machine for Kv {
                 if current != expected {
                     return Err(MachineError::new(
                         "cas-mismatch",
-                        format!("{key} is {current:?}"),
+                        match &current {
+                            Some(v) => format!("{key} is {v:?}, not the expected value"),
+                            None => format!("{key} is not set"),
+                        },
                     ));
                 }
                 kv::put(&key, &new)?;

@@ -655,9 +655,12 @@ impl Client {
         };
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
+            // The leader that answered hands over in a later term; if the
+            // answer came from `node` itself, it led already (a no-op).
             if let Ok(s) = self.status().await
                 && s.leader == Some(node)
-                && s.term > from_term
+                && (s.term > from_term
+                    || (s.node_id == node && s.role == crate::replication::Role::Leader))
             {
                 return Ok(s.term);
             }

@@ -475,9 +475,15 @@ impl Handler<ClientCall> for Node {
                     ));
                     return;
                 }
-                if node == self.config.node_id
-                    || !self.state.core().membership().voters.contains(&node)
-                {
+                if node == self.config.node_id {
+                    // Already the leader: done, nothing to hand over.
+                    let _ = reply.send(Response::Promoting {
+                        node,
+                        term: self.state.core().term(),
+                    });
+                    return;
+                }
+                if !self.state.core().membership().voters.contains(&node) {
                     let _ = reply.send(Response::Error(ApiError::new(
                         ErrorCode::BadRequest,
                         crate::replication::TransferError::NotAMember(node).to_string(),
