@@ -4,11 +4,13 @@
 # name this script.
 #   promtool (Debian `prometheus`): validates the /metrics exposition.
 #   chromium (Debian `chromium`): renders the cluster page headless.
+#   systemd-analyze (Debian `systemd`): verifies the example unit.
 set -euo pipefail
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" != 0 ]; then

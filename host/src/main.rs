@@ -933,8 +933,12 @@ fn run_node(config: NodeConfig) -> Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes) stops the node;
+        // every acknowledged write is durable already.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             stop = tokio::signal::ctrl_c() => stop?,
+            _ = term.recv() => {}
             why = refused => anyhow::bail!("{why}"),
         }
         println!("stopping");

@@ -308,3 +308,55 @@ fn the_cli_takes_its_address_from_the_environment_and_json_from_stdin_or_a_file(
         "{err}"
     );
 }
+
+/// The deployment examples: the commented sample `node.toml` is a node
+/// configuration whose every shown default is the real one, and the
+/// systemd unit passes `systemd-analyze verify` (with this build's binary
+/// where the unit expects the installed one).
+#[test]
+fn the_deployment_examples_are_valid() {
+    understudy_tests::setup!();
+    use understudy::node::NodeConfig;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/deploy");
+    let text = std::fs::read_to_string(root.join("node.toml")).unwrap();
+    let sample: NodeConfig = toml::from_str(&text).expect("the sample parses as a NodeConfig");
+    let mut defaults = NodeConfig::new(
+        sample.node_id,
+        &sample.cluster_id,
+        sample.listen,
+        sample.data_dir.clone(),
+    );
+    defaults.peer_listen = sample.peer_listen;
+    defaults.http_listen = sample.http_listen;
+    defaults.peers = sample.peers.clone();
+    assert_eq!(
+        toml::to_string(&sample).unwrap(),
+        toml::to_string(&defaults).unwrap(),
+        "every value the sample shows is the default"
+    );
+    assert_eq!(sample.peers.len(), 2);
+    let unit = std::fs::read_to_string(root.join("understudy.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/understudy "),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bin = understudy_tests::understudy_bin();
+    let here = dir.path().join("understudy.service");
+    std::fs::write(
+        &here,
+        unit.replace("/usr/local/bin/understudy", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&here)
+        .output()
+        .expect("systemd-analyze (Debian `systemd`)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
