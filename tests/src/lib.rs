@@ -448,9 +448,26 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpAnswer> {
+    https(secs, addr, None, method, path, headers, body).await
+}
+
+/// [`http`] over TLS with `tls` (HTTPS), or plaintext without.
+pub async fn https(
+    secs: u64,
+    addr: SocketAddr,
+    tls: Option<&understudy::tls::ClientTls>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpAnswer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut s: Box<dyn understudy::tls::Io> = match tls {
+            Some(tls) => Box::new(tls.connect(addr, tcp).await?),
+            None => Box::new(tcp),
+        };
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()

@@ -755,3 +755,60 @@ async fn the_cluster_page_shows_the_members_and_the_new_leader_after_a_kill() {
         "the election is listed: {dom}"
     );
 }
+
+/// With TLS, the HTTP port speaks HTTPS with the node's certificate and
+/// takes the client port's client certificates: the admin's certificate
+/// is let in, a client without one is refused while auth is off (as on
+/// the client port), plaintext gets no answer, and a write at a follower
+/// by a caller known only by its certificate is answered `421` naming the
+/// leader (the follower cannot present that certificate to the leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_speaks_tls_with_the_client_ports_certificates() {
+    use understudy::tls::ClientTls;
+    use understudy_tests::https;
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start_tls(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
+    let leader = g
+        .leader(Duration::from_secs(20))
+        .await
+        .expect("a leader within 20 s");
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let (l, f) = (http_of(&g, leader), http_of(&g, follower));
+    let layout = understudy::tls::issue::Layout {
+        dir: dir.path().join("tls"),
+    };
+    let admin = ClientTls::load(
+        &layout.ca_cert(),
+        Some((&layout.user_cert("admin"), &layout.user_key("admin"))),
+    )
+    .unwrap();
+    let anonymous = ClientTls::load(&layout.ca_cert(), None).unwrap();
+    let a = https(20, l, Some(&admin), "GET", "/v1/status", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["node_id"], leader);
+    let a = https(20, l, Some(&anonymous), "GET", "/v1/status", &[], b"")
+        .await
+        .unwrap();
+    problem(&a, 401, "Unauthenticated");
+    let plain = http(10, l, "GET", "/v1/status", &[], b"").await;
+    assert!(
+        plain.as_ref().map_or(true, |a| a.status != 200),
+        "plaintext was served: {plain:?}"
+    );
+    let a = https(
+        20,
+        f,
+        Some(&admin),
+        "POST",
+        "/v1/actors/kv/commands",
+        &[JSON],
+        br#"{"put":{"key":"a","value":"1"}}"#,
+    )
+    .await
+    .unwrap();
+    problem(&a, 421, "NotLeader");
+    assert_eq!(a.json()["leader"], leader, "{}", a.json());
+}
