@@ -50,17 +50,45 @@ fn problem(a: &HttpAnswer, status: u16, title: &str) {
     assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_route_answers_and_a_follower_passes_writes_on() {
-    understudy_tests::setup!();
-    let dir = tempfile::tempdir().unwrap();
-    let g = Group::start(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
+/// A started group of three with HTTP ports, once it has a leader: its
+/// leader and a follower, and their HTTP addresses.
+struct Three {
+    g: Group,
+    leader: u64,
+    follower: u64,
+    l: SocketAddr,
+    f: SocketAddr,
+}
+
+async fn three_with_http(g: Group) -> Three {
     let leader = g
         .leader(Duration::from_secs(20))
         .await
         .expect("a leader within 20 s");
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let (l, f) = (http_of(&g, leader), http_of(&g, follower));
+    Three {
+        g,
+        leader,
+        follower,
+        l,
+        f,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_and_a_follower_passes_writes_on() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Group::start(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
+    // (`_g` keeps the group running to the end of the test.)
+    let Three {
+        g: _g,
+        leader,
+        follower,
+        l,
+        f,
+    } = three_with_http(g).await;
     let mut seen = Seen::default();
 
     // Status.
@@ -769,12 +797,14 @@ async fn the_http_port_speaks_tls_with_the_client_ports_certificates() {
     understudy_tests::setup!();
     let dir = tempfile::tempdir().unwrap();
     let g = Group::start_tls(dir.path(), 3, &["--http-listen", "127.0.0.1:0"]).unwrap();
-    let leader = g
-        .leader(Duration::from_secs(20))
-        .await
-        .expect("a leader within 20 s");
-    let follower = (1..=3).find(|&i| i != leader).unwrap();
-    let (l, f) = (http_of(&g, leader), http_of(&g, follower));
+    // (`_g` keeps the group running to the end of the test.)
+    let Three {
+        g: _g,
+        leader,
+        l,
+        f,
+        ..
+    } = three_with_http(g).await;
     let layout = understudy::tls::issue::Layout {
         dir: dir.path().join("tls"),
     };
