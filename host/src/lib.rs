@@ -11,6 +11,7 @@ pub use understudy_core::{auth, replication, types};
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod http;

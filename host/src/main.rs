@@ -4,6 +4,7 @@
 //! handler is a few lines that parse, call the client or start a node, and
 //! print; split, they would be the same code behind more imports.
 
+mod cli_backup;
 mod cli_member;
 
 use anyhow::{Context, Result, bail};
@@ -54,6 +55,10 @@ struct Cli {
     /// lines of a request).
     #[arg(long, global = true, env = "UNDERSTUDY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// What printing commands print: `text` for people, `json` for
+    /// programs (one JSON document per result).
+    #[arg(long, global = true, env = "UNDERSTUDY_OUTPUT", default_value = "text", value_parser = ["text", "json"])]
+    output: String,
     /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`)
     /// or a filter (`understudy=debug,info`); default RUST_LOG, else info.
     #[arg(long, global = true)]
@@ -69,6 +74,14 @@ struct Reaching {
 }
 
 static REACHING: std::sync::OnceLock<Reaching> = std::sync::OnceLock::new();
+
+/// `--output json`.
+static JSON_OUTPUT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether printing commands print JSON (`--output json`).
+fn json_output() -> bool {
+    JSON_OUTPUT.get().copied().unwrap_or(false)
+}
 
 fn reaching() -> Reaching {
     REACHING
@@ -320,18 +333,75 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Offline check of a stopped node's data directory: replay its log into
-    /// a scratch state and compare with the stored state.
+    /// Offline checks, reading only: a stopped node's data directory (its
+    /// log replayed into a scratch state and compared with its stored
+    /// state), or a backup file (every checksum, record and module).
     Verify {
-        /// Data directory of the (stopped) node.
+        /// Data directory of the (stopped) node; its node id and cluster
+        /// id are read from it.
+        #[arg(long, required_unless_present = "backup", conflicts_with = "backup")]
+        data_dir: Option<PathBuf>,
+        /// A backup file (`understudy backup`) to check instead.
         #[arg(long)]
-        data_dir: PathBuf,
-        /// Node id it belongs to.
+        backup: Option<PathBuf>,
+        /// With --data-dir: the node id it must belong to (checked).
+        #[arg(long, alias = "id", requires = "data_dir")]
+        node_id: Option<u64>,
+        /// With --data-dir: the cluster id it must belong to (checked).
+        #[arg(long, alias = "cluster", requires = "data_dir")]
+        cluster_id: Option<String>,
+        /// With --data-dir: replay the log up to this index only and print
+        /// the state digest there (what a backup taken at that index must
+        /// show), instead of comparing with the stored state.
+        #[arg(long, requires = "data_dir")]
+        at: Option<u64>,
+    },
+    /// Take an online backup from any member while the group serves: a
+    /// consistent snapshot (state, actors, modules, sessions; the index and
+    /// term it is at; checksummed) into one file. With --every-s, one
+    /// every so often into --dir, keeping the newest --keep.
+    Backup {
+        /// The member to back up (any; a follower spares the leader).
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+        addr: SocketAddr,
+        /// The backup file (written as FILE.partial, then renamed).
+        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+        out: Option<PathBuf>,
+        /// A directory for timestamped backups (`understudy-TIME.backup`).
         #[arg(long)]
-        id: u64,
-        /// Cluster id.
-        #[arg(long, default_value = "understudy")]
-        cluster: String,
+        dir: Option<PathBuf>,
+        /// Take a backup every this many seconds (into --dir) until stopped.
+        #[arg(long, requires = "dir")]
+        every_s: Option<u64>,
+        /// How many backups to keep in --dir (the newest).
+        #[arg(long, default_value_t = 7, requires = "dir", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        /// With --every-s: stop after this many backups.
+        #[arg(long, requires = "every_s")]
+        count: Option<u64>,
+    },
+    /// Make a new member's data directory from a backup file: the state at
+    /// the backup's index and a log that starts there. Restore the same
+    /// file for every member of a new group, then start them (`understudy
+    /// node`) with the new group's members; the group goes on from the
+    /// backup's index.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new member's config file (its node_id, cluster_id, data_dir
+        /// and [storage] are used).
+        #[arg(long, conflicts_with_all = ["data_dir", "node_id", "cluster_id"])]
+        config: Option<PathBuf>,
+        /// The new member's data directory (must not exist, or be empty).
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// The new member's node id.
+        #[arg(long, alias = "id", required_unless_present = "config")]
+        node_id: Option<u64>,
+        /// The new group's cluster id (default: the backed-up group's).
+        #[arg(long, alias = "cluster")]
+        cluster_id: Option<String>,
     },
 }
 
@@ -476,6 +546,7 @@ fn main() {
         }
         None => None,
     };
+    let _ = JSON_OUTPUT.set(cli.output == "json");
     let _ = REACHING.set(Reaching {
         request: std::time::Duration::from_millis(cli.timeout_ms),
         options: ClientOptions {
@@ -728,10 +799,72 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }),
         Command::Verify {
+            data_dir: Some(data_dir),
+            at,
+            node_id,
+            cluster_id,
+            ..
+        } => verify(data_dir, at, node_id, cluster_id),
+        Command::Verify {
+            backup: Some(file), ..
+        } => {
+            let summary = understudy::backup::verify(&file)?;
+            cli_backup::show(&format!("ok: {}", file.display()), &summary, json_output());
+            Ok(())
+        }
+        Command::Verify { .. } => bail!("give --data-dir DIR or --backup FILE"),
+        Command::Backup {
+            addr,
+            out,
+            dir,
+            every_s,
+            keep,
+            count,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let plan = cli_backup::BackupPlan {
+                out,
+                dir,
+                every_s,
+                keep: keep as usize,
+                count,
+            };
+            rt.block_on(cli_backup::run(
+                || async move {
+                    let begin = connect_node(addr).await.with_context(|| {
+                        format!(
+                            "is a node running at {addr}? (start a group with `understudy dev`)"
+                        )
+                    })?;
+                    // The snapshot is written before the first answer.
+                    let begin = begin.request_timeout(reaching().request.max(
+                        std::time::Duration::from_millis(understudy::node::BACKUP_WRITE_TIMEOUT_MS),
+                    ));
+                    let chunks = connect_node(addr).await?;
+                    let r = reaching();
+                    let leader = Client::connect_group_with_options(vec![addr], r.options)
+                        .await?
+                        .request_timeout(r.request)
+                        .retry_for(r.request);
+                    Ok(cli_backup::Clients {
+                        leader,
+                        begin,
+                        chunks,
+                    })
+                },
+                plan,
+                json_output(),
+            ))
+        }
+        Command::Restore {
+            from,
+            config,
             data_dir,
-            id,
-            cluster,
-        } => verify(data_dir, id, &cluster),
+            node_id,
+            cluster_id,
+        } => restore(&from, config, data_dir, node_id, cluster_id),
         Command::Auth { addr, what } => auth(addr, what),
         Command::Audit { addr, limit } => client_call(addr, Reach::Node, |c| async move {
             let records = c.audit(limit).await?;
@@ -1417,15 +1550,72 @@ fn print_outcome(outcome: &Outcome) -> Result<()> {
     }
 }
 
-fn verify(data_dir: PathBuf, id: u64, cluster: &str) -> Result<()> {
+fn verify(
+    data_dir: PathBuf,
+    at: Option<u64>,
+    node_id: Option<u64>,
+    cluster_id: Option<String>,
+) -> Result<()> {
     use understudy::storage;
-    let identity = storage::Identity {
-        format_version: storage::FORMAT_VERSION,
-        cluster_id: cluster.to_string(),
-        node_id: id,
-    };
-    let (_lock, log, state) =
-        storage::open(&data_dir, &identity, &storage::StorageOptions::default())?;
+    anyhow::ensure!(
+        data_dir.join("log").join("data.mdb").is_file(),
+        "{} is not a node's data directory (no log in it)",
+        data_dir.display()
+    );
+    // No node may run on it while it is read and copied.
+    let _held = storage::DirLock::acquire(&data_dir)?;
+    // Read the identity without writing: a wrong path is refused, never
+    // made into an empty node.
+    let identity = storage::peek_identity(&data_dir.join("log"))?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a node's data directory (no log with an identity in it)",
+            data_dir.display()
+        )
+    })?;
+    if node_id.is_some_and(|id| id != identity.node_id)
+        || cluster_id
+            .as_ref()
+            .is_some_and(|c| *c != identity.cluster_id)
+    {
+        bail!(
+            "{} belongs to {identity}, not to node {} of cluster {:?}",
+            data_dir.display(),
+            node_id.map_or("(any)".to_string(), |i| i.to_string()),
+            cluster_id.as_deref().unwrap_or("(any)")
+        );
+    }
+    // Opening a data directory writes (journaled entries move into the
+    // log, identities are checked in write transactions): verify opens a
+    // copy, made while it holds the directory's lock.
+    let scratch = tempfile_dir()?;
+    let result = verify_copy(&data_dir, &scratch, &identity, at);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// [`verify`] on a copy of `data_dir` made under `scratch`.
+fn verify_copy(
+    data_dir: &std::path::Path,
+    scratch: &std::path::Path,
+    identity: &understudy::storage::Identity,
+    at: Option<u64>,
+) -> Result<()> {
+    use understudy::storage;
+    let copy = scratch.join("copy");
+    for env in ["log", "state"] {
+        let (from, to) = (data_dir.join(env), copy.join(env));
+        std::fs::create_dir_all(&to)?;
+        for file in
+            std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?
+        {
+            let file = file?;
+            if file.file_type()?.is_file() {
+                std::fs::copy(file.path(), to.join(file.file_name()))
+                    .with_context(|| format!("copying {}", file.path().display()))?;
+            }
+        }
+    }
+    let (_lock, log, state) = storage::open(&copy, identity, &storage::StorageOptions::default())?;
     let applied = state.applied()?;
     let (compacted, _) = log.compacted()?;
     anyhow::ensure!(
@@ -1433,23 +1623,102 @@ fn verify(data_dir: PathBuf, id: u64, cluster: &str) -> Result<()> {
         "the log of {} is compacted up to index {compacted}: a replay from the start is not possible (verify needs the whole log; raise compaction.retain_entries / retain_ms to keep it)",
         data_dir.display()
     );
-    let scratch = tempfile_dir()?;
     let (replayed, kv) = understudy::node::applier::replay(
         &log,
-        applied.index,
-        &scratch,
-        &identity,
+        at.unwrap_or(applied.index),
+        &scratch.join("replay"),
+        identity,
         understudy::sandbox::SandboxLimits::default(),
     )?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(at) = at {
+        let digest: String = replayed.digest.iter().map(|b| format!("{b:02x}")).collect();
+        if json_output() {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "node_id": identity.node_id,
+                    "cluster_id": identity.cluster_id,
+                    "index": at,
+                    "digest": digest,
+                    "kv_pairs": kv.len(),
+                })
+            );
+        } else {
+            println!(
+                "{identity}: replayed to index {at}: digest {digest}, {} kv pairs",
+                kv.len()
+            );
+        }
+        return Ok(());
+    }
     anyhow::ensure!(
         replayed == applied && kv == state.dump_kv()?,
         "state differs from a replay of the log up to index {}",
         applied.index
     );
-    println!(
-        "ok: state at applied index {} equals a fresh replay of the log",
-        applied.index
+    let digest: String = applied.digest.iter().map(|b| format!("{b:02x}")).collect();
+    if json_output() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "node_id": identity.node_id,
+                "cluster_id": identity.cluster_id,
+                "applied_index": applied.index,
+                "digest": digest,
+                "ok": true,
+            })
+        );
+    } else {
+        println!(
+            "ok: {identity}: state at applied index {} (digest {digest}) equals a fresh replay of the log",
+            applied.index
+        );
+    }
+    Ok(())
+}
+
+/// `understudy restore`.
+fn restore(
+    from: &std::path::Path,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    node_id: Option<u64>,
+    cluster_id: Option<String>,
+) -> Result<()> {
+    use understudy::storage;
+    let (data_dir, node_id, cluster_id, options) = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let c: NodeConfig =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            (c.data_dir, c.node_id, Some(c.cluster_id), c.storage)
+        }
+        None => (
+            data_dir.context("--data-dir is needed without --config")?,
+            node_id.context("--node-id is needed without --config")?,
+            cluster_id,
+            storage::StorageOptions::default(),
+        ),
+    };
+    let cluster_id = match cluster_id {
+        Some(c) => c,
+        None => {
+            understudy::backup::BackupReader::open(from)?
+                .header
+                .cluster_id
+        }
+    };
+    let identity = storage::Identity {
+        format_version: storage::FORMAT_VERSION,
+        cluster_id,
+        node_id,
+    };
+    let summary = understudy::backup::restore(from, &data_dir, &identity, &options)?;
+    cli_backup::show(
+        &format!("restored {} into {}", identity, data_dir.display()),
+        &summary,
+        json_output(),
     );
     Ok(())
 }

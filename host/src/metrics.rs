@@ -503,6 +503,7 @@ pub fn kind_of(request: &crate::api::Request) -> &'static str {
         R::Status => "status",
         R::Authenticate { .. } => "authenticate",
         R::Promote { .. } | R::Auth(_) | R::Audit { .. } | R::Membership { .. } => "admin",
+        R::Backup(_) => "backup",
     }
 }
 

@@ -754,6 +754,78 @@ impl Client {
         }
     }
 
+    /// Seal the group's writes for a backup, through its leader (see
+    /// [`crate::api::BackupRequest::Seal`]): returns the index a backup
+    /// must reach to hold every write acknowledged so far.
+    pub async fn backup_seal(&self) -> Result<Index, ClientError> {
+        match self
+            .call_following(Request::Backup(crate::api::BackupRequest::Seal))
+            .await?
+        {
+            Response::BackupSealed { index } => Ok(index),
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Begin an online backup on the node asked: once its durable state
+    /// is at or past `at_least`, it writes a snapshot of it and stages it
+    /// (see [`crate::api::BackupRequest`]).
+    /// Returns the backup's id, the node, its cluster, the time, and the
+    /// snapshot's meta.
+    pub async fn backup_begin(&self, at_least: Index) -> Result<BackupBegun, ClientError> {
+        match self
+            .call(Request::Backup(crate::api::BackupRequest::Begin {
+                at_least,
+            }))
+            .await?
+        {
+            Response::BackupBegun {
+                id,
+                node_id,
+                cluster_id,
+                taken_at_ms,
+                meta,
+            } => Ok(BackupBegun {
+                id,
+                node_id,
+                cluster_id,
+                taken_at_ms,
+                meta: *meta,
+            }),
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Chunk `seq` of the staged backup `id` (unchecked: the caller checks
+    /// it against the meta's checksum).
+    pub async fn backup_chunk(&self, id: u64, seq: u64) -> Result<Vec<u8>, ClientError> {
+        match self
+            .call(Request::Backup(crate::api::BackupRequest::Chunk {
+                id,
+                seq,
+            }))
+            .await?
+        {
+            Response::BackupChunk { data } => Ok(data.into_vec()),
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Tell the node the staged backup `id` can go.
+    pub async fn backup_end(&self, id: u64) -> Result<(), ClientError> {
+        match self
+            .call(Request::Backup(crate::api::BackupRequest::End { id }))
+            .await?
+        {
+            Response::BackupEnded => Ok(()),
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// The node's status.
     pub async fn status(&self) -> Result<Status, ClientError> {
         match self.call(Request::Status).await? {
@@ -761,6 +833,21 @@ impl Client {
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
+}
+
+/// A backup the node asked has staged ([`Client::backup_begin`]).
+#[derive(Clone, Debug)]
+pub struct BackupBegun {
+    /// Its id on that node.
+    pub id: u64,
+    /// The node.
+    pub node_id: NodeId,
+    /// Its group.
+    pub cluster_id: String,
+    /// When it was written (ms since the Unix epoch).
+    pub taken_at_ms: u64,
+    /// The snapshot.
+    pub meta: crate::storage::SnapshotMeta,
 }
 
 impl From<ApiError> for ClientError {

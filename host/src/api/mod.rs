@@ -109,6 +109,46 @@ pub enum Request {
         #[serde(default)]
         joining: Option<Joining>,
     },
+    /// An online backup of the node asked (admin): see [`BackupRequest`].
+    Backup(BackupRequest),
+}
+
+/// The steps of an online backup. `Seal` (to the leader) makes every write
+/// acknowledged so far reach a member's durable state: that state moves
+/// only at a run window's end (`RUN_WINDOW` entries), so the leader appends
+/// no-op entries up to the next one and answers once they are applied,
+/// with its last index before them. `Begin` has the node asked write a
+/// snapshot of its durable state once it reaches that index (from one
+/// read transaction, on the snapshot thread: the group keeps serving) into
+/// a staging directory of its own; the client then fetches the snapshot's
+/// chunks one request at a time and ends the backup, which removes the
+/// staging directory. A node keeps at most `BACKUPS_STAGED_MAX` staged
+/// backups (a new one removes the least recently used) and removes one
+/// nobody asked a chunk of for `BACKUP_IDLE_MS`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupRequest {
+    /// Close the leader's current run window (answered `BackupSealed`).
+    Seal,
+    /// Write a snapshot to back up (answered `BackupBegun`).
+    Begin {
+        /// Wait (at most `BACKUP_CATCH_UP_MS`) until this node's durable
+        /// state is at or past this index (from `BackupSealed`; 0: now).
+        #[serde(default)]
+        at_least: Index,
+    },
+    /// One chunk of a begun backup (answered `BackupChunk`).
+    Chunk {
+        /// The backup (from `BackupBegun`).
+        id: u64,
+        /// Chunk number, from 0.
+        seq: u64,
+    },
+    /// The client has every chunk: the node removes the staged backup
+    /// (answered `BackupEnded`).
+    End {
+        /// The backup.
+        id: u64,
+    },
 }
 
 /// A read level as the CLI and the HTTP API write it: `linearizable`,
@@ -350,7 +390,8 @@ impl Request {
             Request::Status
             | Request::Promote { .. }
             | Request::Auth(_)
-            | Request::Membership { .. } => Ok(()),
+            | Request::Membership { .. }
+            | Request::Backup(_) => Ok(()),
         }
     }
 }
@@ -526,6 +567,32 @@ pub enum Response {
     AuthState(Box<crate::auth::AuthState>),
     /// The audit trail, newest first.
     Audit(Vec<crate::access::AuditRecord>),
+    /// Every write acknowledged before the seal is at or below `index`,
+    /// and the log has reached the run window end past it.
+    BackupSealed {
+        /// The leader's last index when the seal arrived.
+        index: Index,
+    },
+    /// A backup's snapshot is staged: fetch its `meta.chunks` chunks.
+    BackupBegun {
+        /// The backup's id on this node.
+        id: u64,
+        /// The node that wrote it.
+        node_id: NodeId,
+        /// Its group.
+        cluster_id: String,
+        /// When it was written (ms since the Unix epoch).
+        taken_at_ms: u64,
+        /// What it is: index, term, digest, chunk checksums, configuration.
+        meta: Box<crate::storage::SnapshotMeta>,
+    },
+    /// One chunk of a staged backup.
+    BackupChunk {
+        /// Its bytes (checked by the client against the meta's checksum).
+        data: ByteBuf,
+    },
+    /// The staged backup is removed.
+    BackupEnded,
     /// An error.
     Error(ApiError),
 }

@@ -52,6 +52,18 @@ pub enum SnapshotError {
     /// Reading the state or the log, or writing the snapshot's files.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A backup's state did not reach the index asked in time.
+    #[error(
+        "this node's durable state reached index {reached}, not {wanted}, within {within_ms} ms (BACKUP_CATCH_UP_MS): back up a member that is not behind"
+    )]
+    Behind {
+        /// Where it is.
+        reached: crate::types::Index,
+        /// Where it was to be.
+        wanted: crate::types::Index,
+        /// How long it was given.
+        within_ms: u64,
+    },
     /// Putting the written snapshot in place.
     #[error("moving the snapshot to {path}: {source}")]
     Io {

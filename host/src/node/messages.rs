@@ -115,6 +115,19 @@ pub(super) struct ResetLog {
 #[rtype(result = "Result<(PathBuf, storage::SnapshotMeta), SnapshotError>")]
 pub(super) struct MakeSnapshot;
 
+/// Write a fresh snapshot of the durable state into `dir` (an online
+/// backup; see `backups.rs`).
+#[derive(Message)]
+#[rtype(result = "Result<storage::SnapshotMeta, SnapshotError>")]
+pub(super) struct MakeBackup {
+    /// Where its chunks and meta go (made; must not exist).
+    pub dir: PathBuf,
+    /// Wait until the durable state is at or past this index…
+    pub at_least: crate::types::Index,
+    /// …for at most this long (then `SnapshotError::Behind`).
+    pub within: std::time::Duration,
+}
+
 /// Drive the node state once every message already queued has been handled:
 /// the proposals of a burst go to the applier together, and leave as one
 /// append (see `Node::execute` in `shell.rs`).

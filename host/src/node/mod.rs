@@ -16,7 +16,8 @@
 //!   entries through the sandbox ([`applier`]) in batches, executes the
 //!   leader's proposals ahead of commit, and prepares queries for the
 //!   query threads (`queries`).
-//! * [`SnapshotMaker`] (`snapshots`, its own thread) writes snapshots.
+//! * [`SnapshotMaker`] (`snapshots`, its own thread) writes snapshots
+//!   (for followers, and for online backups: `backups.rs`).
 //! * Connections ([`server`]) turn frames into [`ClientCall`] messages;
 //!   [`run`] binds the listeners and starts everything.
 //!
@@ -27,6 +28,7 @@ pub use crate::config::{LogKind, Timing};
 
 pub mod applier;
 mod applier_actor;
+mod backups;
 mod clock;
 mod config;
 pub mod error;
@@ -42,6 +44,10 @@ mod tests;
 mod writer;
 
 pub use applier_actor::{ApplierActor, ReadAudit};
+pub use backups::{
+    BACKUP_CATCH_UP_MS, BACKUP_IDLE_MS, BACKUP_WRITE_TIMEOUT_MS, BACKUPS_STAGED_MAX,
+    BACKUPS_WRITING_MAX,
+};
 pub use clock::TICK_MS;
 pub use config::{Compaction, ConfigError, NodeConfig, PeerConfig};
 pub use messages::FAULT_RETRY_MS;

@@ -343,6 +343,9 @@ fn request_name(r: &Request) -> &'static str {
         Request::Auth(_) => "auth",
         Request::Audit { .. } => "audit",
         Request::Membership { .. } => "membership",
+        Request::Backup(crate::api::BackupRequest::Seal) => "backup seal",
+        Request::Backup(crate::api::BackupRequest::Begin { .. }) => "backup",
+        Request::Backup(_) => "backup chunk",
     }
 }
 
@@ -357,7 +360,12 @@ impl Handler<ClientCall> for Node {
         } = msg;
         let _in_request = span.enter();
         let kind = crate::metrics::kind_of(&request);
-        if matches!(kind, "deploy" | "admin") {
+        if matches!(kind, "deploy" | "admin")
+            || matches!(
+                request,
+                Request::Backup(crate::api::BackupRequest::Begin { .. })
+            )
+        {
             // Changes of the group are rare and worth a line each.
             tracing::info!(
                 request = request_name(&request),
@@ -455,6 +463,7 @@ impl Handler<ClientCall> for Node {
                 }
                 self.change_membership(change, client, reply, ctx)
             }
+            Request::Backup(step) => self.backup(step, reply, ctx),
             Request::Promote { node, force: true } => {
                 let response = self.force_alone(node);
                 if matches!(response, Response::Promoting { .. }) {

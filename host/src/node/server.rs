@@ -314,6 +314,7 @@ pub(crate) fn allowed(
         | Request::Auth(_)
         | Request::Audit { .. }
         | Request::Membership { .. }
+        | Request::Backup(_)
         | Request::Authenticate { .. } => Action::Admin,
     };
     state.check(principal, action, now_ms).map_err(|d| match d {

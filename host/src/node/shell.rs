@@ -128,6 +128,8 @@ pub struct Node {
     pub(super) snapshot_maker: Addr<SnapshotMaker>,
     /// A [`DriveSoon`] is queued.
     pub(super) drive_soon: bool,
+    /// Online backups staged for clients to fetch.
+    pub(super) backups: super::backups::staged::Staged,
     pub(super) _lock: DirLock,
 }
 
@@ -378,6 +380,7 @@ impl Node {
             )
             .collect();
         let node = Node {
+            backups: super::backups::staged::Staged::new(&config.data_dir),
             metrics: metrics.clone(),
             seen: (Role::Follower, None, false),
             leader_changes: Default::default(),

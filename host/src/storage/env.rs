@@ -286,6 +286,50 @@ pub(super) fn create_db<KC: 'static, DC: 'static>(
     Ok(db.unwrap_commit())
 }
 
+/// The identity recorded in the log environment at `path`, read without
+/// writing anything (the environment opened read-only, without LMDB's
+/// lock file, whose reader table a read would write: the caller holds
+/// the data directory's [`super::DirLock`], so no process has it open);
+/// `None` if `path` holds no log environment.
+pub fn peek_identity(path: &Path) -> Result<Option<Identity>, StorageError> {
+    if !path.join("data.mdb").is_file() {
+        return Ok(None);
+    }
+    let lmdb_err = |source| StorageError::Lmdb {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut o = EnvOpenOptions::new().read_txn_without_tls();
+    o.max_dbs(4).max_readers(READERS_MAX);
+    // SAFETY: read-only, and no other process has it open (the caller
+    // holds the directory's lock); this process opens it nowhere else
+    // while this one is alive.
+    unsafe { o.flags(heed::EnvFlags::READ_ONLY | heed::EnvFlags::NO_LOCK) };
+    // SAFETY: as above.
+    let env = unsafe { o.open(path) }.map_err(lmdb_err)?;
+    let opened = env
+        .open_databases_and_commit(env.read_txn().map_err(lmdb_err)?, |opener, rtxn| {
+            opener
+                .open_database::<Str, Bytes>(rtxn, Some("meta"))
+                .map(CommitOrAbort::<_, ()>::Commit)
+        })
+        .map_err(lmdb_err)?;
+    let Some(meta) = opened.unwrap_commit() else {
+        return Ok(None);
+    };
+    let rtxn = env.read_txn().map_err(lmdb_err)?;
+    let Some(bytes) = meta.get(&rtxn, "identity").map_err(lmdb_err)? else {
+        return Ok(None);
+    };
+    codec::decode("identity", bytes)
+        .map(Some)
+        .map_err(|source| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            what: "identity".into(),
+            source,
+        })
+}
+
 pub(super) fn check_identity(
     env: &Env<WithoutTls>,
     meta: Database<'static, Str, Bytes>,

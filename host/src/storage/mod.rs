@@ -30,7 +30,7 @@ mod log;
 mod state;
 
 pub use crate::replication::HardState;
-pub use env::{FORMAT_VERSION, Identity, StorageError, StorageOptions};
+pub use env::{FORMAT_VERSION, Identity, StorageError, StorageOptions, peek_identity};
 pub use log::{JOURNAL_BATCH_BYTES_MAX, LogStore, TAIL_ENTRIES_MAX};
 pub use state::*;
 

@@ -502,7 +502,7 @@ pub struct SnapshotRecord {
 }
 
 /// Describes a snapshot written by [`StateStore::write_snapshot`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The applied index the snapshot is the state of.
     pub index: Index,
