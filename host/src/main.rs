@@ -5,6 +5,7 @@
 //! print; split, they would be the same code behind more imports.
 
 mod cli_backup;
+mod cli_bench;
 mod cli_member;
 
 use anyhow::{Context, Result, bail};
@@ -146,7 +147,7 @@ enum Command {
     /// Run one node from a TOML config file or from flags.
     Node {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
-        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "http_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms"])]
+        #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "http_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms", "advertise_client", "advertise_peer"])]
         config: Option<PathBuf>,
         /// Node id.
         #[arg(long)]
@@ -235,6 +236,17 @@ enum Command {
         /// (`member add`, or `member replace` for a dead member).
         #[arg(long, conflicts_with_all = ["peer", "join"], requires = "peer_listen")]
         await_membership: bool,
+        /// The client address to announce (HOST:PORT; a name others can
+        /// resolve, e.g. a pod's DNS name) when it differs from --listen.
+        #[arg(long)]
+        advertise_client: Option<String>,
+        /// The peer address to announce when it differs from --peer-listen.
+        #[arg(long)]
+        advertise_peer: Option<String>,
+        /// Check the configuration (flags or --config) and print it as
+        /// TOML, without starting the node.
+        #[arg(long)]
+        check: bool,
     },
     /// Deploy a machine (a component or core module file, or a built-in example) as an actor.
     Deploy {
@@ -379,6 +391,40 @@ enum Command {
         /// With --every-s: stop after this many backups.
         #[arg(long, requires = "every_s")]
         count: Option<u64>,
+    },
+    /// Load-test a running group: closed-loop clients writing (kv puts
+    /// through the leader) and reading (kv gets from every member) for a
+    /// while, with a progress bar; then throughput and p50/p99/p99.9 per
+    /// kind. Deploys the kv example as --actor if the group has none by
+    /// that name; writes keys `bench-N`.
+    Bench {
+        /// Any member of the group.
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+        addr: SocketAddr,
+        /// Closed-loop clients (each one connection, one operation in flight).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Fraction of operations that are reads (0: writes only, 1: reads only).
+        #[arg(long, default_value_t = 0.0)]
+        reads: f64,
+        /// Write concern of the writes: `majority` or `leader`.
+        #[arg(long, default_value = "majority", value_parser = parse_concern)]
+        concern: WriteConcern,
+        /// Read level of the reads (as `query --level`).
+        #[arg(long, default_value = "linearizable")]
+        level: String,
+        /// The kv actor to write and read.
+        #[arg(long, default_value = "bench")]
+        actor: String,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Bytes of each value written.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
     },
     /// Make a new member's data directory from a backup file: the state at
     /// the backup's index and a log that starts there. Restore the same
@@ -602,6 +648,9 @@ fn dispatch(command: Command) -> Result<()> {
             insecure,
             join,
             await_membership,
+            advertise_client,
+            advertise_peer,
+            check,
             catch_up_timeout_ms,
         } => {
             let config = match config {
@@ -647,6 +696,8 @@ fn dispatch(command: Command) -> Result<()> {
                     config.insecure = insecure;
                     config.join = join;
                     config.await_membership = await_membership;
+                    config.advertise_client = advertise_client;
+                    config.advertise_peer = advertise_peer;
                     if let Some(ms) = catch_up_timeout_ms {
                         config.membership.catch_up_timeout_ms = ms;
                     }
@@ -668,6 +719,13 @@ fn dispatch(command: Command) -> Result<()> {
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!("invalid node config: {e}"))?;
+            if check {
+                print!(
+                    "{}",
+                    toml::to_string(&config).context("printing the configuration")?
+                );
+                return Ok(());
+            }
             run_node(config)
         }
         Command::Deploy {
@@ -778,12 +836,12 @@ fn dispatch(command: Command) -> Result<()> {
                 .iter()
                 .filter(|(id, _)| **id != first.node_id)
                 .map(|(&id, a)| async move {
-                    let status = match a.parse() {
-                        Ok(a) => match connect_node(a).await {
+                    let status = match understudy::net::resolve(a).await {
+                        Some(a) => match connect_node(a).await {
                             Ok(c) => c.status().await.map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         },
-                        Err(e) => Err(format!("bad address {a}: {e}")),
+                        None => Err(format!("its address {a} does not resolve")),
                     };
                     (id, a.clone(), status)
                 });
@@ -857,6 +915,35 @@ fn dispatch(command: Command) -> Result<()> {
                 plan,
                 json_output(),
             ))
+        }
+        Command::Bench {
+            addr,
+            clients,
+            seconds,
+            reads,
+            concern,
+            level,
+            actor,
+            keys,
+            value_bytes,
+        } => {
+            let plan = cli_bench::Plan {
+                addr,
+                clients,
+                seconds,
+                reads,
+                concern,
+                level: (parse_level(&level)?, level),
+                actor,
+                keys,
+                value_bytes,
+            };
+            let r = reaching();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(cli_bench::run(plan, r.options, r.request, json_output()))
         }
         Command::Restore {
             from,
@@ -1279,12 +1366,12 @@ async fn catch_up(c: &Client, timeout: std::time::Duration) -> Result<()> {
         let s = c.status().await?;
         let leader_commit = match (&s.leader_address, s.role) {
             (_, understudy::replication::Role::Leader) => Some(s.commit_index),
-            (Some(a), _) => match a.parse() {
-                Ok(a) => match connect_node(a).await {
+            (Some(a), _) => match understudy::net::resolve(a).await {
+                Some(a) => match connect_node(a).await {
                     Ok(l) => l.status().await.ok().map(|l| l.commit_index),
                     Err(_) => None,
                 },
-                Err(_) => None,
+                None => None,
             },
             (None, _) => None,
         };

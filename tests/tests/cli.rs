@@ -360,3 +360,320 @@ fn the_deployment_examples_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `understudy bench` against a running group: a progress bar on standard
+/// error, then a table of writes, reads and both (or one JSON document),
+/// with operations counted and no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_prints_its_table_and_its_json() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let g = understudy_tests::Group::start(dir.path(), 3, &[]).unwrap();
+    g.leader(Duration::from_secs(20)).await.unwrap();
+    let addr = g.node(2).addr.to_string();
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        120,
+        &[
+            "bench",
+            "--addr",
+            &addr,
+            "--seconds",
+            "2",
+            "--clients",
+            "4",
+            "--reads",
+            "0.5",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("deployed the kv example as actor \"bench\""),
+        "{err}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("4 clients for 2."), "{out}");
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .eq(["ops", "ops/s", "p50", "p99", "p99.9", "max", "errors"]),
+        "{out}"
+    );
+    for (row, name) in lines[2..5].iter().zip(["writes", "reads", "total"]) {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], name, "{out}");
+        assert!(
+            cells[1].parse::<u64>().unwrap() > 0,
+            "{name}: no operations in {out}"
+        );
+        assert_eq!(cells.last(), Some(&"0"), "{name}: errors in {out}");
+    }
+    // JSON, at another level, against the actor deployed by the first run.
+    let (ok, out, err) = understudy_tests::run_cli_within(
+        120,
+        &[
+            "bench",
+            "--addr",
+            &addr,
+            "--seconds",
+            "1",
+            "--clients",
+            "2",
+            "--reads",
+            "1",
+            "--level",
+            "any",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(!err.contains("deployed"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["level"], "any");
+    assert_eq!(v["writes"]["ops"], 0);
+    assert!(v["reads"]["ops"].as_u64().unwrap() > 0, "{out}");
+    assert!(v["reads"]["p999_us"].as_f64().unwrap() >= v["reads"]["p50_us"].as_f64().unwrap());
+    assert_eq!(v["total"]["errors"], 0, "{out}");
+    // A plan past a limit is refused before anything runs.
+    let (ok, _, err) =
+        understudy_tests::run_cli_within(30, &["bench", "--addr", &addr, "--clients", "1025"])
+            .await;
+    assert!(!ok && err.contains("BENCH_CLIENTS_MAX"), "{err}");
+}
+
+/// The Kubernetes example: the manifests parse (PyYAML), the headless
+/// Service, the StatefulSet and its volume agree with each other, and the
+/// container's script, run for a bootstrap pod and for a pod added later,
+/// makes a node configuration the binary accepts (`node … --check`): the
+/// pod's id, its announced DNS names, the other bootstrap members as
+/// peers, or `join` for a pod past them.
+#[test]
+fn the_kubernetes_example_makes_valid_member_configurations() {
+    understudy_tests::setup!();
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/deploy/kubernetes.yaml"
+    );
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+            manifest,
+        ])
+        .output()
+        .expect("python3 with PyYAML (scripts/install-tools.sh)");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&parsed.stdout).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Service", "Service", "StatefulSet", "NetworkPolicy"]
+    );
+    let (headless, set) = (&docs[0], &docs[2]);
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(set["spec"]["serviceName"], headless["metadata"]["name"]);
+    let labels = &set["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&set["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&headless["spec"]["selector"], labels);
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(
+        container["volumeMounts"][0]["name"],
+        set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    );
+    let ports: Vec<u64> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    let service_ports: Vec<u64> = headless["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, service_ports);
+    let script = container["args"][0].as_str().unwrap();
+    let bootstrap = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "BOOTSTRAP_MEMBERS")
+        .and_then(|e| e["value"].as_str())
+        .unwrap()
+        .to_string();
+
+    // The script with an `understudy` that checks instead of starting.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("understudy");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --check\n",
+            understudy_tests::understudy_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let name = |n: u64| format!("understudy-{n}.understudy.shop.svc.cluster.local");
+    for ordinal in [0u64, 1, 2, 3] {
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .env("HOSTNAME", format!("understudy-{ordinal}"))
+            .env("POD_NAMESPACE", "shop")
+            .env("BOOTSTRAP_MEMBERS", &bootstrap)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let (config, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "pod {ordinal}: {config}{err}");
+        assert!(
+            config.contains(&format!("node_id = {}\n", ordinal + 1)),
+            "{config}"
+        );
+        assert!(
+            config.contains(&format!("data_dir = \"{mount}\"")),
+            "{config}"
+        );
+        assert!(
+            config.contains(&format!("advertise_client = \"{}:7600\"", name(ordinal)))
+                && config.contains(&format!("advertise_peer = \"{}:7700\"", name(ordinal))),
+            "{config}"
+        );
+        if ordinal < 3 {
+            for other in (0..3).filter(|&o| o != ordinal) {
+                assert!(
+                    config.contains(&format!(
+                        "id = {}\naddress = \"{}:7700\"\nclient_address = \"{}:7600\"",
+                        other + 1,
+                        name(other),
+                        name(other)
+                    )),
+                    "pod {ordinal} lacks peer {other}: {config}"
+                );
+            }
+            assert!(!config.contains("join ="), "{config}");
+        } else {
+            assert!(
+                config.contains(&format!("join = \"{}:7600\"", name(0))),
+                "{config}"
+            );
+            assert!(!config.contains("[[peers]]"), "{config}");
+        }
+    }
+}
+
+/// Members that listen on one address and announce another — a host name,
+/// as a Kubernetes pod announces its DNS name — are known by that name
+/// (status, leader hints), and a client that starts at a follower follows
+/// the name it is given to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_announce_host_names_and_clients_follow_them() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free(), free())).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let (client, peer) = ports[id as usize - 1];
+        let mut args: Vec<String> = [
+            "node",
+            "--id",
+            &id.to_string(),
+            "--cluster",
+            "test",
+            "--listen",
+            &format!("127.0.0.1:{client}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{peer}"),
+            "--advertise-client",
+            &format!("localhost:{client}"),
+            "--advertise-peer",
+            &format!("localhost:{peer}"),
+            "--heartbeat-ms",
+            "25",
+            "--election-timeout-ms",
+            "150-300",
+        ]
+        .map(String::from)
+        .to_vec();
+        for other in (1..=3u64).filter(|&o| o != id) {
+            let (c, p) = ports[other as usize - 1];
+            args.push("--peer".into());
+            args.push(format!("{other}=localhost:{p},localhost:{c}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(NodeProc::spawn_args(&args, &dir.path().join(format!("node{id}")), id).unwrap());
+    }
+    let any = understudy::api::client::Client::connect_node_with(nodes[0].addr, Default::default())
+        .await
+        .unwrap();
+    let leader = understudy_tests::within(30, "a leader", async {
+        loop {
+            if let Ok(s) = any.status().await
+                && let Some(l) = s.leader
+            {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let follower = (1..=3u64).find(|&i| i != leader).unwrap();
+    let at_follower = understudy::api::client::Client::connect_node_with(
+        nodes[follower as usize - 1].addr,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let s = understudy_tests::within(10, "a status", at_follower.status())
+        .await
+        .unwrap();
+    let (leader_client, _) = ports[leader as usize - 1];
+    assert_eq!(
+        s.leader_address.as_deref(),
+        Some(format!("localhost:{leader_client}").as_str())
+    );
+    assert!(
+        s.client_addresses
+            .values()
+            .all(|a| a.starts_with("localhost:")),
+        "{:?}",
+        s.client_addresses
+    );
+    // A client that knows only the follower follows the leader's name.
+    let c = understudy::api::client::Client::connect_group(vec![nodes[follower as usize - 1].addr])
+        .await
+        .unwrap();
+    let w = understudy_tests::within(
+        30,
+        "a deploy through the follower",
+        c.deploy("kv", understudy_examples::KV.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(w.outcome.is_ok(), "{:?}", w.outcome);
+}

@@ -488,7 +488,10 @@ impl Client {
                 Ok(_) => return result,
                 Err(ClientError::Api(e)) => match e.code {
                     ErrorCode::NotLeader | ErrorCode::Superseded | ErrorCode::Unavailable => {
-                        e.leader_address.as_deref().and_then(|a| a.parse().ok())
+                        match e.leader_address.as_deref() {
+                            Some(a) => crate::net::resolve(a).await,
+                            None => None,
+                        }
                     }
                     _ => return result,
                 },

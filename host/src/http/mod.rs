@@ -403,9 +403,13 @@ async fn cluster(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Pro
         let token = caller.token.clone();
         let proxy = shared.proxy.clone();
         async move {
-            let status = match (own, address.as_deref().map(str::parse::<SocketAddr>)) {
+            let resolved = match (&own, address.as_deref()) {
+                (None, Some(a)) => crate::net::resolve(a).await,
+                _ => None,
+            };
+            let status = match (own, resolved) {
                 (Some(s), _) => Ok(*s),
-                (None, Some(Ok(addr))) => {
+                (None, Some(addr)) => {
                     match tokio::time::timeout(within, proxy.pass_on(addr, token, Request::Status))
                         .await
                     {
@@ -418,9 +422,10 @@ async fn cluster(shared: &Shared, req: &HttpRequest) -> Result<HttpResponse, Pro
                         )),
                     }
                 }
-                (None, Some(Err(_))) | (None, None) => {
-                    Err("no client address known for it".to_string())
-                }
+                (None, None) => Err(match &address {
+                    Some(a) => format!("its client address {a} does not resolve"),
+                    None => "no client address known for it".to_string(),
+                }),
             };
             let (status, error) = match status {
                 Ok(s) => (Some(s), None),
@@ -548,10 +553,10 @@ async fn ask(shared: &Shared, caller: &Caller, request: Request) -> Result<Respo
 async fn write(shared: &Shared, caller: &Caller, request: Request) -> Result<Response, Problem> {
     match ask(shared, caller, request.clone()).await? {
         Response::Error(e) if e.code == ErrorCode::NotLeader => {
-            let leader = e
-                .leader_address
-                .as_deref()
-                .and_then(|a| a.parse::<SocketAddr>().ok());
+            let leader = match e.leader_address.as_deref() {
+                Some(a) => crate::net::resolve(a).await,
+                None => None,
+            };
             match leader {
                 Some(addr) if caller.token.is_some() || caller.principal.is_none() => {
                     shared

@@ -21,6 +21,24 @@ pub const FRAME_BYTES_MAX: usize = 32 << 20;
 /// Bytes of the length prefix.
 const LENGTH_BYTES: usize = 4;
 
+/// How long resolving a member's address (a host name) may take (unit: ms).
+pub const RESOLVE_TIMEOUT_MS: u64 = 2_000;
+
+/// The socket address of `address` (`HOST:PORT`: an IP address, or a host
+/// name resolved to its first address — a member may announce a name, as
+/// a Kubernetes pod does), within [`RESOLVE_TIMEOUT_MS`]; `None` if it
+/// does not resolve.
+pub async fn resolve(address: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = address.parse() {
+        return Some(a);
+    }
+    let within = std::time::Duration::from_millis(RESOLVE_TIMEOUT_MS);
+    match tokio::time::timeout(within, tokio::net::lookup_host(address)).await {
+        Ok(Ok(mut found)) => found.next(),
+        _ => None,
+    }
+}
+
 /// Length-prefixed frames with a limit, allocating only for bytes that
 /// arrived.
 #[derive(Clone, Copy, Debug)]

@@ -102,6 +102,16 @@ pub struct NodeConfig {
     /// log holds a configuration (a restart).
     #[serde(default)]
     pub join: Option<String>,
+    /// The client address this node announces to its peers and, through
+    /// them, to clients (leader hints, `status`, the cluster page): a name
+    /// others can resolve, such as a Kubernetes pod's DNS name, when the
+    /// node listens on `0.0.0.0`. Default: the bound `listen` address.
+    #[serde(default)]
+    pub advertise_client: Option<String>,
+    /// The peer address this node announces (hellos, `join`). Default: the
+    /// bound `peer_listen` address.
+    #[serde(default)]
+    pub advertise_peer: Option<String>,
     /// Start with no member list and wait to be added by an operator
     /// (`member add`, `member replace`): the node takes its configuration
     /// from the log the leader then ships it.
@@ -250,6 +260,8 @@ impl NodeConfig {
             insecure: false,
             membership: MembershipSettings::default(),
             join: None,
+            advertise_client: None,
+            advertise_peer: None,
             await_membership: false,
         }
     }
@@ -290,6 +302,24 @@ impl NodeConfig {
             .collect();
         if !exposed.is_empty() && self.tls.is_none() && !self.insecure {
             return Err(ConfigError::Exposed(exposed.join(", ")));
+        }
+        for (field, value) in [
+            ("advertise_client", &self.advertise_client),
+            ("advertise_peer", &self.advertise_peer),
+        ] {
+            if let Some(a) = value {
+                let port = a
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                let max = understudy_core::membership::MEMBER_ADDRESS_BYTES_MAX;
+                if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) || a.len() > max {
+                    return Err(ConfigError::Advertise {
+                        field,
+                        value: a.clone(),
+                        max,
+                    });
+                }
+            }
         }
         let t = self.timing;
         if !(t.heartbeat_interval_ms > 0
@@ -370,10 +400,51 @@ pub enum ConfigError {
          a network you trust"
     )]
     Exposed(String),
+    /// An advertised address that is not `HOST:PORT` of at most
+    /// `MEMBER_ADDRESS_BYTES_MAX` bytes.
+    #[error(
+        "{field} {value:?} must be HOST:PORT of at most {max} bytes (MEMBER_ADDRESS_BYTES_MAX)"
+    )]
+    Advertise {
+        /// Which.
+        field: &'static str,
+        /// As given.
+        value: String,
+        /// The limit.
+        max: usize,
+    },
     /// Failure-detection timing out of order.
     #[error(
         "timing must satisfy 0 < heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
         .0.heartbeat_interval_ms, .0.election_timeout_min_ms, .0.election_timeout_max_ms
     )]
     Timing(Timing),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use understudy_core::membership::MEMBER_ADDRESS_BYTES_MAX;
+
+    #[test]
+    fn an_advertised_address_is_admitted_at_the_limit_and_refused_one_past_or_malformed() {
+        let with = |client: &str| {
+            let mut c = NodeConfig::new(1, "c", "127.0.0.1:1".parse().unwrap(), "d".into());
+            c.advertise_client = Some(client.to_string());
+            c.validate()
+        };
+        let host = |len: usize| "h".repeat(len);
+        // ":7600" is 5 bytes.
+        assert!(with(&format!("{}:7600", host(MEMBER_ADDRESS_BYTES_MAX - 5))).is_ok());
+        let e = with(&format!("{}:7600", host(MEMBER_ADDRESS_BYTES_MAX - 4))).unwrap_err();
+        assert!(e.to_string().contains("MEMBER_ADDRESS_BYTES_MAX"), "{e}");
+        for bad in ["no-port", ":7600", "host:", "host:99999", "host:port"] {
+            assert!(
+                matches!(with(bad), Err(ConfigError::Advertise { .. })),
+                "{bad} was admitted"
+            );
+        }
+        assert!(with("pod-0.svc.cluster.local:7600").is_ok());
+        assert!(with("[::1]:7600").is_ok());
+    }
 }

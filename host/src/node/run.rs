@@ -89,11 +89,16 @@ pub fn run_bound(
     let join_as = (
         config.node_id,
         crate::api::MemberAddrs {
-            peer: config
-                .peer_listen
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            client: bound.to_string(),
+            peer: config.advertise_peer.clone().unwrap_or_else(|| {
+                config
+                    .peer_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            }),
+            client: config
+                .advertise_client
+                .clone()
+                .unwrap_or_else(|| bound.to_string()),
         },
     );
     let super::shell::Started {

@@ -306,17 +306,23 @@ impl Node {
             queries: queries.clone(),
             metrics: applier_metrics.clone(),
         });
-        let client_address = client_address.unwrap_or(config.listen).to_string();
+        let client_address = config
+            .advertise_client
+            .clone()
+            .unwrap_or_else(|| client_address.unwrap_or(config.listen).to_string());
+        let peer_address = config.advertise_peer.clone().unwrap_or_else(|| {
+            config
+                .peer_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        });
         let published = crate::peer::Published::default();
         let me = crate::peer::LocalIdentity {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
             members: crate::peer::MemberSet::of(config.bootstrap_members()),
             client_address: client_address.clone(),
-            peer_address: config
-                .peer_listen
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            peer_address: peer_address.clone(),
             snapshot_root: config.data_dir.join("snapshots"),
             snapshot_bytes_max: config.storage.map_size_bytes as u64,
             log_kind: config.log_kind,
@@ -355,10 +361,7 @@ impl Node {
             member_addrs: std::iter::once((
                 config.node_id,
                 MemberAddrs {
-                    peer: config
-                        .peer_listen
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
+                    peer: peer_address.clone(),
                     client: client_address.clone(),
                 },
             ))
