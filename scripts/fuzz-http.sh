@@ -49,6 +49,9 @@ done
 curl -sf "$http/v1/status" >/dev/null || { cat "$dir/dev.log"; echo "fuzz-http: the dev group did not start" >&2; exit 1; }
 
 status=0
+# Hooks: a serializer for the deploy route's application/wasm body.
+export SCHEMATHESIS_HOOKS=fuzz_hooks
+export PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
 "$venv/bin/schemathesis" run docs/openapi.json \
     --url "$http" \
     --checks not_a_server_error \
