@@ -66,7 +66,7 @@ fn figures(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Figu
             return 0.0;
         }
         let i = ((latencies.len() - 1) as f64 * p).round() as usize;
-        latencies[i].as_secs_f64() * 1e6
+        latencies[i].as_nanos() as f64 / 1e3
     };
     Figures {
         ops: latencies.len() as u64,

@@ -85,7 +85,17 @@ pub async fn run(c: Client, cmd: MemberCommand) -> Result<()> {
     match cmd {
         MemberCommand::List => {
             let s = leader_status(&c).await?;
-            print_members(&s);
+            crate::emit(
+                || {
+                    serde_json::json!({
+                        "node": s.node_id,
+                        "index": s.membership_index,
+                        "membership": s.membership,
+                        "followers": s.followers,
+                    })
+                },
+                || print_members(&s),
+            );
             Ok(())
         }
         MemberCommand::Add {
@@ -109,32 +119,53 @@ pub async fn run(c: Client, cmd: MemberCommand) -> Result<()> {
             } else {
                 "a learner; the leader promotes it to voter once it has caught up"
             };
-            println!("added node {id} as {what} (configuration at index {index}, term {term})");
+            crate::emit(
+                || serde_json::json!({"node": id, "change": "add", "index": index, "term": term}),
+                || {
+                    println!(
+                        "added node {id} as {what} (configuration at index {index}, term {term})"
+                    )
+                },
+            );
             Ok(())
         }
         MemberCommand::Promote { id } => {
             let (term, index) = c
                 .change_membership(MembershipChange::Promote { id })
                 .await?;
-            println!("node {id} is a voter (configuration at index {index}, term {term})");
+            crate::emit(
+                || serde_json::json!({"node": id, "change": "promote", "index": index, "term": term}),
+                || println!("node {id} is a voter (configuration at index {index}, term {term})"),
+            );
             Ok(())
         }
         MemberCommand::Demote { id } => {
             let (term, index) = c.change_membership(MembershipChange::Demote { id }).await?;
-            println!("node {id} is a learner (configuration at index {index}, term {term})");
+            crate::emit(
+                || serde_json::json!({"node": id, "change": "demote", "index": index, "term": term}),
+                || println!("node {id} is a learner (configuration at index {index}, term {term})"),
+            );
             Ok(())
         }
         MemberCommand::Rejoin { id } => {
             let (term, index) = c.change_membership(MembershipChange::Rejoin { id }).await?;
-            println!(
-                "node {id} is a learner, a voter again once it has caught up (configuration at \
+            crate::emit(
+                || serde_json::json!({"node": id, "change": "rejoin", "index": index, "term": term}),
+                || {
+                    println!(
+                        "node {id} is a learner, a voter again once it has caught up (configuration at \
                  index {index}, term {term})"
+                    )
+                },
             );
             Ok(())
         }
         MemberCommand::Remove { id } => {
             let (term, index) = c.change_membership(MembershipChange::Remove { id }).await?;
-            println!("node {id} was removed (configuration at index {index}, term {term})");
+            crate::emit(
+                || serde_json::json!({"node": id, "change": "remove", "index": index, "term": term}),
+                || println!("node {id} was removed (configuration at index {index}, term {term})"),
+            );
             Ok(())
         }
         MemberCommand::Replace {
@@ -160,7 +191,7 @@ async fn replace(
         addrs,
     };
     let (_, added) = c.change_membership(change).await?;
-    println!(
+    eprintln!(
         "added node {id} as a learner to replace voter {dead} (configuration at index {added})"
     );
     let bar = ProgressBar::new(0);
@@ -179,11 +210,22 @@ async fn replace(
         let m = &s.membership;
         if m.voters.contains(&id) && !m.contains(dead) && !m.is_joint() {
             bar.finish_and_clear();
-            println!(
-                "replaced voter {dead} with node {id} in {:.1} s (configuration at index {}, term {}): {m}",
-                started.elapsed().as_secs_f64(),
-                s.membership_index,
-                s.term
+            crate::emit(
+                || {
+                    serde_json::json!({
+                        "node": id, "change": "replace", "replaced": dead,
+                        "index": s.membership_index, "term": s.term,
+                        "seconds": started.elapsed().as_secs_f64(),
+                    })
+                },
+                || {
+                    println!(
+                        "replaced voter {dead} with node {id} in {:.1} s (configuration at index {}, term {}): {m}",
+                        started.elapsed().as_secs_f64(),
+                        s.membership_index,
+                        s.term
+                    )
+                },
             );
             return Ok(());
         }

@@ -84,6 +84,31 @@ fn json_output() -> bool {
     JSON_OUTPUT.get().copied().unwrap_or(false)
 }
 
+/// Print a result: `json` with `--output json`, else what `text` prints.
+fn emit(json: impl FnOnce() -> serde_json::Value, text: impl FnOnce()) {
+    if json_output() {
+        println!("{}", json());
+    } else {
+        text();
+    }
+}
+
+/// The one error for an actor the group does not have, from every command.
+fn no_such_actor(actor: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no actor named {actor:?} in this group (deploy one: understudy deploy {actor} FILE)"
+    )
+}
+
+/// A client error as the CLI says it (an unknown actor the same way
+/// whether the node refused it at the door or the log's apply did).
+fn said(actor: &str, e: understudy::api::client::ClientError) -> anyhow::Error {
+    match e.code() {
+        Some(understudy::api::ErrorCode::NoSuchActor) => no_such_actor(actor),
+        _ => e.into(),
+    }
+}
+
 fn reaching() -> Reaching {
     REACHING
         .get_or_init(|| Reaching {
@@ -149,11 +174,11 @@ enum Command {
         /// TOML file with a NodeConfig (node_id, cluster_id, listen, data_dir, peer_listen, [[peers]], [timing], [storage], [limits]).
         #[arg(long, conflicts_with_all = ["id", "cluster", "listen", "data_dir", "peer_listen", "http_listen", "peer", "heartbeat_ms", "election_timeout_ms", "read_timeout_ms", "write_timeout_ms", "module_compile_timeout_ms", "frame_read_timeout_ms", "idle_timeout_ms", "log_retain_entries", "snapshot_chunk_bytes", "log_kind", "tls_cert", "tls_key", "peer_ca", "client_ca", "insecure", "join", "await_membership", "catch_up_timeout_ms", "advertise_client", "advertise_peer"])]
         config: Option<PathBuf>,
-        /// Node id.
-        #[arg(long)]
+        /// Node id (config: node_id).
+        #[arg(long, visible_alias = "node-id")]
         id: Option<u64>,
-        /// Cluster id.
-        #[arg(long, default_value = "understudy")]
+        /// Cluster id (config: cluster_id).
+        #[arg(long, visible_alias = "cluster-id", default_value = "understudy")]
         cluster: String,
         /// Client API address.
         #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
@@ -172,8 +197,8 @@ enum Command {
         /// repeat per member.
         #[arg(long, value_parser = parse_peer)]
         peer: Vec<PeerConfig>,
-        /// Leader heartbeat interval (ms).
-        #[arg(long)]
+        /// Leader heartbeat interval (ms; config: timing.heartbeat_interval_ms).
+        #[arg(long, visible_alias = "heartbeat-interval-ms")]
         heartbeat_ms: Option<u64>,
         /// Election timeout range (ms), as MIN-MAX.
         #[arg(long, value_parser = parse_range)]
@@ -196,8 +221,9 @@ enum Command {
         /// How long an idle client connection stays open (ms).
         #[arg(long)]
         idle_timeout_ms: Option<u64>,
-        /// Applied entries kept in the log before the prefix is compacted.
-        #[arg(long)]
+        /// Applied entries kept in the log before the prefix is compacted
+        /// (config: compaction.retain_entries).
+        #[arg(long, visible_alias = "retain-entries")]
         log_retain_entries: Option<u64>,
         /// Bytes per snapshot chunk.
         #[arg(long)]
@@ -261,6 +287,15 @@ enum Command {
         /// Deploy a built-in example machine instead: kv, counter, bank.
         #[arg(long, conflicts_with = "file")]
         example: Option<String>,
+        /// Replace the actor's module if it has one (its state stays).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the actors a node has, with their module hashes and deploy indexes.
+    Actors {
+        /// Node to ask (any member).
+        #[arg(long, env = "UNDERSTUDY_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+        addr: SocketAddr,
     },
     /// Send a command (JSON, sent as CBOR) to an actor through the leader; prints the response as JSON.
     Send {
@@ -733,6 +768,7 @@ fn dispatch(command: Command) -> Result<()> {
             actor,
             file,
             example,
+            replace,
         } => {
             let wasm = match (file, example) {
                 (Some(path), _) => {
@@ -744,17 +780,76 @@ fn dispatch(command: Command) -> Result<()> {
                 (None, None) => bail!("give a wasm file or --example"),
             };
             client_call(addr, Reach::Leader, |c| async move {
-                let w = c.deploy(&actor, wasm).await?;
-                match w.outcome {
-                    Outcome::Ok(hash) => {
-                        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-                        println!("deployed actor {actor} (module {hex}) at index {}", w.index);
-                        Ok(())
-                    }
-                    other => bail!("deploy refused: {}", describe(&other)),
+                // What the actor runs now, as the node asked knows it (the
+                // leader, once the client has found it).
+                let old = c
+                    .status()
+                    .await?
+                    .actor_modules
+                    .into_iter()
+                    .find(|a| a.name == actor);
+                if let Some(old) = &old
+                    && !replace
+                {
+                    bail!(
+                        "actor {actor} exists (module {}, deployed at index {}): pass --replace to replace its module (its state stays)",
+                        old.module,
+                        old.deployed_at
+                    );
                 }
+                let w = c.deploy(&actor, wasm).await?;
+                let hash = match w.outcome {
+                    Outcome::Ok(hash) => {
+                        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    }
+                    Outcome::DeployRefused { reason } => {
+                        bail!("deploy of {actor} refused: {reason}")
+                    }
+                    other => bail!("deploy of {actor}: {}", describe(&other)),
+                };
+                emit(
+                    || {
+                        serde_json::json!({
+                            "actor": actor,
+                            "module": hash,
+                            "index": w.index,
+                            "replaced": old.as_ref().map(|o| &o.module),
+                        })
+                    },
+                    || match &old {
+                        Some(old) => println!(
+                            "replaced actor {actor}: module {} -> {hash} at index {}",
+                            old.module, w.index
+                        ),
+                        None => println!(
+                            "deployed actor {actor} (module {hash}) at index {}",
+                            w.index
+                        ),
+                    },
+                );
+                Ok(())
             })
         }
+        Command::Actors { addr } => client_call(addr, Reach::Node, |c| async move {
+            let s = c.status().await?;
+            emit(
+                || serde_json::json!(s.actor_modules),
+                || {
+                    if s.actor_modules.is_empty() {
+                        println!(
+                            "no actors deployed (node {} at index {})",
+                            s.node_id, s.applied_index
+                        );
+                        return;
+                    }
+                    println!("{:<24} {:<64} DEPLOYED-AT", "ACTOR", "MODULE");
+                    for a in &s.actor_modules {
+                        println!("{:<24} {:<64} {}", a.name, a.module, a.deployed_at);
+                    }
+                },
+            );
+            Ok(())
+        }),
         Command::Send {
             addr,
             concern,
@@ -768,18 +863,33 @@ fn dispatch(command: Command) -> Result<()> {
                     WriteConcern::Majority => {
                         let w = c
                             .command_tagged(&actor, command, tag, WriteConcern::Majority)
-                            .await?;
-                        print_outcome(&w.outcome)?;
-                        eprintln!(
-                            "(committed at index {}, term {}; session token {}:{})",
-                            w.index, w.term, w.term, w.index
-                        );
+                            .await
+                            .map_err(|e| said(&actor, e))?;
+                        if json_output() {
+                            print_outcome_json(&actor, &w.outcome, "index", w.index, Some(w.term))?;
+                        } else {
+                            print_outcome(&actor, &w.outcome)?;
+                            eprintln!(
+                                "(committed at index {}, term {}; session token {}:{})",
+                                w.index, w.term, w.term, w.index
+                            );
+                        }
                     }
                     WriteConcern::Leader => {
-                        let (term, index) = c.command_leader(&actor, command, tag).await?;
-                        println!("accepted at index {index}, term {term} (not yet committed)");
-                        eprintln!(
-                            "(read its effect with --level session:{term}:{index}; a leader-concern write may be lost on failover)"
+                        let (term, index) = c
+                            .command_leader(&actor, command, tag)
+                            .await
+                            .map_err(|e| said(&actor, e))?;
+                        emit(
+                            || serde_json::json!({"accepted": true, "index": index, "term": term}),
+                            || {
+                                println!(
+                                    "accepted at index {index}, term {term} (not yet committed)"
+                                );
+                                eprintln!(
+                                    "(read its effect with --level session:{term}:{index}; a leader-concern write may be lost on failover)"
+                                );
+                            },
                         );
                     }
                 }
@@ -794,9 +904,16 @@ fn dispatch(command: Command) -> Result<()> {
         } => {
             let request = json_to_cbor(&json_argument(&json)?)?;
             client_call(addr, Reach::Node, |c| async move {
-                let (outcome, applied) = c.query_at(&actor, request, level).await?;
-                print_outcome(&outcome)?;
-                eprintln!("(as of applied index {applied})");
+                let (outcome, applied) = c
+                    .query_at(&actor, request, level)
+                    .await
+                    .map_err(|e| said(&actor, e))?;
+                if json_output() {
+                    print_outcome_json(&actor, &outcome, "applied_index", applied, None)?;
+                } else {
+                    print_outcome(&actor, &outcome)?;
+                    eprintln!("(as of applied index {applied})");
+                }
                 Ok(())
             })
         }
@@ -806,6 +923,13 @@ fn dispatch(command: Command) -> Result<()> {
             force: true,
         } => client_call(addr, Reach::Node, |c| async move {
             let term = c.force_promote(node).await?;
+            if json_output() {
+                println!(
+                    "{}",
+                    serde_json::json!({"leader": node, "term": term, "forced": true})
+                );
+                return Ok(());
+            }
             println!(
                 "node {node} was promoted by force and leads alone (term {term}), by a configuration of itself alone written to its log; writes it lacked are lost. Grow the group back with `understudy member add` (or `node --join`), and do not restart the old members with their data: they are no longer members."
             );
@@ -817,7 +941,10 @@ fn dispatch(command: Command) -> Result<()> {
             force: false,
         } => client_call(addr, Reach::Leader, |c| async move {
             let term = c.promote(node).await?;
-            println!("node {node} leads (term {term})");
+            emit(
+                || serde_json::json!({"leader": node, "term": term}),
+                || println!("node {node} leads (term {term})"),
+            );
             Ok(())
         }),
         Command::CatchUp { addr, timeout_s } => client_call(addr, Reach::Node, |c| async move {
@@ -853,7 +980,18 @@ fn dispatch(command: Command) -> Result<()> {
                     Err(e) => unreachable.push((id, a, e)),
                 }
             }
-            print_status(&all, &unreachable);
+            emit(
+                || {
+                    serde_json::json!({
+                        "members": all,
+                        "unreachable": unreachable
+                            .iter()
+                            .map(|(id, a, e)| serde_json::json!({"id": id, "address": a, "error": e}))
+                            .collect::<Vec<_>>(),
+                    })
+                },
+                || print_status(&all, &unreachable),
+            );
             Ok(())
         }),
         Command::Verify {
@@ -955,6 +1093,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Auth { addr, what } => auth(addr, what),
         Command::Audit { addr, limit } => client_call(addr, Reach::Node, |c| async move {
             let records = c.audit(limit).await?;
+            if json_output() {
+                println!("{}", serde_json::json!(records));
+                return Ok(());
+            }
             if records.is_empty() {
                 println!("no admin actions recorded");
             }
@@ -1037,7 +1179,27 @@ fn auth(addr: SocketAddr, what: AuthCommand) -> Result<()> {
     let show = matches!(request, AuthRequest::Show);
     let reach = if show { Reach::Node } else { Reach::Leader };
     client_call(addr, reach, |c| async move {
-        match c.auth(request).await? {
+        let answer = c.auth(request).await?;
+        if json_output() {
+            let json = match &answer {
+                Response::AuthState(s) => serde_json::json!(s),
+                Response::TokenCreated {
+                    id, token, index, ..
+                } => serde_json::json!({"id": id, "token": token, "index": index}),
+                Response::Written {
+                    outcome: Outcome::Ok(_),
+                    index,
+                    ..
+                } => {
+                    serde_json::json!({"index": index})
+                }
+                Response::Written { outcome, .. } => bail!("{}", describe(outcome)),
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            println!("{json}");
+            return Ok(());
+        }
+        match answer {
             Response::AuthState(s) => {
                 println!("auth is {}", if s.enabled { "enabled" } else { "disabled" });
                 for (user, roles) in &s.users {
@@ -1622,7 +1784,7 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-fn print_outcome(outcome: &Outcome) -> Result<()> {
+fn print_outcome(actor: &str, outcome: &Outcome) -> Result<()> {
     match outcome {
         Outcome::Ok(bytes) => {
             let value: serde_cbor::Value =
@@ -1633,6 +1795,32 @@ fn print_outcome(outcome: &Outcome) -> Result<()> {
             }
             Ok(())
         }
+        Outcome::NoSuchActor => Err(no_such_actor(actor)),
+        other => bail!("{}", describe(other)),
+    }
+}
+
+/// `--output json` of a command's or query's outcome: `{"value": …,
+/// <position>: …}`, or the refusal as an error (non-zero exit).
+fn print_outcome_json(
+    actor: &str,
+    outcome: &Outcome,
+    position: &str,
+    at: u64,
+    term: Option<u64>,
+) -> Result<()> {
+    match outcome {
+        Outcome::Ok(bytes) => {
+            let value: serde_cbor::Value =
+                serde_cbor::from_slice(bytes).context("the machine's response is not CBOR")?;
+            let mut out = serde_json::json!({"value": value, position: at});
+            if let Some(term) = term {
+                out["term"] = term.into();
+            }
+            println!("{out}");
+            Ok(())
+        }
+        Outcome::NoSuchActor => Err(no_such_actor(actor)),
         other => bail!("{}", describe(other)),
     }
 }

@@ -677,3 +677,161 @@ async fn members_announce_host_names_and_clients_follow_them() {
     .unwrap();
     assert!(w.outcome.is_ok(), "{:?}", w.outcome);
 }
+
+/// `--output json` on the printing commands (each prints one JSON
+/// document), `actors` with module hashes and deploy indexes, `deploy`
+/// over an existing actor only with `--replace` (printing the old and new
+/// module hash), and an unknown actor read the same from `send` and
+/// `query`.
+#[test]
+fn printing_commands_speak_json_and_deploy_replaces_only_when_asked() {
+    understudy_tests::setup!();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n1"), 1).unwrap();
+    let addr = node.addr.to_string();
+    let env = [
+        ("UNDERSTUDY_ADDR", addr.as_str()),
+        ("UNDERSTUDY_OUTPUT", "json"),
+    ];
+    let cli = |args: &[&str], stdin: &[u8]| -> (bool, serde_json::Value, String) {
+        let (ok, out, err) = understudy_tests::run_cli_with(args, &env, stdin).unwrap();
+        let v = if ok {
+            serde_json::from_str(out.trim())
+                .unwrap_or_else(|e| panic!("{args:?} printed no JSON document ({e}): {out}"))
+        } else {
+            serde_json::Value::Null
+        };
+        (ok, v, err)
+    };
+    let (ok, deployed, err) = cli(&["deploy", "kv", "--example", "kv"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(deployed["actor"], "kv");
+    assert!(deployed["replaced"].is_null(), "{deployed}");
+    let kv_hash = deployed["module"].as_str().unwrap().to_string();
+    // Over an existing actor: refused without --replace, naming its module.
+    let (ok, _, err) = cli(&["deploy", "kv", "--example", "counter"], b"");
+    assert!(
+        !ok && err.contains("--replace") && err.contains(&kv_hash),
+        "{err}"
+    );
+    let (ok, actors, err) = cli(&["actors"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(actors[0]["name"], "kv");
+    assert_eq!(actors[0]["module"].as_str(), Some(kv_hash.as_str()));
+    let kv_index = actors[0]["deployed_at"].as_u64().unwrap();
+    assert_eq!(Some(kv_index), deployed["index"].as_u64());
+    let (ok, replaced, err) = cli(&["deploy", "kv", "--example", "counter", "--replace"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(replaced["replaced"].as_str(), Some(kv_hash.as_str()));
+    assert_ne!(replaced["module"], deployed["module"]);
+    // The text form says both hashes.
+    let (ok, out, err) = understudy_tests::run_cli_with(
+        &["deploy", "kv", "--example", "kv", "--replace"],
+        &[("UNDERSTUDY_ADDR", addr.as_str())],
+        b"",
+    )
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("replaced actor kv: module ")
+            && out.contains(replaced["module"].as_str().unwrap())
+            && out.contains(&format!("-> {kv_hash}")),
+        "{out}"
+    );
+    let (ok, sent, err) = cli(&["send", "kv", "-"], br#"{"put":{"key":"k","value":"v"}}"#);
+    assert!(ok, "{err}");
+    assert!(
+        sent["index"].as_u64().unwrap() > kv_index && sent["term"].as_u64().is_some(),
+        "{sent}"
+    );
+    let (ok, read, err) = cli(&["query", "kv", r#"{"get":{"key":"k"}}"#], b"");
+    assert!(ok, "{err}");
+    assert_eq!(read["value"], "v");
+    assert!(read["applied_index"].as_u64().is_some());
+    let (ok, status, err) = cli(&["status"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(status["members"][0]["node_id"], 1);
+    let (ok, audit, err) = cli(&["audit", "--limit", "2"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(audit.as_array().map(Vec::len), Some(2), "{audit}");
+    let (ok, auth, err) = cli(&["auth", "show"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(auth["enabled"], false);
+    let (ok, promoted, err) = cli(&["promote", "1"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(promoted["leader"], 1);
+    let (ok, members, err) = cli(&["member", "list", "--addr", &addr], b"");
+    assert!(ok, "{err}");
+    assert_eq!(members["membership"]["voters"], serde_json::json!([1]));
+    // An unknown actor reads the same from a command and a query.
+    let (ok, _, send_err) = cli(&["send", "nope", r#"{"a":1}"#], b"");
+    assert!(!ok);
+    let (ok, _, query_err) = cli(&["query", "nope", r#"{"a":1}"#], b"");
+    assert!(!ok);
+    assert_eq!(send_err, query_err);
+    assert!(
+        send_err.starts_with(r#"error: no actor named "nope""#),
+        "{send_err}"
+    );
+    // Refusals are not doubled up.
+    let (ok, _, err) = understudy_tests::run_cli_with(
+        &["deploy", "bad", "/etc/hostname"],
+        &[("UNDERSTUDY_ADDR", addr.as_str())],
+        b"",
+    )
+    .unwrap();
+    assert!(!ok);
+    assert_eq!(err.matches("refused").count(), 1, "{err}");
+}
+
+/// A flag that sets a config field takes the field's name (and the
+/// shorter name it always had).
+#[test]
+fn node_flags_take_the_config_fields_names() {
+    understudy_tests::setup!();
+    for (names, id) in [
+        (
+            [
+                "--node-id",
+                "--cluster-id",
+                "--heartbeat-interval-ms",
+                "--retain-entries",
+            ],
+            "5",
+        ),
+        (
+            [
+                "--id",
+                "--cluster",
+                "--heartbeat-ms",
+                "--log-retain-entries",
+            ],
+            "6",
+        ),
+    ] {
+        let (ok, out, err) = run_cli(&[
+            "node",
+            names[0],
+            id,
+            names[1],
+            "shop",
+            names[2],
+            "40",
+            names[3],
+            "777",
+            "--data-dir",
+            "/nonexistent/understudy",
+            "--check",
+        ])
+        .unwrap();
+        assert!(ok, "{err}");
+        for line in [
+            format!("node_id = {id}\n"),
+            "cluster_id = \"shop\"\n".to_string(),
+            "heartbeat_interval_ms = 40\n".to_string(),
+            "retain_entries = 777\n".to_string(),
+        ] {
+            assert!(out.contains(&line), "{names:?}: no {line:?} in {out}");
+        }
+    }
+}

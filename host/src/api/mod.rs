@@ -396,6 +396,17 @@ impl Request {
     }
 }
 
+/// An actor as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorInfo {
+    /// Its name.
+    pub name: String,
+    /// The BLAKE3 hash of its module (hex).
+    pub module: String,
+    /// The index of the deploy entry that put it there.
+    pub deployed_at: Index,
+}
+
 /// Node status report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -422,6 +433,9 @@ pub struct Status {
     pub digest: String,
     /// Deployed actors.
     pub actors: Vec<String>,
+    /// Deployed actors with their module hashes and deploy indexes.
+    #[serde(default)]
+    pub actor_modules: Vec<ActorInfo>,
     /// Writes waiting for the log or the applier.
     pub pending_writes: usize,
     /// Vote in the current term.

@@ -55,7 +55,10 @@ pub struct ApplierActor {
 }
 
 /// The applier's part of a status: applied index, digest and actors.
-pub(super) type Shown = std::sync::Arc<std::sync::Mutex<(Index, [u8; 32], Vec<String>)>>;
+/// What the applier last published: applied index, digest, and the
+/// actors with their modules.
+pub(super) type Shown =
+    std::sync::Arc<std::sync::Mutex<(Index, [u8; 32], Vec<(String, crate::storage::ActorRecord)>)>>;
 
 impl ApplierActor {
     /// Publish the applied position (and the actors, if `actors_changed`).

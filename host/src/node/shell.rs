@@ -787,7 +787,16 @@ impl Node {
             commit_index: core.commit_index(),
             applied_index: shown.0,
             digest: shown.1.iter().map(|b| format!("{b:02x}")).collect(),
-            actors: shown.2.clone(),
+            actors: shown.2.iter().map(|(n, _)| n.clone()).collect(),
+            actor_modules: shown
+                .2
+                .iter()
+                .map(|(name, r)| crate::api::ActorInfo {
+                    name: name.clone(),
+                    module: r.module.iter().map(|b| format!("{b:02x}")).collect(),
+                    deployed_at: r.deployed_at,
+                })
+                .collect(),
             pending_writes: state.pending_writes(),
             vote: core.vote(),
             leader_heard_ms_ago: core.leader_heard_ms_ago(),

@@ -1015,14 +1015,18 @@ impl Applier {
         })
     }
 
-    /// Names of deployed actors, including those deployed by entries not
-    /// yet checkpointed.
-    pub fn actors(&self) -> Result<Vec<String>, StorageError> {
-        let mut names: Vec<String> = self.state.actors()?.into_iter().map(|(n, _)| n).collect();
-        names.extend(self.pending.actors.keys().cloned());
-        names.sort();
-        names.dedup();
-        Ok(names)
+    /// Deployed actors and their records, including those deployed by
+    /// entries not yet checkpointed.
+    pub fn actors(&self) -> Result<Vec<(String, storage::ActorRecord)>, StorageError> {
+        let mut all: BTreeMap<String, storage::ActorRecord> =
+            self.state.actors()?.into_iter().collect();
+        all.extend(
+            self.pending
+                .actors
+                .iter()
+                .map(|(n, r)| (n.clone(), r.clone())),
+        );
+        Ok(all.into_iter().collect())
     }
 }
 
