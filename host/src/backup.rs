@@ -210,6 +210,13 @@ impl BackupReader {
 
     /// Read exactly `buf.len()` bytes (into the running hash).
     fn take(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
+        self.read_exactly(buf)?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    /// Read exactly `buf.len()` bytes; an early end is a truncated file.
+    fn read_exactly(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
         self.input.read_exact(buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 self.invalid("it ends too early (truncated)".into())
@@ -219,9 +226,7 @@ impl BackupReader {
                     source: e,
                 }
             }
-        })?;
-        self.hasher.update(buf);
-        Ok(())
+        })
     }
 
     /// A length-prefixed part of at most `max` bytes.
@@ -280,16 +285,7 @@ impl BackupReader {
         }
         let expected = *self.hasher.finalize().as_bytes();
         let mut trailer = [0u8; 32];
-        self.input.read_exact(&mut trailer).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.invalid("it ends too early (truncated)".into())
-            } else {
-                BackupError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        self.read_exactly(&mut trailer)?;
         if trailer != expected {
             return Err(self.invalid("the trailer does not match the file's checksum".into()));
         }

@@ -1905,11 +1905,11 @@ fn verify_copy(
         identity,
         understudy::sandbox::SandboxLimits::default(),
     )?;
+    let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     if let Some(at) = at {
-        let digest: String = replayed.digest.iter().map(|b| format!("{b:02x}")).collect();
-        if json_output() {
-            println!(
-                "{}",
+        let digest = hex(&replayed.digest);
+        emit(
+            || {
                 serde_json::json!({
                     "node_id": identity.node_id,
                     "cluster_id": identity.cluster_id,
@@ -1917,13 +1917,14 @@ fn verify_copy(
                     "digest": digest,
                     "kv_pairs": kv.len(),
                 })
-            );
-        } else {
-            println!(
-                "{identity}: replayed to index {at}: digest {digest}, {} kv pairs",
-                kv.len()
-            );
-        }
+            },
+            || {
+                println!(
+                    "{identity}: replayed to index {at}: digest {digest}, {} kv pairs",
+                    kv.len()
+                )
+            },
+        );
         return Ok(());
     }
     anyhow::ensure!(
@@ -1931,10 +1932,9 @@ fn verify_copy(
         "state differs from a replay of the log up to index {}",
         applied.index
     );
-    let digest: String = applied.digest.iter().map(|b| format!("{b:02x}")).collect();
-    if json_output() {
-        println!(
-            "{}",
+    let digest = hex(&applied.digest);
+    emit(
+        || {
             serde_json::json!({
                 "node_id": identity.node_id,
                 "cluster_id": identity.cluster_id,
@@ -1942,13 +1942,14 @@ fn verify_copy(
                 "digest": digest,
                 "ok": true,
             })
-        );
-    } else {
-        println!(
-            "ok: {identity}: state at applied index {} (digest {digest}) equals a fresh replay of the log",
-            applied.index
-        );
-    }
+        },
+        || {
+            println!(
+                "ok: {identity}: state at applied index {} (digest {digest}) equals a fresh replay of the log",
+                applied.index
+            )
+        },
+    );
     Ok(())
 }
 
