@@ -663,6 +663,24 @@ mod tests {
     }
 
     #[test]
+    fn a_header_is_read_at_the_limit_and_refused_one_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let declared = |len: u64| {
+            let mut bytes = BACKUP_MAGIC.to_vec();
+            bytes.extend_from_slice(&BACKUP_FORMAT_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&len.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+            match BackupReader::open(&path) {
+                Ok(_) => panic!("a header of {len} bytes with none behind it was read"),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert!(declared(BACKUP_HEADER_BYTES_MAX).contains("truncated"));
+        assert!(declared(BACKUP_HEADER_BYTES_MAX + 1).contains("BACKUP_HEADER_BYTES_MAX"));
+    }
+
+    #[test]
     fn restore_refuses_a_directory_that_holds_anything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b");
