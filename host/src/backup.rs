@@ -333,9 +333,7 @@ pub struct BackupSummary {
     pub voters: Vec<NodeId>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::auth::hex;
 
 /// Read the whole backup at `path` and check it: every chunk's checksum,
 /// the file's trailer, every record's table, every actor's record and

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use understudy::api::client::Client;
+use understudy::auth::hex;
 use understudy::backup::{self, BackupSummary};
 
 /// The file extension of the backups `backup --dir` writes (and counts
@@ -177,10 +178,6 @@ fn stamp(ms: u64) -> String {
         t.second(),
         t.millisecond()
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Print what a backup holds (`verify --backup`, `restore`).

@@ -799,9 +799,7 @@ fn dispatch(command: Command) -> Result<()> {
                 }
                 let w = c.deploy(&actor, wasm).await?;
                 let hash = match w.outcome {
-                    Outcome::Ok(hash) => {
-                        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    }
+                    Outcome::Ok(hash) => understudy::auth::hex(&hash),
                     Outcome::DeployRefused { reason } => {
                         bail!("deploy of {actor} refused: {reason}")
                     }
@@ -1905,7 +1903,7 @@ fn verify_copy(
         identity,
         understudy::sandbox::SandboxLimits::default(),
     )?;
-    let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = |d: &[u8; 32]| understudy::auth::hex(d);
     if let Some(at) = at {
         let digest = hex(&replayed.digest);
         emit(

@@ -628,9 +628,13 @@ async fn members_announce_host_names_and_clients_follow_them() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         nodes.push(NodeProc::spawn_args(&args, &dir.path().join(format!("node{id}")), id).unwrap());
     }
-    let any = understudy::api::client::Client::connect_node_with(nodes[0].addr, Default::default())
-        .await
-        .unwrap();
+    let any = understudy_tests::within(
+        10,
+        "a connection",
+        understudy::api::client::Client::connect_node_with(nodes[0].addr, Default::default()),
+    )
+    .await
+    .unwrap();
     let leader = understudy_tests::within(30, "a leader", async {
         loop {
             if let Ok(s) = any.status().await
@@ -643,9 +647,13 @@ async fn members_announce_host_names_and_clients_follow_them() {
     })
     .await;
     let follower = (1..=3u64).find(|&i| i != leader).unwrap();
-    let at_follower = understudy::api::client::Client::connect_node_with(
-        nodes[follower as usize - 1].addr,
-        Default::default(),
+    let at_follower = understudy_tests::within(
+        10,
+        "a connection",
+        understudy::api::client::Client::connect_node_with(
+            nodes[follower as usize - 1].addr,
+            Default::default(),
+        ),
     )
     .await
     .unwrap();
@@ -665,9 +673,13 @@ async fn members_announce_host_names_and_clients_follow_them() {
         s.client_addresses
     );
     // A client that knows only the follower follows the leader's name.
-    let c = understudy::api::client::Client::connect_group(vec![nodes[follower as usize - 1].addr])
-        .await
-        .unwrap();
+    let c = understudy_tests::within(
+        10,
+        "a connection",
+        understudy::api::client::Client::connect_group(vec![nodes[follower as usize - 1].addr]),
+    )
+    .await
+    .unwrap();
     let w = understudy_tests::within(
         30,
         "a deploy through the follower",

@@ -793,7 +793,7 @@ impl Node {
                 .iter()
                 .map(|(name, r)| crate::api::ActorInfo {
                     name: name.clone(),
-                    module: r.module.iter().map(|b| format!("{b:02x}")).collect(),
+                    module: crate::auth::hex(&r.module),
                     deployed_at: r.deployed_at,
                 })
                 .collect(),
